@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make serve   installs what the server needs and starts it on MODEL_PATH
+#   make test    installs what the tests need, builds the test models and runs every test
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# torch goes in first, pinned: on a machine without a GPU this machine's pip
+# resolves it to the CPU build; set TORCH_PIP_ARGS (e.g. an --index-url) to choose another build.
+TORCH_PIP_ARGS ?=
+
+.PHONY: install install-test serve test test-fast lint clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PIP) install -q -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+serve: install
+	$(VENV)/bin/gunicorn -c gunicorn.conf.py embsvc.wsgi:app
+
+test: install-test
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache
