@@ -1,0 +1,34 @@
+"""Bearer-token check for the resources that ask for it (``auth_required = True``)."""
+
+from __future__ import annotations
+
+import hmac
+
+import falcon
+
+from embsvc.errors import Unauthorized
+
+
+class BearerAuth:
+    def __init__(self, tokens: tuple[str, ...]) -> None:
+        self._tokens = [t.encode() for t in tokens]
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+        if resource is None or not getattr(resource, "auth_required", False):
+            return  # unknown paths get their 404; public endpoints need nothing
+        header = req.get_header("Authorization")
+        if not header:
+            raise Unauthorized("missing Authorization header: send 'Authorization: Bearer <token>'")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+        if not self._valid(token.strip().encode("utf-8", "surrogateescape")):
+            raise Unauthorized("invalid API token")
+
+    def _valid(self, candidate: bytes) -> bool:
+        # Compare with every token, in constant time, so that timing tells nothing
+        # about which token (if any) nearly matched.
+        matched = False
+        for token in self._tokens:
+            matched |= hmac.compare_digest(candidate, token)
+        return matched

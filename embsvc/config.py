@@ -1,0 +1,144 @@
+"""Every setting of the service, read once from the environment (and ``.env``).
+
+``load_settings`` is the only place that looks at the environment; everything
+else is handed a frozen ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+PLACEHOLDER_TOKEN = "your_api_token_here"
+KINDS = ("dense", "sparse", "colbert")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the server refuses to start."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_tokens: tuple[str, ...]
+    model_path: Path
+    model_name: str
+    model_aliases: tuple[str, ...]
+    batch_size: int
+    batch_timeout_ms: int
+    processing_concurrency: int
+    max_queue_size: int
+    max_batch_tokens: int  # 0: chosen by the engine
+    max_tokens: int
+    max_inputs: int
+    max_request_bytes: int
+    request_timeout_s: float
+    devices: tuple[str, ...]
+    dtype: str
+    default_return: tuple[str, ...]
+    web_concurrency: int
+    log_level: str
+    log_format: str
+    bind: str
+
+    def model_names(self) -> tuple[str, ...]:
+        return (self.model_name, *self.model_aliases)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
+    env: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+    return _parse(env)
+
+
+def _parse(env: Mapping[str, str]) -> Settings:
+    get = _Reader(env)
+    return Settings(
+        api_tokens=_tokens(env.get("API_TOKEN", "")),
+        model_path=Path(get.str("MODEL_PATH", "./BGE-M3")),
+        model_name=get.str("MODEL_NAME", "BAAI/bge-m3"),
+        model_aliases=get.list("MODEL_ALIASES", "bge-m3"),
+        batch_size=get.int("BATCH_SIZE", 8, 1),
+        batch_timeout_ms=get.int("BATCH_TIMEOUT_MS", 100, 0),
+        processing_concurrency=get.int("PROCESSING_CONCURRENCY", 2, 1),
+        max_queue_size=get.int("MAX_QUEUE_SIZE", 50, 1),
+        max_batch_tokens=get.int("MAX_BATCH_TOKENS", 0, 0),
+        max_tokens=get.int("MAX_TOKENS", 8192, 2),
+        max_inputs=get.int("MAX_INPUTS", 256, 1),
+        max_request_bytes=get.int("MAX_REQUEST_BYTES", 8 * 1024 * 1024, 1024),
+        request_timeout_s=get.float("REQUEST_TIMEOUT_S", 120.0),
+        devices=get.list("DEVICE", "auto"),
+        dtype=get.choice("DTYPE", "auto", DTYPES),
+        default_return=_kinds(get.list("DEFAULT_RETURN", ",".join(KINDS))),
+        web_concurrency=get.int("WEB_CONCURRENCY", _default_workers(), 1),
+        log_level=get.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+        log_format=get.choice("LOG_FORMAT", "json", ("json", "text")),
+        bind=get.str("BIND", "0.0.0.0:8000"),
+    )
+
+
+def _default_workers() -> int:
+    # Web workers only parse, tokenize and serialize: a few per core suffice,
+    # each with many threads that wait on the engine.
+    return max(2, min(4, len(os.sched_getaffinity(0))))
+
+
+def _tokens(raw: str) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in raw.split(",") if t.strip())
+    if not tokens:
+        raise ConfigError("API_TOKEN is not set: set it to a secret (a comma-separated list allows rotation)")
+    if PLACEHOLDER_TOKEN in tokens:
+        raise ConfigError(f"API_TOKEN is still the placeholder {PLACEHOLDER_TOKEN!r}: set a real secret")
+    return tokens
+
+
+def _kinds(names: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in KINDS]
+    if unknown or not names:
+        raise ConfigError(f"DEFAULT_RETURN must list some of {', '.join(KINDS)}; got {','.join(names)!r}")
+    return tuple(k for k in KINDS if k in names)
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def str(self, name: str, default: str) -> str:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def list(self, name: str, default: str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.str(name, default).split(",") if p.strip())
+
+    def int(self, name: str, default: int, minimum: int) -> int:
+        raw = self.str(name, str(default))
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def float(self, name: str, default: float) -> float:
+        raw = self.str(name, str(default))
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, got {raw!r}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(name, default)
+        for choice in choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -1,0 +1,102 @@
+"""The server's life in gunicorn's hooks (wired in gunicorn.conf.py).
+
+Master: ``on_starting`` reads the settings, makes sure the model folder is
+complete (downloading it if empty) and starts the engine pool; ``pre_fork``
+and ``child_exit`` hand out and take back web worker slots; ``on_exit`` stops
+the engines and removes every shared-memory segment.
+Worker: ``post_fork`` connects the worker to the pool; ``embsvc.wsgi`` then
+builds the app with ``settings()`` and ``engine_client()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from embsvc.config import ConfigError, Settings, load_settings
+from gpu_pool import logs
+from gpu_pool.client import EngineClient
+from gpu_pool.engine import EngineSpec
+from gpu_pool.model_files import ModelFilesError, ensure_model
+from gpu_pool.pool import EnginePool, engine_specs
+
+log = logging.getLogger("embsvc.lifecycle")
+
+# Padded tokens per forward pass when MAX_BATCH_TOKENS is not set.
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+_settings: Settings | None = None
+_pool: EnginePool | None = None
+_client: EngineClient | None = None
+
+
+def on_starting(server: object) -> None:
+    global _settings, _pool
+    try:
+        _settings = load_settings()
+    except ConfigError as exc:
+        raise RuntimeError(f"configuration error: {exc}") from None
+    logs.configure(_settings.log_level, _settings.log_format)
+    try:
+        ensure_model(_settings.model_path, _settings.model_name)
+    except ModelFilesError as exc:
+        raise RuntimeError(str(exc)) from None
+    _pool = EnginePool(engine_specs(list(_settings.devices), _engine_template(_settings)),
+                       n_slots=2 * _settings.web_concurrency + 2)
+    _pool.start()
+
+
+def _engine_template(s: Settings) -> EngineSpec:
+    return EngineSpec(
+        index=0,
+        device="auto",
+        dtype=s.dtype,
+        model_path=str(Path(s.model_path).resolve()),
+        batch_size=s.batch_size,
+        max_batch_tokens=s.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
+        threads=0,
+        log_level=s.log_level,
+        log_format=s.log_format,
+    )
+
+
+def pre_fork(server: object, worker: object) -> None:
+    worker.slot = _require_pool().take_slot()
+
+
+def post_fork(server: object, worker: object) -> None:
+    global _client
+    s = _require_settings()
+    _client = EngineClient(_require_pool(), worker.slot, s.max_queue_size, s.request_timeout_s)
+
+
+def child_exit(server: object, worker: object) -> None:
+    _require_pool().release_slot(worker.slot, worker.pid)
+
+
+def on_exit(server: object) -> None:
+    if _pool is not None:
+        _pool.stop()
+        log.info("Engines stopped; shared memory cleaned")
+
+
+def settings() -> Settings:
+    return _require_settings()
+
+
+def engine_client() -> EngineClient:
+    if _client is None:
+        raise RuntimeError("embsvc.wsgi runs inside gunicorn: gunicorn -c gunicorn.conf.py embsvc.wsgi:app")
+    return _client
+
+
+def _require_settings() -> Settings:
+    if _settings is None:
+        raise RuntimeError("the server was not started through gunicorn.conf.py")
+    return _settings
+
+
+def _require_pool() -> EnginePool:
+    if _pool is None:
+        raise RuntimeError("the server was not started through gunicorn.conf.py")
+    return _pool

@@ -1,0 +1,151 @@
+"""The HTTP resources: small classes that read, delegate and answer."""
+
+from __future__ import annotations
+
+import time
+
+import falcon
+
+from embsvc import __version__
+from embsvc.config import Settings
+from embsvc.errors import NotFound
+from embsvc.serialize import dumps
+from embsvc.service import EmbeddingService
+from embsvc.validation import parse_embedding_request, read_json_object
+from gpu_pool.shared import EngineState
+
+_STARTED = int(time.time())
+
+
+def _json(resp: falcon.Response, payload: object, status: int = 200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = dumps(payload)
+
+
+class Embeddings:
+    auth_required = True
+
+    def __init__(self, service: EmbeddingService) -> None:
+        self.service = service
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        settings = self.service.settings
+        request = parse_embedding_request(read_json_object(req, settings.max_request_bytes), settings)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.service.embed(request)
+
+
+class Health:
+    auth_required = False
+
+    def __init__(self, service: EmbeddingService) -> None:
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        states = self.service.engine.states()
+        if EngineState.READY in states:
+            info = self.service.engine.info()
+            _json(resp, {"status": "ok", "model": self.service.settings.model_name,
+                         "device": info.get("device"), "dtype": info.get("dtype"),
+                         "engines": [s.name.lower() for s in states]})
+        else:
+            status = "loading" if EngineState.LOADING in states else "unavailable"
+            _json(resp, {"status": status}, status=503)
+            resp.set_header("Retry-After", "1")
+
+
+class Stats:
+    auth_required = True
+
+    def __init__(self, service: EmbeddingService) -> None:
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        engines = self.service.engine.snapshot()
+        total = {key: sum(e[key] for e in engines) for key in
+                 ("queue_size", "processed_requests", "failed_requests", "batches", "batched_requests",
+                  "batched_inputs", "tokens", "padded_tokens", "processing_seconds")}
+        batches = total["batches"] or 1
+        s = self.service.settings
+        _json(resp, {
+            "batching": {
+                "queue_size": total["queue_size"],
+                "processed_requests": int(total["processed_requests"]),
+                "failed_requests": int(total["failed_requests"]),
+                "batches": int(total["batches"]),
+                "average_batch_size": total["batched_requests"] / batches,
+                "average_batch_inputs": total["batched_inputs"] / batches,
+                "average_processing_time": total["processing_seconds"] / batches,
+                "tokens_processed": int(total["tokens"]),
+                "padding_ratio": 1 - total["tokens"] / total["padded_tokens"] if total["padded_tokens"] else 0.0,
+            },
+            "config": {
+                "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms, "max_queue_size": s.max_queue_size,
+                "max_batch_tokens": s.max_batch_tokens or None, "processing_concurrency": s.processing_concurrency,
+                "max_tokens": s.max_tokens, "max_inputs": s.max_inputs, "devices": list(s.devices),
+                "dtype": s.dtype,
+            },
+            "engines": engines,
+        })
+
+
+def _model_card(settings: Settings) -> dict:
+    return {"id": settings.model_name, "object": "model", "created": _STARTED, "owned_by": "BAAI",
+            "aliases": list(settings.model_aliases)}
+
+
+class Models:
+    auth_required = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, {"object": "list", "data": [_model_card(self.settings)]})
+
+
+class Model:
+    auth_required = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
+        if model_id not in self.settings.model_names():
+            raise NotFound(f"model {model_id!r} does not exist", param="model")
+        _json(resp, _model_card(self.settings))
+
+
+class Root:
+    auth_required = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        s = self.settings
+        _json(resp, {
+            "service": "bge-m3 embedding server",
+            "version": __version__,
+            "model": s.model_name,
+            "supported_vectors": ["dense", "sparse", "colbert"],
+            "endpoints": {
+                "embeddings": "POST /v1/embeddings", "health": "GET /health", "stats": "GET /stats",
+                "models": "GET /v1/models", "model": "GET /v1/models/{id}",
+                "openapi": "GET /openapi.json",
+            },
+            "batching": {"batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
+                         "max_queue_size": s.max_queue_size, "max_batch_tokens": s.max_batch_tokens or None},
+        })
+
+
+class OpenAPI:
+    auth_required = False
+
+    def __init__(self, document: dict) -> None:
+        self.body = dumps(document)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.body

@@ -1,0 +1,44 @@
+"""Tokenizing in the web worker, with the plain ``tokenizers`` library (no torch).
+
+Inputs are tokenized whole, then cut: keeping the first ``max_length - 1`` ids
+and the final ``</s>`` is exactly what the transformers tokenizer does with
+``truncation=True`` (it truncates the text's tokens, then adds ``<s>``/``</s>``),
+and the untruncated length tells ``truncate: false`` requests that they are too long.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+# The web workers are forked; tokenizers' thread pool must not be shared across forks.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# FlagEmbedding drops the cls, eos, pad and unk ids from the sparse weights.
+_UNUSED_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
+
+
+class TextTokenizer:
+    def __init__(self, model_path: Path) -> None:
+        self._tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        ids = (self._tokenizer.token_to_id(t) for t in _UNUSED_TOKENS)
+        self.unused_ids = np.array([i for i in ids if i is not None], dtype=np.int32)
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=True)
+        return [np.array(e.ids, dtype=np.int32) for e in encodings]
+
+    def tokens(self, ids: np.ndarray) -> list[str]:
+        return [self._tokenizer.id_to_token(int(i)) or "" for i in ids]
+
+
+def truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
+    """Cut to ``max_length`` ids, keeping the closing ``</s>``."""
+    if len(ids) <= max_length:
+        return ids
+    return np.concatenate((ids[: max_length - 1], ids[-1:]))

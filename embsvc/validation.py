@@ -1,0 +1,118 @@
+"""Reading and checking request bodies; every failure is an APIError with a clear message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import falcon
+import orjson
+
+from embsvc.config import Settings
+from embsvc.errors import InvalidRequest, NotFound, PayloadTooLarge
+from gpu_pool.protocol import Kind
+
+_KIND_FLAGS = {"dense": Kind.DENSE, "sparse": Kind.SPARSE, "colbert": Kind.COLBERT}
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    texts: list[str]
+    kinds: Kind
+    encoding_format: str  # "float" or "base64"
+    max_length: int
+    truncate: bool
+
+
+def read_json_object(req: falcon.Request, max_bytes: int) -> dict:
+    """The body as a JSON object, whatever the Content-Type, never reading past ``max_bytes``."""
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {max_bytes} bytes")
+    raw = req.bounded_stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+    if not raw.strip():
+        raise InvalidRequest("request body is empty: send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc.msg}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def parse_embedding_request(body: dict, settings: Settings) -> EmbeddingRequest:
+    check_model(body, settings)
+    optional_str(body, "user")
+    kinds = Kind(0)
+    for name, flag in _KIND_FLAGS.items():
+        if boolean(body, f"return_{name}", name in settings.default_return):
+            kinds |= flag
+    if not kinds:
+        raise InvalidRequest("return_dense, return_sparse and return_colbert are all false: ask for at least one")
+    encoding_format = body.get("encoding_format", "float")
+    if encoding_format not in ("float", "base64"):
+        raise InvalidRequest("encoding_format must be \"float\" or \"base64\"", param="encoding_format")
+    return EmbeddingRequest(
+        texts=texts(body, "input", settings.max_inputs),
+        kinds=kinds,
+        encoding_format=encoding_format,
+        max_length=max_length(body, settings.max_tokens),
+        truncate=boolean(body, "truncate", True),
+    )
+
+
+def check_model(body: dict, settings: Settings) -> None:
+    model = body.get("model", settings.model_name)
+    if not isinstance(model, str):
+        raise InvalidRequest("model must be a string", param="model")
+    if model not in settings.model_names():
+        raise NotFound(f"model {model!r} does not exist; this server serves {settings.model_name!r}",
+                       param="model")
+
+
+def texts(body: dict, field: str, max_inputs: int) -> list[str]:
+    if field not in body:
+        raise InvalidRequest(f"{field} is required: a string or a list of strings", param=field)
+    value = body[field]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise InvalidRequest(f"{field} must be a string or a list of strings", param=field)
+    if not items:
+        raise InvalidRequest(f"{field} must not be an empty list", param=field)
+    if len(items) > max_inputs:
+        raise PayloadTooLarge(f"{field} has {len(items)} items; at most {max_inputs} are allowed", param=field)
+    for i, item in enumerate(items):
+        where = field if isinstance(value, str) else f"{field}[{i}]"
+        if not isinstance(item, str):
+            raise InvalidRequest(f"{where} must be a string, not {_json_type(item)}", param=field)
+        if not item.strip():
+            raise InvalidRequest(f"{where} is empty or white space only", param=field)
+    return items
+
+
+def max_length(body: dict, limit: int) -> int:
+    value = body.get("max_length", limit)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise InvalidRequest(f"max_length must be a whole number from 1 to {limit}", param="max_length")
+    return value
+
+
+def boolean(body: dict, field: str, default: bool) -> bool:
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{field} must be true or false, not {_json_type(value)}", param=field)
+    return value
+
+
+def optional_str(body: dict, field: str) -> None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a string", param=field)
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), "a value of another type")

@@ -1,0 +1,44 @@
+"""Choosing the next forward pass: a pure function, tested on its own.
+
+Fairness comes first: only the inputs of the oldest ``max_jobs`` waiting jobs are
+candidates, so a job is never overtaken indefinitely. Among those, the longest
+inputs go first and the pass grows while its padded size (rows × longest row)
+stays within ``max_tokens``; sorting by length keeps padding small. A single
+input longer than the budget still runs, alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One input of a job waiting for the model."""
+
+    job_seq: int  # arrival order of its job
+    index: int  # position of the input in its job
+    length: int  # tokens, special tokens included
+
+
+def plan_batch(pending: Sequence[Item], max_jobs: int, max_tokens: int) -> list[Item]:
+    """The items of the next forward pass, longest first.
+
+    ``pending`` is in arrival order, the items of a job contiguous.
+    """
+    candidates: list[Item] = []
+    jobs: set[int] = set()
+    for item in pending:
+        if item.job_seq not in jobs:
+            if len(jobs) == max_jobs:
+                break
+            jobs.add(item.job_seq)
+        candidates.append(item)
+    candidates.sort(key=lambda item: -item.length)
+    batch: list[Item] = []
+    for item in candidates:
+        if batch and (len(batch) + 1) * batch[0].length > max_tokens:
+            break
+        batch.append(item)
+    return batch

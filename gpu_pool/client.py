@@ -1,0 +1,149 @@
+"""The web worker's side: submit a job to the least-loaded engine and wait for it.
+
+Waiting requests are kept in a dict keyed by job id (as ``concurrent.futures``
+does); one listener thread reads this worker's answer pipe and wakes them. It
+also fails every request whose engine died (its ``generation`` moved on), so no
+request waits for an answer that cannot come.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpu_pool import protocol
+from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
+from gpu_pool.pool import EngineHandle, EnginePool
+from gpu_pool.protocol import Done, ErrorCode, Failed, Job, Kind
+from gpu_pool.segment import Layout, Segment
+from gpu_pool.shared import EngineState
+
+_LISTEN_POLL_S = 0.2
+
+
+@dataclass
+class _Waiter:
+    engine: EngineHandle
+    generation: int
+    event: threading.Event = field(default_factory=threading.Event)
+    answer: Done | Failed | None = None
+    lost: bool = False
+
+
+class EngineClient:
+    def __init__(self, pool: EnginePool, slot: int, max_queue_size: int, timeout_s: float) -> None:
+        self.pool, self.slot = pool, slot
+        self.max_queue_size, self.timeout_s = max_queue_size, timeout_s
+        self._answers = pool.slot_readers[slot]
+        self._waiters: dict[int, _Waiter] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pid = os.getpid()
+        threading.Thread(target=self._listen, name="engine-answers", daemon=True).start()
+
+    # -- state for /health and /stats -----------------------------------------------
+
+    def states(self) -> list[EngineState]:
+        return [EngineState(h.shared.state.value) for h in self.pool.engines]
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Per engine: state, queue, restarts and the engine's own counters."""
+        return [
+            {"index": h.spec.index, "device": h.spec.device, "state": EngineState(h.shared.state.value).name.lower(),
+             "queue_size": h.shared.pending(), "restarts": h.shared.restarts.value, **h.shared.stats_dict()}
+            for h in self.pool.engines
+        ]
+
+    def info(self) -> dict[str, object]:
+        for handle in self.pool.engines:
+            if handle.shared.state.value == EngineState.READY:
+                return handle.shared.info()
+        return {}
+
+    # -- submitting -----------------------------------------------------------------
+
+    def embed(self, ids: list[np.ndarray], kinds: Kind, dim: int) -> Segment:
+        """Run the inputs through an engine; returns the filled segment (close it after reading)."""
+        engine = self._choose_engine()
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        layout = Layout(len(ids), int(lengths.sum()), dim, kinds)
+        job_id = next(self._ids)
+        seg = Segment.create(f"{self.pool.shm_prefix}{self._pid}-{job_id}", layout)
+        try:
+            seg.arrays["lengths"][:] = lengths
+            np.concatenate(ids, out=seg.arrays["ids"], casting="unsafe")
+            self._submit(engine, Job(job_id, self.slot, seg.name, layout.n_inputs, layout.n_tokens, kinds))
+            return seg
+        except BaseException:
+            seg.close()
+            raise
+
+    def _choose_engine(self) -> EngineHandle:
+        ready = [h for h in self.pool.engines if h.shared.state.value == EngineState.READY]
+        if not ready:
+            loading = any(h.shared.state.value == EngineState.LOADING for h in self.pool.engines)
+            raise EngineUnavailable("the model is loading" if loading else "the engine is restarting")
+        engine = min(ready, key=lambda h: h.shared.pending())
+        if engine.shared.pending() >= self.max_queue_size:
+            raise EngineOverloaded("too many requests are waiting for the model", retry_after_s=1.0)
+        return engine
+
+    def _submit(self, engine: EngineHandle, job: Job) -> None:
+        waiter = _Waiter(engine, engine.shared.generation.value)
+        with self._lock:
+            self._waiters[job.job_id] = waiter
+            engine.shared.in_flight[self.slot] += 1
+        try:
+            # One write of a few hundred bytes: atomic with other workers' writes.
+            engine.requests_out.send_bytes(protocol.encode(job))
+            if not waiter.event.wait(self.timeout_s):
+                raise EngineTimeout(f"no answer within {self.timeout_s:g} s")
+        finally:
+            with self._lock:
+                self._waiters.pop(job.job_id, None)
+                engine.shared.in_flight[self.slot] -= 1
+        self._raise_for(waiter)
+
+    @staticmethod
+    def _raise_for(waiter: _Waiter) -> None:
+        if waiter.lost:
+            raise EngineUnavailable("the engine stopped while computing this request; retry")
+        answer = waiter.answer
+        if isinstance(answer, Failed):
+            if answer.code == ErrorCode.GONE:
+                raise EngineUnavailable(answer.message)
+            raise EngineFailed(answer.message, out_of_memory=answer.code == ErrorCode.OUT_OF_MEMORY)
+
+    # -- the listener thread --------------------------------------------------------
+
+    def _listen(self) -> None:
+        checked = time.monotonic()
+        while True:
+            try:
+                if self._answers.poll(_LISTEN_POLL_S):
+                    self._deliver(protocol.decode(self._answers.recv_bytes()))
+            except (EOFError, OSError):
+                return
+            if time.monotonic() - checked >= _LISTEN_POLL_S:
+                checked = time.monotonic()
+                self._fail_lost()
+
+    def _deliver(self, answer: Done | Failed) -> None:
+        with self._lock:
+            waiter = self._waiters.get(answer.job_id)
+        if waiter is not None:  # None: the request timed out, its answer is late
+            waiter.answer = answer
+            waiter.event.set()
+
+    def _fail_lost(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters.values())
+        for waiter in waiters:
+            if waiter.engine.shared.generation.value != waiter.generation and not waiter.event.is_set():
+                waiter.lost = True
+                waiter.event.set()

@@ -1,0 +1,31 @@
+"""What can go wrong on the way to the engine, as typed exceptions for the web side."""
+
+from __future__ import annotations
+
+
+class EngineError(RuntimeError):
+    """Base class; the web app maps each subclass to one HTTP status."""
+
+
+class EngineOverloaded(EngineError):
+    """MAX_QUEUE_SIZE requests are already waiting."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EngineUnavailable(EngineError):
+    """No engine is ready: loading, restarting, or it died with the request."""
+
+
+class EngineTimeout(EngineError):
+    """No answer within REQUEST_TIMEOUT_S."""
+
+
+class EngineFailed(EngineError):
+    """The engine could not compute this request (for example, out of memory)."""
+
+    def __init__(self, message: str, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory

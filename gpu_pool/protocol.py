@@ -1,0 +1,75 @@
+"""The messages between web workers and engines: small frozen dataclasses.
+
+Every message is pickled and written with one ``write`` to a pipe shared by
+several writers. Writes of at most ``PIPE_BUF`` bytes are atomic on POSIX, so
+no cross-process lock is needed and a writer killed mid-send cannot wedge the
+pipe for the others; ``encode`` enforces the bound.
+"""
+
+from __future__ import annotations
+
+import enum
+import pickle
+from dataclasses import dataclass
+
+PIPE_BUF = 4096
+
+
+class Kind(enum.IntFlag):
+    """The outputs a job asks for."""
+
+    DENSE = 1
+    SPARSE = 2
+    COLBERT = 4
+
+
+class ErrorCode(enum.Enum):
+    """Why an engine could not finish a job; the web side maps each to a status."""
+
+    FORWARD_FAILED = "forward_failed"
+    OUT_OF_MEMORY = "out_of_memory"
+    GONE = "gone"  # the request's shared memory vanished (client gone or timed out)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """Embed ``n_inputs`` token sequences stored in segment ``shm_name``."""
+
+    job_id: int
+    slot: int
+    shm_name: str
+    n_inputs: int
+    n_tokens: int
+    kinds: Kind
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    job_id: int
+    code: ErrorCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Asks an engine to finish the batch in hand and exit."""
+
+
+Message = Job | Done | Failed | Stop
+
+
+def encode(message: Message) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    # 4 bytes of length header precede the payload on the wire.
+    if len(data) + 4 > PIPE_BUF:
+        raise ValueError(f"message of {len(data)} bytes exceeds the atomic pipe write size")
+    return data
+
+
+def decode(data: bytes) -> Message:
+    return pickle.loads(data)

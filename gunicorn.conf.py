@@ -1,0 +1,33 @@
+"""gunicorn settings and hooks. Start with: gunicorn -c gunicorn.conf.py embsvc.wsgi:app
+
+The hooks start the engine processes with the master and stop them with it
+(see embsvc/lifecycle.py). This file is read again on SIGHUP, so it only
+declares; the engines are started once, in on_starting.
+"""
+
+from embsvc import lifecycle
+from embsvc.config import ConfigError, load_settings
+
+try:
+    _settings = load_settings()
+except ConfigError as exc:
+    raise SystemExit(f"configuration error: {exc}") from None
+
+bind = _settings.bind
+workers = _settings.web_concurrency
+# Threads wait on the engine, not on the CPU: many per worker keep the engine's
+# batches full while each worker stays a single small process.
+worker_class = "gthread"
+threads = 32
+timeout = 60
+graceful_timeout = int(_settings.request_timeout_s) + 5
+keepalive = 5
+preload_app = False  # the app needs the slot the master gives each worker in pre_fork
+loglevel = _settings.log_level.lower()
+accesslog = None
+
+on_starting = lifecycle.on_starting
+pre_fork = lifecycle.pre_fork
+post_fork = lifecycle.post_fork
+child_exit = lifecycle.child_exit
+on_exit = lifecycle.on_exit
