@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   installs what the server needs and starts it on MODEL_PATH
-#   make test    installs what the tests need, builds the test models and runs every test
+#   make test    installs what the tests need (Debian's nginx and docker-compose too, as root),
+#                builds the tiny test model and runs every test
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -18,8 +19,9 @@ $(VENV)/.installed: requirements.txt
 	$(PIP) install -q -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt deploy/install-tools.sh
 	$(PIP) install -q -r requirements-test.txt
+	bash deploy/install-tools.sh
 	touch $@
 
 install: $(VENV)/.installed

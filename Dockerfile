@@ -1,0 +1,83 @@
+# syntax=docker/dockerfile:1
+#
+# BGE-M3 embedding server: gunicorn + Falcon web workers, one torch engine per device.
+#
+#   docker build -t embsvc:cuda .                                   # CUDA build of torch (default)
+#   docker build -t embsvc:cpu --build-arg TORCH_INDEX_URL=<CPU wheel index> .
+#
+# The CUDA image needs only the NVIDIA driver on the host (the torch wheel
+# brings its own CUDA libraries) and a GPU given to the container
+# (--gpus / compose device reservation / nvidia.com/gpu in Kubernetes).
+# See deploy/README.md.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------- build stage
+FROM ${PYTHON_IMAGE} AS build
+
+# Empty: torch from the default index (on Linux x86_64 that is the CUDA build).
+# A CPU image passes the index of the CPU wheels here.
+ARG TORCH_INDEX_URL=""
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+COPY requirements.txt /tmp/requirements.txt
+
+# torch first, on its own and at the version requirements.txt pins, so that the
+# index choice applies to torch alone; then the rest, which finds torch in place.
+RUN grep -E '^torch==' /tmp/requirements.txt > /tmp/torch.txt \
+    && pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} -r /tmp/torch.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+# ---------------------------------------------------------------- final stage
+# No compiler, no pip cache, no build files: the venv and the application only.
+FROM ${PYTHON_IMAGE} AS runtime
+
+ARG APP_UID=10001
+ARG APP_GID=10001
+
+LABEL org.opencontainers.image.title="embsvc" \
+      org.opencontainers.image.description="HTTP embedding server for BAAI/bge-m3 (dense, sparse, ColBERT)"
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    BIND=0.0.0.0:8000 \
+    MODEL_PATH=/app/BGE-M3 \
+    HF_HOME=/app/.cache/huggingface
+
+RUN groupadd --system --gid "${APP_GID}" app \
+    && useradd --system --uid "${APP_UID}" --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
+    && mkdir -p /app/BGE-M3 /app/.cache/huggingface \
+    && chown -R app:app /app
+
+COPY --from=build /opt/venv /opt/venv
+
+WORKDIR /app
+COPY --chown=app:app gunicorn.conf.py ./
+COPY --chown=app:app embsvc/ ./embsvc/
+COPY --chown=app:app gpu_pool/ ./gpu_pool/
+COPY --chown=app:app deploy/docker/healthcheck.py ./deploy/docker/healthcheck.py
+
+USER ${APP_UID}:${APP_GID}
+
+# The weights: mount a volume here (downloaded from the Hub on first start when
+# empty), or point MODEL_PATH at a snapshot inside a mounted Hugging Face cache.
+VOLUME ["/app/BGE-M3"]
+
+EXPOSE 8000
+
+# Loading (and a first download) takes minutes: failures in the start period do not count.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
+    CMD ["python", "/app/deploy/docker/healthcheck.py"]
+
+ENTRYPOINT ["gunicorn", "-c", "/app/gunicorn.conf.py"]
+CMD ["embsvc.wsgi:app"]

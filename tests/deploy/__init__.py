@@ -1,0 +1,1 @@
+"""Checks of the deployment files: Dockerfile, compose files, nginx, Kubernetes."""

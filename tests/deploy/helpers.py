@@ -1,0 +1,75 @@
+"""Shared by the deployment checks: paths, tools, the settings table of api.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+API_MD = ROOT.parent / "shared" / "api.md"
+INSTALL_HINT = "run deploy/install-tools.sh as root (CI runs it before the tests)"
+
+
+def tool(name: str) -> str:
+    """Path of a command-line tool: the venv's bin first, then PATH; fail if absent.
+
+    A missing tool fails the test instead of skipping it, so that CI never
+    passes without the check.
+    """
+    venv_bin = Path(sys.executable).parent / name
+    if venv_bin.is_file():
+        return str(venv_bin)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: {INSTALL_HINT}", pytrace=False)
+    return found
+
+
+def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+def api_settings() -> list[str]:
+    """Every variable named in the first column of api.md's configuration table."""
+    if not API_MD.is_file():
+        pytest.fail(f"{API_MD} not found: the checks read the settings table from shared/api.md")
+    text = API_MD.read_text(encoding="utf-8")
+    section = text.split("## Configuration", 1)
+    assert len(section) == 2, "api.md has no '## Configuration' section"
+    names: list[str] = []
+    for line in section[1].splitlines():
+        if line.startswith("## "):
+            break
+        cells = line.split("|")
+        if len(cells) > 2:
+            names += [n for n in re.findall(r"`([^`]+)`", cells[1]) if re.fullmatch(r"[A-Z][A-Z0-9_]*", n)]
+    assert len(names) >= 10, f"too few settings found in api.md's table: {names}"
+    return names
+
+
+def api_default(name: str) -> str:
+    """The default column of one row of api.md's configuration table."""
+    for line in API_MD.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 3 and cells[1] == f"`{name}`":
+            return cells[2]
+    raise AssertionError(f"{name} is not in api.md's configuration table")
+
+
+def load_render() -> ModuleType:
+    """deploy/nginx/render.py as a module (deploy/ is not a package)."""
+    path = DEPLOY / "nginx" / "render.py"
+    spec = importlib.util.spec_from_file_location("embsvc_nginx_render", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

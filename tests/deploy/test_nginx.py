@@ -1,0 +1,163 @@
+"""deploy/nginx/nginx.conf: nginx -t accepts it (as an ordinary user), its limits
+match the server's, and render.py gives tests their own upstreams and port."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .helpers import DEPLOY, api_default, load_render, run, tool
+
+NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
+
+
+@pytest.fixture(scope="module")
+def render() -> ModuleType:
+    return load_render()
+
+
+def nginx_t(conf: Path, *, as_user: tuple[int, int] | None = None) -> tuple[int, str]:
+    prefix = conf.parent
+    args = [tool("nginx"), "-t", "-q", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "logs" / "error.log")]
+    if as_user is not None:
+        uid, gid = as_user
+        args = [tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *args]
+    result = run(args)
+    return result.returncode, result.stderr
+
+
+def test_rendered_config_passes_nginx_t(tmp_path: Path, render: ModuleType) -> None:
+    conf = render.write_config(tmp_path, upstreams=["127.0.0.1:18001", "127.0.0.1:18002"], listen="127.0.0.1:18080")
+    code, stderr = nginx_t(conf)
+    assert code == 0, f"nginx -t rejects the rendered deploy/nginx/nginx.conf:\n{stderr}"
+    assert "[warn]" not in stderr and "[emerg]" not in stderr, stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="already runs as an ordinary user above")
+def test_rendered_config_passes_nginx_t_as_an_ordinary_user(render: ModuleType) -> None:
+    """CI runs as root; the end-to-end test must also work for a developer who is not."""
+    nobody = pwd.getpwnam("nobody")
+    # Not under tmp_path: pytest keeps its base folder private to root.
+    prefix = Path(tempfile.mkdtemp(prefix="embsvc-nginx-"))
+    try:
+        conf = render.write_config(prefix, upstreams=["127.0.0.1:18001"], listen="127.0.0.1:18080")
+        for path in [prefix, *prefix.rglob("*")]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        code, stderr = nginx_t(conf, as_user=(nobody.pw_uid, nobody.pw_gid))
+        assert code == 0, f"nginx -t fails for a user other than root:\n{stderr}"
+    finally:
+        shutil.rmtree(prefix)
+
+
+def test_nginx_t_reports_a_broken_config(tmp_path: Path, render: ModuleType) -> None:
+    """The check above can fail: an unknown directive makes nginx -t exit non-zero."""
+    template = tmp_path / "broken.conf"
+    template.write_text(NGINX_CONF.read_text(encoding="utf-8").replace("server_tokens off;", "server_tokenz off;"))
+    conf = render.write_config(tmp_path / "p", upstreams=["127.0.0.1:1"], listen="127.0.0.1:18080", template=template)
+    code, stderr = nginx_t(conf)
+    assert code != 0 and "server_tokenz" in stderr
+
+
+def test_render_changes_only_the_marked_blocks(render: ModuleType, tmp_path: Path) -> None:
+    template = NGINX_CONF.read_text(encoding="utf-8")
+    text = render.render(
+        template,
+        upstreams=["127.0.0.1:9001", "[::1]:9002", "unix:/tmp/e.sock"],
+        listen="127.0.0.1:9000",
+        prefix=tmp_path,
+    )
+    servers = re.findall(r"^\s*server (\S+) (.*);$", text, re.MULTILINE)
+    assert [s[0] for s in servers] == ["127.0.0.1:9001", "[::1]:9002", "unix:/tmp/e.sock"]
+    assert all(params == "max_fails=3 fail_timeout=5s" for _, params in servers), servers
+    assert "resolve" not in " ".join(p for _, p in servers)
+    assert "resolver 127.0.0.11" not in text
+    assert re.search(r"^\s*listen 127\.0\.0\.1:9000;$", text, re.MULTILINE)
+    assert f"pid {tmp_path.resolve()}/nginx.pid;" in text
+    assert f"proxy_temp_path {tmp_path.resolve()}/tmp/proxy;" in text
+    # Everything outside the markers is the production file's.
+    unmarked = re.compile(r"# BEGIN (\S+).*?# END \1", re.DOTALL)
+    assert unmarked.sub("", text) == unmarked.sub("", template)
+    # Rendering again gives the same file (markers are kept).
+    again = render.render(
+        text, upstreams=["127.0.0.1:9001", "[::1]:9002", "unix:/tmp/e.sock"], listen="127.0.0.1:9000", prefix=tmp_path
+    )
+    assert again == text
+
+
+def test_render_refuses_bad_input(render: ModuleType) -> None:
+    template = NGINX_CONF.read_text(encoding="utf-8")
+    with pytest.raises(ValueError):
+        render.render(template, upstreams=[], listen="127.0.0.1:9000")
+    with pytest.raises(ValueError):
+        render.render(template, upstreams=["127.0.0.1:1; evil"], listen="127.0.0.1:9000")
+    with pytest.raises(render.TemplateError):
+        render.render(template.replace("# BEGIN listen", "# listen"), upstreams=["a:1"], listen="9000")
+
+
+def test_render_command_line(tmp_path: Path) -> None:
+    import sys
+
+    result = run(
+        [
+            sys.executable,
+            str(DEPLOY / "nginx" / "render.py"),
+            "--prefix",
+            str(tmp_path),
+            "--listen",
+            "127.0.0.1:18080",
+            "--upstream",
+            "127.0.0.1:18001",
+            "--upstream",
+            "127.0.0.1:18002",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    conf = Path(result.stdout.strip())
+    assert conf == tmp_path.resolve() / "nginx.conf" and "server 127.0.0.1:18002" in conf.read_text()
+    assert nginx_t(conf)[0] == 0
+
+
+def directive(name: str, text: str) -> str:
+    values = re.findall(rf"^\s*{name}\s+([^;]+);", text, re.MULTILINE)
+    assert len(values) == 1, f"{name}: expected one setting, found {values}"
+    return values[0]
+
+
+def seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)?", value)
+    assert match, value
+    return int(match[1]) * {"ms": 0.001, "s": 1, "m": 60, None: 1}[match[2]]
+
+
+def test_limits_match_the_server() -> None:
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    # Body size: MAX_REQUEST_BYTES (8 MiB in api.md).
+    body = api_default("MAX_REQUEST_BYTES")
+    mib = re.fullmatch(r"(\d+) MiB", body)
+    assert mib, body
+    assert directive("client_max_body_size", text) == f"{mib[1]}m"
+    assert f"limit {mib[1]} MiB" in text, "the 413 message names the limit"
+    # Read timeout: longer than REQUEST_TIMEOUT_S so that the server's own 504 gets through.
+    timeout = float(api_default("REQUEST_TIMEOUT_S"))
+    assert timeout < seconds(directive("proxy_read_timeout", text)) <= timeout + 30
+    # Keep-alive to the upstream.
+    assert directive("proxy_http_version", text.split("location = /metrics")[0]) == "1.1"
+    assert re.search(r'proxy_set_header Connection ""', text)
+    assert int(directive("keepalive", text)) > 0
+    # Retries stop long before a request could have been answered.
+    assert seconds(directive("proxy_next_upstream_timeout", text)) < timeout
+    # nginx's own errors speak the service's JSON shape.
+    for status in ("413", "503", "504"):
+        body_match = re.search(rf"return {status} '(\{{.*\}})\\n';", text)
+        assert body_match, status
+        import json
+
+        payload = json.loads(body_match[1])
+        assert set(payload) == {"error", "detail"} and payload["error"]["message"] == payload["detail"]

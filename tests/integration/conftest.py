@@ -1,0 +1,41 @@
+"""A real engine process on the tiny model, driven from the test process as the master."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gpu_pool.client import EngineClient
+from gpu_pool.engine import EngineSpec
+from gpu_pool.pool import EnginePool
+from gpu_pool.shared import EngineState
+
+
+def engine_spec(model_path, **overrides) -> EngineSpec:
+    fields = dict(index=0, device="cpu", dtype="float32", model_path=str(model_path), batch_size=8,
+                  max_batch_tokens=4096, threads=1, log_level="INFO", log_format="text")
+    return EngineSpec(**(fields | overrides))
+
+
+def wait_ready(pool: EnginePool, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(h.shared.state.value == EngineState.READY for h in pool.engines):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("engine did not become ready")
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_model):
+    pool = EnginePool([engine_spec(tiny_model)], n_slots=2)
+    pool.start()
+    wait_ready(pool)
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture(scope="module")
+def client(pool) -> EngineClient:
+    return EngineClient(pool, pool.take_slot(), max_queue_size=50, timeout_s=60)
