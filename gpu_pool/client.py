@@ -18,6 +18,7 @@ import numpy as np
 
 from gpu_pool import protocol
 from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
+from gpu_pool.frames import FrameReader
 from gpu_pool.pool import EngineHandle, EnginePool
 from gpu_pool.protocol import Done, ErrorCode, Failed, Job, Kind
 from gpu_pool.segment import Layout, Segment
@@ -122,11 +123,12 @@ class EngineClient:
     # -- the listener thread --------------------------------------------------------
 
     def _listen(self) -> None:
+        frames = FrameReader(self._answers)
         checked = time.monotonic()
         while True:
             try:
-                if self._answers.poll(_LISTEN_POLL_S):
-                    self._deliver(protocol.decode(self._answers.recv_bytes()))
+                for frame in frames.read(_LISTEN_POLL_S):
+                    self._deliver(protocol.decode(frame))
             except (EOFError, OSError):
                 return
             if time.monotonic() - checked >= _LISTEN_POLL_S:
@@ -134,11 +136,13 @@ class EngineClient:
                 self._fail_lost()
 
     def _deliver(self, answer: Done | Failed) -> None:
+        job_ids = answer.job_ids if isinstance(answer, Done) else (answer.job_id,)
         with self._lock:
-            waiter = self._waiters.get(answer.job_id)
-        if waiter is not None:  # None: the request timed out, its answer is late
-            waiter.answer = answer
-            waiter.event.set()
+            waiters = [self._waiters.get(job_id) for job_id in job_ids]
+        for waiter in waiters:
+            if waiter is not None:  # None: the request timed out, its answer is late
+                waiter.answer = answer
+                waiter.event.set()
 
     def _fail_lost(self) -> None:
         with self._lock:

@@ -45,7 +45,9 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    job_id: int
+    """These jobs' vectors are in their segments (one message per slot and batch)."""
+
+    job_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import requests
 
 from tests.e2e.conftest import TOKEN
 
-WORDS = "alpha beta gamma дельта эпсилон 中文 عربي émoji🚀 omega sigma kappa lambda".split()
+WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "中文", "عربي", "émoji🚀", "omega", "sigma", "kappa", "lambda"]
 
 
 def embed(server, body, auth) -> dict:

@@ -10,7 +10,7 @@ from gpu_pool.segment import Layout, Segment
 
 def test_messages_round_trip_and_stay_atomic_sized():
     job = Job(2**40 + 7, 3, "bgem3-123-456-789012", 256, 8192 * 256, Kind.DENSE | Kind.COLBERT)
-    for message in (job, Done(5), Failed(6, ErrorCode.OUT_OF_MEMORY, "out of memory")):
+    for message in (job, Done(tuple(range(10**12, 10**12 + 256))), Failed(6, ErrorCode.OUT_OF_MEMORY, "out of memory")):
         data = protocol.encode(message)
         assert len(data) + 4 <= protocol.PIPE_BUF
         assert protocol.decode(data) == message
@@ -52,3 +52,23 @@ def test_unlink_prefix_removes_leftovers():
         Segment.create(f"{prefix}{i}", Layout(1, 2, 4, Kind.DENSE))  # never closed: a crash
     assert segment.unlink_prefix(prefix) == 3
     assert segment.unlink_prefix(prefix) == 0
+
+
+def test_frame_reader_splits_many_messages_and_keeps_partial_ones():
+    import multiprocessing
+
+    from gpu_pool.frames import FrameReader
+
+    reader_end, writer_end = multiprocessing.Pipe(duplex=False)
+    reader = FrameReader(reader_end)
+    assert reader.read(0.01) == []
+    for i in range(5):
+        writer_end.send_bytes(protocol.encode(Done((i,))))
+    os.write(writer_end.fileno(), b"\x00\x00\x00\x05ab")  # a frame whose tail is not there yet
+    frames = reader.read(0.1)
+    assert [protocol.decode(f) for f in frames] == [Done((i,)) for i in range(5)]
+    os.write(writer_end.fileno(), b"cde")
+    assert reader.read(0.1) == [b"abcde"]
+    writer_end.close()
+    with pytest.raises(EOFError):
+        reader.read(0.1)
