@@ -11,8 +11,10 @@ builds the app with ``settings()`` and ``engine_client()``.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+from embsvc import metrics_dir as metrics_folder
 from embsvc.config import ConfigError, Settings, load_settings
 from gpu_pool import logs
 from gpu_pool.client import EngineClient
@@ -28,6 +30,7 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 _settings: Settings | None = None
 _pool: EnginePool | None = None
 _client: EngineClient | None = None
+_metrics_dir: Path | None = None
 
 
 def on_starting(server: object) -> None:
@@ -41,6 +44,8 @@ def on_starting(server: object) -> None:
         ensure_model(_settings.model_path, _settings.model_name)
     except ModelFilesError as exc:
         raise RuntimeError(str(exc)) from None
+    global _metrics_dir
+    _metrics_dir = metrics_folder.create()  # before any worker forks: they inherit its variable
     _pool = EnginePool(engine_specs(list(_settings.devices), _engine_template(_settings)),
                        n_slots=2 * _settings.web_concurrency + 2)
     _pool.start()
@@ -54,10 +59,18 @@ def _engine_template(s: Settings) -> EngineSpec:
         model_path=str(Path(s.model_path).resolve()),
         batch_size=s.batch_size,
         max_batch_tokens=s.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
-        threads=0,
+        batch_timeout_ms=s.batch_timeout_ms,
+        concurrency=s.processing_concurrency,
+        threads=_cpu_threads(s.devices),
         log_level=s.log_level,
         log_format=s.log_format,
     )
+
+
+def _cpu_threads(devices: tuple[str, ...]) -> int:
+    """Torch threads per CPU engine: the cores shared out among the CPU engines (0: all of them)."""
+    cpu_engines = sum(d == "cpu" for d in devices)
+    return max(1, len(os.sched_getaffinity(0)) // cpu_engines) if cpu_engines > 1 else 0
 
 
 def pre_fork(server: object, worker: object) -> None:
@@ -72,12 +85,16 @@ def post_fork(server: object, worker: object) -> None:
 
 def child_exit(server: object, worker: object) -> None:
     _require_pool().release_slot(worker.slot, worker.pid)
+    if _metrics_dir is not None:
+        metrics_folder.mark_dead(_metrics_dir, worker.pid)
 
 
 def on_exit(server: object) -> None:
     if _pool is not None:
         _pool.stop()
         log.info("Engines stopped; shared memory cleaned")
+    if _metrics_dir is not None:
+        metrics_folder.remove(_metrics_dir)
 
 
 def settings() -> Settings:
@@ -88,6 +105,10 @@ def engine_client() -> EngineClient:
     if _client is None:
         raise RuntimeError("embsvc.wsgi runs inside gunicorn: gunicorn -c gunicorn.conf.py embsvc.wsgi:app")
     return _client
+
+
+def metrics_dir() -> Path | None:
+    return _metrics_dir
 
 
 def _require_settings() -> Settings:

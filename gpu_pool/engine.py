@@ -1,11 +1,17 @@
 """The engine process: loads the model on its device and serves jobs in batches.
 
-A reader thread takes jobs off the request pipe, attaches their shared memory
-and queues their inputs, so that the next batch is gathered while the current
-one runs (torch releases the GIL during the forward pass). The main thread
-picks a batch (``batching.plan_batch``), runs the model once for it, computing
-only the heads some job in it asked for, writes each input's vectors into its
-job's segment and answers every job whose inputs are all done.
+Three threads, so that the device never waits on Python:
+
+- the reader takes jobs off the request pipe, attaches their shared memory and
+  queues their inputs;
+- the planner chooses the next batch (``batching.plan_batch``) and pads its ids
+  while the current batch runs. An idle device gets a batch at once; while it is
+  busy the next batch keeps filling until it is full (``batch_size`` jobs or
+  ``max_batch_tokens``) or its oldest job has waited ``batch_timeout_ms``.
+  At most ``concurrency`` batches are in hand: one running, the rest prepared;
+- the main thread runs the model once per batch, computing only the heads some
+  job in it asked for, writes each input's vectors into its job's segment and
+  answers every job whose inputs are all done.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,6 +30,7 @@ import numpy as np
 
 from gpu_pool import logs, protocol
 from gpu_pool.batching import Item, plan_batch
+from gpu_pool.frames import FrameReader
 from gpu_pool.jobs import ActiveJob
 from gpu_pool.protocol import Done, ErrorCode, Failed, Job, Kind, Stop
 from gpu_pool.shared import EngineShared, EngineState
@@ -30,6 +38,7 @@ from gpu_pool.shared import EngineShared, EngineState
 log = logging.getLogger("gpu_pool.engine")
 
 _POLL_S = 0.25
+_DONE_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -40,14 +49,28 @@ class EngineSpec:
     model_path: str
     batch_size: int  # most jobs merged into one forward pass
     max_batch_tokens: int  # padded tokens in one forward pass
+    batch_timeout_ms: int  # longest a batch keeps filling while the device is busy
+    concurrency: int  # batches in hand: one running, the others prepared
     threads: int  # torch CPU threads; 0 = the cores this process may use
     log_level: str
     log_format: str
 
 
+@dataclass(frozen=True)
+class Batch:
+    items: list[Item]
+    ids: np.ndarray  # [rows, width], padded
+    lengths: np.ndarray
+    kinds: Kind
+    colbert_rows: np.ndarray
+
+
 def main(spec: EngineSpec, requests: Connection, slots: list[Connection], shared: EngineShared) -> None:
     """Process entry point."""
     logs.configure(spec.log_level, spec.log_format)
+    # OpenMP threads that spin between kernels steal the cores the web workers
+    # need for parsing and serializing; sleeping ones give them back.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from gpu_pool.device import resolve_device, resolve_dtype
@@ -58,11 +81,12 @@ def main(spec: EngineSpec, requests: Connection, slots: list[Connection], shared
     dtype = resolve_dtype(spec.dtype, device)
     threads = spec.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    log.info("Using device %s with dtype %s (%d CPU threads)", device, str(dtype).removeprefix("torch."), threads)
+    dtype_name = str(dtype).removeprefix("torch.")
+    log.info("Using device %s with dtype %s (%d CPU threads)", device, dtype_name, threads)
     started = time.monotonic()
     model = M3Model(Path(spec.model_path), device, dtype)
     log.info("Model loaded from %s in %.1f s", spec.model_path, time.monotonic() - started)
-    shared.set_info({"device": str(device), "dtype": str(dtype).removeprefix("torch."), "dim": model.dim})
+    shared.set_info({"device": str(device), "dtype": dtype_name, "dim": model.dim})
     for conn in slots:
         # A slot whose worker is gone must not block the engine: its answers are dropped.
         os.set_blocking(conn.fileno(), False)
@@ -78,30 +102,33 @@ class Engine:
         self.spec, self.model, self.requests, self.slots, self.shared = spec, model, requests, slots, shared
         self.jobs: dict[int, ActiveJob] = {}
         self.pending: list[Item] = []
+        self.prepared: deque[Batch] = deque()
+        self.in_hand = 0  # batches prepared or running
         self.ready = threading.Condition()
         self.stopping = False
+        self.planner_done = False
         self._seq = 0
         self._parent = os.getppid()
 
     # -- the reader thread ---------------------------------------------------------
 
     def read_requests(self) -> None:
+        frames = FrameReader(self.requests)
         while not self.stopping:
             if os.getppid() != self._parent:
                 log.error("The server's master process is gone; the engine stops")
                 self._stop()
                 return
             try:
-                if not self.requests.poll(_POLL_S):
-                    continue
-                message = protocol.decode(self.requests.recv_bytes())
+                messages = [protocol.decode(frame) for frame in frames.read(_POLL_S)]
             except (EOFError, OSError):
                 self._stop()
                 return
-            if isinstance(message, Stop):
-                self._stop()
-            elif isinstance(message, Job):
-                self._accept(message)
+            for message in messages:
+                if isinstance(message, Stop):
+                    self._stop()
+                elif isinstance(message, Job):
+                    self._accept(message)
 
     def _accept(self, job: Job) -> None:
         self._seq += 1
@@ -112,50 +139,99 @@ class Engine:
         with self.ready:
             self.jobs[active.seq] = active
             self.pending.extend(active.items())
-            self.ready.notify()
+            self.ready.notify_all()
 
     def _stop(self) -> None:
         with self.ready:
             self.stopping = True
-            self.ready.notify()
+            self.ready.notify_all()
 
-    # -- the main loop ---------------------------------------------------------------
+    # -- the planner thread --------------------------------------------------------
 
-    def serve(self) -> None:
-        reader = threading.Thread(target=self.read_requests, name="engine-reader", daemon=True)
-        reader.start()
+    def plan_batches(self) -> None:
         while True:
             with self.ready:
-                while not self.pending and not self.stopping:
+                items = self._gather()
+                if items is None:
+                    self.planner_done = True
+                    self.ready.notify_all()
+                    return
+                self.in_hand += 1
+            batch = self._prepare(items)
+            with self.ready:
+                self.prepared.append(batch)
+                self.ready.notify_all()
+
+    def _gather(self) -> list[Item] | None:
+        """The next batch's items, once it may start; None when stopping with nothing left."""
+        while True:
+            if self.pending and self.in_hand < self.spec.concurrency:
+                wait_s = self._fill_time_left()
+                if wait_s <= 0:
+                    items = plan_batch(self.pending, self.spec.batch_size, self.spec.max_batch_tokens)
+                    taken = {(item.job_seq, item.index) for item in items}
+                    self.pending = [i for i in self.pending if (i.job_seq, i.index) not in taken]
+                    return items
+                self.ready.wait(wait_s)
+            elif self.stopping and not self.pending:
+                return None
+            else:
+                self.ready.wait(_POLL_S)
+
+    def _fill_time_left(self) -> float:
+        """How much longer the next batch may keep filling; 0 or less: start it now."""
+        if self.in_hand == 0 or self.stopping:
+            return 0.0  # an idle device never waits
+        jobs = {item.job_seq for item in self.pending}
+        if len(jobs) >= self.spec.batch_size or sum(i.length for i in self.pending) >= self.spec.max_batch_tokens:
+            return 0.0
+        oldest = self.jobs[self.pending[0].job_seq].arrived
+        return oldest + self.spec.batch_timeout_ms / 1000 - time.monotonic()
+
+    def _prepare(self, items: list[Item]) -> Batch:
+        ids = np.full((len(items), items[0].length), self.model.pad_id, dtype=np.int64)
+        kinds, colbert_rows = Kind(0), []
+        for row, item in enumerate(items):
+            active = self.jobs[item.job_seq]
+            ids[row, : item.length] = active.ids(item.index)
+            kinds |= active.job.kinds
+            if active.wants(Kind.COLBERT):
+                colbert_rows.append(row)
+        lengths = np.array([item.length for item in items], dtype=np.int64)
+        return Batch(items, ids, lengths, kinds, np.array(colbert_rows, dtype=np.int64))
+
+    # -- the main thread -----------------------------------------------------------
+
+    def serve(self) -> None:
+        threading.Thread(target=self.read_requests, name="engine-reader", daemon=True).start()
+        threading.Thread(target=self.plan_batches, name="engine-planner", daemon=True).start()
+        while True:
+            with self.ready:
+                while not self.prepared and not self.planner_done:
                     self.ready.wait(_POLL_S)
-                if not self.pending:
+                if not self.prepared:
                     break  # stopping, and nothing left in hand
-                batch = plan_batch(self.pending, self.spec.batch_size, self.spec.max_batch_tokens)
-                taken = {(item.job_seq, item.index) for item in batch}
-                self.pending = [item for item in self.pending if (item.job_seq, item.index) not in taken]
+                batch = self.prepared.popleft()
             self._run(batch)
+            with self.ready:
+                self.in_hand -= 1
+                self.ready.notify_all()
         for active in list(self.jobs.values()):
             self._fail([active], ErrorCode.GONE, "the engine is shutting down")
 
-    def _run(self, batch: list[Item]) -> None:
+    def _run(self, batch: Batch) -> None:
         started = time.perf_counter()
-        actives = [self.jobs[item.job_seq] for item in batch]
-        width = batch[0].length
-        ids = np.full((len(batch), width), self.model.pad_id, dtype=np.int64)
-        lengths = np.array([item.length for item in batch], dtype=np.int64)
-        for row, (item, active) in enumerate(zip(batch, actives, strict=True)):
-            ids[row, : item.length] = active.ids(item.index)
-        kinds = Kind(0)
-        for active in actives:
-            kinds |= active.job.kinds
-        colbert_rows = np.array([r for r, a in enumerate(actives) if a.wants(Kind.COLBERT)], dtype=np.int64)
         try:
-            out = self.model.forward(ids, lengths, kinds, colbert_rows)
+            out = self.model.forward(batch.ids, batch.lengths, batch.kinds, batch.colbert_rows)
         except Exception as exc:  # noqa: BLE001 - a failed pass fails its jobs, the engine goes on
-            self._fail_batch(actives, exc)
+            self._fail_batch(batch, exc)
             return
-        colbert_of_row = {int(r): i for i, r in enumerate(colbert_rows)}
-        for row, (item, active) in enumerate(zip(batch, actives, strict=True)):
+        colbert_of_row = {int(r): i for i, r in enumerate(batch.colbert_rows)}
+        touched: dict[int, ActiveJob] = {}
+        for row, item in enumerate(batch.items):
+            active = self.jobs.get(item.job_seq)
+            if active is None:
+                continue  # failed meanwhile
             n = item.length
             active.write(
                 item.index,
@@ -163,41 +239,57 @@ class Engine:
                 out.sparse[row, :n] if out.sparse is not None and active.wants(Kind.SPARSE) else None,
                 out.colbert[colbert_of_row[row], : n - 1] if row in colbert_of_row else None,
             )
-        finished = {a.seq: a for a in actives if a.remaining == 0}
-        for active in finished.values():
-            self._answer(active, Done(active.job.job_id))
+            touched[active.seq] = active
+        finished = [a for a in touched.values() if a.remaining == 0]
+        self._answer_done(finished)
         self.shared.add_stats(
             processed_requests=len(finished),
             batches=1,
-            batched_requests=len({a.seq for a in actives}),
-            batched_inputs=len(batch),
-            tokens=int(lengths.sum()),
-            padded_tokens=ids.size,
+            batched_requests=len(touched),
+            batched_inputs=len(batch.items),
+            tokens=int(batch.lengths.sum()),
+            padded_tokens=batch.ids.size,
             processing_seconds=time.perf_counter() - started,
         )
 
-    def _fail_batch(self, actives: list[ActiveJob], exc: Exception) -> None:
+    def _fail_batch(self, batch: Batch, exc: Exception) -> None:
         out_of_memory = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
         code = ErrorCode.OUT_OF_MEMORY if out_of_memory else ErrorCode.FORWARD_FAILED
-        log.error("Forward pass failed for %d inputs: %s", len(actives), exc, exc_info=not out_of_memory)
-        unique = list({a.seq: a for a in actives}.values())
+        log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=not out_of_memory)
         with self.ready:
-            seqs = {a.seq for a in unique}
+            seqs = {item.job_seq for item in batch.items}
             self.pending = [item for item in self.pending if item.job_seq not in seqs]
-        self._fail(unique, code, "the model failed on this batch" if not out_of_memory else "out of memory")
+            failed = [self.jobs[seq] for seq in seqs if seq in self.jobs]
+        self._fail(failed, code, "out of memory" if out_of_memory else "the model failed on this batch")
+
+    # -- answers -------------------------------------------------------------------
 
     def _fail(self, actives: list[ActiveJob], code: ErrorCode, message: str) -> None:
         for active in actives:
-            self._answer(active, Failed(active.job.job_id, code, message))
+            self._release(active)
+            self._send(active.job.slot, Failed(active.job.job_id, code, message))
         self.shared.add_stats(failed_requests=len(actives))
 
-    def _answer(self, active: ActiveJob, message: Done | Failed) -> None:
-        self.jobs.pop(active.seq, None)
+    def _answer_done(self, actives: list[ActiveJob]) -> None:
+        by_slot: dict[int, list[int]] = {}
+        for active in actives:
+            self._release(active)
+            by_slot.setdefault(active.job.slot, []).append(active.job.job_id)
+        for slot, job_ids in by_slot.items():
+            # One message per slot and batch; chunks keep each write atomic.
+            for start in range(0, len(job_ids), _DONE_CHUNK):
+                self._send(slot, Done(tuple(job_ids[start : start + _DONE_CHUNK])))
+
+    def _release(self, active: ActiveJob) -> None:
+        with self.ready:
+            self.jobs.pop(active.seq, None)
         active.segment.close()
+
+    def _send(self, slot: int, message: Done | Failed) -> None:
         try:
-            self.slots[active.job.slot].send_bytes(protocol.encode(message))
+            self.slots[slot].send_bytes(protocol.encode(message))
         except (BlockingIOError, BrokenPipeError):
-            log.warning("Dropped the answer to job %d: its web worker is not reading", active.job.job_id)
+            log.warning("Dropped an answer to web worker slot %d: it is not reading", slot)
 
 
 if __name__ == "__main__":  # pragma: no cover - started through multiprocessing only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +21,7 @@ class ActiveJob:
     token_starts: np.ndarray = field(init=False)
     colbert_starts: np.ndarray = field(init=False)
     remaining: int = field(init=False)
+    arrived: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.token_starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))
