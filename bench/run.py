@@ -1,0 +1,148 @@
+"""The benchmark: the server against FlagEmbedding in-process, in one run, on this machine.
+
+    .venv/bin/python -m bench.run            (or: make bench)
+
+Builds the full-size random bge-m3 (same compute as the real model) once, then
+measures, each with the machine to itself:
+  1. the machine's bfloat16 matrix-product peak (bench/peak.py);
+  2. FlagEmbedding's BGEM3FlagModel.encode in-process, its CPU defaults (float32, batch 256);
+  3. the server (DTYPE=auto, then float32): 8 concurrent clients, 1 to 8 multilingual texts
+     per request, all three kinds; then dense only; then a lone short query;
+  4. the server on the tiny model: one short text per request from 16 connections (wrk),
+     for the per-request overhead;
+and prints one JSON line of figures and ratios. Max length is 512 tokens on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from bench import load
+from bench.workload import requests_of, texts
+from tests.e2e.server import Server
+from tests.model_builder import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-token"
+HIDDEN, LAYERS = 1024, 24
+# Matrix-product FLOPs per token of the encoder (QKV and output projections 8d², FFN 16d²)
+# plus the ColBERT head (2d²); attention scores add under 2% at these lengths and are left out.
+FLOPS_PER_TOKEN = LAYERS * 24 * HIDDEN**2 + 2 * HIDDEN**2
+ALL_KINDS = {"return_dense": True, "return_sparse": True, "return_colbert": True}
+
+
+def python_json(*args: str) -> dict:
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def stats(server: Server) -> dict:
+    return requests.get(f"{server.url}/stats", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def memory(server: Server) -> dict:
+    from tests.e2e.test_server import children
+
+    procs = children(server.process.pid)
+    engines = [p for p in procs if "libtorch" in Path(f"/proc/{p}/maps").read_text()]
+    workers = [p for p in procs if p not in engines and "gunicorn" in Path(f"/proc/{p}/cmdline").read_text()]
+    return {"web_worker_rss_mb": [rss_mb(p) for p in workers], "engine_rss_mb": [rss_mb(p) for p in engines],
+            "processes_holding_the_model": len(engines)}
+
+
+def mixed(server: Server, bodies: list[dict], concurrency: int) -> dict:
+    load.run(server.url, TOKEN, bodies[:4], concurrency)  # warm-up
+    return load.run(server.url, TOKEN, bodies, concurrency).figures()
+
+
+def lone_query(server: Server, count: int) -> dict:
+    body = {"input": "what is the capital of France?", "max_length": 512}
+    load.run(server.url, TOKEN, [body] * 3, 1)
+    before = stats(server)["batching"]
+    result = load.run(server.url, TOKEN, [body] * count, 1)
+    after = stats(server)["batching"]
+    busy_s = (after["average_processing_time"] * after["batches"]
+              - before["average_processing_time"] * before["batches"])
+    engine_ms = 1000 * busy_s / (after["batches"] - before["batches"])
+    p50 = result.figures()["p50_ms"]
+    return {"end_to_end_p50_ms": p50, "engine_forward_ms": round(engine_ms, 2),
+            "overhead_ms": round(p50 - engine_ms, 2)}
+
+
+def serve(model: Path, workdir: Path, dtype: str) -> Server:
+    return Server(model, workdir / f"server-{dtype}.log", API_TOKEN=TOKEN, DTYPE=dtype,
+                  MAX_QUEUE_SIZE="1000").start(timeout=600)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=160, help="texts in the FlagEmbedding run")
+    parser.add_argument("--requests", type=int, default=48, help="requests in each mixed server run")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--tiny-seconds", type=int, default=15)
+    args = parser.parse_args()
+
+    models = ROOT / "models"
+    full = build_model(models / "bge-m3-full", "full")
+    tiny = build_model(models / "bge-m3-tiny", "tiny")
+    pool = texts(args.texts)
+    bodies = [{"input": batch, "max_length": 512, "encoding_format": "base64", **ALL_KINDS}
+              for batch in requests_of(pool, args.requests)]
+    dense_bodies = [{**b, "return_sparse": False, "return_colbert": False} for b in bodies]
+    report: dict = {"machine": {"cores": len(os.sched_getaffinity(0)), **python_json("-m", "bench.peak")}}
+    report["flagembedding_fp32"] = python_json("-m", "bench.flag_baseline", str(full), "--texts", str(args.texts))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for dtype in ("auto", "float32"):
+            server = serve(full, workdir, dtype)
+            try:
+                run = {"dtype": requests.get(f"{server.url}/health", timeout=10).json()["dtype"]}
+                run["mixed_all_kinds"] = mixed(server, bodies, args.concurrency)
+                if dtype == "auto":
+                    run["dense_only"] = mixed(server, dense_bodies, args.concurrency)
+                    run["lone_query"] = lone_query(server, 30)
+                    run["memory"] = memory(server)
+                report[f"server_{dtype}"] = run
+            finally:
+                server.stop()
+        server = Server(tiny, workdir / "server-tiny.log", API_TOKEN=TOKEN, MAX_QUEUE_SIZE="1000").start()
+        try:
+            body = {"input": "what is the capital of France?"}
+            load.wrk(server.url, TOKEN, body, 16, 3, workdir)  # warm-up
+            report["tiny_one_text_16_connections"] = load.wrk(server.url, TOKEN, body, 16, args.tiny_seconds,
+                                                               workdir)
+            report["tiny_one_text_16_connections"]["memory"] = memory(server)
+        finally:
+            server.stop()
+
+    flag = report["flagembedding_fp32"]["tokens_per_s"]
+    auto = report["server_auto"]["mixed_all_kinds"]["tokens_per_s"]
+    fp32 = report["server_float32"]["mixed_all_kinds"]["tokens_per_s"]
+    report["ratios"] = {
+        "auto_vs_flagembedding": round(auto / flag, 2),
+        "float32_vs_flagembedding": round(fp32 / flag, 2),
+        "share_of_bf16_peak": round(auto * FLOPS_PER_TOKEN / 1e9 / report["machine"]["bf16_peak_gflops"], 3),
+    }
+    report["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
