@@ -7,6 +7,7 @@ declares; the engines are started once, in on_starting.
 
 from embsvc import lifecycle
 from embsvc.config import ConfigError, load_settings
+from gpu_pool import logs
 
 try:
     _settings = load_settings()
@@ -24,7 +25,10 @@ graceful_timeout = int(_settings.request_timeout_s) + 5
 keepalive = 5
 preload_app = False  # the app needs the slot the master gives each worker in pre_fork
 loglevel = _settings.log_level.lower()
-accesslog = None
+# gunicorn's lines, its access log included, go through the service's logging
+# (LOG_FORMAT json or text, with the request id); one access record per request.
+logconfig_dict = logs.dict_config(_settings.log_level, _settings.log_format)
+logger_class = "embsvc.access_log.AccessLogger"
 
 on_starting = lifecycle.on_starting
 pre_fork = lifecycle.pre_fork

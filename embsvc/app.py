@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import falcon
 
-from embsvc import errors, resources
+from embsvc import errors, metrics, resources
 from embsvc.auth import BearerAuth
 from embsvc.config import Settings
 from embsvc.openapi import build_openapi
+from embsvc.request_id import RequestId
 from embsvc.service import EmbeddingService, Engine
 
 
-def create_app(settings: Settings, engine: Engine) -> falcon.App:
+def create_app(settings: Settings, engine: Engine, metrics_dir: Path | None = None) -> falcon.App:
+    """``metrics_dir``: the folder shared by all gunicorn workers' metrics (None: this process only)."""
     service = EmbeddingService(settings, engine)
-    app = falcon.App(middleware=[BearerAuth(settings.api_tokens)])
+    recorded, registry = metrics.build(engine, metrics_dir)
+    # The request id comes first so that even a refused request is answered and logged with it.
+    app = falcon.App(middleware=[RequestId(), metrics.MetricsMiddleware(recorded), BearerAuth(settings.api_tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/v1/embeddings", resources.Embeddings(service))
     app.add_route("/health", resources.Health(service))
@@ -21,6 +27,7 @@ def create_app(settings: Settings, engine: Engine) -> falcon.App:
     app.add_route("/v1/models", resources.Models(settings))
     app.add_route("/v1/models/{model_id:path}", resources.Model(settings))
     app.add_route("/", resources.Root(settings))
+    app.add_route("/metrics", metrics.MetricsResource(registry))
     app.add_route("/openapi.json", resources.OpenAPI(build_openapi(settings)))
     errors.register(app)
     return app

@@ -106,6 +106,13 @@ def build_openapi(settings: Settings) -> dict:
             "/v1/models/{model_id}": {**_get("One model", model, True, 404), "parameters": [
                 {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]},
             "/": _get("Service information", obj, False),
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics of every web worker and engine",
+                "security": [],
+                "responses": {"200": {"description": "Prometheus text format (OpenMetrics when the Accept header "
+                                                     "asks for it)",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }},
             "/openapi.json": _get("This document", obj, False),
         },
         "components": {

@@ -133,7 +133,7 @@ class Root:
             "endpoints": {
                 "embeddings": "POST /v1/embeddings", "health": "GET /health", "stats": "GET /stats",
                 "models": "GET /v1/models", "model": "GET /v1/models/{id}",
-                "openapi": "GET /openapi.json",
+                "metrics": "GET /metrics", "openapi": "GET /openapi.json",
             },
             "batching": {"batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
                          "max_queue_size": s.max_queue_size, "max_batch_tokens": s.max_batch_tokens or None},

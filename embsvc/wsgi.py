@@ -3,4 +3,4 @@
 from embsvc import lifecycle
 from embsvc.app import create_app
 
-app = create_app(lifecycle.settings(), lifecycle.engine_client())
+app = create_app(lifecycle.settings(), lifecycle.engine_client(), lifecycle.metrics_dir())

@@ -30,19 +30,18 @@ def ensure_model(path: Path, model_name: str) -> Path:
 
 def download(path: Path, model_name: str) -> None:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    from gpu_pool.download_progress import LoggedProgress
 
     log.info("Downloading %s from the Hugging Face Hub into %s", model_name, path)
-    # Progress bars go to stderr, which gunicorn's log captures line by line.
-    enable_progress_bars()
     try:
         snapshot_download(
             repo_id=model_name,
             local_dir=str(path),
             ignore_patterns=["*.onnx", "onnx/*", "*.msgpack", "*.h5", "*.ot", "imgs/*"],
+            # Progress as log lines (files, then bytes), not as terminal bars.
+            tqdm_class=LoggedProgress,
         )
     except Exception as exc:
         raise ModelFilesError(f"could not download {model_name} into {path}: {exc}") from exc
-    finally:
-        disable_progress_bars()
     log.info("Downloaded %s into %s", model_name, path)
