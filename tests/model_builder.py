@@ -10,7 +10,9 @@ server's real loading code and FlagEmbedding (the reference) both load it.
 
 "tiny" (hidden 32, 2 layers) is for unit tests; "full" has the real bge-m3
 architecture (1024 hidden, 24 layers, 250002-row embedding, ~2.27 GB float32),
-so its compute is the real model's: it is for benchmarks.
+so its compute is the real model's: it is for benchmarks (builds in ~20-30 s,
+peak RSS ~2.8 GB).  Both share one tokenizer (~36.8k ids, most of them single
+characters), and the same size and seed always give the same bytes.
 """
 
 from __future__ import annotations
@@ -24,32 +26,23 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
-from safetensors.torch import save_file
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import Unigram
-from tokenizers.trainers import UnigramTrainer
-from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
+# torch, transformers and tokenizers are imported where they are used, so that
+# finding an already built model (the usual case) takes milliseconds.
+if TYPE_CHECKING:
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
 
 Size = Literal["tiny", "full"]
 
 # Bump whenever the bytes written change (corpus, trainer settings, init), so
 # that folders built by an older version are rebuilt instead of reused.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 3
 MARKER_NAME = ".built-by-model-builder.json"
-
-# bge-m3 accepts 8192 tokens; XLM-R position ids start at pad_token_id + 1 = 2,
-# hence 8194 position embeddings.
-MODEL_MAX_LENGTH = 8192
-MAX_POSITION_EMBEDDINGS = MODEL_MAX_LENGTH + 2
-FULL_VOCAB_SIZE = 250002
-# Upper bound on learned multi-character pieces, on top of the alphabet (the
-# small corpus yields about 2000).
-MAX_LEARNED_PIECES = 8000
-_CHAR_SCORE_OFFSET = -2.0
 
 # Files written, in the order they are moved into place (marker excluded).
 MODEL_FILES = (
@@ -62,18 +55,30 @@ MODEL_FILES = (
     "special_tokens_map.json",
 )
 
-_ARCHITECTURES: dict[Size, dict[str, int]] = {
+# bge-m3 accepts 8192 tokens; XLM-R position ids start at pad_token_id + 1 = 2,
+# hence 8194 position embeddings.
+MODEL_MAX_LENGTH = 8192
+MAX_POSITION_EMBEDDINGS = MODEL_MAX_LENGTH + 2
+FULL_VOCAB_SIZE = 250002
+
+_ARCHITECTURES: dict[str, dict[str, Any]] = {
     "tiny": {
         "hidden_size": 32,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
         "intermediate_size": 64,
+        # With bge-m3's 0.02, 32-wide layers add only ~1% to the residual
+        # stream: every text would get nearly the same dense vector.
+        "initializer_range": 0.2,
     },
     "full": {
         "hidden_size": 1024,
         "num_hidden_layers": 24,
         "num_attention_heads": 16,
         "intermediate_size": 4096,
+        # bge-m3's own value; with larger ones, 24 layers collapse all tokens
+        # of a text onto one vector.
+        "initializer_range": 0.02,
     },
 }
 
@@ -86,6 +91,23 @@ SPECIAL_TOKENS = {
     "unk_token": "<unk>",
     "mask_token": "<mask>",
 }
+
+# Attention weights are drawn with these multiples of initializer_range, for
+# both sizes (see _reshape_attention).
+_QUERY_KEY_SCALE = 3.0
+_VALUE_OUTPUT_SCALE = 0.5
+# The sparse head is scaled so that its logits have this standard deviation
+# and shifted by this many of them: ~75% of tokens get a positive weight, most
+# between 0 and 0.3, as with the real model (see _centre_heads).
+_SPARSE_LOGIT_STD = 0.1
+_SPARSE_POSITIVE_SHIFT = 0.7
+
+# Upper bound on learned multi-character pieces, on top of the alphabet; the
+# small corpus yields far fewer (~650), so most words take several tokens.
+MAX_LEARNED_PIECES = 8000
+# Single characters are scored by log frequency, shifted down to about where
+# the trainer's EM leaves them, so that words are not needlessly spelled out.
+_CHAR_SCORE_OFFSET = -2.0
 
 # A small multilingual corpus: enough for the Unigram trainer to learn pieces
 # in each script, small enough that unseen words split into several tokens,
@@ -239,6 +261,8 @@ _CODE_POINT_RANGES = (
     (0x1F680, 0x1F6FF),  # Transport and map symbols
     (0x1F900, 0x1F9FF),  # Supplemental symbols and pictographs
 )
+
+
 def _training_lines() -> list[str]:
     """A few hundred lines mixing the samples, the same on every call."""
     rng = random.Random(20240101)
@@ -261,8 +285,8 @@ def _nfkc_charsmap() -> bytes:
 
     A Precompiled normalizer is the only one that transformers keeps when it
     rebuilds an XLM-R tokenizer from tokenizer.json (it drops e.g. a plain
-    NFKC normalizer), so using it keeps the server's `tokenizers` pipeline and
-    FlagEmbedding's transformers pipeline identical.  sentencepiece ships the
+    NFKC one), so using it keeps the server's `tokenizers` pipeline and
+    FlagEmbedding's transformers pipeline identical.  sentencepiece has the
     map built in; it comes with FlagEmbedding, i.e. with the test requirements.
     """
     import sentencepiece
@@ -275,10 +299,15 @@ def _nfkc_charsmap() -> bytes:
 
 
 def train_tokenizer() -> XLMRobertaTokenizerFast:
-    """Train a small XLM-R style Unigram tokenizer (a second or so, deterministic).
+    """Train a small XLM-R style Unigram tokenizer (under a second, deterministic).
 
-    Ids follow XLM-R: <s>=0, <pad>=1, </s>=2, <unk>=3, pieces, then <mask> last.
+    Ids follow XLM-R: <s>=0, <pad>=1, </s>=2, <unk>=3, pieces, <mask> last.
     """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import Unigram
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import XLMRobertaTokenizerFast
+
     normalizer = normalizers.Precompiled(_nfkc_charsmap())
     # Train with the very pipeline that XLMRobertaTokenizerFast builds, so the
     # learned pieces are the ones it will produce.
@@ -292,8 +321,6 @@ def train_tokenizer() -> XLMRobertaTokenizerFast:
     )
     alphabet = _initial_alphabet()
     trainer = UnigramTrainer(
-        # Room for every character plus the pieces; the small corpus yields
-        # far fewer pieces than allowed, so most words take several tokens.
         vocab_size=len(alphabet) + MAX_LEARNED_PIECES,
         special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
         unk_token="<unk>",
@@ -304,21 +331,18 @@ def train_tokenizer() -> XLMRobertaTokenizerFast:
     trainer_tokenizer.train_from_iterator(lines, trainer)
 
     trained = json.loads(trainer_tokenizer.to_str())["model"]["vocab"]
-    # Characters as the model sees them: normalised, spaces turned into "▁".
-    char_counts = Counter("".join(
-        "▁" + normalizer.normalize_str(word) for line in lines for word in line.split()
-    ))
+    # Characters as the model sees them: normalised, words prefixed by "▁".
+    char_counts = Counter("".join("▁" + normalizer.normalize_str(word) for line in lines for word in line.split()))
     specials, pieces = _canonical_vocab(trained, char_counts)
     vocab = specials + pieces + [("<mask>", 0.0)]  # <mask> last, as in XLM-R
-    tokenizer = XLMRobertaTokenizerFast(
-        vocab=vocab, model_max_length=MODEL_MAX_LENGTH, **SPECIAL_TOKENS
-    )
+    tokenizer = XLMRobertaTokenizerFast(vocab=vocab, model_max_length=MODEL_MAX_LENGTH, **SPECIAL_TOKENS)
+    # The class builds no normalizer unless given sentencepiece's model.
     tokenizer.backend_tokenizer.normalizer = normalizer
     return tokenizer
 
 
 def _canonical_vocab(
-    trained: list[list[object]], char_counts: Counter[str]
+    trained: list[list[Any]], char_counts: Counter[str]
 ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """Split off the 4 special tokens and make the pieces reproducible.
 
@@ -327,28 +351,28 @@ def _canonical_vocab(
     (pruned or unseen ones) get made-up scores in hash-set order.  So the
     scores of multi-character pieces are rounded (sentencepiece keeps float32
     ones anyway), each single character is scored from its frequency in the
-    corpus, and pieces are sorted by score then text: the ids, hence the
-    model's weights, are then the same on every run.
+    corpus (half a count if unseen), and pieces are sorted by score then
+    text: the ids, hence the model's weights, are the same on every run.
     """
-    entries = [(str(piece), float(score)) for piece, score in trained]  # type: ignore[arg-type]
+    entries = [(str(piece), float(score)) for piece, score in trained]
     specials, rest = entries[:4], entries[4:]
     total = sum(char_counts.values())
 
     def score(piece: str, trained_score: float) -> float:
         if len(piece) > 1:
             return round(trained_score, 6)
-        # Half a count for characters the corpus lacks.  The offset puts
-        # characters a little below the learned pieces, roughly where EM
-        # leaves them, so that words are not needlessly spelled out.
-        log_freq = math.log(char_counts.get(piece, 0.5) / total)
-        return round(log_freq + _CHAR_SCORE_OFFSET, 6)
+        return round(math.log(char_counts.get(piece, 0.5) / total) + _CHAR_SCORE_OFFSET, 6)
 
-    pieces = sorted(((p, score(p, s)) for p, s in rest), key=lambda entry: (-entry[1], entry[0]))
+    pieces = [(piece, score(piece, trained_score)) for piece, trained_score in rest]
+    pieces.sort(key=lambda entry: (-entry[1], entry[0]))
     return specials, pieces
 
 
 def model_config(size: Size, vocab_size: int) -> XLMRobertaConfig:
-    """The bge-m3 config.json fields, with the architecture of `size`."""
+    """bge-m3's config.json fields, with the architecture of `size`."""
+    import torch
+    from transformers import XLMRobertaConfig
+
     config = XLMRobertaConfig(
         vocab_size=vocab_size,
         max_position_embeddings=MAX_POSITION_EMBEDDINGS,
@@ -357,7 +381,6 @@ def model_config(size: Size, vocab_size: int) -> XLMRobertaConfig:
         hidden_act="gelu",
         hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
-        initializer_range=0.02,
         position_embedding_type="absolute",
         classifier_dropout=None,
         pad_token_id=1,
@@ -374,12 +397,12 @@ def model_config(size: Size, vocab_size: int) -> XLMRobertaConfig:
 
 def is_built(path: Path, size: Size, seed: int = 0) -> bool:
     """Whether `path` holds a complete model built here with this size and seed."""
+    path = Path(path)
     try:
-        marker = json.loads((Path(path) / MARKER_NAME).read_text())
+        marker = json.loads((path / MARKER_NAME).read_text())
     except (OSError, ValueError):
         return False
-    expected = _marker(size, seed)
-    return marker == expected and all((Path(path) / name).is_file() for name in MODEL_FILES)
+    return marker == _marker(size, seed) and all((path / name).is_file() for name in MODEL_FILES)
 
 
 def build_model(path: Path, size: Size, seed: int = 0) -> Path:
@@ -394,13 +417,14 @@ def build_model(path: Path, size: Size, seed: int = 0) -> Path:
     if is_built(path, size, seed):
         return path
     path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER_NAME).unlink(missing_ok=True)
     # Build in a sibling folder and move the files in, marker last: a crash or
     # a concurrent build never leaves a folder that claims to be complete.
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
     try:
-        (path / MARKER_NAME).unlink(missing_ok=True)
         _write_model(staging, size, seed)
         for name in MODEL_FILES:
+            os.chmod(staging / name, 0o644)  # some writers create files 0600
             os.replace(staging / name, path / name)
         (path / MARKER_NAME).write_text(json.dumps(_marker(size, seed), indent=2) + "\n")
     finally:
@@ -408,17 +432,20 @@ def build_model(path: Path, size: Size, seed: int = 0) -> Path:
     return path
 
 
-def _marker(size: Size, seed: int) -> dict[str, object]:
+def _marker(size: Size, seed: int) -> dict[str, Any]:
     return {"builder_version": BUILDER_VERSION, "size": size, "seed": seed}
 
 
 def _write_model(folder: Path, size: Size, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+    from transformers import XLMRobertaModel
+
     tokenizer = train_tokenizer()
     tokenizer.save_pretrained(folder)
     # transformers 5 no longer writes special_tokens_map.json; bge-m3 has one,
     # so write it as transformers 4 did, to keep the layout.
-    special_map = {name: token for name, token in SPECIAL_TOKENS.items()}
-    (folder / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
 
     # The full model keeps bge-m3's 250002-row embedding: the tokenizer's ids
     # are all below it, and the embedding's size is part of the real model.
@@ -426,33 +453,111 @@ def _write_model(folder: Path, size: Size, seed: int) -> None:
     config = model_config(size, vocab_size)
     config.save_pretrained(folder)
 
-    hidden = config.hidden_size
+    hidden, std = config.hidden_size, config.initializer_range
     # A private RNG stream: the same seed gives the same weights whatever the
     # caller did with torch's global generator, which is left untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        # The model's own init: N(0, 0.02) weights, zero biases, unit
-        # LayerNorms, zero padding row; activations stay in a sane range.
+        # The model's own init: N(0, initializer_range) weights, zero biases,
+        # unit LayerNorms, zero padding rows.
         model = XLMRobertaModel(config).eval()
-        colbert = _random_linear(hidden, hidden, config.initializer_range)
-        sparse = _random_linear(hidden, 1, config.initializer_range)
+        _reshape_attention(model, std)
+        colbert = torch.nn.Linear(hidden, hidden)
+        sparse = torch.nn.Linear(hidden, 1)
+        for head in (colbert, sparse):
+            torch.nn.init.normal_(head.weight, std=std)
+    _centre_heads(model, tokenizer, colbert, sparse)
 
     # safetensors writes straight from the tensors' memory: no extra copy.
     save_file(model.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
     del model
     # Saved by file name, as FlagEmbedding saves them (torch.save names the
-    # archive after the file, so the bytes are the same on every build).
+    # archive inside after the file, so the bytes are the same on every build).
     torch.save(colbert.state_dict(), folder / "colbert_linear.pt")
     torch.save(sparse.state_dict(), folder / "sparse_linear.pt")
 
 
-def _random_linear(in_features: int, out_features: int, std: float) -> torch.nn.Linear:
-    linear = torch.nn.Linear(in_features, out_features)
-    torch.nn.init.normal_(linear.weight, mean=0.0, std=std)
-    # Zero bias: the sparse head's relu(w . h) is then positive for about half
-    # of the tokens, so sparse outputs have both kept and dropped tokens.
-    torch.nn.init.zeros_(linear.bias)
-    return linear
+def _reshape_attention(model: XLMRobertaModel, std: float) -> None:
+    """Redraw attention weights so that tokens keep their own identity.
+
+    With every weight at the same std, attention is nearly uniform, so each
+    layer adds one text-wide mix to all tokens alike: by the 24th layer the
+    full model's tokens of a text are ~0.96 cosine-similar, and the sparse head
+    switched whole texts on or off (per-text offsets as large as the spread
+    within a text).  Larger query/key weights make attention selective (logits
+    of std ~3), smaller value/output weights keep each layer's mix from
+    swamping a token's own state: tokens then differ (cosine ~0.5) while the
+    [CLS] (dense) vectors still clearly depend on the whole text.
+    """
+    import torch
+
+    for layer in model.encoder.layer:
+        attention = layer.attention
+        for linear in (attention.self.query, attention.self.key):
+            torch.nn.init.normal_(linear.weight, std=_QUERY_KEY_SCALE * std)
+        for linear in (attention.self.value, attention.output.dense):
+            torch.nn.init.normal_(linear.weight, std=_VALUE_OUTPUT_SCALE * std)
+
+
+def _centre_heads(
+    model: XLMRobertaModel,
+    tokenizer: XLMRobertaTokenizerFast,
+    colbert: torch.nn.Linear,
+    sparse: torch.nn.Linear,
+) -> None:
+    """Set the heads' biases from the encoder's mean last hidden state.
+
+    A random encoder's last hidden states share one large common component,
+    so with zero biases the sparse head could give 0 to every token (empty
+    lexical weights) and ColBERT vectors all leaned one way.  The ColBERT
+    bias centres its input (-W @ mean).  The sparse head is scaled to logits
+    of std 0.1 and its bias centres them plus a shift that gives a positive
+    weight to ~75% of the tokens, like the real model, which weighs most
+    tokens: short texts keep some weights, and some tokens get 0.
+
+    The calibration runs in float64, text by text (no padding), so that the
+    rounding of CPU kernels cannot move a bias by one float32 step: they are
+    the same bytes on every machine.  Only one layer at a time is in float64,
+    and the 1 GB word embedding never is (its rows are gathered), so the full
+    model needs ~0.2 GB more memory here, not a float64 copy of 4.5 GB.
+    """
+    import torch
+
+    texts = [_SAMPLES[lang][1] for lang in ("en", "de", "ru", "zh", "ar", "hi")]
+    embeddings = model.embeddings
+    with torch.no_grad():
+        with _in_float64(embeddings.position_embeddings, embeddings.token_type_embeddings, embeddings.LayerNorm):
+            states = [
+                # inputs_embeds instead of input_ids: the same position ids
+                # (no padding), and the word embedding stays in float32.
+                embeddings(inputs_embeds=embeddings.word_embeddings.weight[ids].double()[None])
+                for ids in tokenizer(texts)["input_ids"]
+            ]
+        for layer in model.encoder.layer:
+            with _in_float64(layer):
+                states = [layer(state) for state in states]
+        # Without <s> and </s>: the heads' outputs matter on the other tokens.
+        centred = torch.cat([state[0, 1:-1] for state in states])
+        mean = centred.mean(dim=0)
+        centred -= mean
+
+        colbert.bias.copy_(-(colbert.weight.double() @ mean))
+        sparse_weight = sparse.weight.double()
+        sparse_weight *= _SPARSE_LOGIT_STD / (centred @ sparse_weight.T).std()
+        sparse.weight.copy_(sparse_weight)
+        sparse.bias.copy_(-(sparse_weight @ mean) + _SPARSE_POSITIVE_SHIFT * _SPARSE_LOGIT_STD)
+
+
+@contextmanager
+def _in_float64(*modules: torch.nn.Module) -> Iterator[None]:
+    """Run with `modules` in float64: float32 -> float64 -> float32 is lossless."""
+    for module in modules:
+        module.double()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.float()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,10 +569,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=get_args(Size), required=True)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    reused = is_built(args.path, args.size, args.seed)
+    if is_built(args.path, args.size, args.seed):
+        print(f"{args.path}: already built ({args.size}, seed {args.seed})", file=sys.stderr)
+        return 0
     build_model(args.path, args.size, args.seed)
-    state = "already built" if reused else "built"
-    print(f"{args.path}: {state} ({args.size}, seed {args.seed})", file=sys.stderr)
+    print(f"{args.path}: built ({args.size}, seed {args.seed})", file=sys.stderr)
     return 0
 
 
