@@ -32,7 +32,8 @@ from gpu_pool import logs, protocol
 from gpu_pool.batching import Item, plan_batch
 from gpu_pool.frames import FrameReader
 from gpu_pool.jobs import ActiveJob
-from gpu_pool.protocol import Done, ErrorCode, Failed, Job, Kind, Stop
+from gpu_pool.protocol import Done, ErrorCode, Failed, Job, Kind, ScoreJob, Stop
+from gpu_pool.score_job import ScoringJob
 from gpu_pool.shared import EngineShared, EngineState
 
 log = logging.getLogger("gpu_pool.engine")
@@ -133,7 +134,9 @@ class Engine:
     def _accept(self, job: Job) -> None:
         self._seq += 1
         try:
-            active = ActiveJob.attach(job, self._seq, self.model.dim)
+            # A score job keeps its vectors in the engine and writes only scores.
+            active_type = ScoringJob if isinstance(job, ScoreJob) else ActiveJob
+            active = active_type.attach(job, self._seq, self.model.dim)
         except FileNotFoundError:
             return  # the web worker gave up on it already
         with self.ready:

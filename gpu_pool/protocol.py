@@ -21,6 +21,13 @@ class Kind(enum.IntFlag):
     DENSE = 1
     SPARSE = 2
     COLBERT = 4
+    SCORE = 8  # a ScoreJob: the vectors stay in the engine, only the scores come back
+
+
+# The columns of a score job's ``scores`` region, as named by FlagEmbedding's
+# ``BGEM3FlagModel.compute_score``.
+SCORE_MODES = ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense")
+SCORE_KINDS = Kind.DENSE | Kind.SPARSE | Kind.COLBERT | Kind.SCORE
 
 
 class ErrorCode(enum.Enum):
@@ -41,6 +48,19 @@ class Job:
     n_inputs: int
     n_tokens: int
     kinds: Kind
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreJob(Job):
+    """Score documents against a query: input 0 is the query, inputs 1.. the documents.
+
+    ``kinds`` is ``SCORE_KINDS``. A subclass of ``Job``, so the engine reads and
+    batches it like any other; ``unused_ids`` are the special token ids that the
+    sparse weights leave out (the web worker's tokenizer knows them).
+    """
+
+    weights: tuple[float, float, float]  # dense, sparse, colbert
+    unused_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ its outputs and closes. Layout, each region 64-byte aligned::
     lengths int32[n_inputs] | ids int32[n_tokens] | dense f32[n_inputs, dim]
     | sparse f32[n_tokens] | colbert f32[n_tokens - n_inputs, dim]
 
-Output regions exist only for the kinds the job asked for. ``sparse`` holds the
+Output regions exist only for the kinds the job asked for. A score job
+(``Kind.SCORE``) has instead one region ``scores f32[n_inputs - 1, 5]``: a row per
+document, a column per ``protocol.SCORE_MODES``. ``sparse`` holds the
 weight of every token position; the web worker turns it into the id→weight map.
 """
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpu_pool.protocol import Kind
+from gpu_pool.protocol import SCORE_MODES, Kind
 
 SHM_DIR = "/dev/shm"
 _ALIGN = 64
@@ -44,12 +46,16 @@ class Layout:
             ("lengths", (self.n_inputs,), np.int32),
             ("ids", (self.n_tokens,), np.int32),
         ]
-        if self.kinds & Kind.DENSE:
+        # A score job's vectors stay in the engine; its segment holds only the scores.
+        vectors = Kind(0) if self.kinds & Kind.SCORE else self.kinds
+        if vectors & Kind.DENSE:
             shapes.append(("dense", (self.n_inputs, self.dim), np.float32))
-        if self.kinds & Kind.SPARSE:
+        if vectors & Kind.SPARSE:
             shapes.append(("sparse", (self.n_tokens,), np.float32))
-        if self.kinds & Kind.COLBERT:
+        if vectors & Kind.COLBERT:
             shapes.append(("colbert", (self.n_tokens - self.n_inputs, self.dim), np.float32))
+        if self.kinds & Kind.SCORE:
+            shapes.append(("scores", (self.n_inputs - 1, len(SCORE_MODES)), np.float32))
         out, offset = {}, 0
         for name, shape, dtype in shapes:
             out[name] = (offset, shape, dtype)
