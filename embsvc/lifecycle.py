@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 
 from embsvc import metrics_dir as metrics_folder
@@ -20,12 +22,13 @@ from gpu_pool import logs
 from gpu_pool.client import EngineClient
 from gpu_pool.engine import EngineSpec
 from gpu_pool.model_files import ModelFilesError, ensure_model
-from gpu_pool.pool import EnginePool, engine_specs
+from gpu_pool.pool import EnginePool, NoFreeSlot, engine_specs
 
 log = logging.getLogger("embsvc.lifecycle")
 
 # Padded tokens per forward pass when MAX_BATCH_TOKENS is not set.
 DEFAULT_MAX_BATCH_TOKENS = 16384
+_NO_SLOT_RETRY_S = 1.0
 
 _settings: Settings | None = None
 _pool: EnginePool | None = None
@@ -74,17 +77,32 @@ def _cpu_threads(devices: tuple[str, ...]) -> int:
 
 
 def pre_fork(server: object, worker: object) -> None:
-    worker.slot = _require_pool().take_slot()
+    try:
+        worker.slot = _require_pool().take_slot()
+    except NoFreeSlot:
+        # An exception here would stop the master, engines and all. Slots run
+        # out when workers outnumber them (SIGTTIN, a raised WEB_CONCURRENCY
+        # reloaded with SIGHUP, old workers slow to finish): this worker leaves
+        # at once and gunicorn starts another, which gets the next free slot.
+        log.error("No free engine slot for a new web worker (%d slots); retrying in %.0f s",
+                  _require_pool().n_slots, _NO_SLOT_RETRY_S)
+        worker.slot = None
 
 
 def post_fork(server: object, worker: object) -> None:
     global _client
+    pool = _require_pool()
+    pool.detach_from_engines()
+    if worker.slot is None:
+        time.sleep(_NO_SLOT_RETRY_S)  # not a tight fork loop while the old workers finish
+        sys.exit(0)
     s = _require_settings()
-    _client = EngineClient(_require_pool(), worker.slot, s.max_queue_size, s.request_timeout_s)
+    _client = EngineClient(pool, worker.slot, s.max_queue_size, s.request_timeout_s)
 
 
 def child_exit(server: object, worker: object) -> None:
-    _require_pool().release_slot(worker.slot, worker.pid)
+    if worker.slot is not None:
+        _require_pool().release_slot(worker.slot, worker.pid)
     if _metrics_dir is not None:
         metrics_folder.mark_dead(_metrics_dir, worker.pid)
 

@@ -28,7 +28,10 @@ def read_json_object(req: falcon.Request, max_bytes: int) -> dict:
     length = req.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {max_bytes} bytes")
-    raw = req.bounded_stream.read(max_bytes + 1)
+    # A chunked body has no Content-Length, and Falcon's bounded_stream then reads
+    # nothing; gunicorn ends its own stream with the body (wsgi.input_terminated).
+    chunked = length is None and req.env.get("wsgi.input_terminated")
+    raw = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
     if not raw.strip():
@@ -94,6 +97,9 @@ def texts(body: dict, field: str, max_inputs: int) -> list[str]:
 
 def max_length(body: dict, limit: int) -> int:
     value = body.get("max_length", limit)
+    # JSON has one number type: 512.0 is the integer 512 (as JSON Schema says), 3.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
         raise InvalidRequest(f"max_length must be a whole number from 1 to {limit}", param="max_length")
     return value

@@ -4,6 +4,10 @@ Waiting requests are kept in a dict keyed by job id (as ``concurrent.futures``
 does); one listener thread reads this worker's answer pipe and wakes them. It
 also fails every request whose engine died (its ``generation`` moved on), so no
 request waits for an answer that cannot come.
+
+A slot's pipe outlives its worker: the master hands the slot to the next worker,
+and the engine may still answer a job of the dead one. Job ids therefore start
+from the worker's pid, so such a late answer matches no waiter and is dropped.
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ class EngineClient:
         self._answers = pool.slot_readers[slot]
         self._waiters: dict[int, _Waiter] = {}
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
         self._pid = os.getpid()
+        self._seq = itertools.count(1)
+        self._id_base = self._pid << 32
         threading.Thread(target=self._listen, name="engine-answers", daemon=True).start()
 
     # -- state for /health and /stats -----------------------------------------------
@@ -70,35 +75,52 @@ class EngineClient:
 
     def embed(self, ids: list[np.ndarray], kinds: Kind, dim: int) -> Segment:
         """Run the inputs through an engine; returns the filled segment (close it after reading)."""
-        engine = self._choose_engine()
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-        layout = Layout(len(ids), int(lengths.sum()), dim, kinds)
-        job_id = next(self._ids)
-        seg = Segment.create(f"{self.pool.shm_prefix}{self._pid}-{job_id}", layout)
+        engine, generation = self._reserve()
         try:
-            seg.arrays["lengths"][:] = lengths
-            np.concatenate(ids, out=seg.arrays["ids"], casting="unsafe")
-            self._submit(engine, Job(job_id, self.slot, seg.name, layout.n_inputs, layout.n_tokens, kinds))
-            return seg
-        except BaseException:
-            seg.close()
-            raise
+            lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+            layout = Layout(len(ids), int(lengths.sum()), dim, kinds)
+            seq = next(self._seq)
+            seg = Segment.create(f"{self.pool.shm_prefix}{self._pid}-{seq}", layout)
+            try:
+                seg.arrays["lengths"][:] = lengths
+                np.concatenate(ids, out=seg.arrays["ids"], casting="unsafe")
+                job = Job(self._id_base + seq, self.slot, seg.name, layout.n_inputs, layout.n_tokens, kinds)
+                self._submit(engine, generation, job)
+                return seg
+            except BaseException:
+                seg.close()
+                raise
+        finally:
+            with self._lock:
+                engine.shared.in_flight[self.slot] -= 1
 
-    def _choose_engine(self) -> EngineHandle:
-        ready = [h for h in self.pool.engines if h.shared.state.value == EngineState.READY]
+    def _reserve(self) -> tuple[EngineHandle, int]:
+        """A place in the least-loaded ready engine's queue, and that engine's generation.
+
+        The generation is read before the state: if the engine dies after this,
+        the supervisor has moved the generation on by the time it is replaced,
+        so the listener fails the request instead of letting it wait.
+        """
+        generations = [h.shared.generation.value for h in self.pool.engines]
+        ready = [(h, g) for h, g in zip(self.pool.engines, generations, strict=True)
+                 if h.shared.state.value == EngineState.READY]
         if not ready:
             loading = any(h.shared.state.value == EngineState.LOADING for h in self.pool.engines)
             raise EngineUnavailable("the model is loading" if loading else "the engine is restarting")
-        engine = min(ready, key=lambda h: h.shared.pending())
-        if engine.shared.pending() >= self.max_queue_size:
-            raise EngineOverloaded("too many requests are waiting for the model", retry_after_s=1.0)
-        return engine
+        engine, generation = min(ready, key=lambda pair: pair[0].shared.pending())
+        with self._lock:
+            # Take the place first, then count: two workers racing for the last
+            # place may both be refused, but the queue never exceeds its bound.
+            engine.shared.in_flight[self.slot] += 1
+            if engine.shared.pending() > self.max_queue_size:
+                engine.shared.in_flight[self.slot] -= 1
+                raise EngineOverloaded("too many requests are waiting for the model", retry_after_s=1.0)
+        return engine, generation
 
-    def _submit(self, engine: EngineHandle, job: Job) -> None:
-        waiter = _Waiter(engine, engine.shared.generation.value)
+    def _submit(self, engine: EngineHandle, generation: int, job: Job) -> None:
+        waiter = _Waiter(engine, generation)
         with self._lock:
             self._waiters[job.job_id] = waiter
-            engine.shared.in_flight[self.slot] += 1
         try:
             # One write of a few hundred bytes: atomic with other workers' writes.
             engine.requests_out.send_bytes(protocol.encode(job))
@@ -107,7 +129,6 @@ class EngineClient:
         finally:
             with self._lock:
                 self._waiters.pop(job.job_id, None)
-                engine.shared.in_flight[self.slot] -= 1
         self._raise_for(waiter)
 
     @staticmethod

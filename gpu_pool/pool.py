@@ -7,6 +7,10 @@ master in ``pre_fork`` and given back in ``child_exit``. Engines are started
 with the ``spawn`` method: a fresh interpreter with torch, none of gunicorn's
 state. A supervisor thread restarts an engine that dies and bumps its
 ``generation``, which tells the web workers to fail what they had in flight.
+
+Engines ignore the terminal's and the service manager's signals (SIGINT,
+SIGTERM, SIGHUP, SIGQUIT sent to the whole process group): the master decides
+when an engine stops, after the web workers have finished their requests.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, replace
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 
 from gpu_pool import protocol, segment
@@ -27,6 +33,10 @@ from gpu_pool.shared import EngineShared, EngineState
 log = logging.getLogger("gpu_pool.pool")
 
 _RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10, 30)
+# Blocked while an engine is started, so the engine inherits them blocked (as
+# CPython's resource tracker does): Ctrl-C, or systemd's SIGTERM to the whole
+# group, would otherwise kill it under requests the web workers still finish.
+_ENGINE_BLOCKED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 
 @dataclass
@@ -70,37 +80,58 @@ class EnginePool:
     def _spawn(self, handle: EngineHandle) -> None:
         handle.shared.state.value = EngineState.LOADING
         handle.process = self.ctx.Process(
-            target=main,
+            target=_engine_main,
             args=(handle.spec, handle.requests_in, self.slot_writers, handle.shared),
             name=f"bge-m3-engine-{handle.spec.index}",
             daemon=False,
         )
-        handle.process.start()
+        # Starting the resource tracker unblocks SIGINT and SIGTERM in this
+        # thread; it must not happen inside the window below.
+        resource_tracker.ensure_running()
+        # Signals that arrive meanwhile stay pending for this thread, not lost.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _ENGINE_BLOCKED_SIGNALS)
+        try:
+            handle.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         log.info("Started engine %d (pid %d) on device %s", handle.spec.index, handle.process.pid,
                  handle.spec.device)
 
     def _supervise(self) -> None:
+        # Each dead engine has its own restart time, so one engine's back-off
+        # never delays restarting another.
+        restart_at: dict[int, float] = {}
         while not self._stopping.is_set():
-            alive = {h.process.sentinel: h for h in self.engines if h.process is not None}
-            for sentinel in wait(list(alive), timeout=0.5):
+            now = time.monotonic()
+            for i, when in list(restart_at.items()):
+                if when <= now:
+                    del restart_at[i]
+                    self._spawn(self.engines[i])
+            alive = {h.process.sentinel: i for i, h in enumerate(self.engines) if h.process is not None}
+            timeout = min([0.5, *(when - now for when in restart_at.values())])
+            for sentinel in wait(list(alive), timeout=max(0.0, timeout)):
                 if self._stopping.is_set():
                     return
-                self._restart(alive[sentinel])
+                restart_at[alive[sentinel]] = time.monotonic() + self._on_death(self.engines[alive[sentinel]])
 
-    def _restart(self, handle: EngineHandle) -> None:
+    def _on_death(self, handle: EngineHandle) -> float:
+        """Fail what the dead engine held and clear its pipe; returns the delay before it is started again."""
         process = handle.process
-        process.join()
+        process.join()  # the sentinel fired: this returns at once and reaps it (unless gunicorn did)
         was_ready = handle.shared.state.value == EngineState.READY
         handle.shared.state.value = EngineState.UNAVAILABLE
         handle.shared.generation.value += 1  # web workers fail what this engine held
         handle.shared.restarts.value += 1
+        # The jobs left in its pipe belong to the requests just failed, and it may
+        # have died half-way through reading one: its successor starts on an empty pipe.
+        dropped = _drain(handle.requests_in)
         handle.failures = 0 if was_ready else handle.failures + 1
         delay = _RESTART_BACKOFF_S[min(handle.failures, len(_RESTART_BACKOFF_S) - 1)]
-        log.error("Engine %d (pid %d) exited with code %s; restarting in %.1f s",
-                  handle.spec.index, process.pid, process.exitcode, delay)
+        # exitcode is None when gunicorn's waitpid(-1) reaped the engine first.
+        log.error("Engine %d (pid %d) exited with code %s; %d bytes of queued jobs dropped; restarting in %.1f s",
+                  handle.spec.index, process.pid, process.exitcode, dropped, delay)
         handle.process = None
-        if not self._stopping.wait(delay):
-            self._spawn(handle)
+        return delay
 
     def stop(self, timeout: float = 10.0) -> None:
         """Let each engine finish the batch in hand, then make sure it is gone."""
@@ -109,20 +140,41 @@ class EnginePool:
             self._supervisor.join(timeout=2)
         for handle in self.engines:
             handle.shared.state.value = EngineState.STOPPED
-            if handle.process is not None and handle.process.is_alive():
-                handle.requests_out.send_bytes(protocol.encode(Stop()))
+            if handle.process is not None and _alive(handle.process):
+                self._send_stop(handle)
         deadline = time.monotonic() + timeout
         for handle in self.engines:
             if handle.process is None:
                 continue
             handle.process.join(max(0.0, deadline - time.monotonic()))
-            if handle.process.is_alive():
+            if _alive(handle.process):
                 log.warning("Engine %d did not stop in time; killing it", handle.spec.index)
                 handle.process.kill()
                 handle.process.join(5)
         removed = segment.unlink_prefix(self.shm_prefix)
         if removed:
             log.info("Removed %d leftover shared-memory segments", removed)
+        _stop_resource_tracker()
+
+    @staticmethod
+    def _send_stop(handle: EngineHandle) -> None:
+        # The web workers are gone by now, so nothing else writes to this pipe;
+        # a hung engine with a full pipe must not block the master's exit.
+        os.set_blocking(handle.requests_out.fileno(), False)
+        try:
+            handle.requests_out.send_bytes(protocol.encode(Stop()))
+        except BlockingIOError:
+            log.warning("Engine %d is not reading its requests; it will be killed", handle.spec.index)
+
+    def detach_from_engines(self) -> None:
+        """In a forked web worker: the engines are the master's children, not this process's.
+
+        Without this, multiprocessing's exit handler in every web worker tries to
+        join them and logs an AssertionError each time a worker exits.
+        """
+        for handle in self.engines:
+            if handle.process is not None:
+                multiprocessing.process._children.discard(handle.process)  # private: no public way
 
     # -- web worker slots ---------------------------------------------------------
 
@@ -136,10 +188,48 @@ class EnginePool:
         for handle in self.engines:
             handle.shared.in_flight[slot] = 0
         segment.unlink_prefix(f"{self.shm_prefix}{worker_pid}-")
-        # Answers to the dead worker may still sit in the pipe; drain them.
-        while self.slot_readers[slot].poll():
-            self.slot_readers[slot].recv_bytes()
+        # Answers to the dead worker may still sit in the pipe, and it may have
+        # died half-way through reading one: drop every byte, so that the next
+        # worker in this slot starts on a whole message.
+        _drain(self.slot_readers[slot])
         self.free_slots.append(slot)
+
+
+def _engine_main(*args: object) -> None:
+    """The engine process: the signals stay blocked (they are inherited blocked;
+    this also covers every thread the engine starts), then ``engine.main``."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _ENGINE_BLOCKED_SIGNALS)
+    main(*args)
+
+
+def _stop_resource_tracker(timeout: float = 5.0) -> None:
+    """Stop multiprocessing's resource tracker, a child of this process, and reap it.
+
+    On stopping it removes what a killed engine left (its named semaphores).
+    Stopped here, it is reaped by the master; otherwise it outlives the master
+    and falls to PID 1, which in some containers never reaps it (a zombie).
+    It waits for every holder of its pipe: a thread, so a stuck one cannot hang the exit.
+    """
+    stopper = threading.Thread(target=resource_tracker._resource_tracker._stop, daemon=True)  # private: no public way
+    stopper.start()
+    stopper.join(timeout)
+
+
+def _alive(process: multiprocessing.process.BaseProcess) -> bool:
+    # The sentinel, not is_alive(): gunicorn's waitpid(-1) may have reaped the
+    # engine already, and then is_alive() says True for a process that is gone.
+    return not wait([process.sentinel], timeout=0)
+
+
+def _drain(conn: Connection) -> int:
+    """Discard every byte waiting in a pipe that nobody else reads now; returns the count."""
+    dropped = 0
+    while conn.poll(0):
+        chunk = os.read(conn.fileno(), 1 << 16)
+        if not chunk:
+            break  # every writer is gone
+        dropped += len(chunk)
+    return dropped
 
 
 def engine_specs(devices: list[str], template: EngineSpec) -> list[EngineSpec]:

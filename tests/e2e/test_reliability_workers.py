@@ -1,0 +1,145 @@
+"""Web workers that are recycled (gunicorn's max_requests) or killed disturb neither
+the engine nor the other workers' requests, and no reply reaches the wrong request."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from tests.e2e import procs
+from tests.e2e.conftest import TOKEN
+from tests.e2e.server import Server
+
+WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "中文", "عربي", "émoji🚀", "omega", "sigma", "kappa", "lambda",
+         "river", "stone"]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    server = Server(tiny_model, tmp_path_factory.mktemp("workers") / "server.log", API_TOKEN=TOKEN,
+                    GUNICORN_CMD_ARGS="--max-requests 25 --max-requests-jitter 10").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    rng = random.Random(11)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(1, 40))) + f" #{i}" for i in range(120)]
+
+
+@pytest.fixture(scope="module")
+def alone(server, texts) -> dict[str, dict]:
+    """Each text's answer when it is the only request in the server."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    return {text: embed(server, auth, text, {}).json() for text in texts}
+
+
+def embed(server: Server, auth: dict[str, str], text: str, kinds: dict[str, bool]) -> requests.Response:
+    response = requests.post(f"{server.url}/v1/embeddings", json={"input": [text], **kinds}, headers=auth,
+                             timeout=30)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def assert_same_answer(body: dict, reference: dict, kinds: dict[str, bool]) -> None:
+    item, expected = body["data"][0], reference["data"][0]
+    assert body["usage"] == reference["usage"]
+    np.testing.assert_allclose(item["dense_embedding"], expected["dense_embedding"], atol=1e-5)
+    if kinds.get("return_sparse", True):
+        assert item["sparse_embedding"].keys() == expected["sparse_embedding"].keys()
+        np.testing.assert_allclose(list(item["sparse_embedding"].values()),
+                                   list(expected["sparse_embedding"].values()), atol=1e-5)
+    else:
+        assert item["sparse_embedding"] is None
+    if kinds.get("return_colbert", True):
+        np.testing.assert_allclose(item["colbert_embedding"], expected["colbert_embedding"], atol=1e-5)
+    else:
+        assert item["colbert_embedding"] is None
+
+
+def test_many_clients_through_recycled_workers_each_get_their_own_answer(server, auth, texts, alone):
+    engine, workers = procs.engine_pid(server), procs.worker_pids(server)
+    recycled = server.log().count("Autorestarting worker")
+    rng = random.Random(5)
+    jobs = [(text, {"return_sparse": rng.random() < 0.5, "return_colbert": rng.random() < 0.5})
+            for text in texts * 3]
+    rng.shuffle(jobs)
+
+    def one(job: tuple[str, dict[str, bool]]) -> None:
+        text, kinds = job
+        assert_same_answer(embed(server, auth, text, kinds).json(), alone[text], kinds)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, jobs))
+
+    assert server.log().count("Autorestarting worker") - recycled >= 6, "max_requests recycled the workers"
+    assert not procs.worker_pids(server) & workers
+    # A worker leaving must not try to join the engine, which is the master's child.
+    assert "can only join a child process" not in server.log()
+    assert procs.engine_pid(server) == engine
+    assert procs.engine_restarts(server, auth) == 0
+    assert not procs.segments(server)
+
+
+def test_a_killed_worker_disturbs_no_other_request(server, auth, texts, alone):
+    engine = procs.engine_pid(server)
+    outcomes: list[tuple[float, str]] = []  # (started, "ok" or the error)
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client(offset: int) -> None:
+        for i in range(offset, 10**6, 7):
+            if stop.is_set():
+                return
+            text = texts[i % len(texts)]
+            started = time.monotonic()
+            try:
+                response = requests.post(f"{server.url}/v1/embeddings", json={"input": [text]}, headers=auth,
+                                         timeout=30)
+            except requests.ConnectionError:
+                outcome = "connection error"
+            else:
+                outcome = "ok" if response.status_code == 200 else f"status {response.status_code}"
+                if outcome == "ok":
+                    assert_same_answer(response.json(), alone[text], {})
+            with lock:
+                outcomes.append((started, outcome))
+
+    with ThreadPoolExecutor(12) as pool:
+        clients = [pool.submit(client, k) for k in range(12)]
+        time.sleep(1.5)
+        victim = max(procs.worker_pids(server))
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        time.sleep(2.5)
+        stop.set()
+        for c in clients:
+            c.result()
+
+    errors = [(started - killed, outcome) for started, outcome in outcomes if outcome != "ok"]
+    # Only the requests the victim was serving fail, one per client at most, and only its own.
+    assert all(outcome == "connection error" and after < 0.5 for after, outcome in errors), errors
+    assert len(errors) <= 12
+    assert sum(1 for started, outcome in outcomes if outcome == "ok" and started > killed + 0.5) > 20
+    assert procs.engine_pid(server) == engine
+    assert procs.engine_restarts(server, auth) == 0
+    procs.wait_for(lambda: len(procs.worker_pids(server)) == 2, 10, what="a replacement worker")
+    assert victim not in procs.worker_pids(server)
+    procs.wait_for(lambda: not procs.segments(server, victim), 5, what="the killed worker's segments removed")
+    for text in texts[:20]:
+        assert_same_answer(embed(server, auth, text, {}).json(), alone[text], {})
+
+
+def test_shutdown_leaves_no_process_and_no_shared_memory(server):
+    tracker = procs.ShmTracker(server)
+    tracker.snapshot()
+    assert server.stop() == 0, server.log()
+    tracker.assert_left_nothing()
