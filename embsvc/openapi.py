@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from embsvc import __version__
 from embsvc.config import Settings
+from embsvc.openapi_scoring import scoring_paths
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 
@@ -39,6 +40,10 @@ def build_openapi(settings: Settings) -> dict:
             "return_sparse": {**bool_field, "default": "sparse" in settings.default_return},
             "return_colbert": {**bool_field, "default": "colbert" in settings.default_return},
             "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
+            "embedding_dtype": {"type": "string", "enum": ["float32", "float16"], "default": "float32",
+                                "description": "little-endian width of the base64 payloads; float16 needs base64"},
+            "return_sparse_tokens": {**bool_field, "default": False,
+                                     "description": "add sparse_tokens: each token's text with its weight"},
             "max_length": {"type": "integer", "minimum": 1, "maximum": settings.max_tokens,
                            "default": settings.max_tokens},
             "truncate": {**bool_field, "default": True},
@@ -55,6 +60,7 @@ def build_openapi(settings: Settings) -> dict:
             "dense_embedding": {"oneOf": [vector, {"type": "null"}]},
             "sparse_embedding": {"oneOf": [{"type": "object", "additionalProperties": {"type": "number"}},
                                            {"type": "null"}]},
+            "sparse_tokens": {"type": "object", "additionalProperties": {"type": "number"}},
             "colbert_embedding": {"oneOf": [
                 {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
                 base64_string, {"type": "null"}]},
@@ -114,6 +120,7 @@ def build_openapi(settings: Settings) -> dict:
                                       "content": {"text/plain": {"schema": {"type": "string"}}}}},
             }},
             "/openapi.json": _get("This document", obj, False),
+            **scoring_paths(settings),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

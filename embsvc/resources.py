@@ -134,6 +134,7 @@ class Root:
                 "embeddings": "POST /v1/embeddings", "health": "GET /health", "stats": "GET /stats",
                 "models": "GET /v1/models", "model": "GET /v1/models/{id}",
                 "metrics": "GET /metrics", "openapi": "GET /openapi.json",
+                "score": "POST /v1/score", "rerank": "POST /v1/rerank", "tokenize": "POST /tokenize",
             },
             "batching": {"batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
                          "max_queue_size": s.max_queue_size, "max_batch_tokens": s.max_batch_tokens or None},

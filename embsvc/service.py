@@ -24,6 +24,8 @@ class Engine(Protocol):
     def info(self) -> dict[str, object]: ...
     def snapshot(self) -> list[dict[str, object]]: ...
     def embed(self, ids: list[np.ndarray], kinds: Kind, dim: int) -> Segment: ...
+    def score(self, ids: list[np.ndarray], weights: tuple[float, float, float], unused_ids: tuple[int, ...],
+              dim: int) -> Segment: ...
 
 
 KIND_NAMES = (("dense", Kind.DENSE), ("sparse", Kind.SPARSE), ("colbert", Kind.COLBERT))
@@ -50,8 +52,17 @@ class EmbeddingService:
                     self._dim = int(self.engine.info()["dim"])
         return self._tokenizer
 
+    @property
+    def dim(self) -> int:
+        """The model's vector size, known once ``tokenizer()`` has returned."""
+        return self._dim
+
     def tokenize(self, texts: list[str], max_length: int, allow_truncation: bool) -> list[np.ndarray]:
-        encoded = self.tokenizer().encode(texts)
+        return self.cut(self.tokenizer().encode(texts), max_length, allow_truncation)
+
+    @staticmethod
+    def cut(encoded: list[np.ndarray], max_length: int, allow_truncation: bool) -> list[np.ndarray]:
+        """Each input cut to ``max_length`` ids; with ``allow_truncation`` false a longer one is a 400."""
         if not allow_truncation:
             for i, ids in enumerate(encoded):
                 if len(ids) > max_length:
@@ -68,8 +79,10 @@ class EmbeddingService:
 
     def _body(self, segment: Segment, ids: list[np.ndarray], request: EmbeddingRequest) -> bytes:
         n_tokens = sum(len(x) for x in ids)
-        data = embedding_items(segment.arrays, ids, request.kinds, request.encoding_format,
-                               self.tokenizer().unused_ids)
+        tokenizer = self.tokenizer()
+        data = embedding_items(segment.arrays, ids, request.kinds, request.encoding_format, tokenizer.unused_ids,
+                               dtype=request.embedding_dtype,
+                               decode=tokenizer.decode_each if request.sparse_tokens else None)
         return dumps({
             "object": "list",
             "model": self.settings.model_name,

@@ -36,6 +36,12 @@ class TextTokenizer:
     def tokens(self, ids: np.ndarray) -> list[str]:
         return [self._tokenizer.id_to_token(int(i)) or "" for i in ids]
 
+    def decode_each(self, ids: np.ndarray) -> list[str]:
+        """Each id decoded alone, as FlagEmbedding's ``convert_id_to_token`` does
+        (``▁hello`` -> ``hello``). Its clean-up of spaces before punctuation has
+        nothing to do on a single token, so the plain decoder gives the same text."""
+        return self._tokenizer.decode_batch([[int(i)] for i in ids], skip_special_tokens=False)
+
 
 def truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
     """Cut to ``max_length`` ids, keeping the closing ``</s>``."""

@@ -21,6 +21,8 @@ class EmbeddingRequest:
     encoding_format: str  # "float" or "base64"
     max_length: int
     truncate: bool
+    embedding_dtype: str = "float32"  # of the base64 payloads: "float32" or "float16"
+    sparse_tokens: bool = False  # add the token texts beside the sparse ids
 
 
 def read_json_object(req: falcon.Request, max_bytes: int) -> dict:
@@ -63,7 +65,26 @@ def parse_embedding_request(body: dict, settings: Settings) -> EmbeddingRequest:
         encoding_format=encoding_format,
         max_length=max_length(body, settings.max_tokens),
         truncate=boolean(body, "truncate", True),
+        embedding_dtype=embedding_dtype(body, encoding_format),
+        sparse_tokens=sparse_tokens(body, kinds),
     )
+
+
+def embedding_dtype(body: dict, encoding_format: str) -> str:
+    value = body.get("embedding_dtype", "float32")
+    if value not in ("float32", "float16"):
+        raise InvalidRequest("embedding_dtype must be \"float32\" or \"float16\"", param="embedding_dtype")
+    if value == "float16" and encoding_format != "base64":
+        # JSON numbers carry no width: float16 only shrinks base64 payloads.
+        raise InvalidRequest("embedding_dtype \"float16\" needs encoding_format \"base64\"", param="embedding_dtype")
+    return value
+
+
+def sparse_tokens(body: dict, kinds: Kind) -> bool:
+    wanted = boolean(body, "return_sparse_tokens", False)
+    if wanted and not kinds & Kind.SPARSE:
+        raise InvalidRequest("return_sparse_tokens needs return_sparse", param="return_sparse_tokens")
+    return wanted
 
 
 def check_model(body: dict, settings: Settings) -> None:

@@ -15,6 +15,6 @@ Only small pickled dataclasses (``protocol``) cross the pipes; arrays live in
 shared memory (``segment``), created and unlinked by the web worker that owns the
 request. A score job (``protocol.ScoreJob``: a query and its documents) takes the
 same path, but the engine keeps its vectors (``score_job``) and writes only a table
-of scores (``scoring``), a row per document. The master process (``pool``) creates the pipes and shared counters,
-starts, supervises and stops the engines.
+of scores (``scoring``), a row per document. The master process (``pool``) creates
+the pipes and shared counters, starts, supervises and stops the engines.
 """

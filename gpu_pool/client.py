@@ -12,10 +12,12 @@ from the worker's pid, so such a late answer matches no waiter and is dropped.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +26,7 @@ from gpu_pool import protocol
 from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
 from gpu_pool.frames import FrameReader
 from gpu_pool.pool import EngineHandle, EnginePool
-from gpu_pool.protocol import Done, ErrorCode, Failed, Job, Kind
+from gpu_pool.protocol import SCORE_KINDS, Done, ErrorCode, Failed, Job, Kind, ScoreJob
 from gpu_pool.segment import Layout, Segment
 from gpu_pool.shared import EngineState
 
@@ -73,8 +75,11 @@ class EngineClient:
 
     # -- submitting -----------------------------------------------------------------
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, dim: int) -> Segment:
-        """Run the inputs through an engine; returns the filled segment (close it after reading)."""
+    def embed(self, ids: list[np.ndarray], kinds: Kind, dim: int, make_job: Callable[..., Job] = Job) -> Segment:
+        """Run the inputs through an engine; returns the filled segment (close it after reading).
+
+        ``make_job`` builds the message from ``Job``'s fields (``score`` makes a ``ScoreJob``).
+        """
         engine, generation = self._reserve()
         try:
             lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
@@ -84,7 +89,7 @@ class EngineClient:
             try:
                 seg.arrays["lengths"][:] = lengths
                 np.concatenate(ids, out=seg.arrays["ids"], casting="unsafe")
-                job = Job(self._id_base + seq, self.slot, seg.name, layout.n_inputs, layout.n_tokens, kinds)
+                job = make_job(self._id_base + seq, self.slot, seg.name, layout.n_inputs, layout.n_tokens, kinds)
                 self._submit(engine, generation, job)
                 return seg
             except BaseException:
@@ -93,6 +98,12 @@ class EngineClient:
         finally:
             with self._lock:
                 engine.shared.in_flight[self.slot] -= 1
+
+    def score(self, ids: list[np.ndarray], weights: tuple[float, float, float], unused_ids: tuple[int, ...],
+              dim: int) -> Segment:
+        """Score inputs 1.. against input 0 (the query); the segment's ``scores`` region holds the result."""
+        make_job = functools.partial(ScoreJob, weights=weights, unused_ids=unused_ids)
+        return self.embed(ids, SCORE_KINDS, dim, make_job)
 
     def _reserve(self) -> tuple[EngineHandle, int]:
         """A place in the least-loaded ready engine's queue, and that engine's generation.

@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 
+from gpu_pool import scoring
 from gpu_pool.errors import EngineError
-from gpu_pool.protocol import Kind
+from gpu_pool.protocol import SCORE_KINDS, Kind
 from gpu_pool.segment import Layout, Segment
 from gpu_pool.shared import EngineState
 
@@ -20,6 +21,7 @@ class FakeEngine:
         self.state = EngineState.READY
         self.fail_with: EngineError | None = None
         self.calls: list[tuple[list[np.ndarray], Kind]] = []
+        self.score_calls: list[tuple[list[np.ndarray], tuple[float, float, float], tuple[int, ...]]] = []
         self._ids = itertools.count()
 
     def states(self) -> list[EngineState]:
@@ -48,4 +50,19 @@ class FakeEngine:
             a["sparse"][:] = np.concatenate(ids) / 1000.0  # weight = id / 1000
         if "colbert" in a:
             a["colbert"][:] = 0.25
+        return seg
+
+    def score(self, ids: list[np.ndarray], weights: tuple[float, float, float], unused_ids: tuple[int, ...],
+              dim: int) -> Segment:
+        """Raw scores derived from each document's length (dense = tokens / 100, sparse = 1 / tokens,
+        colbert = 0.5), mixed by the real ``scoring.combine``."""
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.calls.append((ids, SCORE_KINDS))
+        self.score_calls.append((ids, weights, unused_ids))
+        lengths = [len(x) for x in ids]
+        seg = Segment.create(f"bgem3-fake-{os.getpid()}-{next(self._ids)}",
+                             Layout(len(ids), sum(lengths), dim, SCORE_KINDS))
+        raw = np.array([[n / 100, 1 / n, 0.5] for n in lengths[1:]])
+        seg.arrays["scores"][:] = scoring.combine(raw, weights)
         return seg
