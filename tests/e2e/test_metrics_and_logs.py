@@ -75,13 +75,13 @@ def embeddings_count(samples, status: str) -> float:
     return value(samples, "embsvc_http_requests_total", endpoint="/v1/embeddings", method="POST", status=status)
 
 
-def test_the_model_download_is_logged_with_its_progress(server, tiny_model):
+def test_the_model_download_is_logged_with_its_progress(server, hub):
     entries = log_entries(server)
     messages = [e["message"] for e in entries]
     assert any(m.startswith("Downloading BAAI/bge-m3 from the Hugging Face Hub") for m in messages)
     assert any(m.startswith("Downloaded BAAI/bge-m3 into") for m in messages)
     progress = [e for e in entries if e.get("event") == "download_progress"]
-    model_bytes = sum(p.stat().st_size for p in tiny_model.iterdir() if p.is_file())
+    model_bytes = sum(len(data) for data in hub.files.values())
     assert [e for e in progress if e["unit"] == "B" and e["done"] == e["total"] == model_bytes]
 
 

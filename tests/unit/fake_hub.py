@@ -19,8 +19,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 class FakeHub:
     def __init__(self, folder: Path, repo_id: str) -> None:
-        self.folder, self.repo_id = folder, repo_id
-        self.files = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+        self.repo_id = repo_id
+        # Read once: the repository does not change under a download, whatever happens to the folder.
+        self.files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+                      if p.is_file()}
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -34,8 +36,8 @@ class FakeHub:
         self._server.server_close()
 
     def _tree(self) -> list[dict]:
-        return [{"type": "file", "path": name, "size": path.stat().st_size, "oid": _etag(path)}
-                for name, path in self.files.items()]
+        return [{"type": "file", "path": name, "size": len(data), "oid": _etag(data)}
+                for name, data in self.files.items()]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         hub = self
@@ -63,12 +65,11 @@ class FakeHub:
                     self._json(hub._tree(), body)
                 elif path.startswith(f"/{hub.repo_id}/resolve/"):
                     name = path.split("/resolve/", 1)[1].split("/", 1)[1]
-                    file = hub.files.get(name)
-                    if file is None:
+                    data = hub.files.get(name)
+                    if data is None:
                         self._send(404, b"", {}, body)
                     else:
-                        data = file.read_bytes()
-                        self._send(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{_etag(file)}"',
+                        self._send(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{_etag(data)}"',
                                                "Content-Type": "application/octet-stream"}, body)
                 else:
                     self._send(404, b"", {}, body)
@@ -88,5 +89,5 @@ class FakeHub:
         return Handler
 
 
-def _etag(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+def _etag(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
