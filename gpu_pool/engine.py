@@ -159,10 +159,9 @@ class Engine:
                     self.planner_done = True
                     self.ready.notify_all()
                     return
+                # Padded under the lock, so that no job is released (failed) in the middle of the copy.
+                self.prepared.append(self._prepare(items))
                 self.in_hand += 1
-            batch = self._prepare(items)
-            with self.ready:
-                self.prepared.append(batch)
                 self.ready.notify_all()
 
     def _gather(self) -> list[Item] | None:
