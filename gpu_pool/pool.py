@@ -15,6 +15,7 @@ when an engine stops, after the web workers have finished their requests.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
@@ -67,11 +68,14 @@ class EnginePool:
             reader, writer = self.ctx.Pipe(duplex=False)
             self.engines.append(EngineHandle(spec, EngineShared(self.ctx, n_slots), reader, writer))
         self._stopping = threading.Event()
+        self._stopped = False
         self._supervisor: threading.Thread | None = None
+        self._master_pid = os.getpid()
 
     # -- lifecycle ------------------------------------------------------------------
 
     def start(self) -> None:
+        atexit.register(self._stop_at_exit)
         for handle in self.engines:
             self._spawn(handle)
         self._supervisor = threading.Thread(target=self._supervise, name="engine-supervisor", daemon=True)
@@ -133,8 +137,18 @@ class EnginePool:
         handle.process = None
         return delay
 
+    def _stop_at_exit(self) -> None:
+        # The master can exit without on_exit (gunicorn's "Unhandled exception in
+        # main loop"): then multiprocessing's exit handler, which runs after this
+        # one, would wait forever for engines that ignore its SIGTERM. Forked web
+        # workers inherit this handler; it is not theirs to act on.
+        if os.getpid() == self._master_pid and not self._stopped:
+            self.stop()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Let each engine finish the batch in hand, then make sure it is gone."""
+        if self._stopped:
+            return
         self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=2)
@@ -155,6 +169,7 @@ class EnginePool:
         if removed:
             log.info("Removed %d leftover shared-memory segments", removed)
         _stop_resource_tracker()
+        self._stopped = True
 
     @staticmethod
     def _send_stop(handle: EngineHandle) -> None:
