@@ -51,8 +51,8 @@ class Server:
             try:
                 if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or too busy starting to answer within a second
             time.sleep(0.1)
         raise TimeoutError(f"server not healthy in {timeout} s:\n{self.log()}")
 

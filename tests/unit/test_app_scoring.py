@@ -15,6 +15,7 @@ from embsvc.tokenizer import TextTokenizer
 from gpu_pool import scoring
 from gpu_pool.errors import EngineOverloaded
 from gpu_pool.protocol import SCORE_MODES
+from gpu_pool.shared import EngineState
 from tests.unit.fake_engine import DIM, FakeEngine
 
 TOKEN = "test-token-1"
@@ -254,6 +255,18 @@ def test_embedding_option_errors(client, engine, body, param):
 
 
 # -- shared ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, body", [("/v1/score", {"query": "q", "documents": ["a"]}),
+                                        ("/v1/rerank", {"query": "q", "documents": ["a"]}),
+                                        ("/tokenize", {"input": "a"})])
+def test_new_endpoints_wait_for_the_model(tiny_model, path, body):
+    engine = FakeEngine()
+    engine.state = EngineState.LOADING
+    settings = load_settings({"API_TOKEN": TOKEN, "MODEL_PATH": str(tiny_model)}, env_file=None)
+    result = post(testing.TestClient(create_app(settings, engine)), path, body)
+    assert_error(result, 503, None, "unavailable_error")
+    assert result.headers["Retry-After"] == "1" and not engine.calls
+
 
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/rerank", "/v2/rerank", "/tokenize"])
 def test_new_endpoints_need_a_token_and_post(client, path):
