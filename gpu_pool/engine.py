@@ -77,6 +77,8 @@ def main(spec: EngineSpec, requests: Connection, slots: list[Connection], shared
     from gpu_pool.device import resolve_device, resolve_dtype
     from gpu_pool.m3 import M3Model
 
+    logs.adopt_transformers_logging()
+
     shared.state.value = EngineState.LOADING
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)

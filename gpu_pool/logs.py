@@ -118,3 +118,4 @@ def adopt_transformers_logging() -> None:
 
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
+    transformers_logging.disable_progress_bar()  # a bar redrawn on stderr is no log line
