@@ -8,7 +8,7 @@
 # The CUDA image needs only the NVIDIA driver on the host (the torch wheel
 # brings its own CUDA libraries) and a GPU given to the container
 # (--gpus / compose device reservation / nvidia.com/gpu in Kubernetes).
-# See deploy/README.md.
+# See the README (Deployment).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

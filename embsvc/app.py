@@ -37,7 +37,7 @@ def create_app(settings: Settings, engine: Engine, metrics_dir: Path | None = No
 
 
 def _add_scoring_routes(app: falcon.App, service: EmbeddingService) -> None:
-    """Hybrid scores, reranking and tokenizing (docs/beyond.md)."""
+    """Hybrid scores, reranking and tokenizing (README: Beyond embeddings)."""
     scores = ScoreService(service)
     app.add_route("/v1/score", score_resources.Score(scores))
     app.add_route("/v1/rerank", score_resources.Rerank(scores))

@@ -47,7 +47,7 @@ def build_openapi(settings: Settings) -> dict:
             "max_length": {"type": "integer", "minimum": 1, "maximum": settings.max_tokens,
                            "default": settings.max_tokens},
             "truncate": {**bool_field, "default": True},
-            "user": {"type": "string"},
+            "user": {"type": ["string", "null"]},
         },
     }
     item = {
@@ -110,7 +110,8 @@ def build_openapi(settings: Settings) -> dict:
             "/v1/models": _get("The served model", {"type": "object", "properties": {
                 "object": {"const": "list"}, "data": {"type": "array", "items": model}}}, True),
             "/v1/models/{model_id}": {**_get("One model", model, True, 404), "parameters": [
-                {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}]},
+                {"name": "model_id", "in": "path", "required": True,
+                 "schema": {"type": "string", "enum": list(settings.model_names())}}]},
             "/": _get("Service information", obj, False),
             "/metrics": {"get": {
                 "summary": "Prometheus metrics of every web worker and engine",

@@ -59,12 +59,17 @@ def score_path(settings: Settings) -> dict:
 
 def rerank_path(settings: Settings) -> dict:
     nullable_int = {"type": ["integer", "null"], "minimum": 1}
+    common = _common(settings)
+    # A rerank option sent as null keeps its default (what Cohere's and Jina's clients send).
+    optional = {name: {"anyOf": [schema, {"type": "null"}]} for name, schema in common.items()
+                if name not in ("query", "documents")}
     request = {"type": "object", "required": ["query", "documents"], "properties": {
-        **_common(settings),
+        **common, **optional,
         "top_n": {**nullable_int, "description": "results to return; default all"},
         "return_documents": {"type": ["boolean", "null"], "default": False},
-        "mode": {"type": "string", "enum": list(SCORE_MODES), "default": DEFAULT_MODE},
-        "max_tokens_per_doc": {**nullable_int, "description": "Cohere v2's name for max_length"}}}
+        "mode": {"type": ["string", "null"], "enum": [*SCORE_MODES, None], "default": DEFAULT_MODE},
+        "max_tokens_per_doc": {**nullable_int, "maximum": settings.max_tokens,
+                               "description": "Cohere v2's name for max_length"}}}
     result = {"type": "object", "required": ["index", "relevance_score"], "properties": {
         "index": {"type": "integer"}, "relevance_score": {"type": "number"},
         "document": {"type": "object", "properties": {"text": {"type": "string"}}}}}

@@ -50,8 +50,9 @@ def parse_score_request(body: dict, settings: Settings) -> ScoreRequest:
 
 def parse_rerank_request(body: dict, settings: Settings) -> RerankRequest:
     body = {key: value for key, value in body.items() if value is not None}
-    if "max_length" not in body and "max_tokens_per_doc" in body:
-        body["max_length"] = body["max_tokens_per_doc"]  # Cohere v2's name; here it bounds the query too
+    if "max_tokens_per_doc" in body:  # checked also when max_length, which wins, is there
+        per_doc = max_length(body, settings.max_tokens, "max_tokens_per_doc")
+        body.setdefault("max_length", per_doc)  # Cohere v2's name; here it bounds the query too
     scoring = parse_score_request(body, settings)
     mode = body.get("mode", DEFAULT_MODE)
     if mode not in SCORE_MODES:

@@ -116,13 +116,13 @@ def texts(body: dict, field: str, max_inputs: int) -> list[str]:
     return items
 
 
-def max_length(body: dict, limit: int) -> int:
-    value = body.get("max_length", limit)
+def max_length(body: dict, limit: int, field: str = "max_length") -> int:
+    value = body.get(field, limit)
     # JSON has one number type: 512.0 is the integer 512 (as JSON Schema says), 3.5 is not.
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
-        raise InvalidRequest(f"max_length must be a whole number from 1 to {limit}", param="max_length")
+        raise InvalidRequest(f"{field} must be a whole number from 1 to {limit}", param=field)
     return value
 
 

@@ -74,7 +74,9 @@ def combine(raw: np.ndarray, weights: tuple[float, float, float]) -> np.ndarray:
     The mixed modes are weighted means, as in ``compute_score``: sparse+dense is
     divided by ``w_dense + w_sparse``, colbert+sparse+dense by the sum of all three.
     """
-    w_dense, w_sparse, w_colbert = weights
+    # Scaled so the largest is 1: the same means, but weights like 1e308 no longer overflow.
+    largest = max(weights)
+    w_dense, w_sparse, w_colbert = (w / largest for w in weights)
     dense, sparse, colbert = raw[:, 0], raw[:, 1], raw[:, 2]
     sparse_dense = (sparse * w_sparse + dense * w_dense) / (w_sparse + w_dense)
     all_three = (colbert * w_colbert + sparse * w_sparse + dense * w_dense) / (w_dense + w_sparse + w_colbert)

@@ -1,4 +1,4 @@
-"""The Dockerfile passes hadolint and keeps the promises of deploy/README.md."""
+"""The Dockerfile passes hadolint and keeps the promises of the README (Deployment)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_multi_stage_with_a_cuda_default_and_a_cpu_build_argument() -> None:
     assert "requirements.txt" in runs
     text = DOCKERFILE.read_text(encoding="utf-8")
     # No host name in the Dockerfile: the CPU index is a documented build argument.
-    assert not re.search(r"https?://", text), "name no index host in the Dockerfile (deploy/README.md does)"
+    assert not re.search(r"https?://", text), "name no index host in the Dockerfile (the README does)"
 
 
 def test_final_stage_runs_gunicorn_as_non_root_without_compilers() -> None:

@@ -1,4 +1,4 @@
-"""docs/beyond.md is true: its python and sh examples run against the real server.
+"""The README's Beyond embeddings section is true: its python and sh examples run against the real server.
 
 Every ```python block runs, in order, in one namespace (later examples use earlier names);
 every ```sh block runs with bash. ```py blocks are shown, not run. The server's URL and token
@@ -12,18 +12,17 @@ import io
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import TOKEN
+from tests.e2e.readme import region
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "beyond.md"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
 
 
 def blocks(lang: str) -> list[str]:
-    return [code for tag, code in BLOCK.findall(DOC.read_text()) if tag == lang]
+    return [code for tag, code in BLOCK.findall(region("beyond")) if tag == lang]
 
 
 def for_server(code: str, server) -> str:
@@ -36,7 +35,7 @@ def test_python_examples_run(server):
     with contextlib.redirect_stdout(output):
         for number, code in enumerate(blocks("python")):
             try:
-                exec(compile(for_server(code, server), f"docs/beyond.md python block {number}", "exec"), namespace)
+                exec(compile(for_server(code, server), f"README beyond python block {number}", "exec"), namespace)
             except Exception as exc:  # noqa: BLE001 - name the failing block
                 pytest.fail(f"python block {number} failed: {exc!r}\n{code}")
     printed = output.getvalue()

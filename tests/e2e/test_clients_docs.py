@@ -1,4 +1,4 @@
-"""docs/operators.md is true: its examples run against the real server, its settings table
+"""The README's operator sections are true: its examples run against the real server, its settings table
 matches embsvc/config.py, and its metrics table matches what /metrics exposes.
 
 Every ```python block runs, in order, in one namespace (later examples use earlier names);
@@ -23,22 +23,22 @@ from embsvc import lifecycle
 from embsvc.config import load_settings
 from tests.deploy.helpers import tool
 from tests.e2e.conftest import TOKEN
+from tests.e2e.readme import region
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "operators.md"
 CONFIG = ROOT / "embsvc" / "config.py"
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
 
 
 def section(title: str) -> str:
-    text = DOC.read_text()
+    text = region("operators")
     start = text.index(f"\n## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start:end if end != -1 else None]
 
 
 def blocks(lang: str) -> list[str]:
-    return [code for tag, code in BLOCK.findall(DOC.read_text()) if tag == lang]
+    return [code for tag, code in BLOCK.findall(region("operators")) if tag == lang]
 
 
 def for_server(code: str, server) -> str:
@@ -65,7 +65,7 @@ def test_python_examples_run(server):
     with contextlib.redirect_stdout(output):
         for number, code in enumerate(examples):
             try:
-                exec(compile(for_server(code, server), f"docs/operators.md python block {number}", "exec"), namespace)
+                exec(compile(for_server(code, server), f"README operators python block {number}", "exec"), namespace)
             except Exception as exc:  # noqa: BLE001 - name the failing block
                 pytest.fail(f"python block {number} failed: {exc!r}\n{code}")
     printed = output.getvalue()

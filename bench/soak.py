@@ -1,0 +1,288 @@
+"""Soak test: many clients for a long while behind real nginx, on the tiny model.
+
+    .venv/bin/python -m bench.soak                      (64 clients, 10 s warm-up, 60 s)
+    .venv/bin/python -m bench.soak --clients 16 --seconds 10 --warmup 3
+
+Starts the server as the tests do (gunicorn, 2 web workers, one CPU engine on the
+tiny model) and Debian's nginx in front of it with deploy/nginx/nginx.conf
+(rendered by deploy/nginx/render.py; nginx runs as an ordinary user). Each client
+sends a mix of requests (one text or a batch, every kind, float and base64, long
+inputs cut by max_length, rerank, tokenize, /health and /stats) and some bad ones
+on purpose (they must get their 4xx). More clients than MAX_QUEUE_SIZE overload the
+server on purpose: those requests must get 503 overloaded_error, and the client
+waits Retry-After before its next one, as a well-behaved client does.
+
+Prints the requests served, the answers by status, p50 and p99 latency, and the
+resident memory of every process (gunicorn master, web workers, engine, resource
+tracker, nginx) after the warm-up and at the end. Exits 1 when any answer was an
+error other than the deliberate ones, or a process grew by more than 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import pwd
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.procs import children  # noqa: E402 - after the path is set for "python bench/soak.py"
+from tests.e2e.server import Server, free_port  # noqa: E402
+from tests.model_builder import build_model  # noqa: E402
+
+TOKEN = "soak-test-token"
+GROWTH_LIMIT = 0.10
+WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "中文", "عربي", "émoji", "river", "stone", "cloud", "rain",
+         "wind", "fire", "light", "night", "day", "sea", "sky", "road", "city", "tree", "leaf"]
+
+
+@dataclass(frozen=True)
+class Call:
+    kind: str
+    method: str
+    path: str
+    body: bytes | None
+    expect: int  # the status a correct server gives
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choices(WORDS, k=words))
+
+
+def next_call(rng: random.Random) -> Call:
+    """One request of the mix; the weights are the share of each kind."""
+    kind = rng.choices(
+        ["query", "document", "batch", "long", "base64", "rerank", "tokenize", "health", "stats", "bad"],
+        weights=[25, 15, 15, 8, 8, 8, 5, 5, 3, 8])[0]
+    post = lambda body, path="/v1/embeddings": Call(kind, "POST", path, orjson.dumps(body), 200)  # noqa: E731
+    if kind == "query":
+        return post({"input": _text(rng, rng.randint(2, 12)), "return_sparse": False, "return_colbert": False})
+    if kind == "document":
+        return post({"input": _text(rng, rng.randint(20, 120))})
+    if kind == "batch":
+        return post({"input": [_text(rng, rng.randint(3, 60)) for _ in range(rng.randint(2, 16))],
+                     "return_colbert": rng.random() < 0.3})
+    if kind == "long":
+        return post({"input": _text(rng, 3000), "max_length": rng.choice([128, 512, 2048])})
+    if kind == "base64":
+        return post({"input": [_text(rng, 30), _text(rng, 5)], "encoding_format": "base64"})
+    if kind == "rerank":
+        return post({"query": _text(rng, 4), "documents": [_text(rng, rng.randint(5, 40)) for _ in range(4)]},
+                    "/v1/rerank")
+    if kind == "tokenize":
+        return post({"input": _text(rng, 50)}, "/tokenize")
+    if kind in ("health", "stats"):
+        return Call(kind, "GET", f"/{kind}", None, 200)
+    bad = rng.choice([b"{", b'{"input": 5}', b'{"input": ""}', b'{"input": "a", "max_length": 0}',
+                      b'{"input": "a", "return_dense": false, "return_sparse": false, "return_colbert": false}'])
+    return Call(kind, "POST", "/v1/embeddings", bad, 400)
+
+
+@dataclass
+class Tally:
+    """What the clients saw; ``measuring`` is off during the warm-up."""
+
+    measuring: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answers: Counter = field(default_factory=Counter)  # (status, label) -> count
+    errors: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+    def record(self, call: Call, status: int, label: str, seconds: float) -> None:
+        with self.lock:
+            if not self.measuring:
+                return
+            self.answers[(status, label)] += 1
+            if status == call.expect:
+                if status == 200:
+                    self.latencies.append(seconds)
+            elif not (status == 503 and label == "overloaded_error"):
+                self.errors[f"{call.kind}: {status} {label}"] += 1
+
+
+def client(port: int, seed: int, tally: Tally, stop: threading.Event) -> None:
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=130)
+    while not stop.is_set():
+        call = next_call(rng)
+        started = time.perf_counter()
+        try:
+            conn.request(call.method, call.path, body=call.body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            tally.record(call, 0, type(exc).__name__, time.perf_counter() - started)
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=130)
+            continue
+        seconds = time.perf_counter() - started
+        label = ""
+        if response.status != 200:
+            try:
+                label = orjson.loads(data)["error"]["type"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                label = "not the JSON error shape"
+        tally.record(call, response.status, label, seconds)
+        if response.status == 503:
+            stop.wait(min(float(response.getheader("Retry-After", "1")), 1.0))
+
+
+# -- processes and memory ------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def processes(server: Server, nginx: subprocess.Popen) -> dict[int, str]:
+    """pid -> role, for every process of the server and of nginx."""
+    roles = {server.process.pid: "gunicorn master", nginx.pid: "nginx master"}
+    for p in children(server.process.pid):
+        if "spawn_main" in p.cmdline:
+            roles[p.pid] = "engine"
+        elif "resource_tracker" in p.cmdline:
+            roles[p.pid] = "resource tracker"
+        else:
+            roles[p.pid] = "web worker"
+    for p in children(nginx.pid):
+        roles[p.pid] = "nginx worker"
+    return roles
+
+
+def start_nginx(prefix: Path, backend_port: int) -> tuple[subprocess.Popen, int]:
+    sys.path.insert(0, str(ROOT / "deploy" / "nginx"))
+    import render
+
+    port = free_port()
+    conf = render.write_config(prefix, upstreams=[f"127.0.0.1:{backend_port}"], listen=f"127.0.0.1:{port}")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    command = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "logs" / "error.log"),
+               "-g", "daemon off;"]
+    if os.geteuid() == 0:  # as root nginx would switch its workers to "nobody": run all of it as that user
+        nobody = pwd.getpwnam("nobody")
+        for path in [prefix, *prefix.rglob("*")]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        command = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", *command]
+    process = subprocess.Popen(command, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/nginx-health")
+            if conn.getresponse().status == 200:
+                return process, port
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"nginx did not start; see {prefix / 'logs' / 'error.log'}")
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def run(clients: int, seconds: float, warmup: float, workdir: Path) -> int:
+    model = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
+    server = Server(model, workdir / "server.log", API_TOKEN=TOKEN, LOG_LEVEL="WARNING").start()
+    nginx, port = None, 0
+    try:
+        nginx, port = start_nginx(workdir / "nginx", server.port)
+        tally, stop = Tally(), threading.Event()
+        threads = [threading.Thread(target=client, args=(port, seed, tally, stop), daemon=True)
+                   for seed in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(warmup)
+        roles = processes(server, nginx)
+        start_rss = {pid: rss_mib(pid) for pid in roles}
+        tally.measuring = True
+        started = time.monotonic()
+        time.sleep(seconds)
+        tally.measuring = False
+        elapsed = time.monotonic() - started
+        end_rss = {pid: rss_mib(pid) for pid in roles}
+        stop.set()
+        for thread in threads:
+            thread.join(140)
+        gone = [pid for pid, role in processes(server, nginx).items() if pid not in roles]
+        return report(clients, seconds, warmup, elapsed, tally, roles, start_rss, end_rss, gone)
+    finally:
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(10)
+        server.stop()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def report(clients: int, seconds: float, warmup: float, elapsed: float, tally: Tally, roles: dict[int, str],
+           start_rss: dict[int, float], end_rss: dict[int, float], new_processes: list[int]) -> int:
+    served = sum(tally.answers.values())
+    print(f"soak: {clients} clients for {seconds:.0f} s after a {warmup:.0f} s warm-up, through nginx to "
+          "gunicorn (2 web workers) and one CPU engine, tiny model")
+    print(f"requests served: {served} ({served / elapsed:.1f}/s)")
+    print("answers by status:")
+    for (status, label), count in sorted(tally.answers.items()):
+        note = {200: "", 400: "  (bad on purpose)"}.get(status, "")
+        if status == 503 and label == "overloaded_error":
+            note = "  (deliberate overload: more clients than MAX_QUEUE_SIZE)"
+        print(f"  {status or 'no answer'} {label}: {count}{note}")
+    print(f"errors other than the deliberate ones: {sum(tally.errors.values())}")
+    for what, count in tally.errors.most_common():
+        print(f"  {what}: {count}")
+    print(f"latency of the 200s: p50 {percentile(tally.latencies, 50) * 1000:.1f} ms, "
+          f"p99 {percentile(tally.latencies, 99) * 1000:.1f} ms")
+    print("resident memory (MiB)        pid   after warm-up      end   growth")
+    grown = []
+    for pid, role in sorted(roles.items(), key=lambda item: item[1]):
+        before, after = start_rss[pid], end_rss[pid]
+        growth = (after - before) / before if before else 0.0
+        if growth > GROWTH_LIMIT:
+            grown.append(f"{role} {pid}")
+        print(f"  {role:<20} {pid:>8} {before:>15.1f} {after:>8.1f} {growth:>+8.1%}")
+    if new_processes:
+        print(f"processes started during the run (a restart?): {new_processes}")
+    failures = []
+    if tally.errors:
+        failures.append("errors other than the deliberate ones")
+    if grown:
+        failures.append(f"grew by more than {GROWTH_LIMIT:.0%}: {', '.join(grown)}")
+    if new_processes:
+        failures.append("a process was restarted")
+    print("verdict:", "PASS" if not failures else "FAIL: " + "; ".join(failures))
+    return 1 if failures else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--warmup", type=float, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="embsvc-soak-") as workdir:
+        os.chmod(workdir, 0o755)  # nginx, as another user, walks into it
+        sys.exit(run(args.clients, args.seconds, args.warmup, Path(workdir)))
+
+
+if __name__ == "__main__":
+    main()
