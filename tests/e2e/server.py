@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -14,6 +15,13 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
+_PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    # A test run that is killed must not leave servers behind: the kernel sends
+    # the server SIGTERM (a graceful stop) when the process that started it dies.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -38,7 +46,8 @@ class Server:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [str(GUNICORN), "-c", "gunicorn.conf.py", "embsvc.wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_terminate_with_parent)
         if wait:
             self.wait_healthy(timeout)
         return self
