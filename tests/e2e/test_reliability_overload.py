@@ -89,7 +89,7 @@ def assert_error(response: requests.Response, status: int, error_type: str) -> d
 
 
 def assert_serves_normally(server: Server, auth: dict[str, str], reference: dict[str, list[float]]) -> None:
-    with ThreadPoolExecutor(len(TEXTS)) as pool:
+    with ThreadPoolExecutor(QUEUE) as pool:  # as many at once as the queue holds: none refused
         answers = list(pool.map(lambda t: (t, post(server, auth, {"input": t})), TEXTS))
     for text, response in answers:
         np.testing.assert_allclose(dense(response), reference[text], atol=1e-5)
