@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from FlagEmbedding import BGEM3FlagModel
 
+from embsvc.tokenizer import TextTokenizer
 from gpu_pool.client import EngineClient
 from gpu_pool.engine import EngineSpec
 from gpu_pool.pool import EnginePool
@@ -40,3 +42,13 @@ def pool(tiny_model):
 @pytest.fixture(scope="module")
 def client(pool) -> EngineClient:
     return EngineClient(pool, pool.take_slot(), max_queue_size=50, timeout_s=60)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model) -> BGEM3FlagModel:
+    return BGEM3FlagModel(str(tiny_model), use_fp16=False, devices="cpu")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model) -> TextTokenizer:
+    return TextTokenizer(tiny_model)

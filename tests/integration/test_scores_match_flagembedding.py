@@ -7,10 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from FlagEmbedding import BGEM3FlagModel
 
 from embsvc.serialize import embedding_items
-from embsvc.tokenizer import TextTokenizer, truncate
+from embsvc.tokenizer import truncate
 from gpu_pool.protocol import SCORE_MODES, Kind
 from tests.integration.test_vectors_match_flagembedding import PARAGRAPH, TEXTS
 
@@ -19,15 +18,6 @@ QUERIES = ["What is BGE-M3 hybrid retrieval?", "Как работает поис
 # so some documents are done before the query and some after it.
 DOCUMENTS = TEXTS
 
-
-@pytest.fixture(scope="module")
-def reference(tiny_model) -> BGEM3FlagModel:
-    return BGEM3FlagModel(str(tiny_model), use_fp16=False, devices="cpu")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model) -> TextTokenizer:
-    return TextTokenizer(tiny_model)
 
 
 def served(client, tokenizer, query, documents, weights, max_length) -> np.ndarray:

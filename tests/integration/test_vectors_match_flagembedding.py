@@ -6,10 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from FlagEmbedding import BGEM3FlagModel
 
 from embsvc.serialize import embedding_items
-from embsvc.tokenizer import TextTokenizer, truncate
+from embsvc.tokenizer import truncate
 from gpu_pool.protocol import Kind
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
@@ -28,15 +27,6 @@ TEXTS = [
     PARAGRAPH * 40,  # well past 512 tokens
 ]
 
-
-@pytest.fixture(scope="module")
-def reference(tiny_model) -> BGEM3FlagModel:
-    return BGEM3FlagModel(str(tiny_model), use_fp16=False, devices="cpu")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model) -> TextTokenizer:
-    return TextTokenizer(tiny_model)
 
 
 def served(client, tokenizer, texts, max_length, kinds=ALL) -> list[dict]:
