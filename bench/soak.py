@@ -14,8 +14,10 @@ waits Retry-After before its next one, as a well-behaved client does.
 
 Prints the requests served, the answers by status, p50 and p99 latency, and the
 resident memory of every process (gunicorn master, web workers, engine, resource
-tracker, nginx) after the warm-up and at the end. Exits 1 when any answer was an
-error other than the deliberate ones, or a process grew by more than 10 %.
+tracker, nginx) after the warm-up and at the end, both measured idle (the clients
+are held between two requests for it), with the peak under load beside them.
+Exits 1 when any answer was an error other than the deliberate ones, or a process
+grew by more than 10 % between the two idle measurements.
 """
 
 from __future__ import annotations
@@ -114,12 +116,39 @@ class Tally:
                 self.errors[f"{call.kind}: {status} {label}"] += 1
 
 
-def client(port: int, seed: int, tally: Tally, stop: threading.Event) -> None:
+@dataclass
+class Load:
+    """The clients' switches: ``gate`` closed holds them between requests, so the
+    memory can be measured idle; ``busy`` counts the requests under way."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    gate: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    busy: int = 0
+
+    def quiesce(self, timeout: float = 140) -> None:
+        self.gate.clear()
+        deadline = time.monotonic() + timeout
+        while self.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the engine lets go of its last batch
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.gate.set()
+
+
+def client(port: int, seed: int, tally: Tally, load: Load) -> None:
     rng = random.Random(seed)
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=130)
-    while not stop.is_set():
+    while True:
+        load.gate.wait()
+        if load.stop.is_set():
+            return
         call = next_call(rng)
+        with load.lock:
+            load.busy += 1
         started = time.perf_counter()
         try:
             conn.request(call.method, call.path, body=call.body, headers=headers)
@@ -130,6 +159,9 @@ def client(port: int, seed: int, tally: Tally, stop: threading.Event) -> None:
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=130)
             continue
+        finally:
+            with load.lock:
+                load.busy -= 1
         seconds = time.perf_counter() - started
         label = ""
         if response.status != 200:
@@ -139,7 +171,7 @@ def client(port: int, seed: int, tally: Tally, stop: threading.Event) -> None:
                 label = "not the JSON error shape"
         tally.record(call, response.status, label, seconds)
         if response.status == 503:
-            stop.wait(min(float(response.getheader("Retry-After", "1")), 1.0))
+            load.stop.wait(min(float(response.getheader("Retry-After", "1")), 1.0))
 
 
 # -- processes and memory ------------------------------------------------------------------
@@ -198,31 +230,45 @@ def start_nginx(prefix: Path, backend_port: int) -> tuple[subprocess.Popen, int]
 # -- the run ------------------------------------------------------------------------------
 
 
-def run(clients: int, seconds: float, warmup: float, workdir: Path) -> int:
+def run(clients: int, seconds: float, warmup: float, workdir: Path, rss_every: float = 0) -> int:
     model = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
     server = Server(model, workdir / "server.log", API_TOKEN=TOKEN, LOG_LEVEL="WARNING").start()
     nginx, port = None, 0
     try:
         nginx, port = start_nginx(workdir / "nginx", server.port)
-        tally, stop = Tally(), threading.Event()
-        threads = [threading.Thread(target=client, args=(port, seed, tally, stop), daemon=True)
+        tally, load = Tally(), Load()
+        threads = [threading.Thread(target=client, args=(port, seed, tally, load), daemon=True)
                    for seed in range(clients)]
         for thread in threads:
             thread.start()
+        load.gate.set()
         time.sleep(warmup)
+        # Memory is compared idle, after the warm-up and at the end: under load it
+        # swings by the size of the batch in hand (hundreds of MiB for long inputs).
+        load.quiesce()
         roles = processes(server, nginx)
         start_rss = {pid: rss_mib(pid) for pid in roles}
+        peak = dict(start_rss)
+        load.gate.set()
         tally.measuring = True
-        started = time.monotonic()
-        time.sleep(seconds)
+        started = last_print = time.monotonic()
+        while (now := time.monotonic()) < started + seconds:
+            time.sleep(min(1.0, started + seconds - now))
+            for pid in roles:
+                peak[pid] = max(peak[pid], rss_mib(pid))
+            if rss_every and time.monotonic() - last_print >= rss_every:
+                last_print = time.monotonic()
+                print(f"rss at {last_print - started:5.0f} s:",
+                      ", ".join(f"{roles[pid]} {rss_mib(pid):.1f}" for pid in sorted(roles)), flush=True)
         tally.measuring = False
         elapsed = time.monotonic() - started
+        load.quiesce()
         end_rss = {pid: rss_mib(pid) for pid in roles}
-        stop.set()
+        load.finish()
         for thread in threads:
             thread.join(140)
         gone = [pid for pid, role in processes(server, nginx).items() if pid not in roles]
-        return report(clients, seconds, warmup, elapsed, tally, roles, start_rss, end_rss, gone)
+        return report(clients, seconds, warmup, elapsed, tally, roles, start_rss, end_rss, peak, gone)
     finally:
         if nginx is not None:
             nginx.terminate()
@@ -236,7 +282,8 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def report(clients: int, seconds: float, warmup: float, elapsed: float, tally: Tally, roles: dict[int, str],
-           start_rss: dict[int, float], end_rss: dict[int, float], new_processes: list[int]) -> int:
+           start_rss: dict[int, float], end_rss: dict[int, float], peak: dict[int, float],
+           new_processes: list[int]) -> int:
     served = sum(tally.answers.values())
     print(f"soak: {clients} clients for {seconds:.0f} s after a {warmup:.0f} s warm-up, through nginx to "
           "gunicorn (2 web workers) and one CPU engine, tiny model")
@@ -252,14 +299,14 @@ def report(clients: int, seconds: float, warmup: float, elapsed: float, tally: T
         print(f"  {what}: {count}")
     print(f"latency of the 200s: p50 {percentile(tally.latencies, 50) * 1000:.1f} ms, "
           f"p99 {percentile(tally.latencies, 99) * 1000:.1f} ms")
-    print("resident memory (MiB)        pid   after warm-up      end   growth")
+    print("resident memory, MiB, idle   pid  after warm-up     end   growth   (peak under load)")
     grown = []
     for pid, role in sorted(roles.items(), key=lambda item: item[1]):
         before, after = start_rss[pid], end_rss[pid]
         growth = (after - before) / before if before else 0.0
         if growth > GROWTH_LIMIT:
             grown.append(f"{role} {pid}")
-        print(f"  {role:<20} {pid:>8} {before:>15.1f} {after:>8.1f} {growth:>+8.1%}")
+        print(f"  {role:<20} {pid:>8} {before:>14.1f} {after:>7.1f} {growth:>+8.1%}   ({peak[pid]:.1f})")
     if new_processes:
         print(f"processes started during the run (a restart?): {new_processes}")
     failures = []
@@ -278,10 +325,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--rss-every", type=float, default=0, help="also print every process's RSS this often")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="embsvc-soak-") as workdir:
         os.chmod(workdir, 0o755)  # nginx, as another user, walks into it
-        sys.exit(run(args.clients, args.seconds, args.warmup, Path(workdir)))
+        sys.exit(run(args.clients, args.seconds, args.warmup, Path(workdir), args.rss_every))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from embsvc import metrics_dir as metrics_folder
 from embsvc.config import ConfigError, Settings, load_settings
-from gpu_pool import logs
+from gpu_pool import logs, malloc
 from gpu_pool.client import EngineClient
 from gpu_pool.engine import EngineSpec
 from gpu_pool.model_files import ModelFilesError, ensure_model
@@ -91,6 +91,7 @@ def pre_fork(server: object, worker: object) -> None:
 
 def post_fork(server: object, worker: object) -> None:
     global _client
+    malloc.limit_arenas()
     pool = _require_pool()
     pool.detach_from_engines()
     if worker.slot is None:

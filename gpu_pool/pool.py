@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 
-from gpu_pool import protocol, segment
+from gpu_pool import malloc, protocol, segment
 from gpu_pool.engine import EngineSpec, main
 from gpu_pool.protocol import Stop
 from gpu_pool.shared import EngineShared, EngineState
@@ -210,11 +210,14 @@ class EnginePool:
         self.free_slots.append(slot)
 
 
-def _engine_main(*args: object) -> None:
+def _engine_main(spec: EngineSpec, requests: Connection, slots: list[Connection], shared: EngineShared) -> None:
     """The engine process: the signals stay blocked (they are inherited blocked;
-    this also covers every thread the engine starts), then ``engine.main``."""
+    this also covers every thread the engine starts), malloc keeps to two arenas
+    and gives memory back when no request is waiting, then ``engine.main``."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _ENGINE_BLOCKED_SIGNALS)
-    main(*args)
+    malloc.limit_arenas()
+    malloc.trim_when_idle(lambda: shared.pending() > 0)
+    main(spec, requests, slots, shared)
 
 
 def _stop_resource_tracker(timeout: float = 5.0) -> None:
