@@ -230,7 +230,8 @@ def start_nginx(prefix: Path, backend_port: int) -> tuple[subprocess.Popen, int]
 # -- the run ------------------------------------------------------------------------------
 
 
-def run(clients: int, seconds: float, warmup: float, workdir: Path, rss_every: float = 0) -> int:
+def run(clients: int, seconds: float, warmup: float, workdir: Path, rss_every: float = 0) -> list[str]:
+    """Run the soak and print its report; returns what failed (nothing: a pass)."""
     model = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
     server = Server(model, workdir / "server.log", API_TOKEN=TOKEN, LOG_LEVEL="WARNING").start()
     nginx, port = None, 0
@@ -283,7 +284,7 @@ def percentile(values: list[float], p: float) -> float:
 
 def report(clients: int, seconds: float, warmup: float, elapsed: float, tally: Tally, roles: dict[int, str],
            start_rss: dict[int, float], end_rss: dict[int, float], peak: dict[int, float],
-           new_processes: list[int]) -> int:
+           new_processes: list[int]) -> list[str]:
     served = sum(tally.answers.values())
     print(f"soak: {clients} clients for {seconds:.0f} s after a {warmup:.0f} s warm-up, through nginx to "
           "gunicorn (2 web workers) and one CPU engine, tiny model")
@@ -317,7 +318,7 @@ def report(clients: int, seconds: float, warmup: float, elapsed: float, tally: T
     if new_processes:
         failures.append("a process was restarted")
     print("verdict:", "PASS" if not failures else "FAIL: " + "; ".join(failures))
-    return 1 if failures else 0
+    return failures
 
 
 def main() -> None:
@@ -329,7 +330,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="embsvc-soak-") as workdir:
         os.chmod(workdir, 0o755)  # nginx, as another user, walks into it
-        sys.exit(run(args.clients, args.seconds, args.warmup, Path(workdir), args.rss_every))
+        sys.exit(1 if run(args.clients, args.seconds, args.warmup, Path(workdir), args.rss_every) else 0)
 
 
 if __name__ == "__main__":

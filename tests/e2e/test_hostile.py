@@ -62,7 +62,8 @@ def wrong_type(field_name: str, value: object) -> Case:
     return bad(f"{field_name}={json.dumps(value)[:30]}", js(body), param=field_name)
 
 
-PROTECTED = [("POST", "/v1/embeddings"), ("GET", "/stats"), ("GET", "/v1/models"), ("GET", "/v1/models/bge-m3")]
+PROTECTED = [("POST", "/v1/embeddings"), ("GET", "/stats"), ("GET", "/v1/models"), ("GET", "/v1/models/bge-m3"),
+             ("POST", "/v1/score"), ("POST", "/v1/rerank"), ("POST", "/v2/rerank"), ("POST", "/tokenize")]
 AUTH_HEADERS = {
     "missing": {},
     "scheme only": {"Authorization": "Bearer"},
