@@ -4,7 +4,7 @@ the document says, authentication enforced).
 
 The default run sends over 1,000 requests in well under a minute. More:
 ``FUZZ_EXAMPLES=1000 FUZZ_SEED=random .venv/bin/python -m pytest tests/e2e/test_fuzz.py``
-(examples per operation and phase; docs/reliability.md).
+(examples per operation and phase; README: Reliability).
 """
 
 from __future__ import annotations

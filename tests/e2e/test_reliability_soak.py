@@ -1,6 +1,6 @@
 """The soak of bench/soak.py, short: real nginx in front of real gunicorn and engine,
 many clients, mixed requests; no error but the deliberate ones, no process restarted,
-none growing by more than 10 % (the full run: python -m bench.soak, docs/reliability.md)."""
+none growing by more than 10 % (the full run: python -m bench.soak, README: Reliability)."""
 
 from __future__ import annotations
 
