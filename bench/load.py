@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
 import threading
 import time
@@ -73,10 +72,6 @@ def run(url: str, token: str, bodies: list[dict], concurrency: int) -> LoadResul
     for thread in threads:
         thread.join()
     return LoadResult(len(bodies), counts["errors"], counts["tokens"], time.perf_counter() - started, latencies)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def wrk(url: str, token: str, body: dict, connections: int, seconds: int, workdir: Path) -> dict[str, float]:

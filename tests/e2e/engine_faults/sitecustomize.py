@@ -1,17 +1,15 @@
-"""Stand-in for the engine's fault-injection hook, used by tests/e2e/test_reliability_*.py.
+"""Fault injection for tests/e2e/test_reliability_*.py, kept out of the engine's code.
 
-The engine hook reads these variables (through EngineSpec) and acts just before
-a forward pass, on the batches that contain the given token id:
+These variables make the engine act just before a forward pass, on the batches
+that contain the given token id:
 
 - ``ENGINE_FAULT_ERROR_TOKEN``: the pass raises ``RuntimeError``;
 - ``ENGINE_FAULT_OOM_TOKEN``: the pass raises ``torch.OutOfMemoryError``;
 - ``ENGINE_FAULT_SLOW_TOKEN`` with ``ENGINE_FAULT_SLOW_MS``: the pass sleeps first.
 
-Until gpu_pool/engine.py has that hook (``gpu_pool.engine.EngineFaults``), the
-tests put this folder on PYTHONPATH: Python imports ``sitecustomize`` at start-up
-in every process, and in the engine, the only process that imports
-``gpu_pool.m3``, this wraps ``M3Model.forward`` the same way. Once the hook is
-there this module does nothing, and the folder can go.
+The tests put this folder on PYTHONPATH: Python imports ``sitecustomize`` at
+start-up in every process, and in the engine, the only process that imports
+``gpu_pool.m3``, this wraps ``M3Model.forward``.
 """
 
 from __future__ import annotations
@@ -37,9 +35,6 @@ def _token(name: str) -> int | None:
 
 
 def _patch(m3: ModuleType) -> None:
-    engine = sys.modules.get("gpu_pool.engine")
-    if engine is not None and hasattr(engine, "EngineFaults"):
-        return  # the real hook is in place
     error, oom, slow = (_token(f"ENGINE_FAULT_{n}_TOKEN") for n in ("ERROR", "OOM", "SLOW"))
     slow_s = int(os.environ.get("ENGINE_FAULT_SLOW_MS", "0")) / 1000
     forward = m3.M3Model.forward
