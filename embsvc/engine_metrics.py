@@ -40,9 +40,7 @@ class EngineCollector(Collector):
                                        labels=[*LABELS, "outcome"])
         texts = CounterMetricFamily("embsvc_engine_texts", "Texts (inputs) run through the model", labels=LABELS)
         tokens = CounterMetricFamily("embsvc_engine_tokens",
-                                     "Tokens run through the model, special tokens included, padding excluded",
-                                     labels=LABELS)
-        padded = CounterMetricFamily("embsvc_engine_padded_tokens", "Tokens in the forward passes, padding included",
+                                     "Tokens run through the model, special tokens included",
                                      labels=LABELS)
         batch_requests = SummaryMetricFamily("embsvc_engine_batch_requests",
                                              "Requests merged into one forward pass", labels=LABELS)
@@ -59,9 +57,7 @@ class EngineCollector(Collector):
             requests.add_metric([*labels, "failed"], engine["failed_requests"])
             texts.add_metric(labels, engine["batched_inputs"])
             tokens.add_metric(labels, engine["tokens"])
-            padded.add_metric(labels, engine["padded_tokens"])
             batch_requests.add_metric(labels, engine["batches"], engine["batched_requests"])
             batch_texts.add_metric(labels, engine["batches"], engine["batched_inputs"])
             batch_seconds.add_metric(labels, engine["batches"], engine["processing_seconds"])
-        yield from (state, queue, restarts, requests, texts, tokens, padded, batch_requests, batch_texts,
-                    batch_seconds)
+        yield from (state, queue, restarts, requests, texts, tokens, batch_requests, batch_texts, batch_seconds)

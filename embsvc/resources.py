@@ -65,7 +65,7 @@ class Stats:
         engines = self.service.engine.snapshot()
         total = {key: sum(e[key] for e in engines) for key in
                  ("queue_size", "processed_requests", "failed_requests", "batches", "batched_requests",
-                  "batched_inputs", "tokens", "padded_tokens", "processing_seconds")}
+                  "batched_inputs", "tokens", "processing_seconds")}
         batches = total["batches"] or 1
         s = self.service.settings
         _json(resp, {
@@ -78,7 +78,6 @@ class Stats:
                 "average_batch_inputs": total["batched_inputs"] / batches,
                 "average_processing_time": total["processing_seconds"] / batches,
                 "tokens_processed": int(total["tokens"]),
-                "padding_ratio": 1 - total["tokens"] / total["padded_tokens"] if total["padded_tokens"] else 0.0,
             },
             "config": {
                 "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms, "max_queue_size": s.max_queue_size,

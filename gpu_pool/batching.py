@@ -37,8 +37,10 @@ def plan_batch(pending: Sequence[Item], max_jobs: int, max_tokens: int) -> list[
         candidates.append(item)
     candidates.sort(key=lambda item: -item.length)
     batch: list[Item] = []
+    tokens = 0
     for item in candidates:
-        if batch and (len(batch) + 1) * batch[0].length > max_tokens:
-            break
+        if batch and tokens + item.length > max_tokens:
+            continue  # a shorter one may still fit
         batch.append(item)
+        tokens += item.length
     return batch

@@ -4,8 +4,8 @@ Three threads, so that the device never waits on Python:
 
 - the reader takes jobs off the request pipe, attaches their shared memory and
   queues their inputs;
-- the planner chooses the next batch (``batching.plan_batch``) and pads its ids
-  while the current batch runs. An idle device gets a batch at once; while it is
+- the planner chooses the next batch (``batching.plan_batch``) and packs its
+  ids into one row while the current batch runs. An idle device gets a batch at once; while it is
   busy the next batch keeps filling until it is full (``batch_size`` jobs or
   ``max_batch_tokens``) or its oldest job has waited ``batch_timeout_ms``.
   At most ``concurrency`` batches are in hand: one running, the rest prepared;
@@ -49,7 +49,7 @@ class EngineSpec:
     dtype: str
     model_path: str
     batch_size: int  # most jobs merged into one forward pass
-    max_batch_tokens: int  # padded tokens in one forward pass
+    max_batch_tokens: int  # tokens in one forward pass
     batch_timeout_ms: int  # longest a batch keeps filling while the device is busy
     concurrency: int  # batches in hand: one running, the others prepared
     threads: int  # torch CPU threads; 0 = the cores this process may use
@@ -60,10 +60,10 @@ class EngineSpec:
 @dataclass(frozen=True)
 class Batch:
     items: list[Item]
-    ids: np.ndarray  # [rows, width], padded
+    ids: np.ndarray  # the items' ids, concatenated
     lengths: np.ndarray
     kinds: Kind
-    colbert_rows: np.ndarray
+    colbert_texts: np.ndarray  # the items that want ColBERT vectors
 
 
 def main(spec: EngineSpec, requests: Connection, slots: list[Connection], shared: EngineShared) -> None:
@@ -161,7 +161,7 @@ class Engine:
                     self.planner_done = True
                     self.ready.notify_all()
                     return
-                # Padded under the lock, so that no job is released (failed) in the middle of the copy.
+                # Packed under the lock, so that no job is released (failed) in the middle of the copy.
                 self.prepared.append(self._prepare(items))
                 self.in_hand += 1
                 self.ready.notify_all()
@@ -193,16 +193,14 @@ class Engine:
         return oldest + self.spec.batch_timeout_ms / 1000 - time.monotonic()
 
     def _prepare(self, items: list[Item]) -> Batch:
-        ids = np.full((len(items), items[0].length), self.model.pad_id, dtype=np.int64)
-        kinds, colbert_rows = Kind(0), []
-        for row, item in enumerate(items):
-            active = self.jobs[item.job_seq]
-            ids[row, : item.length] = active.ids(item.index)
+        actives = [self.jobs[item.job_seq] for item in items]
+        ids = np.concatenate([active.ids(item.index) for item, active in zip(items, actives, strict=True)])
+        kinds = Kind(0)
+        for active in actives:
             kinds |= active.job.kinds
-            if active.wants(Kind.COLBERT):
-                colbert_rows.append(row)
+        colbert = [i for i, active in enumerate(actives) if active.wants(Kind.COLBERT)]
         lengths = np.array([item.length for item in items], dtype=np.int64)
-        return Batch(items, ids, lengths, kinds, np.array(colbert_rows, dtype=np.int64))
+        return Batch(items, ids, lengths, kinds, np.array(colbert, dtype=np.int64))
 
     # -- the main thread -----------------------------------------------------------
 
@@ -226,22 +224,29 @@ class Engine:
     def _run(self, batch: Batch) -> None:
         started = time.perf_counter()
         try:
-            out = self.model.forward(batch.ids, batch.lengths, batch.kinds, batch.colbert_rows)
+            out = self.model.forward(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts)
         except Exception as exc:  # noqa: BLE001 - a failed pass fails its jobs, the engine goes on
             self._fail_batch(batch, exc)
             return
-        colbert_of_row = {int(r): i for i, r in enumerate(batch.colbert_rows)}
+        token_start = np.concatenate(([0], np.cumsum(batch.lengths)))
+        # ColBERT rows are packed too: one per token after <s>, for the wanting items only.
+        colbert_rows = batch.lengths[batch.colbert_texts] - 1
+        colbert_start = dict(zip(batch.colbert_texts.tolist(), (np.cumsum(colbert_rows) - colbert_rows).tolist(),
+                                 strict=True))
         touched: dict[int, ActiveJob] = {}
         for row, item in enumerate(batch.items):
             active = self.jobs.get(item.job_seq)
             if active is None:
                 continue  # failed meanwhile
-            n = item.length
+            colbert = None
+            if row in colbert_start:
+                colbert = out.colbert[colbert_start[row] : colbert_start[row] + item.length - 1]
             active.write(
                 item.index,
                 out.dense[row] if out.dense is not None and active.wants(Kind.DENSE) else None,
-                out.sparse[row, :n] if out.sparse is not None and active.wants(Kind.SPARSE) else None,
-                out.colbert[colbert_of_row[row], : n - 1] if row in colbert_of_row else None,
+                out.sparse[token_start[row] : token_start[row + 1]]
+                if out.sparse is not None and active.wants(Kind.SPARSE) else None,
+                colbert,
             )
             touched[active.seq] = active
         finished = [a for a in touched.values() if a.remaining == 0]
@@ -251,8 +256,7 @@ class Engine:
             batches=1,
             batched_requests=len(touched),
             batched_inputs=len(batch.items),
-            tokens=int(batch.lengths.sum()),
-            padded_tokens=batch.ids.size,
+            tokens=len(batch.ids),
             processing_seconds=time.perf_counter() - started,
         )
 

@@ -1,8 +1,11 @@
 """BGE-M3: the XLM-RoBERTa encoder and its three heads, run on one device.
 
 The arithmetic follows FlagEmbedding's ``BGEM3FlagModel`` exactly (CLS pooling,
-``relu(sparse_linear(H))``, ``colbert_linear(H[:, 1:]) * mask`` then L2 norm), so
-that the vectors match it; see tests/integration/test_vectors_match_flagembedding.py.
+``relu(sparse_linear(H))``, ``colbert_linear(H[:, 1:])`` over the real tokens,
+then L2 norm), so that the vectors match it; see
+tests/integration/test_vectors_match_flagembedding.py. A batch runs packed: its
+texts' tokens are concatenated into one row and attention stays within each text
+(gpu_pool/packed_attention.py), so no compute goes to padding.
 """
 
 from __future__ import annotations
@@ -15,22 +18,24 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
+from gpu_pool.packed_attention import PACKED
 from gpu_pool.protocol import Kind
 
 
 @dataclass(frozen=True)
 class Outputs:
-    """Float32 numpy arrays for a padded batch; absent kinds are None."""
+    """Float32 numpy arrays for a packed batch; absent kinds are None."""
 
-    dense: np.ndarray | None  # [batch, dim]
-    sparse: np.ndarray | None  # [batch, tokens]: weight of every position
-    colbert: np.ndarray | None  # [batch, tokens - 1, dim], rows of the wanting items only
+    dense: np.ndarray | None  # [texts, dim]
+    sparse: np.ndarray | None  # [tokens]: the weight of every token of every text
+    colbert: np.ndarray | None  # [rows, dim]: the tokens after <s> of the wanting texts, in their order
 
 
 class M3Model:
     def __init__(self, path: Path, device: torch.device, dtype: torch.dtype) -> None:
         self.device, self.dtype = device, dtype
-        self.encoder = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
+        self.encoder = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False,
+                                                 attn_implementation=PACKED)
         self.encoder.to(device).eval()
         hidden = self.encoder.config.hidden_size
         self.dim = hidden
@@ -39,22 +44,25 @@ class M3Model:
         self.pad_id = int(self.encoder.config.pad_token_id)
 
     @torch.inference_mode()
-    def forward(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_rows: np.ndarray) -> Outputs:
-        """Run one padded batch; ``colbert_rows`` selects the rows that want ColBERT vectors."""
-        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
-        positions = torch.arange(ids.shape[1], device=self.device)
-        mask = (positions[None, :] < torch.from_numpy(lengths).to(self.device)[:, None]).long()
-        hidden = self.encoder(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
+    def forward(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
+        """Run the texts whose ids are concatenated in ``ids``; ``colbert_texts`` picks those that want ColBERT."""
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        # XLM-R numbers each text's positions from pad_id + 1.
+        positions = np.arange(len(ids)) - np.repeat(starts, lengths) + self.pad_id + 1
+        hidden = self.encoder(input_ids=self._tensor(ids)[None], position_ids=self._tensor(positions)[None],
+                              text_lengths=lengths.tolist()).last_hidden_state[0]
         dense = sparse = colbert = None
         if kinds & Kind.DENSE:
-            dense = _numpy(F.normalize(hidden[:, 0].float(), dim=-1))
+            dense = _numpy(F.normalize(hidden[self._tensor(starts)].float(), dim=-1))
         if kinds & Kind.SPARSE:
             sparse = _numpy(torch.relu(self.sparse_linear(hidden)).squeeze(-1))
-        if kinds & Kind.COLBERT and len(colbert_rows):
-            rows = torch.from_numpy(colbert_rows).to(self.device)
-            vecs = self.colbert_linear(hidden[rows, 1:]) * mask[rows, 1:, None].to(hidden.dtype)
-            colbert = _numpy(F.normalize(vecs.float(), dim=-1))
+        if kinds & Kind.COLBERT and len(colbert_texts):
+            rows = np.concatenate([np.arange(starts[t] + 1, starts[t] + lengths[t]) for t in colbert_texts])
+            colbert = _numpy(F.normalize(self.colbert_linear(hidden[self._tensor(rows)]).float(), dim=-1))
         return Outputs(dense, sparse, colbert)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array.astype(np.int64, copy=False)).to(self.device, non_blocking=True)
 
 
 def _load_linear(path: Path, n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Linear:

@@ -23,7 +23,6 @@ STAT_FIELDS = (
     "batched_requests",
     "batched_inputs",
     "tokens",
-    "padded_tokens",
     "processing_seconds",
 )
 _INFO_BYTES = 512

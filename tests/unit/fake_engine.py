@@ -33,7 +33,7 @@ class FakeEngine:
     def snapshot(self) -> list[dict[str, object]]:
         return [{"index": 0, "device": "cpu", "state": self.state.name.lower(), "queue_size": 0, "restarts": 0,
                  "processed_requests": len(self.calls), "failed_requests": 0, "batches": len(self.calls),
-                 "batched_requests": len(self.calls), "batched_inputs": 0, "tokens": 0, "padded_tokens": 0,
+                 "batched_requests": len(self.calls), "batched_inputs": 0, "tokens": 0,
                  "processing_seconds": 0.0}]
 
     def embed(self, ids: list[np.ndarray], kinds: Kind, dim: int) -> Segment:

@@ -88,7 +88,7 @@ def test_the_scrape_counts_itself_on_the_next_scrape(client):
 
 def test_engine_figures_come_from_the_engine_snapshot(client, engine, monkeypatch):
     figures = {"queue_size": 5, "restarts": 3, "processed_requests": 40.0, "failed_requests": 2.0, "batches": 10.0,
-               "batched_requests": 25.0, "batched_inputs": 60.0, "tokens": 900.0, "padded_tokens": 1200.0,
+               "batched_requests": 25.0, "batched_inputs": 60.0, "tokens": 900.0,
                "processing_seconds": 1.5}
     monkeypatch.setattr(engine, "snapshot", lambda: [
         {"index": 0, "device": "cuda:0", "state": "ready", **figures},
@@ -110,7 +110,6 @@ def test_engine_figures_come_from_the_engine_snapshot(client, engine, monkeypatc
     assert value(samples, "embsvc_engine_requests_total", **first, outcome="failed") == 2
     assert value(samples, "embsvc_engine_texts_total", **first) == 60
     assert value(samples, "embsvc_engine_tokens_total", **first) == 900
-    assert value(samples, "embsvc_engine_padded_tokens_total", **first) == 1200
     assert value(samples, "embsvc_engine_batch_requests_count", **first) == 10
     assert value(samples, "embsvc_engine_batch_requests_sum", **first) == 25
     assert value(samples, "embsvc_engine_batch_texts_sum", **first) == 60
