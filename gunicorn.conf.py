@@ -23,6 +23,7 @@ threads = 32
 timeout = 60
 graceful_timeout = int(_settings.request_timeout_s) + 5
 keepalive = 5
+reuse_port = True
 # gunicorn's control socket sits at one fixed path per user: two servers on a machine would clash.
 control_socket_disable = True
 preload_app = False  # the app needs the slot the master gives each worker in pre_fork

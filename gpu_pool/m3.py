@@ -4,8 +4,7 @@ The arithmetic follows FlagEmbedding's ``BGEM3FlagModel`` exactly (CLS pooling,
 ``relu(sparse_linear(H))``, ``colbert_linear(H[:, 1:])`` over the real tokens,
 then L2 norm), so that the vectors match it; see
 tests/integration/test_vectors_match_flagembedding.py. A batch runs packed: its
-texts' tokens are concatenated into one row and attention stays within each text
-(gpu_pool/packed_attention.py), so no compute goes to padding.
+texts' tokens are concatenated into one row (gpu_pool/xlmr.py).
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from gpu_pool.packed_attention import PACKED
 from gpu_pool.protocol import Kind
+from gpu_pool.xlmr import PackedEncoder
 
 
 @dataclass(frozen=True)
@@ -34,14 +33,14 @@ class Outputs:
 class M3Model:
     def __init__(self, path: Path, device: torch.device, dtype: torch.dtype) -> None:
         self.device, self.dtype = device, dtype
-        self.encoder = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False,
-                                                 attn_implementation=PACKED)
-        self.encoder.to(device).eval()
-        hidden = self.encoder.config.hidden_size
+        model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
+        model.requires_grad_(False).to(device).eval()
+        self.encoder = PackedEncoder(model)
+        hidden = model.config.hidden_size
         self.dim = hidden
         self.sparse_linear = _load_linear(path / "sparse_linear.pt", hidden, 1, device, dtype)
         self.colbert_linear = _load_linear(path / "colbert_linear.pt", hidden, hidden, device, dtype)
-        self.pad_id = int(self.encoder.config.pad_token_id)
+        self.pad_id = int(model.config.pad_token_id)
 
     @torch.inference_mode()
     def forward(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
@@ -49,8 +48,7 @@ class M3Model:
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         # XLM-R numbers each text's positions from pad_id + 1.
         positions = np.arange(len(ids)) - np.repeat(starts, lengths) + self.pad_id + 1
-        hidden = self.encoder(input_ids=self._tensor(ids)[None], position_ids=self._tensor(positions)[None],
-                              text_lengths=lengths.tolist()).last_hidden_state[0]
+        hidden = self.encoder(self._tensor(ids), self._tensor(positions), lengths.tolist())
         dense = sparse = colbert = None
         if kinds & Kind.DENSE:
             dense = _numpy(F.normalize(hidden[self._tensor(starts)].float(), dim=-1))

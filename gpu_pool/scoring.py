@@ -39,11 +39,15 @@ class Vectors:
 def lexical_weights(ids: np.ndarray, weights: np.ndarray, unused_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Token ids (sorted) and weights as FlagEmbedding keeps them: no special
     tokens, only positive weights, and the largest weight of a repeated id."""
-    keep = (weights > 0) & ~np.isin(ids, unused_ids)
-    ids, weights = ids[keep], weights[keep]
-    order = np.lexsort((-weights, ids))  # by id, heaviest first within an id
-    unique_ids, first = np.unique(ids[order], return_index=True)
-    return unique_ids, weights[order][first]
+    keep = weights > 0
+    for unused in unused_ids.tolist():  # a handful of special tokens: cheaper than np.isin
+        keep &= ids != unused
+    order = np.lexsort((-weights[keep], ids[keep]))  # by id, heaviest first within an id
+    ids, weights = ids[keep][order], weights[keep][order]
+    first = np.empty(len(ids), dtype=bool)
+    first[:1] = True
+    np.not_equal(ids[1:], ids[:-1], out=first[1:])
+    return ids[first], weights[first]
 
 
 def dense_score(query: Vectors, document: Vectors) -> float:

@@ -16,7 +16,9 @@ weight of every token position; the web worker turns it into the id→weight map
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
+import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from gpu_pool.protocol import SCORE_MODES, Kind
 
 SHM_DIR = "/dev/shm"
 _ALIGN = 64
+_ITEM_SIZE = 4  # int32 and float32 alike
 
 
 def _aligned(n: int) -> int:
@@ -41,30 +44,42 @@ class Layout:
     kinds: Kind
 
     def regions(self) -> dict[str, tuple[int, tuple[int, ...], type]]:
-        """Name -> (byte offset, shape, dtype) of every region present."""
-        shapes: list[tuple[str, tuple[int, ...], type]] = [
-            ("lengths", (self.n_inputs,), np.int32),
-            ("ids", (self.n_tokens,), np.int32),
-        ]
-        # A score job's vectors stay in the engine; its segment holds only the scores.
-        vectors = Kind(0) if self.kinds & Kind.SCORE else self.kinds
-        if vectors & Kind.DENSE:
-            shapes.append(("dense", (self.n_inputs, self.dim), np.float32))
-        if vectors & Kind.SPARSE:
-            shapes.append(("sparse", (self.n_tokens,), np.float32))
-        if vectors & Kind.COLBERT:
-            shapes.append(("colbert", (self.n_tokens - self.n_inputs, self.dim), np.float32))
-        if self.kinds & Kind.SCORE:
-            shapes.append(("scores", (self.n_inputs - 1, len(SCORE_MODES)), np.float32))
-        out, offset = {}, 0
-        for name, shape, dtype in shapes:
-            out[name] = (offset, shape, dtype)
-            offset += _aligned(int(np.prod(shape)) * np.dtype(dtype).itemsize)
-        return out
+        """Name -> (byte offset, shape, dtype) of every region present (shared: do not modify)."""
+        return _regions(self)
 
     def size(self) -> int:
-        offset, shape, dtype = list(self.regions().values())[-1]
-        return max(1, offset + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return _size(self)
+
+
+# Every request builds its layout on both sides of the pipe: computed once per shape.
+@functools.lru_cache(maxsize=1024)
+def _regions(layout: Layout) -> dict[str, tuple[int, tuple[int, ...], type]]:
+    n_inputs, n_tokens, dim, kinds = layout.n_inputs, layout.n_tokens, layout.dim, layout.kinds
+    shapes: list[tuple[str, tuple[int, ...], type]] = [
+        ("lengths", (n_inputs,), np.int32),
+        ("ids", (n_tokens,), np.int32),
+    ]
+    # A score job's vectors stay in the engine; its segment holds only the scores.
+    vectors = Kind(0) if kinds & Kind.SCORE else kinds
+    if vectors & Kind.DENSE:
+        shapes.append(("dense", (n_inputs, dim), np.float32))
+    if vectors & Kind.SPARSE:
+        shapes.append(("sparse", (n_tokens,), np.float32))
+    if vectors & Kind.COLBERT:
+        shapes.append(("colbert", (n_tokens - n_inputs, dim), np.float32))
+    if kinds & Kind.SCORE:
+        shapes.append(("scores", (n_inputs - 1, len(SCORE_MODES)), np.float32))
+    out, offset = {}, 0
+    for name, shape, dtype in shapes:
+        out[name] = (offset, shape, dtype)
+        offset += _aligned(math.prod(shape) * _ITEM_SIZE)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _size(layout: Layout) -> int:
+    offset, shape, _ = list(_regions(layout).values())[-1]
+    return max(1, offset + math.prod(shape) * _ITEM_SIZE)
 
 
 class Segment:
