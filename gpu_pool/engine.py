@@ -87,7 +87,7 @@ def main(spec: EngineSpec, requests: Connection, slots: list[Connection], shared
     dtype_name = str(dtype).removeprefix("torch.")
     log.info("Using device %s with dtype %s (%d CPU threads)", device, dtype_name, threads)
     started = time.monotonic()
-    model = M3Model(Path(spec.model_path), device, dtype)
+    model = M3Model(Path(spec.model_path), device, dtype, threads)
     log.info("Model loaded from %s in %.1f s", spec.model_path, time.monotonic() - started)
     shared.set_info({"device": str(device), "dtype": dtype_name, "dim": model.dim})
     for conn in slots:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -17,24 +18,25 @@ class ActiveJob:
     job: Job
     seq: int
     segment: Segment
-    lengths: np.ndarray
-    token_starts: np.ndarray = field(init=False)
-    colbert_starts: np.ndarray = field(init=False)
+    lengths: list[int]
+    token_starts: list[int] = field(init=False)
+    colbert_starts: list[int] = field(init=False)
     remaining: int = field(init=False)
     arrived: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self.token_starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))
-        self.colbert_starts = self.token_starts - np.arange(len(self.lengths))
+        # Plain lists: a job has a few inputs, and numpy's per-call overhead would dominate.
+        self.token_starts = list(itertools.accumulate(self.lengths, initial=0))[:-1]
+        self.colbert_starts = [start - i for i, start in enumerate(self.token_starts)]
         self.remaining = len(self.lengths)
 
     @classmethod
     def attach(cls, job: Job, seq: int, dim: int) -> ActiveJob:
         segment = Segment.attach(job.shm_name, Layout(job.n_inputs, job.n_tokens, dim, job.kinds))
-        return cls(job, seq, segment, segment.arrays["lengths"].copy())
+        return cls(job, seq, segment, segment.arrays["lengths"].tolist())
 
     def items(self) -> list[Item]:
-        return [Item(self.seq, i, int(n)) for i, n in enumerate(self.lengths)]
+        return [Item(self.seq, i, n) for i, n in enumerate(self.lengths)]
 
     def ids(self, index: int) -> np.ndarray:
         start = self.token_starts[index]
@@ -46,7 +48,7 @@ class ActiveJob:
     def write(self, index: int, dense: np.ndarray | None, sparse: np.ndarray | None,
               colbert: np.ndarray | None) -> None:
         """Store one input's outputs (rows already cut to its length)."""
-        arrays, n = self.segment.arrays, int(self.lengths[index])
+        arrays, n = self.segment.arrays, self.lengths[index]
         if dense is not None and "dense" in arrays:
             arrays["dense"][index] = dense
         if sparse is not None and "sparse" in arrays:
