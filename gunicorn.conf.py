@@ -23,10 +23,6 @@ threads = 32
 timeout = 60
 graceful_timeout = int(_settings.request_timeout_s) + 5
 keepalive = 5
-# Each worker listens on its own SO_REUSEPORT socket and the kernel spreads new
-# connections over them; with one shared socket, whichever worker woke first took
-# most keep-alive connections and the other idled (measured: 0.88 vs 0.13 cores).
-reuse_port = True
 # gunicorn's control socket sits at one fixed path per user: two servers on a machine would clash.
 control_socket_disable = True
 preload_app = False  # the app needs the slot the master gives each worker in pre_fork
