@@ -8,8 +8,10 @@ measures, each with the machine to itself:
   2. FlagEmbedding's BGEM3FlagModel.encode in-process, its CPU defaults (float32, batch 256);
   3. the server (DTYPE=auto, then float32): 8 concurrent clients, 1 to 8 multilingual texts
      per request, all three kinds; then dense only; then a lone short query;
+     and one input of 8,192 tokens (time and memory);
   4. the server on the tiny model: one short text per request from 16 connections (wrk),
      for the per-request overhead;
+  5. how close the bfloat16 vectors stay to the float32 ones (bench/precision.py);
 and prints one JSON line of figures and ratios. Max length is 512 tokens on both sides.
 """
 
@@ -35,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
 HIDDEN, LAYERS = 1024, 24
 # Matrix-product FLOPs per token of the encoder (QKV and output projections 8d², FFN 16d²)
-# plus the ColBERT head (2d²); attention scores add under 2% at these lengths and are left out.
+# plus the ColBERT head (2d²); attention scores add about 2% at these lengths and are left out.
 FLOPS_PER_TOKEN = LAYERS * 24 * HIDDEN**2 + 2 * HIDDEN**2
 ALL_KINDS = {"return_dense": True, "return_sparse": True, "return_colbert": True}
 
@@ -49,9 +51,10 @@ def stats(server: Server) -> dict:
     return requests.get(f"{server.url}/stats", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
 
@@ -83,6 +86,23 @@ def lone_query(server: Server, count: int) -> dict:
     p50 = result.figures()["p50_ms"]
     return {"end_to_end_p50_ms": p50, "engine_forward_ms": round(engine_ms, 2),
             "overhead_ms": round(p50 - engine_ms, 2)}
+
+
+def long_input(server: Server, tokens: int = 8192) -> dict:
+    """One input cut to ``tokens`` tokens, all three kinds: its time and the engine's memory."""
+    from tests.e2e.test_server import children
+
+    engine = next(p for p in children(server.process.pid) if "libtorch" in Path(f"/proc/{p}/maps").read_text())
+    text = " ".join(texts(400))  # well over 8,192 tokens
+    body = {"input": text, "max_length": tokens, "encoding_format": "base64", **ALL_KINDS}
+    before = rss_mb(engine)
+    started = time.perf_counter()
+    response = requests.post(f"{server.url}/v1/embeddings", json=body, timeout=600,
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+    response.raise_for_status()
+    return {"tokens": response.json()["usage"]["total_tokens"], "seconds": round(time.perf_counter() - started, 2),
+            "engine_rss_mb_before": before, "engine_rss_mb_after": rss_mb(engine),
+            "engine_peak_rss_mb": rss_mb(engine, "VmHWM")}
 
 
 def serve(model: Path, workdir: Path, dtype: str) -> Server:
@@ -118,6 +138,7 @@ def main() -> None:
                 if dtype == "auto":
                     run["dense_only"] = mixed(server, dense_bodies, args.concurrency)
                     run["lone_query"] = lone_query(server, 30)
+                    run["long_input"] = long_input(server)
                     run["memory"] = memory(server)
                 report[f"server_{dtype}"] = run
             finally:
@@ -131,6 +152,8 @@ def main() -> None:
             report["tiny_one_text_16_connections"]["memory"] = memory(server)
         finally:
             server.stop()
+
+    report["bfloat16_vs_float32"] = python_json("-m", "bench.precision", str(full), "--texts", "48")
 
     flag = report["flagembedding_fp32"]["tokens_per_s"]
     auto = report["server_auto"]["mixed_all_kinds"]["tokens_per_s"]
