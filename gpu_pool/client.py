@@ -28,16 +28,39 @@ from gpu_pool.frames import FrameReader
 from gpu_pool.pool import EngineHandle, EnginePool
 from gpu_pool.protocol import SCORE_KINDS, Done, ErrorCode, Failed, Job, Kind, ScoreJob
 from gpu_pool.segment import Layout, Segment
+from gpu_pool.segment_pool import WorkerSegments
 from gpu_pool.shared import EngineState
 
 _LISTEN_POLL_S = 0.2
+
+
+class _Signal:
+    """A one-shot wake-up for one waiting thread: a held lock that ``set`` releases.
+
+    Cheaper than ``threading.Event`` (a condition, a lock per wait and a notify_all),
+    which showed in the web workers' profile at one per request. Only the listener
+    thread calls ``set``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.fired = False
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._lock.acquire(timeout=timeout_s)
+
+    def set(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self._lock.release()
 
 
 @dataclass
 class _Waiter:
     engine: EngineHandle
     generation: int
-    event: threading.Event = field(default_factory=threading.Event)
+    event: _Signal = field(default_factory=_Signal)
     answer: Done | Failed | None = None
     lost: bool = False
 
@@ -52,6 +75,7 @@ class EngineClient:
         self._pid = os.getpid()
         self._seq = itertools.count(1)
         self._id_base = self._pid << 32
+        self._segments = WorkerSegments(f"{pool.shm_prefix}{self._pid}-")
         threading.Thread(target=self._listen, name="engine-answers", daemon=True).start()
 
     # -- state for /health and /stats -----------------------------------------------
@@ -85,7 +109,7 @@ class EngineClient:
             lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
             layout = Layout(len(ids), int(lengths.sum()), dim, kinds)
             seq = next(self._seq)
-            seg = Segment.create(f"{self.pool.shm_prefix}{self._pid}-{seq}", layout)
+            seg = self._segments.take(layout)
             try:
                 seg.arrays["lengths"][:] = lengths
                 np.concatenate(ids, out=seg.arrays["ids"], casting="unsafe")
@@ -93,7 +117,7 @@ class EngineClient:
                 self._submit(engine, generation, job)
                 return seg
             except BaseException:
-                seg.close()
+                seg.discard()  # never reused: the engine may still write into it
                 raise
         finally:
             with self._lock:
@@ -180,6 +204,6 @@ class EngineClient:
         with self._lock:
             waiters = list(self._waiters.values())
         for waiter in waiters:
-            if waiter.engine.shared.generation.value != waiter.generation and not waiter.event.is_set():
+            if waiter.engine.shared.generation.value != waiter.generation and not waiter.event.fired:
                 waiter.lost = True
                 waiter.event.set()

@@ -34,6 +34,7 @@ from gpu_pool.frames import FrameReader
 from gpu_pool.jobs import ActiveJob
 from gpu_pool.protocol import Done, ErrorCode, Failed, Job, Kind, ScoreJob, Stop
 from gpu_pool.score_job import ScoringJob
+from gpu_pool.segment_pool import EngineMappings
 from gpu_pool.shared import EngineShared, EngineState
 
 log = logging.getLogger("gpu_pool.engine")
@@ -104,6 +105,7 @@ class Engine:
                  shared: EngineShared) -> None:
         self.spec, self.model, self.requests, self.slots, self.shared = spec, model, requests, slots, shared
         self.jobs: dict[int, ActiveJob] = {}
+        self.mappings = EngineMappings()  # the reader thread's
         self.pending: list[Item] = []
         self.prepared: deque[Batch] = deque()
         self.in_hand = 0  # batches prepared or running
@@ -127,6 +129,7 @@ class Engine:
             except (EOFError, OSError):
                 self._stop()
                 return
+            self.mappings.sweep()
             for message in messages:
                 if isinstance(message, Stop):
                     self._stop()
@@ -138,7 +141,7 @@ class Engine:
         try:
             # A score job keeps its vectors in the engine and writes only scores.
             active_type = ScoringJob if isinstance(job, ScoreJob) else ActiveJob
-            active = active_type.attach(job, self._seq, self.model.dim)
+            active = active_type.attach(job, self._seq, self.model.dim, self.mappings)
         except FileNotFoundError:
             return  # the web worker gave up on it already
         with self.ready:

@@ -11,6 +11,7 @@ import numpy as np
 from gpu_pool.batching import Item
 from gpu_pool.protocol import Job, Kind
 from gpu_pool.segment import Layout, Segment
+from gpu_pool.segment_pool import EngineMappings
 
 
 @dataclass
@@ -31,8 +32,8 @@ class ActiveJob:
         self.remaining = len(self.lengths)
 
     @classmethod
-    def attach(cls, job: Job, seq: int, dim: int) -> ActiveJob:
-        segment = Segment.attach(job.shm_name, Layout(job.n_inputs, job.n_tokens, dim, job.kinds))
+    def attach(cls, job: Job, seq: int, dim: int, mappings: EngineMappings) -> ActiveJob:
+        segment = mappings.attach(job.shm_name, Layout(job.n_inputs, job.n_tokens, dim, job.kinds))
         return cls(job, seq, segment, segment.arrays["lengths"].tolist())
 
     def items(self) -> list[Item]:

@@ -1,8 +1,9 @@
 """One request's arrays in POSIX shared memory (a file in ``/dev/shm``).
 
 The web worker that owns the request creates the segment, writes the token ids,
-and unlinks it once it has read the vectors; the engine only attaches, writes
-its outputs and closes. Layout, each region 64-byte aligned::
+and unlinks it once it has read the vectors (or keeps a small one for its next
+request: gpu_pool/segment_pool.py); the engine only attaches, writes its outputs
+and closes. Layout, each region 64-byte aligned::
 
     lengths int32[n_inputs] | ids int32[n_tokens] | dense f32[n_inputs, dim]
     | sparse f32[n_tokens] | colbert f32[n_tokens - n_inputs, dim]
@@ -21,6 +22,7 @@ import glob
 import math
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,43 +85,61 @@ def _size(layout: Layout) -> int:
 
 
 class Segment:
-    """A mapped segment with numpy views on its regions."""
+    """A mapped segment with numpy views on its regions.
 
-    def __init__(self, name: str, layout: Layout, fd: int, owner: bool) -> None:
-        self.name, self.layout, self.owner = name, layout, owner
+    ``on_close``, when set, is asked first by ``close``: returning True means it
+    keeps the segment for another request (gpu_pool/segment_pool.py), so the
+    mapping and the name stay.
+    """
+
+    def __init__(self, name: str, layout: Layout, mapping: mmap.mmap, owner: bool,
+                 on_close: Callable[[Segment], bool] | None = None) -> None:
+        self.name, self.owner, self.on_close = name, owner, on_close
+        self._map = mapping
+        self.use(layout)
+
+    @classmethod
+    def create(cls, name: str, layout: Layout, size: int = 0) -> Segment:
+        """A new segment of ``size`` bytes, or of the layout's size if that is larger."""
+        fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            self._map = mmap.mmap(fd, layout.size())
-        finally:
-            os.close(fd)
+            os.ftruncate(fd, max(size, layout.size()))
+            mapping = map_file(fd)  # closes fd
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            unlink(name)
+            raise
+        return cls(name, layout, mapping, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, layout: Layout) -> Segment:
+        """Raises FileNotFoundError when the owner has already unlinked it."""
+        return cls(name, layout, map_file(open_existing(name)), owner=False)
+
+    def use(self, layout: Layout) -> None:
+        """Point the views at ``layout``'s regions (a kept segment serves requests of any layout that fits)."""
+        self.layout = layout
         self.arrays: dict[str, np.ndarray] = {
             key: np.ndarray(shape, dtype, buffer=self._map, offset=offset)
             for key, (offset, shape, dtype) in layout.regions().items()
         }
 
-    @classmethod
-    def create(cls, name: str, layout: Layout) -> Segment:
-        fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            os.ftruncate(fd, layout.size())
-        except OSError:
-            os.close(fd)
-            os.unlink(_path(name))
-            raise
-        return cls(name, layout, fd, owner=True)
-
-    @classmethod
-    def attach(cls, name: str, layout: Layout) -> Segment:
-        """Raises FileNotFoundError when the owner has already unlinked it."""
-        return cls(name, layout, os.open(_path(name), os.O_RDWR), owner=False)
-
     def close(self) -> None:
-        """Drop the mapping; the owner also removes the name."""
+        """Drop the views, then the mapping unless ``on_close`` keeps it; the owner also removes the name."""
         self.arrays = {}
+        if self.on_close is not None and self.on_close(self):
+            return
         # BufferError: a view is still alive somewhere; the mapping goes with it.
         with contextlib.suppress(BufferError):
             self._map.close()
         if self.owner:
             unlink(self.name)
+
+    def discard(self) -> None:
+        """Close for good, even if it would have been kept: the engine may still write into it."""
+        self.on_close = None
+        self.close()
 
     def __enter__(self) -> Segment:
         return self
@@ -130,6 +150,23 @@ class Segment:
 
 def _path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(_path(name))
+
+
+def open_existing(name: str) -> int:
+    """A descriptor of an existing segment; FileNotFoundError when it is gone."""
+    return os.open(_path(name), os.O_RDWR)
+
+
+def map_file(fd: int) -> mmap.mmap:
+    """The whole file, mapped; the descriptor is closed either way."""
+    try:
+        return mmap.mmap(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def unlink(name: str) -> None:

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import requests
 
+from gpu_pool.segment_pool import POOLED_BYTES, WORKER_KEEPS
 from tests.e2e.server import Server
 
 SHM = Path("/dev/shm")
@@ -80,6 +81,23 @@ def segments(server: Server, worker_pid: int | None = None) -> list[str]:
     return sorted(p.name for p in SHM.iterdir() if p.name.startswith(prefix))
 
 
+def leaked_segments(server: Server) -> list[str]:
+    """Segments that no request and no worker's free list accounts for, when no request is
+    in flight: each living worker keeps up to WORKER_KEEPS finished ones of POOLED_BYTES for
+    the next requests (gpu_pool/segment_pool.py); anything else was left behind."""
+    kept: dict[str, list[str]] = {}
+    leaked = []
+    for name in segments(server):
+        worker = name.split("-")[2]
+        with contextlib.suppress(FileNotFoundError):
+            pooled = (SHM / name).stat().st_size == POOLED_BYTES
+            alive = Path(f"/proc/{worker}").exists()
+            (kept.setdefault(worker, []) if pooled and alive else leaked).append(name)
+    for names in kept.values():
+        leaked += names[WORKER_KEEPS:]
+    return sorted(leaked)
+
+
 def shm_inodes() -> dict[int, str]:
     found = {}
     for path in SHM.iterdir():
@@ -88,10 +106,11 @@ def shm_inodes() -> dict[int, str]:
     return found
 
 
-def mapped_segments(pid: int) -> list[str]:
-    """Request segments a process still maps (an unlinked one shows as '(deleted)')."""
+def deleted_mappings(pid: int) -> list[str]:
+    """Request segments a process still maps although their name was removed."""
     with contextlib.suppress(OSError):
-        return [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/bgem3-" in line]
+        return [line for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+                if "/bgem3-" in line and line.endswith("(deleted)")]
     return []
 
 

@@ -87,7 +87,7 @@ def test_many_clients_through_recycled_workers_each_get_their_own_answer(server,
     assert "can only join a child process" not in server.log()
     assert procs.engine_pid(server) == engine
     assert procs.engine_restarts(server, auth) == 0
-    assert not procs.segments(server)
+    assert not procs.leaked_segments(server)
 
 
 def test_a_killed_worker_disturbs_no_other_request(server, auth, texts, alone):

@@ -13,6 +13,7 @@ from gpu_pool.protocol import SCORE_KINDS, SCORE_MODES, ScoreJob
 from gpu_pool.score_job import ScoringJob
 from gpu_pool.scoring import Vectors
 from gpu_pool.segment import Layout, Segment
+from gpu_pool.segment_pool import EngineMappings
 
 UNUSED = np.array([0, 1, 2, 3], dtype=np.int32)
 
@@ -121,7 +122,7 @@ def test_score_job_gives_the_same_scores_whatever_the_order_of_its_inputs(order)
         owner.arrays["lengths"][:] = LENGTHS
         owner.arrays["ids"][:] = np.concatenate(IDS)
         job = ScoreJob(1, 0, name, len(IDS), sum(LENGTHS), SCORE_KINDS, weights, tuple(UNUSED.tolist()))
-        active = ScoringJob.attach(job, 1, DIM)
+        active = ScoringJob.attach(job, 1, DIM, EngineMappings())
         for index in order:
             active.write(index, *outputs(index))
         assert active.remaining == 0 and not active.waiting
