@@ -90,9 +90,9 @@ def lone_query(server: Server, count: int) -> dict:
 
 def long_input(server: Server, tokens: int = 8192) -> dict:
     """One input cut to ``tokens`` tokens, all three kinds: its time and the engine's memory."""
-    from tests.e2e.test_server import children
+    from tests.e2e.procs import engine_pid
 
-    engine = next(p for p in children(server.process.pid) if "libtorch" in Path(f"/proc/{p}/maps").read_text())
+    engine = engine_pid(server)
     text = " ".join(texts(400))  # well over 8,192 tokens
     body = {"input": text, "max_length": tokens, "encoding_format": "base64", **ALL_KINDS}
     before = rss_mb(engine)
