@@ -1,4 +1,4 @@
-"""Shared by the deployment checks: paths, tools, the settings table of api.md."""
+"""Shared by the deployment checks: paths, tools, the settings table of docs/api.md."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-API_MD = ROOT.parent / "shared" / "api.md"
+API_MD = ROOT / "docs" / "api.md"
 INSTALL_HINT = "run deploy/install-tools.sh as root (CI runs it before the tests)"
 
 
@@ -40,7 +40,7 @@ def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 def api_settings() -> list[str]:
     """Every variable named in the first column of api.md's configuration table."""
     if not API_MD.is_file():
-        pytest.fail(f"{API_MD} not found: the checks read the settings table from shared/api.md")
+        pytest.fail(f"{API_MD} not found: the checks read the settings table from docs/api.md")
     text = API_MD.read_text(encoding="utf-8")
     section = text.split("## Configuration", 1)
     assert len(section) == 2, "api.md has no '## Configuration' section"

@@ -1,4 +1,4 @@
-""".env.example: UTF-8, every setting of shared/api.md named and commented, and
+""".env.example: UTF-8, every setting of docs/api.md named and commented, and
 readable by docker compose (env_file) as well as by the server (python-dotenv)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def settings() -> dict[str, tuple[int, bool, str]]:
 def test_every_api_setting_is_named() -> None:
     found = settings()
     missing = [name for name in [*api_settings(), "BIND"] if name not in found]
-    assert not missing, f".env.example lacks {missing} (shared/api.md's table)"
+    assert not missing, f".env.example lacks {missing} (docs/api.md's table)"
 
 
 def test_every_setting_is_explained() -> None:

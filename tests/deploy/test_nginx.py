@@ -138,7 +138,7 @@ def seconds(value: str) -> float:
 
 def test_limits_match_the_server() -> None:
     text = NGINX_CONF.read_text(encoding="utf-8")
-    # Body size: MAX_REQUEST_BYTES (8 MiB in api.md).
+    # Body size: MAX_REQUEST_BYTES (8 MiB in docs/api.md).
     body = api_default("MAX_REQUEST_BYTES")
     mib = re.fullmatch(r"(\d+) MiB", body)
     assert mib, body
