@@ -1,6 +1,6 @@
 """A catalogue of hostile and malformed requests against the real server.
 
-Every one gets the status and error body of shared/api.md, none a 5xx, and the
+Every one gets the status and error body of docs/api.md, none a 5xx, and the
 server answers a normal request right after each. Two decisions the contract
 leaves open, taken as its original clients would expect (it was a FastAPI app,
 whose JSON parser is Python's ``json``):
