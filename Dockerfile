@@ -65,6 +65,7 @@ WORKDIR /app
 COPY --chown=app:app gunicorn.conf.py ./
 COPY --chown=app:app embsvc/ ./embsvc/
 COPY --chown=app:app gpu_pool/ ./gpu_pool/
+COPY --chown=app:app runtime/ ./runtime/
 COPY --chown=app:app deploy/docker/healthcheck.py ./deploy/docker/healthcheck.py
 
 USER ${APP_UID}:${APP_GID}

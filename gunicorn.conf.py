@@ -1,13 +1,13 @@
 """gunicorn settings and hooks. Start with: gunicorn -c gunicorn.conf.py embsvc.wsgi:app
 
 The hooks start the engine processes with the master and stop them with it
-(see embsvc/lifecycle.py). This file is read again on SIGHUP, so it only
+(see embsvc/master/hooks.py). This file is read again on SIGHUP, so it only
 declares; the engines are started once, in on_starting.
 """
 
-from embsvc import lifecycle
 from embsvc.config import ConfigError, load_settings
-from gpu_pool import logs
+from embsvc.master import hooks
+from runtime import logs
 
 try:
     _settings = load_settings()
@@ -30,10 +30,10 @@ loglevel = _settings.log_level.lower()
 # gunicorn's lines, its access log included, go through the service's logging
 # (LOG_FORMAT json or text, with the request id); one access record per request.
 logconfig_dict = logs.dict_config(_settings.log_level, _settings.log_format)
-logger_class = "embsvc.access_log.AccessLogger"
+logger_class = "embsvc.master.access_log.AccessLogger"
 
-on_starting = lifecycle.on_starting
-pre_fork = lifecycle.pre_fork
-post_fork = lifecycle.post_fork
-child_exit = lifecycle.child_exit
-on_exit = lifecycle.on_exit
+on_starting = hooks.on_starting
+pre_fork = hooks.pre_fork
+post_fork = hooks.post_fork
+child_exit = hooks.child_exit
+on_exit = hooks.on_exit

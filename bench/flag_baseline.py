@@ -13,7 +13,7 @@ import time
 from FlagEmbedding import BGEM3FlagModel
 from transformers import AutoTokenizer
 
-from bench.workload import texts
+from testkit.workload import texts
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.workload import texts
-from embsvc.tokenizer import TextTokenizer, truncate
-from gpu_pool.m3 import M3Model, Outputs
-from gpu_pool.protocol import Kind
+from embsvc.core.tokenizer import TextTokenizer, truncate
+from gpu_pool.model.m3 import M3Model, Outputs
+from gpu_pool.wire.protocol import Kind
+from testkit.workload import texts
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
 

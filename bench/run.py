@@ -29,9 +29,9 @@ from pathlib import Path
 import requests
 
 from bench import load
-from bench.workload import requests_of, texts
-from tests.e2e.server import Server
-from tests.model_builder import build_model
+from testkit.model_builder import build_model
+from testkit.server import Server
+from testkit.workload import requests_of, texts
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-token"
@@ -90,7 +90,7 @@ def lone_query(server: Server, count: int) -> dict:
 
 def long_input(server: Server, tokens: int = 8192) -> dict:
     """One input cut to ``tokens`` tokens, all three kinds: its time and the engine's memory."""
-    from tests.e2e.procs import engine_pid
+    from testkit.procs import engine_pid
 
     engine = engine_pid(server)
     text = " ".join(texts(400))  # well over 8,192 tokens

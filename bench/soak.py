@@ -42,9 +42,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.procs import children  # noqa: E402 - after the path is set for "python bench/soak.py"
-from tests.e2e.server import Server, free_port  # noqa: E402
-from tests.model_builder import build_model  # noqa: E402
+from testkit.model_builder import build_model  # noqa: E402
+from testkit.procs import children  # noqa: E402 - after the path is set for "python bench/soak.py"
+from testkit.server import Server, free_port  # noqa: E402
 
 TOKEN = "soak-test-token"
 GROWTH_LIMIT = 0.10

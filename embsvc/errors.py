@@ -13,7 +13,7 @@ import math
 import falcon
 import orjson
 
-from gpu_pool.errors import EngineError, EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
+from gpu_pool import EngineError, EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
 
 log = logging.getLogger("embsvc")
 

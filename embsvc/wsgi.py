@@ -1,6 +1,6 @@
 """gunicorn's entry point: ``gunicorn -c gunicorn.conf.py embsvc.wsgi:app``."""
 
-from embsvc import lifecycle
 from embsvc.app import create_app
+from embsvc.master import hooks
 
-app = create_app(lifecycle.settings(), lifecycle.engine_client(), lifecycle.metrics_dir())
+app = create_app(hooks.settings(), hooks.engine_client(), hooks.metrics_dir())

@@ -1,4 +1,10 @@
-"""The engine side of the server: one process per device that owns the model.
+"""The engine pool: the processes that own the model, and how web workers reach them.
+
+Runs in:      the gunicorn master (``pool``), web workers (``client``, ``results``),
+              engine processes (``engine/``, ``model/``); ``wire/`` on both sides of the pipes.
+May import:   numpy and the standard library, ``runtime``; torch only in ``model/``; never embsvc or falcon.
+Owns:         the model, batching, shared memory, the protocol between worker and engine.
+Entry points: ``EnginePool`` (master), ``EngineClient`` (web worker), ``engine.main.run`` (engine process).
 
 Data flow (one engine shown; a pool has one per device)::
 
@@ -11,10 +17,38 @@ Data flow (one engine shown; a pool has one per device)::
     listener thread <──Done/Failed── slot k pipe <─ (one small message per job)
     read vectors, unlink Segment
 
-Only small pickled dataclasses (``protocol``) cross the pipes; arrays live in
-shared memory (``segment``), created and unlinked by the web worker that owns the
-request. A score job (``protocol.ScoreJob``: a query and its documents) takes the
-same path, but the engine keeps its vectors (``score_job``) and writes only a table
-of scores (``scoring``), a row per document. The master process (``pool``) creates
+Only small pickled dataclasses (``wire/protocol``) cross the pipes; arrays live in
+shared memory (``wire/segment``), created and unlinked by the web worker that owns
+the request, read back through ``results.EmbeddingResult``. A score job
+(``ScoreJob``: a query and its documents) takes the same path, but the engine keeps
+its vectors (``engine/score_job``) and writes only a table of scores (``m3math``),
+a row per document. The master process (``pool``) creates
 the pipes and shared counters, starts, supervises and stops the engines.
+
+The web side uses only the names in ``__all__`` (tests/unit/test_layout.py checks it).
 """
+
+from gpu_pool.client import EngineClient
+from gpu_pool.engine.spec import EngineSpec, engine_specs
+from gpu_pool.errors import EngineError, EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
+from gpu_pool.pool import EnginePool, NoFreeSlot
+from gpu_pool.results import EmbeddingResult
+from gpu_pool.wire.protocol import SCORE_MODES, Kind
+from gpu_pool.wire.shared import EngineState
+
+__all__ = [
+    "SCORE_MODES",
+    "EmbeddingResult",
+    "EngineClient",
+    "EngineError",
+    "EngineFailed",
+    "EngineOverloaded",
+    "EnginePool",
+    "EngineSpec",
+    "EngineState",
+    "EngineTimeout",
+    "EngineUnavailable",
+    "Kind",
+    "NoFreeSlot",
+    "engine_specs",
+]

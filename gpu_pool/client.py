@@ -12,24 +12,23 @@ from the worker's pid, so such a late answer matches no waiter and is dropped.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpu_pool import protocol
 from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
-from gpu_pool.frames import FrameReader
 from gpu_pool.pool import EngineHandle, EnginePool
-from gpu_pool.protocol import SCORE_KINDS, Done, ErrorCode, Failed, Job, Kind, ScoreJob
-from gpu_pool.segment import Layout, Segment
-from gpu_pool.segment_pool import WorkerSegments
-from gpu_pool.shared import EngineState
+from gpu_pool.results import EmbeddingResult
+from gpu_pool.wire import protocol
+from gpu_pool.wire.frames import FrameReader
+from gpu_pool.wire.protocol import SCORE_KINDS, Done, ErrorCode, Failed, Job, Kind, ScoreJob
+from gpu_pool.wire.segment import Layout, Segment
+from gpu_pool.wire.segment_pool import WorkerSegments
+from gpu_pool.wire.shared import EngineState
 
 _LISTEN_POLL_S = 0.2
 
@@ -99,21 +98,34 @@ class EngineClient:
 
     # -- submitting -----------------------------------------------------------------
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, dim: int, make_job: Callable[..., Job] = Job) -> Segment:
-        """Run the inputs through an engine; returns the filled segment (close it after reading).
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray) -> EmbeddingResult:
+        """Run the inputs through an engine; close the result once it is read.
 
-        ``make_job`` builds the message from ``Job``'s fields (``score`` makes a ``ScoreJob``).
+        ``unused_ids``: the special tokens that the sparse weights leave out.
+        """
+        return EmbeddingResult(self._run(ids, kinds), ids, unused_ids)
+
+    def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
+              unused_ids: np.ndarray) -> np.ndarray:
+        """Scores of inputs 1.. against input 0 (the query): [documents, len(SCORE_MODES)]."""
+        with self._run(ids, SCORE_KINDS, ScoreJob, weights=weights, unused_ids=tuple(unused_ids.tolist())) as seg:
+            return seg.arrays["scores"].copy()
+
+    def _run(self, ids: list[np.ndarray], kinds: Kind, job_type: type[Job] = Job, **fields: object) -> Segment:
+        """Write the ids into a segment, hand the job to an engine and wait; returns the filled segment.
+
+        ``fields``: the job type's own fields beyond ``Job``'s.
         """
         engine, generation = self._reserve()
         try:
             lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-            layout = Layout(len(ids), int(lengths.sum()), dim, kinds)
-            seq = next(self._seq)
+            layout = Layout(len(ids), int(lengths.sum()), engine.shared.dim.value, kinds)
             seg = self._segments.take(layout)
             try:
                 seg.arrays["lengths"][:] = lengths
                 np.concatenate(ids, out=seg.arrays["ids"], casting="unsafe")
-                job = make_job(self._id_base + seq, self.slot, seg.name, layout.n_inputs, layout.n_tokens, kinds)
+                job = job_type(self._id_base + next(self._seq), self.slot, seg.name, layout.n_inputs,
+                               layout.n_tokens, kinds, **fields)
                 self._submit(engine, generation, job)
                 return seg
             except BaseException:
@@ -122,12 +134,6 @@ class EngineClient:
         finally:
             with self._lock:
                 engine.shared.in_flight[self.slot] -= 1
-
-    def score(self, ids: list[np.ndarray], weights: tuple[float, float, float], unused_ids: tuple[int, ...],
-              dim: int) -> Segment:
-        """Score inputs 1.. against input 0 (the query); the segment's ``scores`` region holds the result."""
-        make_job = functools.partial(ScoreJob, weights=weights, unused_ids=unused_ids)
-        return self.embed(ids, SCORE_KINDS, dim, make_job)
 
     def _reserve(self) -> tuple[EngineHandle, int]:
         """A place in the least-loaded ready engine's queue, and that engine's generation.

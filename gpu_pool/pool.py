@@ -22,22 +22,19 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 
-from gpu_pool import malloc, protocol, segment
-from gpu_pool.engine import EngineSpec, main
-from gpu_pool.protocol import Stop
-from gpu_pool.shared import EngineShared, EngineState
+from gpu_pool.engine import main as engine_main
+from gpu_pool.engine.spec import EngineSpec
+from gpu_pool.wire import protocol, segment
+from gpu_pool.wire.protocol import Stop
+from gpu_pool.wire.shared import EngineShared, EngineState
 
 log = logging.getLogger("gpu_pool.pool")
 
 _RESTART_BACKOFF_S = (0.5, 1, 2, 5, 10, 30)
-# Blocked while an engine is started, so the engine inherits them blocked (as
-# CPython's resource tracker does): Ctrl-C, or systemd's SIGTERM to the whole
-# group, would otherwise kill it under requests the web workers still finish.
-_ENGINE_BLOCKED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 
 @dataclass
@@ -84,7 +81,7 @@ class EnginePool:
     def _spawn(self, handle: EngineHandle) -> None:
         handle.shared.state.value = EngineState.LOADING
         handle.process = self.ctx.Process(
-            target=_engine_main,
+            target=engine_main.run,
             args=(handle.spec, handle.requests_in, self.slot_writers, handle.shared),
             name=f"bge-m3-engine-{handle.spec.index}",
             daemon=False,
@@ -92,8 +89,11 @@ class EnginePool:
         # Starting the resource tracker unblocks SIGINT and SIGTERM in this
         # thread; it must not happen inside the window below.
         resource_tracker.ensure_running()
+        # Blocked while the engine is started, so that it inherits them blocked (as
+        # CPython's resource tracker does): Ctrl-C, or systemd's SIGTERM to the whole
+        # group, would otherwise kill it under requests the web workers still finish.
         # Signals that arrive meanwhile stay pending for this thread, not lost.
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _ENGINE_BLOCKED_SIGNALS)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, engine_main.BLOCKED_SIGNALS)
         try:
             handle.process.start()
         finally:
@@ -210,16 +210,6 @@ class EnginePool:
         self.free_slots.append(slot)
 
 
-def _engine_main(spec: EngineSpec, requests: Connection, slots: list[Connection], shared: EngineShared) -> None:
-    """The engine process: the signals stay blocked (they are inherited blocked;
-    this also covers every thread the engine starts), malloc keeps to two arenas
-    and gives memory back when no request is waiting, then ``engine.main``."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _ENGINE_BLOCKED_SIGNALS)
-    malloc.limit_arenas()
-    malloc.trim_when_idle(lambda: shared.pending() > 0)
-    main(spec, requests, slots, shared)
-
-
 def _stop_resource_tracker(timeout: float = 5.0) -> None:
     """Stop multiprocessing's resource tracker, a child of this process, and reap it.
 
@@ -248,7 +238,3 @@ def _drain(conn: Connection) -> int:
             break  # every writer is gone
         dropped += len(chunk)
     return dropped
-
-
-def engine_specs(devices: list[str], template: EngineSpec) -> list[EngineSpec]:
-    return [replace(template, index=i, device=device) for i, device in enumerate(devices)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.model_builder import build_model
+from testkit.model_builder import build_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.server import Server
+from testkit.server import Server
 
 TOKEN = "e2e-secret-token"
 

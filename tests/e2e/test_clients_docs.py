@@ -19,8 +19,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from embsvc import lifecycle
 from embsvc.config import load_settings
+from embsvc.master import hooks as lifecycle
 from tests.deploy.helpers import tool
 from tests.e2e.conftest import TOKEN
 from tests.e2e.readme import region

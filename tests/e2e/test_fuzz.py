@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.server import Server
 from tests.e2e.conftest import TOKEN
-from tests.e2e.server import Server
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 CONFIG = Path(__file__).with_name("schemathesis.toml")

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import requests
 
+from testkit.server import Server
 from tests.e2e.conftest import TOKEN
-from tests.e2e.server import Server
 
 MAX_INPUTS = 256
 MAX_TOKENS = 8192

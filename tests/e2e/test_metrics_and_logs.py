@@ -15,7 +15,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.server import Server
+from testkit.server import Server
 from tests.e2e.test_server import children
 from tests.unit.fake_hub import FakeHub
 
@@ -167,7 +167,7 @@ def test_every_line_is_json(server):
     lines = server.log().splitlines()
     # transformers installs a stderr handler of its own when the engine imports it,
     # so its weight-loading report is plain text until the engine calls
-    # gpu_pool.logs.adopt_transformers_logging(); only that window is excused.
+    # gpu_pool.model.load.adopt_transformers_logging(); only that window is excused.
     start = next(i for i, line in enumerate(lines) if "Using device cpu" in line)
     end = next(i for i, line in enumerate(lines) if "Model loaded from" in line)
     outside = lines[:start] + lines[end:]

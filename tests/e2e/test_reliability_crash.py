@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import requests
 
-from tests.e2e import procs
+from testkit import procs
+from testkit.server import Server
 from tests.e2e.conftest import TOKEN
-from tests.e2e.server import Server
 
 TEXTS = [f"crash test sentence number {i} about {word}" for i, word in
          enumerate(["rivers", "mountains", "cities", "forests", "deserts", "oceans", "islands", "valleys"] * 3)]

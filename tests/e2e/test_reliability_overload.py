@@ -16,9 +16,9 @@ import pytest
 import requests
 from tokenizers import Tokenizer
 
-from tests.e2e import procs
+from testkit import procs
+from testkit.server import Server
 from tests.e2e.conftest import TOKEN
-from tests.e2e.server import Server
 
 QUEUE = 4
 TIMEOUT_S = 3.0

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import requests
 
-from tests.e2e import procs
+from testkit import procs
+from testkit.server import Server
 from tests.e2e.conftest import TOKEN
-from tests.e2e.server import Server
 
 DIRECTIONS = ["north", "south", "east", "west", "up", "down", "left", "right"]
 TEXTS = [f"shutdown test {i} {w}" for i, w in enumerate(DIRECTIONS)]

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import requests
 
-from tests.e2e import procs
+from testkit import procs
+from testkit.server import Server
 from tests.e2e.conftest import TOKEN
-from tests.e2e.server import Server
 
 WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "中文", "عربي", "émoji🚀", "omega", "sigma", "kappa", "lambda",
          "river", "stone"]

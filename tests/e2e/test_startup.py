@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.e2e.server import Server, free_port
+from testkit.server import Server, free_port
 
 
 def run_to_exit(server: Server, timeout: float = 60.0) -> tuple[int, str]:

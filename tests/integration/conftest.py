@@ -7,11 +7,11 @@ import time
 import pytest
 from FlagEmbedding import BGEM3FlagModel
 
-from embsvc.tokenizer import TextTokenizer
+from embsvc.core.tokenizer import TextTokenizer
 from gpu_pool.client import EngineClient
-from gpu_pool.engine import EngineSpec
+from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.pool import EnginePool
-from gpu_pool.shared import EngineState
+from gpu_pool.wire.shared import EngineState
 
 
 def engine_spec(model_path, **overrides) -> EngineSpec:

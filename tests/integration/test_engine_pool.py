@@ -10,8 +10,8 @@ import pytest
 
 from gpu_pool.client import EngineClient
 from gpu_pool.pool import EnginePool
-from gpu_pool.protocol import Kind
-from gpu_pool.shared import EngineState
+from gpu_pool.wire.protocol import Kind
+from gpu_pool.wire.shared import EngineState
 from tests.integration.conftest import engine_spec, wait_ready
 
 
@@ -26,8 +26,8 @@ def two_engines(tiny_model):
 
 def embed_one(client: EngineClient, n_tokens: int) -> np.ndarray:
     ids = [np.array([0, *range(5, 5 + n_tokens), 2], dtype=np.int32)]
-    with client.embed(ids, Kind.DENSE, 32) as segment:
-        return segment.arrays["dense"][0].copy()
+    with client.embed(ids, Kind.DENSE, np.array([0, 1, 2, 3], dtype=np.int32)) as result:
+        return result.dense(0).copy()
 
 
 def test_load_is_spread_and_a_dead_engine_leaves_the_other_serving(two_engines):

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from embsvc.serialize import embedding_items
-from embsvc.tokenizer import truncate
-from gpu_pool.protocol import SCORE_MODES, Kind
+from embsvc.core.serialize import embedding_items
+from embsvc.core.tokenizer import truncate
+from gpu_pool.wire.protocol import SCORE_MODES, Kind
 from tests.integration.test_vectors_match_flagembedding import PARAGRAPH, TEXTS
 
 QUERIES = ["What is BGE-M3 hybrid retrieval?", "Как работает поиск по документам?", "检索"]
@@ -22,8 +22,7 @@ DOCUMENTS = TEXTS
 
 def served(client, tokenizer, query, documents, weights, max_length) -> np.ndarray:
     ids = [truncate(x, max_length) for x in tokenizer.encode([query, *documents])]
-    with client.score(ids, weights, tuple(tokenizer.unused_ids.tolist()), int(client.info()["dim"])) as segment:
-        return segment.arrays["scores"].copy()
+    return client.score(ids, weights, tokenizer.unused_ids)
 
 
 def compute_score(reference, query, documents, weights, max_length, batch_size) -> np.ndarray:
@@ -71,8 +70,8 @@ def test_batched_compute_score_differs_only_by_its_zero_padding(client, tokenize
 
 def embed_colbert(client, tokenizer, texts) -> list[np.ndarray]:
     ids = tokenizer.encode(texts)
-    with client.embed(ids, Kind.COLBERT, int(client.info()["dim"])) as segment:
-        items = embedding_items(segment.arrays, ids, Kind.COLBERT, "float", tokenizer.unused_ids)
+    with client.embed(ids, Kind.COLBERT, tokenizer.unused_ids) as result:
+        items = embedding_items(result, Kind.COLBERT, "float")
         return [np.array(item["colbert_embedding"]) for item in items]
 
 
@@ -83,8 +82,8 @@ def test_score_jobs_share_passes_with_embedding_jobs(client, tokenizer, referenc
     def run(i):
         if i % 2:
             ids = tokenizer.encode([DOCUMENTS[i % len(DOCUMENTS)]])
-            with client.embed(ids, Kind.DENSE | Kind.SPARSE, 32) as segment:
-                return None, segment.arrays["dense"].copy()
+            with client.embed(ids, Kind.DENSE | Kind.SPARSE, tokenizer.unused_ids) as result:
+                return None, result.dense(0).copy()
         query = QUERIES[i % len(QUERIES)]
         return query, served(client, tokenizer, query, DOCUMENTS[:6], weights, 8192)
 
@@ -101,8 +100,8 @@ def test_score_jobs_share_passes_with_embedding_jobs(client, tokenizer, referenc
 def test_sparse_tokens_equal_convert_id_to_token(client, tokenizer, reference):
     decode = tokenizer.decode_each
     ids = [truncate(x, 8192) for x in tokenizer.encode(DOCUMENTS)]
-    with client.embed(ids, Kind.SPARSE, 32) as segment:
-        items = embedding_items(segment.arrays, ids, Kind.SPARSE, "float", tokenizer.unused_ids, decode=decode)
+    with client.embed(ids, Kind.SPARSE, tokenizer.unused_ids) as result:
+        items = embedding_items(result, Kind.SPARSE, "float", decode=decode)
     lexical = reference.encode(DOCUMENTS, max_length=8192, return_dense=False, return_sparse=True)["lexical_weights"]
     for item, ref in zip(items, reference.convert_id_to_token(lexical), strict=True):
         assert list(item["sparse_tokens"]) == list(ref)

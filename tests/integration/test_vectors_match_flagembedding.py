@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from embsvc.serialize import embedding_items
-from embsvc.tokenizer import truncate
-from gpu_pool.protocol import Kind
+from embsvc.core.serialize import embedding_items
+from embsvc.core.tokenizer import truncate
+from gpu_pool.wire.protocol import Kind
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
 PARAGRAPH = ("Retrieval augmented generation combines search with language models. "
@@ -31,9 +31,8 @@ TEXTS = [
 
 def served(client, tokenizer, texts, max_length, kinds=ALL) -> list[dict]:
     ids = [truncate(x, max_length) for x in tokenizer.encode(texts)]
-    dim = int(client.info()["dim"])
-    with client.embed(ids, kinds, dim) as segment:
-        items = embedding_items(segment.arrays, ids, kinds, "float", tokenizer.unused_ids)
+    with client.embed(ids, kinds, tokenizer.unused_ids) as result:
+        items = embedding_items(result, kinds, "float")
         return [{k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in item.items()} for item in items]
 
 

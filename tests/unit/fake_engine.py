@@ -7,16 +7,15 @@ import os
 
 import numpy as np
 
-from gpu_pool import scoring
-from gpu_pool.errors import EngineError
-from gpu_pool.protocol import SCORE_KINDS, Kind
-from gpu_pool.segment import Layout, Segment
-from gpu_pool.shared import EngineState
+from gpu_pool import EmbeddingResult, EngineError, EngineState, Kind, m3math
+from gpu_pool.wire.segment import Layout, Segment
 
 DIM = 32
 
 
 class FakeEngine:
+    """Implements embsvc.core.backend.Backend."""
+
     def __init__(self) -> None:
         self.state = EngineState.READY
         self.fail_with: EngineError | None = None
@@ -28,7 +27,7 @@ class FakeEngine:
         return [self.state]
 
     def info(self) -> dict[str, object]:
-        return {"device": "cpu", "dtype": "float32", "dim": DIM}
+        return {"device": "cpu", "dtype": "float32"}
 
     def snapshot(self) -> list[dict[str, object]]:
         return [{"index": 0, "device": "cpu", "state": self.state.name.lower(), "queue_size": 0, "restarts": 0,
@@ -36,13 +35,11 @@ class FakeEngine:
                  "batched_requests": len(self.calls), "batched_inputs": 0, "tokens": 0,
                  "processing_seconds": 0.0}]
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, dim: int) -> Segment:
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray) -> EmbeddingResult:
         if self.fail_with is not None:
             raise self.fail_with
         self.calls.append((ids, kinds))
-        lengths = [len(x) for x in ids]
-        seg = Segment.create(f"bgem3-fake-{os.getpid()}-{next(self._ids)}",
-                             Layout(len(ids), sum(lengths), dim, kinds))
+        seg = self._segment(ids, kinds)
         a = seg.arrays
         if "dense" in a:
             a["dense"][:] = np.arange(len(ids))[:, None] + 0.5
@@ -50,19 +47,19 @@ class FakeEngine:
             a["sparse"][:] = np.concatenate(ids) / 1000.0  # weight = id / 1000
         if "colbert" in a:
             a["colbert"][:] = 0.25
-        return seg
+        return EmbeddingResult(seg, ids, unused_ids)
 
-    def score(self, ids: list[np.ndarray], weights: tuple[float, float, float], unused_ids: tuple[int, ...],
-              dim: int) -> Segment:
+    def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
+              unused_ids: np.ndarray) -> np.ndarray:
         """Raw scores derived from each document's length (dense = tokens / 100, sparse = 1 / tokens,
-        colbert = 0.5), mixed by the real ``scoring.combine``."""
+        colbert = 0.5), mixed by the real ``m3math.combine``."""
         if self.fail_with is not None:
             raise self.fail_with
-        self.calls.append((ids, SCORE_KINDS))
-        self.score_calls.append((ids, weights, unused_ids))
-        lengths = [len(x) for x in ids]
-        seg = Segment.create(f"bgem3-fake-{os.getpid()}-{next(self._ids)}",
-                             Layout(len(ids), sum(lengths), dim, SCORE_KINDS))
-        raw = np.array([[n / 100, 1 / n, 0.5] for n in lengths[1:]])
-        seg.arrays["scores"][:] = scoring.combine(raw, weights)
-        return seg
+        self.calls.append((ids, Kind.DENSE | Kind.SPARSE | Kind.COLBERT | Kind.SCORE))
+        self.score_calls.append((ids, weights, tuple(unused_ids.tolist())))
+        raw = np.array([[len(x) / 100, 1 / len(x), 0.5] for x in ids[1:]])
+        return m3math.combine(raw, weights)
+
+    def _segment(self, ids: list[np.ndarray], kinds: Kind) -> Segment:
+        return Segment.create(f"bgem3-fake-{os.getpid()}-{next(self._ids)}",
+                              Layout(len(ids), sum(len(x) for x in ids), DIM, kinds))

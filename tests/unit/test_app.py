@@ -11,7 +11,7 @@ from falcon import testing
 from embsvc.app import create_app
 from embsvc.config import load_settings
 from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
-from gpu_pool.shared import EngineState
+from gpu_pool.wire.shared import EngineState
 from tests.unit.fake_engine import DIM, FakeEngine
 
 TOKEN = "test-token-1"

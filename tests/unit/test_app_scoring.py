@@ -11,11 +11,11 @@ from falcon import testing
 
 from embsvc.app import create_app
 from embsvc.config import load_settings
-from embsvc.tokenizer import TextTokenizer
-from gpu_pool import scoring
+from embsvc.core.tokenizer import TextTokenizer
+from gpu_pool import m3math as scoring
 from gpu_pool.errors import EngineOverloaded
-from gpu_pool.protocol import SCORE_MODES
-from gpu_pool.shared import EngineState
+from gpu_pool.wire.protocol import SCORE_MODES
+from gpu_pool.wire.shared import EngineState
 from tests.unit.fake_engine import DIM, FakeEngine
 
 TOKEN = "test-token-1"

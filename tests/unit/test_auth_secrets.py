@@ -7,7 +7,7 @@ import hmac
 import pytest
 from falcon import testing
 
-from embsvc import auth
+from embsvc.api import auth
 from embsvc.app import create_app
 from embsvc.config import load_settings
 from tests.unit.fake_engine import FakeEngine

@@ -1,4 +1,4 @@
-from gpu_pool.batching import Item, plan_batch
+from gpu_pool.engine.batching import Item, plan_batch
 
 
 def items(job_seq: int, *lengths: int) -> list[Item]:

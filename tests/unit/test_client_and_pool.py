@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 
 from gpu_pool import client as client_module
-from gpu_pool import protocol, segment
 from gpu_pool.client import EngineClient
 from gpu_pool.errors import EngineOverloaded, EngineTimeout, EngineUnavailable
-from gpu_pool.frames import FrameReader
 from gpu_pool.pool import EngineHandle, EnginePool
-from gpu_pool.protocol import Done, Job, Kind
-from gpu_pool.shared import EngineShared, EngineState
+from gpu_pool.wire import protocol, segment
+from gpu_pool.wire.frames import FrameReader
+from gpu_pool.wire.protocol import Done, Job, Kind
+from gpu_pool.wire.shared import EngineShared, EngineState
 from tests.integration.conftest import engine_spec
 
 IDS = [np.array([0, 10, 11, 2], dtype=np.int32)]
+UNUSED = np.array([0, 1, 2, 3], dtype=np.int32)
 _prefixes = itertools.count()
 
 
@@ -42,6 +43,7 @@ class FakePool:
         requests_in, requests_out = ctx.Pipe(duplex=False)
         shared = EngineShared(ctx, n_slots)
         shared.state.value = EngineState.READY
+        shared.dim.value = 4
         self.engines = [EngineHandle(SimpleNamespace(index=0, device="cpu"), shared, requests_in, requests_out)]
         self.jobs = FrameReader(requests_in)
         self._received: list[Job] = []
@@ -84,14 +86,14 @@ def test_a_late_answer_to_a_dead_worker_never_wakes_its_successors_request(fake_
     try:
         first = client_as(predecessor, 1000, monkeypatch, timeout_s=0.2)
         with pytest.raises(EngineTimeout):
-            first.embed(IDS, Kind.DENSE, 4)
+            first.embed(IDS, Kind.DENSE, UNUSED)
         dead_job = predecessor.next_job()
     finally:
         predecessor.close()
 
     successor = client_as(fake_pool, 2000, monkeypatch)
     with ThreadPoolExecutor(1) as executor:
-        waiting: Future = executor.submit(successor.embed, IDS, Kind.DENSE, 4)
+        waiting: Future = executor.submit(successor.embed, IDS, Kind.DENSE, UNUSED)
         job = fake_pool.next_job()
         assert job.job_id != dead_job.job_id
         assert job.shm_name != dead_job.shm_name
@@ -99,20 +101,20 @@ def test_a_late_answer_to_a_dead_worker_never_wakes_its_successors_request(fake_
         time.sleep(0.5)
         assert not waiting.done(), "woken by an answer to another worker's job"
         fake_pool.answer(0, job.job_id)
-        with waiting.result(timeout=5) as seg:
-            assert seg.name == job.shm_name
+        with waiting.result(timeout=5) as result:
+            assert result.dense(0).shape == (4,)
 
 
 def test_max_queue_size_waiting_requests_refuse_the_next_at_once(fake_pool, monkeypatch):
     client = client_as(fake_pool, 3000, monkeypatch, max_queue_size=3)
     fake_pool.engines[0].shared.in_flight[1] = 1  # another web worker's request is waiting too
     with ThreadPoolExecutor(2) as executor:
-        waiting = [executor.submit(client.embed, IDS, Kind.DENSE, 4) for _ in range(2)]
+        waiting = [executor.submit(client.embed, IDS, Kind.DENSE, UNUSED) for _ in range(2)]
         jobs = [fake_pool.next_job(), fake_pool.next_job()]
         assert fake_pool.engines[0].shared.pending() == 3
         started = time.monotonic()
         with pytest.raises(EngineOverloaded):
-            client.embed(IDS, Kind.DENSE, 4)
+            client.embed(IDS, Kind.DENSE, UNUSED)
         assert time.monotonic() - started < 0.1
         assert fake_pool.engines[0].shared.pending() == 3, "a refused request takes no place"
         fake_pool.answer(0, *(j.job_id for j in jobs))
@@ -128,7 +130,7 @@ def test_concurrent_requests_never_overfill_the_queue(fake_pool, monkeypatch):
 
     def one() -> None:
         try:
-            client.embed(IDS, Kind.DENSE, 4).close()
+            client.embed(IDS, Kind.DENSE, UNUSED).close()
             result = "done"
         except EngineOverloaded:
             result = "refused"
@@ -151,7 +153,7 @@ def test_concurrent_requests_never_overfill_the_queue(fake_pool, monkeypatch):
 def test_a_dead_engine_fails_its_requests_at_once(fake_pool, monkeypatch):
     client = client_as(fake_pool, 3200, monkeypatch, timeout_s=30)
     with ThreadPoolExecutor(1) as executor:
-        waiting = executor.submit(client.embed, IDS, Kind.DENSE, 4)
+        waiting = executor.submit(client.embed, IDS, Kind.DENSE, UNUSED)
         fake_pool.next_job()
         started = time.monotonic()
         fake_pool.engines[0].shared.generation.value += 1  # what the supervisor does when it dies
@@ -165,10 +167,10 @@ def test_an_engine_not_ready_is_refused_without_a_segment(fake_pool, monkeypatch
     client = client_as(fake_pool, 3300, monkeypatch)
     fake_pool.engines[0].shared.state.value = EngineState.LOADING
     with pytest.raises(EngineUnavailable, match="loading"):
-        client.embed(IDS, Kind.DENSE, 4)
+        client.embed(IDS, Kind.DENSE, UNUSED)
     fake_pool.engines[0].shared.state.value = EngineState.UNAVAILABLE
     with pytest.raises(EngineUnavailable, match="restarting"):
-        client.embed(IDS, Kind.DENSE, 4)
+        client.embed(IDS, Kind.DENSE, UNUSED)
     assert fake_pool.engines[0].shared.pending() == 0
     assert not [n for n in os.listdir(segment.SHM_DIR) if n.startswith(fake_pool.shm_prefix)]
 

@@ -50,6 +50,6 @@ def test_settings_are_frozen():
 
 
 def test_web_side_never_imports_torch():
-    code = ("import sys, embsvc.app, embsvc.lifecycle, gpu_pool.client; "
+    code = ("import sys, embsvc.app, embsvc.master.hooks, gpu_pool.client; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gpu_pool.device import cpu_has_fast_bf16, resolve_device, resolve_dtype
+from gpu_pool.model.device import cpu_has_fast_bf16, resolve_device, resolve_dtype
 
 
 @pytest.mark.parametrize("flags, fast", [("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),

@@ -14,10 +14,10 @@ import pytest
 from falcon import testing
 from gunicorn.config import Config
 
-from embsvc.access_log import AccessLogger
 from embsvc.app import create_app
 from embsvc.config import load_settings
-from gpu_pool import logs
+from embsvc.master.access_log import AccessLogger
+from runtime import logs
 from tests.unit.fake_engine import FakeEngine
 
 TOKEN = "logging-token"
@@ -199,7 +199,9 @@ def test_transformers_warnings_can_join_our_format(captured):
     lines = captured("json")
     from transformers.utils import logging as transformers_logging
 
-    logs.adopt_transformers_logging()
+    from gpu_pool.model.load import adopt_transformers_logging
+
+    adopt_transformers_logging()
     try:
         transformers_logging.get_logger("transformers.modeling_utils").warning("weights report")
     finally:

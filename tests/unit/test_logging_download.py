@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gpu_pool.download_progress import LoggedProgress
+from embsvc.master.download_progress import LoggedProgress
 from tests.unit.fake_hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DOWNLOAD = """
 import sys
 from pathlib import Path
-from gpu_pool import logs
-from gpu_pool.model_files import ensure_model
+from runtime import logs
+from embsvc.master.model_files import ensure_model
 logs.configure("INFO", "json")
 ensure_model(Path(sys.argv[1]), "BAAI/bge-m3")
 """

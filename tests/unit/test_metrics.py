@@ -9,10 +9,10 @@ import pytest
 from falcon import testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from embsvc import metrics_dir
 from embsvc.app import create_app
 from embsvc.config import load_settings
-from gpu_pool.shared import EngineState
+from embsvc.master import metrics_dir
+from gpu_pool.wire.shared import EngineState
 from tests.unit.fake_engine import FakeEngine
 
 TOKEN = "metrics-token"

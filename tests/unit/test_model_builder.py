@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 import torch
 
-from tests.model_builder import MARKER_NAME, MODEL_FILES, build_model, is_built
+from testkit.model_builder import MARKER_NAME, MODEL_FILES, build_model, is_built
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -3,9 +3,9 @@ import os
 import numpy as np
 import pytest
 
-from gpu_pool import protocol, segment
-from gpu_pool.protocol import Done, ErrorCode, Failed, Job, Kind
-from gpu_pool.segment import Layout, Segment
+from gpu_pool.wire import protocol, segment
+from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Job, Kind
+from gpu_pool.wire.segment import Layout, Segment
 
 
 def test_messages_round_trip_and_stay_atomic_sized():
@@ -57,7 +57,7 @@ def test_unlink_prefix_removes_leftovers():
 def test_frame_reader_splits_many_messages_and_keeps_partial_ones():
     import multiprocessing
 
-    from gpu_pool.frames import FrameReader
+    from gpu_pool.wire.frames import FrameReader
 
     reader_end, writer_end = multiprocessing.Pipe(duplex=False)
     reader = FrameReader(reader_end)

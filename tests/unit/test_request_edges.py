@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from embsvc.api.embeddings import parse_embedding_request
+from embsvc.api.scoring import parse_rerank_request
 from embsvc.config import load_settings
 from embsvc.errors import InvalidRequest
 from embsvc.openapi import build_openapi
-from embsvc.score_request import parse_rerank_request
-from embsvc.validation import parse_embedding_request
-from gpu_pool import scoring
+from gpu_pool import m3math as scoring
 
 
 @pytest.fixture

@@ -8,12 +8,13 @@ from itertools import permutations
 import numpy as np
 import pytest
 
-from gpu_pool import protocol, scoring
-from gpu_pool.protocol import SCORE_KINDS, SCORE_MODES, ScoreJob
-from gpu_pool.score_job import ScoringJob
-from gpu_pool.scoring import Vectors
-from gpu_pool.segment import Layout, Segment
-from gpu_pool.segment_pool import EngineMappings
+from gpu_pool import m3math as scoring
+from gpu_pool.engine.score_job import ScoringJob
+from gpu_pool.m3math import Vectors
+from gpu_pool.wire import protocol
+from gpu_pool.wire.protocol import SCORE_KINDS, SCORE_MODES, ScoreJob
+from gpu_pool.wire.segment import Layout, Segment
+from gpu_pool.wire.segment_pool import EngineMappings
 
 UNUSED = np.array([0, 1, 2, 3], dtype=np.int32)
 

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from gpu_pool import segment, segment_pool
-from gpu_pool.protocol import Kind
-from gpu_pool.segment import Layout
-from gpu_pool.segment_pool import POOLED_BYTES, EngineMappings, WorkerSegments
+from gpu_pool.wire import segment, segment_pool
+from gpu_pool.wire.protocol import Kind
+from gpu_pool.wire.segment import Layout
+from gpu_pool.wire.segment_pool import POOLED_BYTES, EngineMappings, WorkerSegments
 
 SMALL = Layout(2, 10, 8, Kind.DENSE | Kind.SPARSE)
 OTHER = Layout(1, 3, 8, Kind.DENSE | Kind.COLBERT)

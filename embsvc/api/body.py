@@ -1,0 +1,90 @@
+"""Reading request bodies and the fields that several endpoints share; every failure
+is an APIError with a clear message."""
+
+from __future__ import annotations
+
+import falcon
+import orjson
+
+from embsvc.config import Settings
+from embsvc.errors import InvalidRequest, NotFound, PayloadTooLarge
+
+
+def read_json_object(req: falcon.Request, max_bytes: int) -> dict:
+    """The body as a JSON object, whatever the Content-Type, never reading past ``max_bytes``."""
+    length = req.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {max_bytes} bytes")
+    # A chunked body has no Content-Length, and Falcon's bounded_stream then reads
+    # nothing; gunicorn ends its own stream with the body (wsgi.input_terminated).
+    chunked = length is None and req.env.get("wsgi.input_terminated")
+    raw = (req.stream if chunked else req.bounded_stream).read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+    if not raw.strip():
+        raise InvalidRequest("request body is empty: send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc.msg}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def check_model(body: dict, settings: Settings) -> None:
+    model = body.get("model", settings.model_name)
+    if not isinstance(model, str):
+        raise InvalidRequest("model must be a string", param="model")
+    if model not in settings.model_names():
+        raise NotFound(f"model {model!r} does not exist; this server serves {settings.model_name!r}",
+                       param="model")
+
+
+def texts(body: dict, field: str, max_inputs: int) -> list[str]:
+    if field not in body:
+        raise InvalidRequest(f"{field} is required: a string or a list of strings", param=field)
+    value = body[field]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise InvalidRequest(f"{field} must be a string or a list of strings", param=field)
+    if not items:
+        raise InvalidRequest(f"{field} must not be an empty list", param=field)
+    if len(items) > max_inputs:
+        raise PayloadTooLarge(f"{field} has {len(items)} items; at most {max_inputs} are allowed", param=field)
+    for i, item in enumerate(items):
+        where = field if isinstance(value, str) else f"{field}[{i}]"
+        if not isinstance(item, str):
+            raise InvalidRequest(f"{where} must be a string, not {_json_type(item)}", param=field)
+        if not item.strip():
+            raise InvalidRequest(f"{where} is empty or white space only", param=field)
+    return items
+
+
+def max_length(body: dict, limit: int, field: str = "max_length") -> int:
+    value = body.get(field, limit)
+    # JSON has one number type: 512.0 is the integer 512 (as JSON Schema says), 3.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        raise InvalidRequest(f"{field} must be a whole number from 1 to {limit}", param=field)
+    return value
+
+
+def boolean(body: dict, field: str, default: bool) -> bool:
+    value = body.get(field, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{field} must be true or false, not {_json_type(value)}", param=field)
+    return value
+
+
+def optional_str(body: dict, field: str) -> None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be a string", param=field)
+
+
+def _json_type(value: object) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), "a value of another type")

@@ -1,0 +1,65 @@
+"""``POST /v1/embeddings``: dense, sparse and ColBERT vectors of one or more texts."""
+
+from __future__ import annotations
+
+import falcon
+
+from embsvc.api.body import boolean, check_model, max_length, optional_str, read_json_object, texts
+from embsvc.config import Settings
+from embsvc.core.embedding import EmbeddingRequest, EmbeddingService
+from embsvc.errors import InvalidRequest
+from gpu_pool import Kind
+
+_KIND_FLAGS = {"dense": Kind.DENSE, "sparse": Kind.SPARSE, "colbert": Kind.COLBERT}
+
+
+class Embeddings:
+    auth_required = True
+
+    def __init__(self, settings: Settings, service: EmbeddingService) -> None:
+        self.settings, self.service = settings, service
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = parse_embedding_request(read_json_object(req, self.settings.max_request_bytes), self.settings)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.service.embed(request)
+
+
+def parse_embedding_request(body: dict, settings: Settings) -> EmbeddingRequest:
+    check_model(body, settings)
+    optional_str(body, "user")
+    kinds = Kind(0)
+    for name, flag in _KIND_FLAGS.items():
+        if boolean(body, f"return_{name}", name in settings.default_return):
+            kinds |= flag
+    if not kinds:
+        raise InvalidRequest("return_dense, return_sparse and return_colbert are all false: ask for at least one")
+    encoding_format = body.get("encoding_format", "float")
+    if encoding_format not in ("float", "base64"):
+        raise InvalidRequest("encoding_format must be \"float\" or \"base64\"", param="encoding_format")
+    return EmbeddingRequest(
+        texts=texts(body, "input", settings.max_inputs),
+        kinds=kinds,
+        encoding_format=encoding_format,
+        max_length=max_length(body, settings.max_tokens),
+        truncate=boolean(body, "truncate", True),
+        embedding_dtype=embedding_dtype(body, encoding_format),
+        sparse_tokens=sparse_tokens(body, kinds),
+    )
+
+
+def embedding_dtype(body: dict, encoding_format: str) -> str:
+    value = body.get("embedding_dtype", "float32")
+    if value not in ("float32", "float16"):
+        raise InvalidRequest("embedding_dtype must be \"float32\" or \"float16\"", param="embedding_dtype")
+    if value == "float16" and encoding_format != "base64":
+        # JSON numbers carry no width: float16 only shrinks base64 payloads.
+        raise InvalidRequest("embedding_dtype \"float16\" needs encoding_format \"base64\"", param="embedding_dtype")
+    return value
+
+
+def sparse_tokens(body: dict, kinds: Kind) -> bool:
+    wanted = boolean(body, "return_sparse_tokens", False)
+    if wanted and not kinds & Kind.SPARSE:
+        raise InvalidRequest("return_sparse_tokens needs return_sparse", param="return_sparse_tokens")
+    return wanted

@@ -1,0 +1,63 @@
+"""The engines' figures as Prometheus metrics, read from shared memory at scrape time.
+
+The engines already count what they do in shared memory (``gpu_pool.wire.shared``),
+and every web worker sees the same counters. So no engine writes metrics: the
+worker that answers ``/metrics`` reads the counters when Prometheus asks, which
+gives the same answer whichever worker that is.
+
+Batch sizes are exposed as summaries without quantiles (``_count`` = batches,
+``_sum`` = requests or texts in them): the engine keeps totals, not a
+distribution, and ``rate(x_sum) / rate(x_count)`` is the mean batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from embsvc.core.backend import Backend
+from gpu_pool import EngineState
+
+LABELS = ("engine", "device")
+STATES = [state.name.lower() for state in EngineState]
+
+
+class EngineCollector(Collector):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily("embsvc_engine_state", "1 for the state each engine is in, 0 for the others",
+                                  labels=[*LABELS, "state"])
+        queue = GaugeMetricFamily("embsvc_engine_queue_depth",
+                                  "Requests handed to the engine and not answered yet (waiting or computing); "
+                                  "MAX_QUEUE_SIZE is its limit", labels=LABELS)
+        restarts = CounterMetricFamily("embsvc_engine_restarts", "Times the engine process died and was restarted",
+                                       labels=LABELS)
+        requests = CounterMetricFamily("embsvc_engine_requests", "Requests the engine answered, by outcome",
+                                       labels=[*LABELS, "outcome"])
+        texts = CounterMetricFamily("embsvc_engine_texts", "Texts (inputs) run through the model", labels=LABELS)
+        tokens = CounterMetricFamily("embsvc_engine_tokens",
+                                     "Tokens run through the model, special tokens included",
+                                     labels=LABELS)
+        batch_requests = SummaryMetricFamily("embsvc_engine_batch_requests",
+                                             "Requests merged into one forward pass", labels=LABELS)
+        batch_texts = SummaryMetricFamily("embsvc_engine_batch_texts", "Texts in one forward pass", labels=LABELS)
+        batch_seconds = SummaryMetricFamily("embsvc_engine_batch_duration_seconds",
+                                            "Time to compute one batch and write its vectors", labels=LABELS)
+        for engine in self.backend.snapshot():
+            labels = [str(engine["index"]), str(engine["device"])]
+            for name in STATES:
+                state.add_metric([*labels, name], 1.0 if engine["state"] == name else 0.0)
+            queue.add_metric(labels, engine["queue_size"])
+            restarts.add_metric(labels, engine["restarts"])
+            requests.add_metric([*labels, "ok"], engine["processed_requests"])
+            requests.add_metric([*labels, "failed"], engine["failed_requests"])
+            texts.add_metric(labels, engine["batched_inputs"])
+            tokens.add_metric(labels, engine["tokens"])
+            batch_requests.add_metric(labels, engine["batches"], engine["batched_requests"])
+            batch_texts.add_metric(labels, engine["batches"], engine["batched_inputs"])
+            batch_seconds.add_metric(labels, engine["batches"], engine["processing_seconds"])
+        yield from (state, queue, restarts, requests, texts, tokens, batch_requests, batch_texts, batch_seconds)

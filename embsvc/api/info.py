@@ -1,0 +1,137 @@
+"""What the server tells about itself: ``/``, ``/health``, ``/stats``, ``/v1/models``, ``/openapi.json``."""
+
+from __future__ import annotations
+
+import time
+
+import falcon
+
+from embsvc import __version__
+from embsvc.config import Settings
+from embsvc.core.backend import Backend
+from embsvc.core.serialize import dumps
+from embsvc.errors import NotFound
+from gpu_pool import EngineState
+
+_STARTED = int(time.time())
+
+
+def _json(resp: falcon.Response, payload: object, status: int = 200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = dumps(payload)
+
+
+class Health:
+    auth_required = False
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings, self.backend = settings, backend
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        states = self.backend.states()
+        if EngineState.READY in states:
+            info = self.backend.info()
+            _json(resp, {"status": "ok", "model": self.settings.model_name,
+                         "device": info.get("device"), "dtype": info.get("dtype"),
+                         "engines": [s.name.lower() for s in states]})
+        else:
+            status = "loading" if EngineState.LOADING in states else "unavailable"
+            _json(resp, {"status": status}, status=503)
+            resp.set_header("Retry-After", "1")
+
+
+class Stats:
+    auth_required = True
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings, self.backend = settings, backend
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        engines = self.backend.snapshot()
+        total = {key: sum(e[key] for e in engines) for key in
+                 ("queue_size", "processed_requests", "failed_requests", "batches", "batched_requests",
+                  "batched_inputs", "tokens", "processing_seconds")}
+        batches = total["batches"] or 1
+        s = self.settings
+        _json(resp, {
+            "batching": {
+                "queue_size": total["queue_size"],
+                "processed_requests": int(total["processed_requests"]),
+                "failed_requests": int(total["failed_requests"]),
+                "batches": int(total["batches"]),
+                "average_batch_size": total["batched_requests"] / batches,
+                "average_batch_inputs": total["batched_inputs"] / batches,
+                "average_processing_time": total["processing_seconds"] / batches,
+                "tokens_processed": int(total["tokens"]),
+            },
+            "config": {
+                "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms, "max_queue_size": s.max_queue_size,
+                "max_batch_tokens": s.max_batch_tokens or None, "processing_concurrency": s.processing_concurrency,
+                "max_tokens": s.max_tokens, "max_inputs": s.max_inputs, "devices": list(s.devices),
+                "dtype": s.dtype,
+            },
+            "engines": engines,
+        })
+
+
+def _model_card(settings: Settings) -> dict:
+    return {"id": settings.model_name, "object": "model", "created": _STARTED, "owned_by": "BAAI",
+            "aliases": list(settings.model_aliases)}
+
+
+class Models:
+    auth_required = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, {"object": "list", "data": [_model_card(self.settings)]})
+
+
+class Model:
+    auth_required = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
+        if model_id not in self.settings.model_names():
+            raise NotFound(f"model {model_id!r} does not exist", param="model")
+        _json(resp, _model_card(self.settings))
+
+
+class Root:
+    auth_required = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        s = self.settings
+        _json(resp, {
+            "service": "bge-m3 embedding server",
+            "version": __version__,
+            "model": s.model_name,
+            "supported_vectors": ["dense", "sparse", "colbert"],
+            "endpoints": {
+                "embeddings": "POST /v1/embeddings", "health": "GET /health", "stats": "GET /stats",
+                "models": "GET /v1/models", "model": "GET /v1/models/{id}",
+                "metrics": "GET /metrics", "openapi": "GET /openapi.json",
+                "score": "POST /v1/score", "rerank": "POST /v1/rerank", "tokenize": "POST /tokenize",
+            },
+            "batching": {"batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
+                         "max_queue_size": s.max_queue_size, "max_batch_tokens": s.max_batch_tokens or None},
+        })
+
+
+class OpenAPI:
+    auth_required = False
+
+    def __init__(self, document: dict) -> None:
+        self.body = dumps(document)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.body

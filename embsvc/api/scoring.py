@@ -1,0 +1,129 @@
+"""``POST /v1/score`` and ``POST /v1/rerank`` (also at ``/v2/rerank``, where Cohere's v2 clients send it).
+
+Rerank bodies come in the shapes that Cohere- and Jina-style clients send:
+documents as strings or ``{"text": …}`` objects, ``top_n``, ``return_documents``,
+Cohere v2's ``max_tokens_per_doc``, and ``null`` for an option left at its default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import falcon
+
+from embsvc.api.body import boolean, check_model, max_length, optional_str, read_json_object
+from embsvc.config import Settings
+from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest, ScoreService
+from embsvc.errors import InvalidRequest, PayloadTooLarge
+from gpu_pool import SCORE_MODES
+
+
+class Score:
+    auth_required = True
+
+    def __init__(self, settings: Settings, scores: ScoreService) -> None:
+        self.settings, self.scores = settings, scores
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = parse_score_request(read_json_object(req, self.settings.max_request_bytes), self.settings)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.scores.score(request)
+
+
+class Rerank:
+    auth_required = True
+
+    def __init__(self, settings: Settings, scores: ScoreService) -> None:
+        self.settings, self.scores = settings, scores
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        request = parse_rerank_request(read_json_object(req, self.settings.max_request_bytes), self.settings)
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self.scores.rerank(request)
+
+
+def parse_score_request(body: dict, settings: Settings) -> ScoreRequest:
+    check_model(body, settings)
+    optional_str(body, "user")
+    return ScoreRequest(
+        query=query(body),
+        documents=documents(body, settings.max_inputs),
+        weights=weights(body),
+        max_length=max_length(body, settings.max_tokens),
+        truncate=boolean(body, "truncate", True),
+    )
+
+
+def parse_rerank_request(body: dict, settings: Settings) -> RerankRequest:
+    body = {key: value for key, value in body.items() if value is not None}
+    if "max_tokens_per_doc" in body:  # checked also when max_length, which wins, is there
+        per_doc = max_length(body, settings.max_tokens, "max_tokens_per_doc")
+        body.setdefault("max_length", per_doc)  # Cohere v2's name; here it bounds the query too
+    scoring = parse_score_request(body, settings)
+    mode = body.get("mode", DEFAULT_MODE)
+    if mode not in SCORE_MODES:
+        raise InvalidRequest(f"mode must be one of {', '.join(SCORE_MODES)}", param="mode")
+    return RerankRequest(
+        scoring=scoring,
+        mode=mode,
+        top_n=min(top_n(body, len(scoring.documents)), len(scoring.documents)),
+        return_documents=boolean(body, "return_documents", False),
+    )
+
+
+def query(body: dict) -> str:
+    value = body.get("query")
+    if not isinstance(value, str):
+        raise InvalidRequest("query is required: a string", param="query")
+    if not value.strip():
+        raise InvalidRequest("query is empty or white space only", param="query")
+    return value
+
+
+def documents(body: dict, max_inputs: int) -> list[str]:
+    value = body.get("documents")
+    if not isinstance(value, list):
+        raise InvalidRequest("documents is required: a list of strings or of {\"text\": string} objects",
+                             param="documents")
+    if not value:
+        raise InvalidRequest("documents must not be an empty list", param="documents")
+    if len(value) > max_inputs:
+        raise PayloadTooLarge(f"documents has {len(value)} items; at most {max_inputs} are allowed",
+                              param="documents")
+    return [_document_text(item, i) for i, item in enumerate(value)]
+
+
+def _document_text(item: object, i: int) -> str:
+    text = item.get("text") if isinstance(item, dict) else item
+    if not isinstance(text, str):
+        raise InvalidRequest(f"documents[{i}] must be a string or an object with a string \"text\"",
+                             param="documents")
+    if not text.strip():
+        raise InvalidRequest(f"documents[{i}] is empty or white space only", param="documents")
+    return text
+
+
+def weights(body: dict) -> tuple[float, float, float]:
+    value = body.get("weights", list(DEFAULT_WEIGHTS))
+    numbers = isinstance(value, list) and all(_is_number(w) for w in value)
+    if not numbers or len(value) != 3:
+        raise InvalidRequest("weights must be a list of three numbers: [dense, sparse, colbert]", param="weights")
+    if any(w < 0 for w in value):
+        raise InvalidRequest("weights must not be negative", param="weights")
+    if value[0] + value[1] <= 0:
+        # Both mixed modes are weighted means: sparse+dense divides by w_dense + w_sparse.
+        raise InvalidRequest("the dense and sparse weights must not both be 0", param="weights")
+    return float(value[0]), float(value[1]), float(value[2])
+
+
+def top_n(body: dict, default: int) -> int:
+    value = body.get("top_n", default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequest("top_n must be a whole number of at least 1", param="top_n")
+    return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,33 @@
+"""The port between the web app and the engines: what ``core`` and ``api`` need of
+``gpu_pool.EngineClient`` (tests/unit/fake_engine.py is the other implementation)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from gpu_pool import EmbeddingResult, EngineState, Kind
+
+
+class Backend(Protocol):
+    def states(self) -> list[EngineState]:
+        """Each engine's state, for /health."""
+        ...
+
+    def info(self) -> dict[str, object]:
+        """A ready engine's device and dtype; empty while none is ready."""
+        ...
+
+    def snapshot(self) -> list[dict[str, object]]:
+        """Per engine: state, queue, restarts and counters, for /stats and /metrics."""
+        ...
+
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray) -> EmbeddingResult:
+        """The inputs' vectors; raises ``gpu_pool.EngineError`` when they cannot be had."""
+        ...
+
+    def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
+              unused_ids: np.ndarray) -> np.ndarray:
+        """[documents, len(SCORE_MODES)] scores of inputs 1.. against input 0."""
+        ...

@@ -1,0 +1,45 @@
+"""Embedding texts: tokenize, hand the job to an engine, serialize the vectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embsvc.core.backend import Backend
+from embsvc.core.serialize import Decode, dumps, embedding_items
+from embsvc.core.tokenizer import LazyTokenizer, cut
+from gpu_pool import EmbeddingResult, Kind
+
+KIND_NAMES = (("dense", Kind.DENSE), ("sparse", Kind.SPARSE), ("colbert", Kind.COLBERT))
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    texts: list[str]
+    kinds: Kind
+    encoding_format: str  # "float" or "base64"
+    max_length: int
+    truncate: bool
+    embedding_dtype: str = "float32"  # of the base64 payloads: "float32" or "float16"
+    sparse_tokens: bool = False  # add the token texts beside the sparse ids
+
+
+class EmbeddingService:
+    def __init__(self, model_name: str, backend: Backend, tokenizer: LazyTokenizer) -> None:
+        self.model_name, self.backend, self.tokenizer = model_name, backend, tokenizer
+
+    def embed(self, request: EmbeddingRequest) -> bytes:
+        tokenizer = self.tokenizer.get()
+        ids = cut(tokenizer.encode(request.texts), request.max_length, request.truncate)
+        with self.backend.embed(ids, request.kinds, tokenizer.unused_ids) as result:
+            # Built in a helper, so that no view of the result's shared memory outlives it.
+            return self._body(result, request, tokenizer.decode_each if request.sparse_tokens else None)
+
+    def _body(self, result: EmbeddingResult, request: EmbeddingRequest, decode: Decode | None) -> bytes:
+        n_tokens = sum(len(x) for x in result.ids)
+        return dumps({
+            "object": "list",
+            "model": self.model_name,
+            "embedding_types": [name for name, flag in KIND_NAMES if request.kinds & flag],
+            "data": embedding_items(result, request.kinds, request.encoding_format, request.embedding_dtype, decode),
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        })

@@ -1,0 +1,93 @@
+"""Scoring and reranking: tokenize the query and the documents, let an engine
+compute the scores from one forward pass, and answer without any vector
+crossing to this worker."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from embsvc.core.backend import Backend
+from embsvc.core.serialize import dumps
+from embsvc.core.tokenizer import LazyTokenizer, cut
+from gpu_pool import SCORE_MODES
+
+DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # dense, sparse, colbert: what BGE-M3's authors recommend
+DEFAULT_MODE = "colbert+sparse+dense"
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    query: str
+    documents: list[str]
+    weights: tuple[float, float, float]  # dense, sparse, colbert
+    max_length: int  # of the query and of each document
+    truncate: bool
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    scoring: ScoreRequest
+    mode: str  # one of SCORE_MODES
+    top_n: int  # already at most the number of documents
+    return_documents: bool
+
+
+@dataclass(frozen=True)
+class Scores:
+    table: np.ndarray  # [documents, 5], the columns in SCORE_MODES order
+    tokens: int  # of the query and the documents, after truncation
+
+
+class ScoreService:
+    def __init__(self, model_name: str, backend: Backend, tokenizer: LazyTokenizer) -> None:
+        self.model_name, self.backend, self.tokenizer = model_name, backend, tokenizer
+
+    def scores(self, request: ScoreRequest) -> Scores:
+        tokenizer = self.tokenizer.get()
+        encoded = tokenizer.encode([request.query, *request.documents])
+        ids = cut(encoded, request.max_length, request.truncate, _name)
+        table = self.backend.score(ids, request.weights, tokenizer.unused_ids)
+        return Scores(table, sum(len(x) for x in ids))
+
+    def score(self, request: ScoreRequest) -> bytes:
+        result = self.scores(request)
+        return dumps({
+            "object": "list",
+            "model": self.model_name,
+            "weights": list(request.weights),
+            "data": [{"object": "score", "index": index, **dict(zip(SCORE_MODES, row, strict=True))}
+                     for index, row in enumerate(result.table)],
+            "usage": _usage(result.tokens),
+        })
+
+    def rerank(self, request: RerankRequest) -> bytes:
+        result = self.scores(request.scoring)
+        relevance = result.table[:, SCORE_MODES.index(request.mode)]
+        best_first = np.argsort(-relevance, kind="stable")[: request.top_n]  # ties keep the input order
+        documents = request.scoring.documents
+        results = []
+        for index in best_first.tolist():
+            entry: dict[str, object] = {"index": index, "relevance_score": relevance[index]}
+            if request.return_documents:
+                entry["document"] = {"text": documents[index]}
+            results.append(entry)
+        return dumps({
+            "id": str(uuid.uuid4()),
+            "object": "list",
+            "model": self.model_name,
+            "mode": request.mode,
+            "results": results,
+            "usage": _usage(result.tokens),
+        })
+
+
+def _name(i: int) -> tuple[str, str]:
+    """How a too-long input is named: input 0 is the query."""
+    return ("query", "query") if i == 0 else (f"documents[{i - 1}]", "documents")
+
+
+def _usage(tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": tokens, "total_tokens": tokens}

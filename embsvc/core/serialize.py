@@ -1,0 +1,66 @@
+"""Turning an engine's result into the response body, straight from numpy to orjson."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+
+import numpy as np
+import orjson
+
+from gpu_pool import EmbeddingResult, Kind
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+# base64 payloads: little-endian, whatever the machine.
+_WIRE_DTYPES = {"float32": "<f4", "float16": "<f2"}
+
+Decode = Callable[[np.ndarray], list[str]]
+
+
+def _vectors(array: np.ndarray, encoding_format: str, dtype: str) -> np.ndarray | str:
+    if encoding_format == "base64":
+        return base64.b64encode(np.ascontiguousarray(array, dtype=_WIRE_DTYPES[dtype]).tobytes()).decode("ascii")
+    return array
+
+
+def sparse_tokens(result: EmbeddingResult, i: int, decode: Decode) -> dict[str, np.float32]:
+    """Token text -> weight, as FlagEmbedding's ``convert_id_to_token`` builds it: ids in
+    the order of their first kept position, so that of two ids that decode alike the
+    later one wins."""
+    ids, kept = result.sparse(i)
+    input_ids, weights = result.ids[i], result.token_weights(i)
+    positions = (weights > 0) & ~np.isin(input_ids, result.unused_ids)
+    _, first = np.unique(input_ids[positions], return_index=True)  # same ids, same order as ``ids``
+    order = np.argsort(first)
+    return dict(zip(decode(ids[order]), kept[order], strict=True))
+
+
+def embedding_items(result: EmbeddingResult, kinds: Kind, encoding_format: str, dtype: str = "float32",
+                    decode: Decode | None = None) -> list[dict[str, object]]:
+    """One ``data`` entry per input. ``dtype`` applies to base64 payloads; ``decode``
+    (ids -> texts) adds ``sparse_tokens``. Dense and ColBERT entries may be views of the
+    result: serialize them before it is closed."""
+    items = []
+    for i in range(len(result)):
+        item: dict[str, object] = {"object": "embedding", "index": i}
+        dense = sparse = colbert = None
+        if kinds & Kind.DENSE:
+            dense = _vectors(result.dense(i), encoding_format, dtype)
+            item["embedding"] = dense
+        item["dense_embedding"] = dense
+        if kinds & Kind.SPARSE:
+            keys, weights = result.sparse(i)
+            sparse = dict(zip(map(str, keys.tolist()), weights, strict=True))
+        item["sparse_embedding"] = sparse
+        if decode is not None and sparse is not None:
+            item["sparse_tokens"] = sparse_tokens(result, i, decode)
+        if kinds & Kind.COLBERT:
+            colbert = _vectors(result.colbert(i), encoding_format, dtype)
+        item["colbert_embedding"] = colbert
+        items.append(item)
+    return items
+
+
+def dumps(payload: object) -> bytes:
+    return orjson.dumps(payload, option=_OPTIONS)

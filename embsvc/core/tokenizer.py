@@ -1,0 +1,88 @@
+"""Tokenizing in the web worker, with the plain ``tokenizers`` library (no torch).
+
+Inputs are tokenized whole, then cut: keeping the first ``max_length - 1`` ids
+and the final ``</s>`` is exactly what the transformers tokenizer does with
+``truncation=True`` (it truncates the text's tokens, then adds ``<s>``/``</s>``),
+and the untruncated length tells ``truncate: false`` requests that they are too long.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from embsvc.errors import InvalidRequest, Unavailable
+
+# The web workers are forked; tokenizers' thread pool must not be shared across forks.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# FlagEmbedding drops the cls, eos, pad and unk ids from the sparse weights.
+_UNUSED_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
+
+
+class TextTokenizer:
+    def __init__(self, model_path: Path) -> None:
+        self._tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        ids = (self._tokenizer.token_to_id(t) for t in _UNUSED_TOKENS)
+        self.unused_ids = np.array([i for i in ids if i is not None], dtype=np.int32)
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=True)
+        return [np.array(e.ids, dtype=np.int32) for e in encodings]
+
+    def tokens(self, ids: np.ndarray) -> list[str]:
+        return [self._tokenizer.id_to_token(int(i)) or "" for i in ids]
+
+    def decode_each(self, ids: np.ndarray) -> list[str]:
+        """Each id decoded alone, as FlagEmbedding's ``convert_id_to_token`` does
+        (``▁hello`` -> ``hello``). Its clean-up of spaces before punctuation has
+        nothing to do on a single token, so the plain decoder gives the same text."""
+        return self._tokenizer.decode_batch([[int(i)] for i in ids], skip_special_tokens=False)
+
+
+def truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
+    """Cut to ``max_length`` ids, keeping the closing ``</s>``."""
+    if len(ids) <= max_length:
+        return ids
+    return np.concatenate((ids[: max_length - 1], ids[-1:]))
+
+
+def cut(encoded: list[np.ndarray], max_length: int, allow_truncation: bool,
+        name: Callable[[int], tuple[str, str]] = lambda i: (f"input[{i}]", "input")) -> list[np.ndarray]:
+    """Each input cut to ``max_length`` ids; with ``allow_truncation`` false a longer one is a 400.
+
+    ``name(i)``: how the error names input ``i`` and which field it blames.
+    """
+    if not allow_truncation:
+        for i, ids in enumerate(encoded):
+            if len(ids) > max_length:
+                where, param = name(i)
+                raise InvalidRequest(f"{where} has {len(ids)} tokens, more than max_length {max_length}, "
+                                     "and truncate is false", param=param)
+    return [truncate(ids, max_length) for ids in encoded]
+
+
+class LazyTokenizer:
+    """The tokenizer, loaded on first use: the model folder may still be downloading
+    when the worker starts, so until an engine is ready a request gets a 503."""
+
+    def __init__(self, model_path: Path, ready: Callable[[], bool]) -> None:
+        self._path, self._ready = model_path, ready
+        self._tokenizer: TextTokenizer | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            with self._lock:
+                if self._tokenizer is None:
+                    if not self._ready():
+                        raise Unavailable("the model is loading", headers={"Retry-After": "1"})
+                    self._tokenizer = TextTokenizer(self._path)
+        return self._tokenizer

@@ -1,0 +1,140 @@
+"""The server's life in gunicorn's hooks (wired in gunicorn.conf.py).
+
+Master: ``on_starting`` reads the settings, makes sure the model folder is
+complete (downloading it if empty) and starts the engine pool; ``pre_fork``
+and ``child_exit`` hand out and take back web worker slots; ``on_exit`` stops
+the engines and removes every shared-memory segment.
+Worker: ``post_fork`` connects the worker to the pool; ``embsvc.wsgi`` then
+builds the app with ``settings()`` and ``engine_client()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from embsvc.config import ConfigError, Settings, load_settings
+from embsvc.master import metrics_dir as metrics_folder
+from embsvc.master.model_files import ModelFilesError, ensure_model
+from gpu_pool import EngineClient, EnginePool, EngineSpec, NoFreeSlot, engine_specs
+from runtime import logs, malloc
+
+log = logging.getLogger("embsvc.master.hooks")
+
+# Tokens per forward pass when MAX_BATCH_TOKENS is not set.
+DEFAULT_MAX_BATCH_TOKENS = 16384
+_NO_SLOT_RETRY_S = 1.0
+
+_settings: Settings | None = None
+_pool: EnginePool | None = None
+_client: EngineClient | None = None
+_metrics_dir: Path | None = None
+
+
+def on_starting(server: object) -> None:
+    global _settings, _pool
+    try:
+        _settings = load_settings()
+    except ConfigError as exc:
+        raise RuntimeError(f"configuration error: {exc}") from None
+    logs.configure(_settings.log_level, _settings.log_format)
+    try:
+        ensure_model(_settings.model_path, _settings.model_name)
+    except ModelFilesError as exc:
+        raise RuntimeError(str(exc)) from None
+    global _metrics_dir
+    _metrics_dir = metrics_folder.create()  # before any worker forks: they inherit its variable
+    _pool = EnginePool(engine_specs(list(_settings.devices), _engine_template(_settings)),
+                       n_slots=2 * _settings.web_concurrency + 2)
+    _pool.start()
+
+
+def _engine_template(s: Settings) -> EngineSpec:
+    return EngineSpec(
+        index=0,
+        device="auto",
+        dtype=s.dtype,
+        model_path=str(Path(s.model_path).resolve()),
+        batch_size=s.batch_size,
+        max_batch_tokens=s.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
+        batch_timeout_ms=s.batch_timeout_ms,
+        concurrency=s.processing_concurrency,
+        threads=_cpu_threads(s.devices),
+        log_level=s.log_level,
+        log_format=s.log_format,
+    )
+
+
+def _cpu_threads(devices: tuple[str, ...]) -> int:
+    """Torch threads per CPU engine: the cores shared out among the CPU engines (0: all of them)."""
+    cpu_engines = sum(d == "cpu" for d in devices)
+    return max(1, len(os.sched_getaffinity(0)) // cpu_engines) if cpu_engines > 1 else 0
+
+
+def pre_fork(server: object, worker: object) -> None:
+    try:
+        worker.slot = _require_pool().take_slot()
+    except NoFreeSlot:
+        # An exception here would stop the master, engines and all. Slots run
+        # out when workers outnumber them (SIGTTIN, a raised WEB_CONCURRENCY
+        # reloaded with SIGHUP, old workers slow to finish): this worker leaves
+        # at once and gunicorn starts another, which gets the next free slot.
+        log.error("No free engine slot for a new web worker (%d slots); retrying in %.0f s",
+                  _require_pool().n_slots, _NO_SLOT_RETRY_S)
+        worker.slot = None
+
+
+def post_fork(server: object, worker: object) -> None:
+    global _client
+    malloc.limit_arenas()
+    pool = _require_pool()
+    pool.detach_from_engines()
+    if worker.slot is None:
+        time.sleep(_NO_SLOT_RETRY_S)  # not a tight fork loop while the old workers finish
+        sys.exit(0)
+    s = _require_settings()
+    _client = EngineClient(pool, worker.slot, s.max_queue_size, s.request_timeout_s)
+
+
+def child_exit(server: object, worker: object) -> None:
+    if worker.slot is not None:
+        _require_pool().release_slot(worker.slot, worker.pid)
+    if _metrics_dir is not None:
+        metrics_folder.mark_dead(_metrics_dir, worker.pid)
+
+
+def on_exit(server: object) -> None:
+    if _pool is not None:
+        _pool.stop()
+        log.info("Engines stopped; shared memory cleaned")
+    if _metrics_dir is not None:
+        metrics_folder.remove(_metrics_dir)
+
+
+def settings() -> Settings:
+    return _require_settings()
+
+
+def engine_client() -> EngineClient:
+    if _client is None:
+        raise RuntimeError("embsvc.wsgi runs inside gunicorn: gunicorn -c gunicorn.conf.py embsvc.wsgi:app")
+    return _client
+
+
+def metrics_dir() -> Path | None:
+    return _metrics_dir
+
+
+def _require_settings() -> Settings:
+    if _settings is None:
+        raise RuntimeError("the server was not started through gunicorn.conf.py")
+    return _settings
+
+
+def _require_pool() -> EnginePool:
+    if _pool is None:
+        raise RuntimeError("the server was not started through gunicorn.conf.py")
+    return _pool

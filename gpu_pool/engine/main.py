@@ -1,0 +1,58 @@
+"""The engine process's entry point: signals, malloc, logging, the model, then the loop.
+
+Started by the master's pool (gpu_pool/pool.py) with multiprocessing's ``spawn``:
+a fresh interpreter with torch and none of gunicorn's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from gpu_pool.engine.batch import Model
+from gpu_pool.engine.loop import Engine
+from gpu_pool.engine.spec import EngineSpec
+from gpu_pool.wire.shared import EngineShared, EngineState
+from runtime import logs, malloc
+
+log = logging.getLogger("gpu_pool.engine")
+
+# The terminal's and the service manager's signals (sent to the whole process
+# group) stay blocked in the engine: the master decides when an engine stops,
+# after the web workers have finished their requests.
+BLOCKED_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})
+
+
+def run(spec: EngineSpec, requests: Connection, slots: list[Connection], shared: EngineShared) -> None:
+    """The process: the signals stay blocked (they are inherited blocked; this also
+    covers every thread the engine starts), malloc keeps to two arenas and gives
+    memory back when no request is waiting, then the model and the loop."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
+    malloc.limit_arenas()
+    malloc.trim_when_idle(lambda: shared.pending() > 0)
+    logs.configure(spec.log_level, spec.log_format)
+    # OpenMP threads that spin between kernels steal the cores the web workers
+    # need for parsing and serializing; sleeping ones give them back.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    shared.state.value = EngineState.LOADING
+    model = _load(spec, shared)
+    for conn in slots:
+        # A slot whose worker is gone must not block the engine: its answers are dropped.
+        os.set_blocking(conn.fileno(), False)
+    engine = Engine(spec, model, requests, slots, shared)
+    shared.state.value = EngineState.READY
+    engine.serve()
+    log.info("Engine %d stopped", spec.index)
+
+
+def _load(spec: EngineSpec, shared: EngineShared) -> Model:
+    from gpu_pool.model.load import load  # torch is imported here, in the engine process only
+
+    threads = spec.threads or len(os.sched_getaffinity(0))
+    model = load(Path(spec.model_path), spec.device, spec.dtype, threads)
+    shared.dim.value = model.dim
+    shared.set_info({"device": model.device_name, "dtype": model.dtype_name})
+    return model

@@ -1,0 +1,25 @@
+"""What an engine process is started with: a small frozen record, pickled once at spawn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    index: int
+    device: str
+    dtype: str
+    model_path: str
+    batch_size: int  # most jobs merged into one forward pass
+    max_batch_tokens: int  # tokens in one forward pass
+    batch_timeout_ms: int  # longest a batch keeps filling while the device is busy
+    concurrency: int  # batches in hand: one running, the others prepared
+    threads: int  # torch CPU threads; 0 = the cores this process may use
+    log_level: str
+    log_format: str
+
+
+def engine_specs(devices: list[str], template: EngineSpec) -> list[EngineSpec]:
+    """One spec per device, numbered in order."""
+    return [replace(template, index=i, device=device) for i, device in enumerate(devices)]

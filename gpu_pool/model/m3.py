@@ -1,0 +1,82 @@
+"""BGE-M3: the XLM-RoBERTa encoder and its three heads, run on one device.
+
+The arithmetic follows FlagEmbedding's ``BGEM3FlagModel`` exactly (CLS pooling,
+``relu(sparse_linear(H))``, ``colbert_linear(H[:, 1:])`` over the real tokens,
+then L2 norm), so that the vectors match it; see
+tests/integration/test_vectors_match_flagembedding.py. A batch runs packed: its
+texts' tokens are concatenated into one row (gpu_pool/model/xlmr.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel
+
+from gpu_pool.engine.batch import Outputs
+from gpu_pool.model.xlmr import PackedEncoder
+from gpu_pool.wire import packing
+from gpu_pool.wire.protocol import Kind
+
+# On a CPU, a pass with less work than this runs on one thread: waking the other
+# threads for each of its many small operations costs more than they save, most of
+# all when the web workers share the cores (tiny model, one short text per request:
+# 2.1 ms per batch on one thread against 4.3 ms on two, under load).
+PARALLEL_MIN_FLOPS = 50e6
+
+
+class M3Model:
+    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, threads: int = 1) -> None:
+        """``threads``: the most CPU threads a pass may use."""
+        self.device, self.dtype, self.threads = device, dtype, threads
+        self.device_name, self.dtype_name = str(device), str(dtype).removeprefix("torch.")
+        model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
+        model.requires_grad_(False).to(device).eval()
+        self.encoder = PackedEncoder(model)
+        hidden = model.config.hidden_size
+        self.dim = hidden
+        self.sparse_linear = _load_linear(path / "sparse_linear.pt", hidden, 1, device, dtype)
+        self.colbert_linear = _load_linear(path / "colbert_linear.pt", hidden, hidden, device, dtype)
+        self.pad_id = int(model.config.pad_token_id)
+        # Matrix products per token: QKV and attention output 8·d², feed-forward 4·d·ffn.
+        config = model.config
+        self.flops_per_token = config.num_hidden_layers * (8 * hidden**2 + 4 * hidden * config.intermediate_size)
+
+    @torch.inference_mode()
+    def forward(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
+        """Run the texts whose ids are concatenated in ``ids``; ``colbert_texts`` picks those that want ColBERT."""
+        self._use_threads(len(ids))
+        # XLM-R numbers each text's positions from pad_id + 1.
+        positions = packing.positions(lengths, first=self.pad_id + 1)
+        hidden = self.encoder(self._tensor(ids), self._tensor(positions), lengths.tolist())
+        dense = sparse = colbert = None
+        if kinds & Kind.DENSE:
+            dense = _numpy(F.normalize(hidden[self._tensor(packing.token_starts(lengths))].float(), dim=-1))
+        if kinds & Kind.SPARSE:
+            sparse = _numpy(torch.relu(self.sparse_linear(hidden)).squeeze(-1))
+        if kinds & Kind.COLBERT and len(colbert_texts):
+            rows = self._tensor(packing.colbert_sources(lengths, colbert_texts))
+            colbert = _numpy(F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1))
+        return Outputs(dense, sparse, colbert)
+
+    def _use_threads(self, tokens: int) -> None:
+        if self.device.type == "cpu":
+            wanted = self.threads if tokens * self.flops_per_token >= PARALLEL_MIN_FLOPS else 1
+            if wanted != torch.get_num_threads():
+                torch.set_num_threads(wanted)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array.astype(np.int64, copy=False)).to(self.device, non_blocking=True)
+
+
+def _load_linear(path: Path, n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Linear:
+    layer = torch.nn.Linear(n_in, n_out)
+    layer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return layer.to(device=device, dtype=dtype).eval()
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.float().cpu().numpy()

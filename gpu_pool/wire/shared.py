@@ -1,0 +1,64 @@
+"""Counters and state in shared memory, created by the master before any fork.
+
+Each value has exactly one writer at a time, so no cross-process lock is needed
+(a process killed while holding such a lock would wedge every other one):
+
+- ``state``, ``generation``, ``dim``, ``info``: the engine while it runs, the master's
+  supervisor while it is dead;
+- ``in_flight[slot]``: the web worker in that slot (the master zeroes it when
+  the worker dies);
+- ``stats``: the engine.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from multiprocessing.context import BaseContext
+
+STAT_FIELDS = (
+    "processed_requests",
+    "failed_requests",
+    "batches",
+    "batched_requests",
+    "batched_inputs",
+    "tokens",
+    "processing_seconds",
+)
+_INFO_BYTES = 512
+
+
+class EngineState(enum.IntEnum):
+    LOADING = 0
+    READY = 1
+    UNAVAILABLE = 2  # dead or restarting
+    STOPPED = 3
+
+
+class EngineShared:
+    def __init__(self, ctx: BaseContext, n_slots: int) -> None:
+        self.state = ctx.RawValue("i", EngineState.LOADING)
+        self.generation = ctx.RawValue("i", 0)
+        self.restarts = ctx.RawValue("i", 0)
+        self.dim = ctx.RawValue("i", 0)  # the model's vector size, which sizes every segment
+        self.in_flight = ctx.RawArray("q", n_slots)
+        self.stats = ctx.RawArray("d", len(STAT_FIELDS))
+        self._info = ctx.RawArray("c", _INFO_BYTES)
+
+    def pending(self) -> int:
+        return sum(self.in_flight)
+
+    def add_stats(self, **deltas: float) -> None:
+        for name, delta in deltas.items():
+            self.stats[STAT_FIELDS.index(name)] += delta
+
+    def stats_dict(self) -> dict[str, float]:
+        return dict(zip(STAT_FIELDS, self.stats[:], strict=True))
+
+    def set_info(self, info: dict[str, object]) -> None:
+        data = json.dumps(info).encode()[: _INFO_BYTES - 1]
+        self._info.value = data
+
+    def info(self) -> dict[str, object]:
+        raw = self._info.value
+        return json.loads(raw) if raw else {}

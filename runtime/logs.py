@@ -1,0 +1,115 @@
+"""One logging set-up for the master, the web workers and the engines.
+
+``LOG_FORMAT=json`` writes one JSON object a line: time, level, logger, pid,
+message, and every extra field a call passed (``extra={...}``), such as the
+access log's ``status`` or a download's ``total``. ``LOG_FORMAT=text`` is for
+people reading a terminal.
+
+The id of the request being served lives in a context variable, which the web
+app's middleware sets for the length of a request. A filter on the handler
+stamps it on every record, so that lines from libraries and from gunicorn carry
+it as well as our own. The same ``dict_config`` serves ``logging.config`` in
+every process and gunicorn's ``logconfig_dict``, so all lines of a server share
+one format and one stream (stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import time
+from contextvars import ContextVar
+
+import orjson
+
+# No line shows the caller's file, thread or process name: the logging HOWTO's
+# "Optimization" switches skip collecting them for every record (the access
+# log writes one per request).
+logging._srcfile = None
+logging.logThreads = False
+logging.logMultiprocessing = False
+
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on records that do not carry one already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            current = request_id.get()
+            if current is not None:
+                record.request_id = current
+        return True
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, object]:
+    return {key: value for key, value in vars(record).items()
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and value is not None}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        entry.update(extra_fields(record))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        # default=str: an odd extra value (a Path, an enum) must not cost the line.
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """The classic line, with the request id after the message when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        rid = getattr(record, "request_id", None)
+        return f"{line} request_id={rid}" if rid else line
+
+
+def dict_config(level: str = "INFO", fmt: str = "json") -> dict:
+    """The ``logging.config.dictConfig`` of every process; gunicorn takes it as ``logconfig_dict``."""
+    level = level.upper()
+    # gunicorn's own loggers hand their records to the root handler, so that its
+    # lines (and the access log) share the format. LOG_LEVEL=WARNING also
+    # silences the access log, whose lines are INFO.
+    gunicorn_logger = {"level": level, "handlers": [], "propagate": True}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"service": {"()": JsonFormatter if fmt == "json" else TextFormatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
+                                "formatter": "service", "filters": ["request_id"]}},
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {"gunicorn.error": gunicorn_logger, "gunicorn.access": dict(gunicorn_logger)},
+    }
+
+
+def configure(level: str = "INFO", fmt: str = "json") -> None:
+    logging.config.dictConfig(dict_config(level, fmt))
+    # Library warnings (warnings.warn) would otherwise be bare lines among the JSON.
+    logging.captureWarnings(True)
+    if fmt == "json":
+        # Terminal progress bars (transformers' "Loading weights") are not log
+        # lines. Set before the engine imports transformers, which reads it once;
+        # the model download logs its progress through ``download_progress``.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -1,0 +1,8 @@
+"""What tests and benchmarks share: building models, starting servers, looking at processes.
+
+Runs in:      the test or benchmark process (never in the server).
+May import:   anything; the server's packages only to read their constants.
+Owns:         the random bge-m3 folder (``model_builder``), the gunicorn starter (``server``),
+              process and shared-memory probes (``procs``), benchmark texts (``workload``).
+Entry points: ``build_model``, ``Server``, ``python -m testkit.model_builder``.
+"""
