@@ -1,1 +1,9 @@
-"""TODO"""
+"""The HTTP resources and middleware: read and check the request, call ``core``, answer.
+
+Runs in:      web workers.
+May import:   falcon, orjson, prometheus_client, ``embsvc.core``, ``embsvc.config``, ``embsvc.errors``,
+              ``gpu_pool``'s ``__all__``, ``runtime``.
+Owns:         one module per endpoint family (``embeddings``, ``scoring``, ``tokenize``, ``info``,
+              ``metrics``), body reading (``body``), middleware (``auth``, ``request_id``, ``metrics``).
+Entry points: the resource classes, wired in ``embsvc.app.create_app``.
+"""
