@@ -60,7 +60,7 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def memory(server: Server) -> dict:
-    from tests.e2e.test_server import children
+    from testkit.procs import children
 
     procs = children(server.process.pid)
     engines = [p for p in procs if "libtorch" in Path(f"/proc/{p}/maps").read_text()]

@@ -6,45 +6,15 @@ import base64
 
 import numpy as np
 import pytest
-from falcon import testing
 
-from embsvc.app import create_app
-from embsvc.config import load_settings
 from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
 from gpu_pool.wire.shared import EngineState
-from tests.unit.fake_engine import DIM, FakeEngine
-
-TOKEN = "test-token-1"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(tiny_model, engine) -> testing.TestClient:
-    settings = load_settings({"API_TOKEN": f"{TOKEN},second-token", "MODEL_PATH": str(tiny_model),
-                              "MAX_INPUTS": "4", "MAX_REQUEST_BYTES": "4096"}, env_file=None)
-    return testing.TestClient(create_app(settings, engine))
-
-
-def post(client, body, headers=AUTH):
-    return client.simulate_post("/v1/embeddings", json=body, headers=headers)
-
-
-def assert_error(result, status, error_type, param=None):
-    assert result.status_code == status, result.text
-    body = result.json
-    assert body["error"]["type"] == error_type
-    assert body["detail"] == body["error"]["message"]
-    if param:
-        assert body["error"]["param"] == param
+from tests.unit.conftest import AUTH, TOKEN, assert_error, post
+from tests.unit.fake_engine import DIM
 
 
 def test_all_kinds_by_default(client, engine):
-    result = post(client, {"input": ["hello world", "привет мир"]})
+    result = post(client, "/v1/embeddings", {"input": ["hello world", "привет мир"]})
     assert result.status_code == 200, result.text
     body = result.json
     assert body["object"] == "list" and body["model"] == "BAAI/bge-m3"
@@ -61,15 +31,15 @@ def test_all_kinds_by_default(client, engine):
 
 
 def test_only_requested_kinds_and_null_for_others(client):
-    body = post(client, {"input": "q", "return_sparse": False, "return_colbert": False}).json
+    body = post(client, "/v1/embeddings", {"input": "q", "return_sparse": False, "return_colbert": False}).json
     assert body["embedding_types"] == ["dense"]
     assert body["data"][0]["sparse_embedding"] is None and body["data"][0]["colbert_embedding"] is None
-    body = post(client, {"input": "q", "return_dense": False}).json
+    body = post(client, "/v1/embeddings", {"input": "q", "return_dense": False}).json
     assert "embedding" not in body["data"][0] and body["data"][0]["dense_embedding"] is None
 
 
 def test_base64_is_little_endian_float32(client):
-    item = post(client, {"input": "abc def", "encoding_format": "base64"}).json["data"][0]
+    item = post(client, "/v1/embeddings", {"input": "abc def", "encoding_format": "base64"}).json["data"][0]
     dense = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f4")
     assert dense.tolist() == [0.5] * DIM
     colbert = np.frombuffer(base64.b64decode(item["colbert_embedding"]), dtype="<f4").reshape(-1, DIM)
@@ -78,11 +48,11 @@ def test_base64_is_little_endian_float32(client):
 
 def test_truncation_and_truncate_false(client, engine):
     text = "word " * 100
-    body = post(client, {"input": text, "max_length": 10}).json
+    body = post(client, "/v1/embeddings", {"input": text, "max_length": 10}).json
     assert body["usage"]["prompt_tokens"] == 10
     ids, _ = engine.calls[-1]
     assert ids[0][0] == 0 and ids[0][-1] == 2  # <s> … </s> kept
-    assert_error(post(client, {"input": text, "max_length": 10, "truncate": False}), 400,
+    assert_error(post(client, "/v1/embeddings", {"input": text, "max_length": 10, "truncate": False}), 400,
                  "invalid_request_error", "input")
 
 
@@ -109,14 +79,15 @@ def test_truncation_and_truncate_false(client, engine):
     ({"input": "a", "model": 3}, 400, "model"),
 ])
 def test_bad_requests(client, engine, body, status, param):
-    result = post(client, body)
+    result = post(client, "/v1/embeddings", body)
     assert result.status_code == status, result.text
     assert result.json["error"]["param"] == param
     assert not engine.calls
 
 
 def test_model_aliases_and_unknown_fields_accepted(client):
-    assert post(client, {"input": "a", "model": "bge-m3", "user": "u1", "dimensions": 5}).status_code == 200
+    body = {"input": "a", "model": "bge-m3", "user": "u1", "dimensions": 5}
+    assert post(client, "/v1/embeddings", body).status_code == 200
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"[1, 2]", b'"text"', b"\xff\xfe", b'{"input": "\\ud800"}'])
@@ -131,7 +102,7 @@ def test_body_parsed_whatever_the_content_type(client):
 
 
 def test_body_over_limit_is_413(client):
-    assert_error(post(client, {"input": "x" * 5000}), 413, "invalid_request_error")
+    assert_error(post(client, "/v1/embeddings", {"input": "x" * 5000}), 413, "invalid_request_error")
 
 
 @pytest.mark.parametrize("path, method", [("/v1/embeddings", "POST"), ("/stats", "GET"), ("/v1/models", "GET"),
@@ -146,7 +117,7 @@ def test_protected_endpoints_need_a_valid_token(client, path, method, header):
 
 def test_rotated_tokens_both_work(client):
     for token in (TOKEN, "second-token"):
-        assert post(client, {"input": "a"}, {"Authorization": f"Bearer {token}"}).status_code == 200
+        assert post(client, "/v1/embeddings", {"input": "a"}, {"Authorization": f"Bearer {token}"}).status_code == 200
 
 
 def test_public_endpoints(client, engine):
@@ -171,7 +142,7 @@ def test_models(client):
 
 
 def test_stats_shape(client):
-    post(client, {"input": "a"})
+    post(client, "/v1/embeddings", {"input": "a"})
     stats = client.simulate_get("/stats", headers=AUTH).json
     assert stats["batching"]["processed_requests"] == 1
     assert {"queue_size", "average_batch_size", "average_processing_time"} <= set(stats["batching"])
@@ -194,7 +165,7 @@ def test_unknown_path_and_wrong_method(client):
 ])
 def test_engine_errors_map_to_statuses(client, engine, exc, status, error_type):
     engine.fail_with = exc
-    result = post(client, {"input": "a"})
+    result = post(client, "/v1/embeddings", {"input": "a"})
     assert_error(result, status, error_type)
     if isinstance(exc, EngineOverloaded):
         assert result.headers["Retry-After"] == "1"
@@ -203,6 +174,6 @@ def test_engine_errors_map_to_statuses(client, engine, exc, status, error_type):
 def test_unexpected_error_is_500_without_details(client, engine):
     engine.fail_with = None
     engine.embed = lambda *a: (_ for _ in ()).throw(KeyError("/secret/path.py"))
-    result = post(client, {"input": "a"})
+    result = post(client, "/v1/embeddings", {"input": "a"})
     assert_error(result, 500, "server_error")
     assert "secret" not in result.text and "Traceback" not in result.text

@@ -7,48 +7,19 @@ import base64
 
 import numpy as np
 import pytest
-from falcon import testing
 
-from embsvc.app import create_app
-from embsvc.config import load_settings
 from embsvc.core.tokenizer import TextTokenizer
+from gpu_pool import SCORE_MODES, EngineOverloaded, EngineState
 from gpu_pool import m3math as scoring
-from gpu_pool.errors import EngineOverloaded
-from gpu_pool.wire.protocol import SCORE_MODES
-from gpu_pool.wire.shared import EngineState
-from tests.unit.fake_engine import DIM, FakeEngine
+from tests.unit.conftest import AUTH, assert_error, post
+from tests.unit.fake_engine import DIM
 
-TOKEN = "test-token-1"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DOCS = ["a short one", "a somewhat longer document about things", "mid length text", "x"]
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(tiny_model, engine) -> testing.TestClient:
-    settings = load_settings({"API_TOKEN": TOKEN, "MODEL_PATH": str(tiny_model), "MAX_INPUTS": "4",
-                              "MAX_REQUEST_BYTES": "4096", "MAX_TOKENS": "64"}, env_file=None)
-    return testing.TestClient(create_app(settings, engine))
 
 
 @pytest.fixture
 def tokenizer(tiny_model) -> TextTokenizer:
     return TextTokenizer(tiny_model)
-
-
-def post(client, path, body, headers=AUTH):
-    return client.simulate_post(path, json=body, headers=headers)
-
-
-def assert_error(result, status, param=None, error_type="invalid_request_error"):
-    assert result.status_code == status, result.text
-    body = result.json
-    assert body["error"]["type"] == error_type and body["detail"] == body["error"]["message"]
-    assert body["error"]["param"] == param
 
 
 def fake_table(ids, weights) -> np.ndarray:
@@ -110,15 +81,15 @@ def test_score_takes_custom_weights_document_objects_and_max_length(client, engi
 ])
 def test_score_bad_requests(client, engine, body, status, param):
     error_type = "not_found_error" if status == 404 else "invalid_request_error"
-    assert_error(post(client, "/v1/score", body), status, param, error_type)
+    assert_error(post(client, "/v1/score", body), status, error_type, param)
     assert not engine.calls
 
 
 def test_score_too_long_with_truncate_false_names_the_text(client, engine):
     long = "word " * 40
-    assert_error(post(client, "/v1/score", {"query": long, "documents": ["a"], "truncate": False}), 400, "query")
+    assert_error(post(client, "/v1/score", {"query": long, "documents": ["a"], "truncate": False}), 400, param="query")
     result = post(client, "/v1/score", {"query": "q", "documents": ["a", long], "truncate": False})
-    assert_error(result, 400, "documents")
+    assert_error(result, 400, param="documents")
     assert "documents[1]" in result.json["error"]["message"]
     assert not engine.calls
 
@@ -126,7 +97,7 @@ def test_score_too_long_with_truncate_false_names_the_text(client, engine):
 def test_score_engine_errors_map_like_embeddings(client, engine):
     engine.fail_with = EngineOverloaded("busy", 1.0)
     result = post(client, "/v1/score", {"query": "q", "documents": ["a"]})
-    assert_error(result, 503, None, "overloaded_error")
+    assert_error(result, 503, "overloaded_error", param=None)
     assert result.headers["Retry-After"] == "1"
 
 
@@ -175,7 +146,7 @@ def test_rerank_reads_cohere_v2_and_nulls_as_defaults(client, engine):
     ({"documents": [None]}, "documents"),
 ])
 def test_rerank_bad_requests(client, engine, body, param):
-    assert_error(post(client, "/v1/rerank", {"query": "q", "documents": ["a", "b"], **body}), 400, param)
+    assert_error(post(client, "/v1/rerank", {"query": "q", "documents": ["a", "b"], **body}), 400, param=param)
     assert not engine.calls
 
 
@@ -200,7 +171,7 @@ def test_tokenize_truncates_like_embeddings(client, tokenizer):
     assert item["count"] == 10 and item["untruncated_count"] == len(full) and item["truncated"] is True
     assert item["ids"] == [*full[:9].tolist(), 2]
     result = post(client, "/tokenize", {"input": text, "max_length": 10, "truncate": False})
-    assert_error(result, 400, "input")
+    assert_error(result, 400, param="input")
 
 
 @pytest.mark.parametrize("body, status, param", [
@@ -213,8 +184,8 @@ def test_tokenize_truncates_like_embeddings(client, tokenizer):
     ({"input": "a", "model": "other"}, 404, "model"),
 ])
 def test_tokenize_bad_requests(client, body, status, param):
-    assert_error(post(client, "/tokenize", body), status, param,
-                 "not_found_error" if status == 404 else "invalid_request_error")
+    assert_error(post(client, "/tokenize", body), status,
+                 "not_found_error" if status == 404 else "invalid_request_error", param)
 
 
 # -- /v1/embeddings: sparse tokens and float16 -------------------------------------------
@@ -250,7 +221,7 @@ def test_float16_base64_round_trips_with_numpy(client):
     ({"return_sparse_tokens": True, "return_sparse": False}, "return_sparse_tokens"),
 ])
 def test_embedding_option_errors(client, engine, body, param):
-    assert_error(post(client, "/v1/embeddings", {"input": "a", **body}), 400, param)
+    assert_error(post(client, "/v1/embeddings", {"input": "a", **body}), 400, param=param)
     assert not engine.calls
 
 
@@ -259,19 +230,17 @@ def test_embedding_option_errors(client, engine, body, param):
 @pytest.mark.parametrize("path, body", [("/v1/score", {"query": "q", "documents": ["a"]}),
                                         ("/v1/rerank", {"query": "q", "documents": ["a"]}),
                                         ("/tokenize", {"input": "a"})])
-def test_new_endpoints_wait_for_the_model(tiny_model, path, body):
-    engine = FakeEngine()
+def test_new_endpoints_wait_for_the_model(client, engine, path, body):
     engine.state = EngineState.LOADING
-    settings = load_settings({"API_TOKEN": TOKEN, "MODEL_PATH": str(tiny_model)}, env_file=None)
-    result = post(testing.TestClient(create_app(settings, engine)), path, body)
-    assert_error(result, 503, None, "unavailable_error")
+    result = post(client, path, body)
+    assert_error(result, 503, "unavailable_error", param=None)
     assert result.headers["Retry-After"] == "1" and not engine.calls
 
 
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/rerank", "/v2/rerank", "/tokenize"])
 def test_new_endpoints_need_a_token_and_post(client, path):
     result = post(client, path, {"query": "q", "documents": ["a"], "input": "a"}, headers={})
-    assert_error(result, 401, None, "authentication_error")
+    assert_error(result, 401, "authentication_error", param=None)
     assert result.headers["WWW-Authenticate"] == "Bearer"
     assert client.simulate_get(path, headers=AUTH).status_code == 405
 

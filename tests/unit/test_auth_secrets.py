@@ -9,8 +9,6 @@ from falcon import testing
 
 from embsvc.api import auth
 from embsvc.app import create_app
-from embsvc.config import load_settings
-from tests.unit.fake_engine import FakeEngine
 
 TOKENS = ("first-secret-token", "second-secret-token", "third-secret-token")
 
@@ -29,9 +27,8 @@ def compared(monkeypatch) -> list[tuple[bytes, bytes]]:
 
 
 @pytest.fixture
-def client(tiny_model) -> testing.TestClient:
-    settings = load_settings({"API_TOKEN": ",".join(TOKENS), "MODEL_PATH": str(tiny_model)}, env_file=None)
-    return testing.TestClient(create_app(settings, FakeEngine()))
+def client(make_settings, engine) -> testing.TestClient:
+    return testing.TestClient(create_app(make_settings(API_TOKEN=",".join(TOKENS)), engine))
 
 
 @pytest.mark.parametrize("presented, status", [

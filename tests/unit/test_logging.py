@@ -11,17 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from falcon import testing
 from gunicorn.config import Config
 
-from embsvc.app import create_app
-from embsvc.config import load_settings
 from embsvc.master.access_log import AccessLogger
 from runtime import logs
-from tests.unit.fake_engine import FakeEngine
-
-TOKEN = "logging-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from tests.unit.conftest import AUTH
 
 
 @pytest.fixture
@@ -42,13 +36,6 @@ def captured(monkeypatch):
     root.handlers[:] = saved_handlers
     root.setLevel(saved_level)
     logging.captureWarnings(False)
-
-
-@pytest.fixture
-def client(tiny_model) -> tuple[testing.TestClient, FakeEngine]:
-    engine = FakeEngine()
-    settings = load_settings({"API_TOKEN": TOKEN, "MODEL_PATH": str(tiny_model)}, env_file=None)
-    return testing.TestClient(create_app(settings, engine)), engine
 
 
 def test_json_lines_carry_extra_fields_and_exceptions(captured):
@@ -92,7 +79,7 @@ def test_warnings_become_log_lines(captured):
 
 
 def test_request_id_is_made_when_missing_and_echoed(client):
-    app, _ = client
+    app = client
     ids = [app.simulate_get("/health").headers["X-Request-ID"] for _ in range(3)]
     assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in ids)
     assert len(set(ids)) == 3
@@ -100,13 +87,13 @@ def test_request_id_is_made_when_missing_and_echoed(client):
 
 @pytest.mark.parametrize("given", ["abc-123", "nginx.4f2a:1", "a" * 128])
 def test_a_plain_client_request_id_is_kept(client, given):
-    app, _ = client
+    app = client
     assert app.simulate_get("/health", headers={"X-Request-ID": given}).headers["X-Request-ID"] == given
 
 
 @pytest.mark.parametrize("given", ["a" * 129, "two words", "semi;colon", "ünïcode"])
 def test_an_odd_client_request_id_is_replaced(client, given):
-    app, _ = client
+    app = client
     rid = app.simulate_get("/health", headers={"X-Request-ID": given}).headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", rid)
 
@@ -118,14 +105,14 @@ def test_an_odd_client_request_id_is_replaced(client, given):
     ("POST", "/v1/embeddings", AUTH, 400),
 ])
 def test_refused_requests_are_answered_with_the_id(client, method, path, headers, status):
-    app, _ = client
+    app = client
     result = app.simulate_request(method, path, headers={**headers, "X-Request-ID": "refused-1"}, body=b"{}")
     assert result.status_code == status
     assert result.headers["X-Request-ID"] == "refused-1"
 
 
-def test_every_line_of_a_request_carries_its_id(client, captured):
-    app, engine = client
+def test_every_line_of_a_request_carries_its_id(client, engine, captured):
+    app = client
     lines = captured("json")
     engine.fail_with = RuntimeError("the engine broke")  # logged by the 500 handler, with its traceback
     result = app.simulate_post("/v1/embeddings", json={"input": "x"}, headers={**AUTH, "X-Request-ID": "trace-me"})

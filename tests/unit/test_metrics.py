@@ -10,28 +10,14 @@ from falcon import testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from embsvc.app import create_app
-from embsvc.config import load_settings
 from embsvc.master import metrics_dir
 from gpu_pool.wire.shared import EngineState
-from tests.unit.fake_engine import FakeEngine
-
-TOKEN = "metrics-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+from tests.unit.conftest import AUTH
 
 
 @pytest.fixture
-def settings(tiny_model):
-    return load_settings({"API_TOKEN": TOKEN, "MODEL_PATH": str(tiny_model)}, env_file=None)
-
-
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine()
-
-
-@pytest.fixture
-def client(settings, engine) -> testing.TestClient:
-    return testing.TestClient(create_app(settings, engine))
+def settings(make_settings):
+    return make_settings()
 
 
 def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
