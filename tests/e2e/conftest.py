@@ -1,19 +1,97 @@
+"""The end-to-end harness: real gunicorn and a real engine on the tiny model, over real HTTP.
+
+- ``server``: one server for the whole session, shared by the modules that only send it
+  requests; no test stops, breaks or reconfigures it.
+- ``start_server(**env)``: a server of the test's own (other settings, or one the test breaks),
+  stopped when the test ends; ``serving(...)`` gives a module its own server the same way.
+- ``post``, ``embed``, ``dense``, ``assert_error``: one of each, for every module.
+"""
+
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
+import requests
 
 from testkit.server import Server
 
 TOKEN = "e2e-secret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+_ANY = object()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    server = Server(tiny_model, tmp_path_factory.mktemp("server") / "server.log", API_TOKEN=TOKEN).start()
-    yield server
-    assert server.stop() == 0, server.log()
+@contextlib.contextmanager
+def serving(model: Path, folder: Path, *, clean_exit: bool = True, **env: str) -> Iterator[Server]:
+    """A started server with ``env`` over the defaults (``API_TOKEN=TOKEN``); stopped on the way out,
+    and with ``clean_exit`` its exit code must be 0."""
+    server = Server(model, folder / "server.log", **{"API_TOKEN": TOKEN, **env}).start()
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        if clean_exit:
+            assert code == 0, server.log()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # DEBUG: the hostile-input tests check that no token reaches the log even at this level.
+    with serving(tiny_model, tmp_path_factory.mktemp("shared-server"), LOG_LEVEL="DEBUG") as shared:
+        yield shared
+
+
+@pytest.fixture
+def start_server(tiny_model: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """``start_server(model=None, clean_exit=True, **env)``: a server for this test alone."""
+    with contextlib.ExitStack() as stack:
+        count = iter(range(1_000))
+
+        def start(model: Path | None = None, clean_exit: bool = True, **env: str) -> Server:
+            folder = tmp_path / f"server-{next(count)}"
+            folder.mkdir()
+            return stack.enter_context(serving(model or tiny_model, folder, clean_exit=clean_exit, **env))
+
+        yield start
 
 
 @pytest.fixture
 def auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}"}
+    return dict(AUTH)
+
+
+def post(server: Server, path: str, body: object, *, headers: dict[str, str] | None = None,
+         timeout: float = 60.0) -> requests.Response:
+    """``body``: JSON (a dict or list) or raw bytes; the token is sent unless ``headers`` says otherwise."""
+    headers = AUTH if headers is None else headers
+    if isinstance(body, bytes):
+        return requests.post(f"{server.url}{path}", data=body, headers=headers, timeout=timeout)
+    return requests.post(f"{server.url}{path}", json=body, headers=headers, timeout=timeout)
+
+
+def embed(server: Server, body: dict[str, object] | str, timeout: float = 60.0) -> dict:
+    """A successful ``/v1/embeddings`` answer; ``body`` may be just the input text."""
+    response = post(server, "/v1/embeddings", {"input": body} if isinstance(body, str) else body, timeout=timeout)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def dense(response: requests.Response) -> list[float]:
+    """The first input's dense vector of a successful answer."""
+    assert response.status_code == 200, response.text
+    return response.json()["data"][0]["dense_embedding"]
+
+
+def assert_error(response: requests.Response, status: int, error_type: str | None = None,
+                 param: object = _ANY) -> dict:
+    """The error body of ``status``, in the API's shape; returns it."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["detail"] == body["error"]["message"]
+    if error_type is not None:
+        assert body["error"]["type"] == error_type, body
+    if param is not _ANY:
+        assert body["error"]["param"] == param, body
+    return body
