@@ -17,6 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -190,7 +191,8 @@ class EngineClient:
         while True:
             try:
                 for frame in frames.read(_LISTEN_POLL_S):
-                    self._deliver(protocol.decode(frame))
+                    # Engines write only Done and Failed to a slot's pipe.
+                    self._deliver(cast("Done | Failed", protocol.decode(frame)))
             except (EOFError, OSError):
                 return
             if time.monotonic() - checked >= _LISTEN_POLL_S:

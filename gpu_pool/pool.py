@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
+from typing import cast
 
 from gpu_pool.engine import main as engine_main
 from gpu_pool.engine.spec import EngineSpec
@@ -113,7 +114,8 @@ class EnginePool:
                     self._spawn(self.engines[i])
             alive = {h.process.sentinel: i for i, h in enumerate(self.engines) if h.process is not None}
             timeout = min([0.5, *(when - now for when in restart_at.values())])
-            for sentinel in wait(list(alive), timeout=max(0.0, timeout)):
+            # wait() returns some of the objects it is given: here the sentinels, ints.
+            for sentinel in cast("list[int]", wait(list(alive), timeout=max(0.0, timeout))):
                 if self._stopping.is_set():
                     return
                 restart_at[alive[sentinel]] = time.monotonic() + self._on_death(self.engines[alive[sentinel]])
@@ -121,6 +123,7 @@ class EnginePool:
     def _on_death(self, handle: EngineHandle) -> float:
         """Fail what the dead engine held and clear its pipe; returns the delay before it is started again."""
         process = handle.process
+        assert process is not None  # only engines with a process are waited on
         process.join()  # the sentinel fired: this returns at once and reaps it (unless gunicorn did)
         was_ready = handle.shared.state.value == EngineState.READY
         handle.shared.state.value = EngineState.UNAVAILABLE
@@ -189,7 +192,8 @@ class EnginePool:
         """
         for handle in self.engines:
             if handle.process is not None:
-                multiprocessing.process._children.discard(handle.process)  # private: no public way
+                # private: no public way (nor a stub, hence the ignore)
+                multiprocessing.process._children.discard(handle.process)  # type: ignore[attr-defined]
 
     # -- web worker slots ---------------------------------------------------------
 
@@ -218,7 +222,11 @@ def _stop_resource_tracker(timeout: float = 5.0) -> None:
     and falls to PID 1, which in some containers never reaps it (a zombie).
     It waits for every holder of its pipe: a thread, so a stuck one cannot hang the exit.
     """
-    stopper = threading.Thread(target=resource_tracker._resource_tracker._stop, daemon=True)  # private: no public way
+    stopper = threading.Thread(
+        # private: no public way (nor a stub, hence the ignore)
+        target=resource_tracker._resource_tracker._stop,  # type: ignore[attr-defined]
+        daemon=True,
+    )
     stopper.start()
     stopper.join(timeout)
 

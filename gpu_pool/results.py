@@ -30,7 +30,8 @@ class EmbeddingResult:
 
     def dense(self, i: int) -> np.ndarray:
         """[dim], L2-normalised."""
-        return self._arrays["dense"][i]
+        row: np.ndarray = self._arrays["dense"][i]  # annotated: numpy types an integer index as Any
+        return row
 
     def token_weights(self, i: int) -> np.ndarray:
         """[tokens]: the sparse head's weight at each token position of input ``i``."""

@@ -20,6 +20,7 @@ import logging.config
 import os
 import time
 from contextvars import ContextVar
+from typing import Any
 
 import orjson
 
@@ -85,7 +86,7 @@ class TextFormatter(logging.Formatter):
         return f"{line} request_id={rid}" if rid else line
 
 
-def dict_config(level: str = "INFO", fmt: str = "json") -> dict:
+def dict_config(level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
     """The ``logging.config.dictConfig`` of every process; gunicorn takes it as ``logconfig_dict``."""
     level = level.upper()
     # gunicorn's own loggers hand their records to the root handler, so that its

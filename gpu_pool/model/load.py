@@ -39,4 +39,5 @@ def adopt_transformers_logging() -> None:
 
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
-    transformers_logging.disable_progress_bar()  # a bar redrawn on stderr is no log line
+    # A bar redrawn on stderr is no log line. (transformers leaves this function unannotated.)
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

@@ -15,10 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import groupby
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+
+if TYPE_CHECKING:
+    # For the checker only: these classes type the submodules read below, which
+    # nn.Module's ``__getattr__`` would type as ``Tensor | Module``.
+    from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaLayer, XLMRobertaModel
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class Layer:
 
 
 class PackedEncoder:
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: XLMRobertaModel) -> None:
         config = model.config
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
@@ -42,7 +47,8 @@ class PackedEncoder:
         self.word, self.position = emb.word_embeddings.weight, emb.position_embeddings.weight
         self.token_type = emb.token_type_embeddings.weight[0]  # bge-m3 has one token type
         self.embedding_norm = (emb.LayerNorm.weight, emb.LayerNorm.bias)
-        self.layers = [_layer(layer) for layer in model.encoder.layer]
+        # nn.ModuleList is not generic: its items are typed Module, though each is an XLMRobertaLayer.
+        self.layers = [_layer(cast("XLMRobertaLayer", layer)) for layer in model.encoder.layer]
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """``ids``, ``positions``: [tokens], the texts one after another; returns [tokens, hidden]."""
@@ -76,7 +82,7 @@ class PackedEncoder:
         return context
 
 
-def _layer(layer: torch.nn.Module) -> Layer:
+def _layer(layer: XLMRobertaLayer) -> Layer:
     attention = layer.attention.self
     projections = (attention.query, attention.key, attention.value)
     return Layer(
@@ -89,5 +95,5 @@ def _layer(layer: torch.nn.Module) -> Layer:
     )
 
 
-def _params(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _params(module: torch.nn.Linear | torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
     return module.weight, module.bias

@@ -37,6 +37,7 @@ class FrameReader:
     def _has_frame(self) -> bool:
         if len(self._buffer) < _HEADER.size:
             return False
+        size: int
         (size,) = _HEADER.unpack_from(self._buffer)
         return len(self._buffer) >= _HEADER.size + size
 

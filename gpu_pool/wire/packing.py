@@ -54,7 +54,9 @@ def token_starts(lengths: np.ndarray) -> np.ndarray:
 def positions(lengths: np.ndarray, first: int) -> np.ndarray:
     """Each token's position within its own input, counted from ``first``."""
     starts = token_starts(lengths)
-    return np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths) + first
+    # Annotated: numpy types arithmetic between arrays of unknown dtype as Any.
+    result: np.ndarray = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths) + first
+    return result
 
 
 def colbert_sources(lengths: np.ndarray, inputs: np.ndarray) -> np.ndarray:
