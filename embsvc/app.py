@@ -23,11 +23,14 @@ from embsvc.openapi import build_openapi
 from gpu_pool import EngineState
 
 
-def create_app(settings: Settings, backend: Backend, metrics_dir: Path | None = None) -> falcon.App:
+def create_app(settings: Settings, backend: Backend,
+               metrics_dir: Path | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     """``metrics_dir``: the folder shared by all gunicorn workers' metrics (None: this process only)."""
     recorded, registry = metrics.build(backend, metrics_dir)
     # The request id comes first so that even a refused request is answered and logged with it.
-    app = falcon.App(middleware=[RequestId(), metrics.MetricsMiddleware(recorded), BearerAuth(settings.api_tokens)])
+    # Annotated: from it mypy learns the request and response types the middleware must take.
+    app: falcon.App[falcon.Request, falcon.Response] = falcon.App(
+        middleware=[RequestId(), metrics.MetricsMiddleware(recorded), BearerAuth(settings.api_tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     tokenizer = LazyTokenizer(settings.model_path, lambda: EngineState.READY in backend.states())
     scores = ScoreService(settings.model_name, backend, tokenizer)

@@ -6,6 +6,7 @@ else is handed a frozen ``Settings``.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ def _kinds(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class _Reader:
+    # Past the method ``str``, the class body's ``str`` is that method: annotations say ``builtins.str``.
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
 
@@ -113,10 +115,10 @@ class _Reader:
         value = self.env.get(name, "").strip()
         return value or default
 
-    def list(self, name: str, default: str) -> tuple[str, ...]:
+    def list(self, name: builtins.str, default: builtins.str) -> tuple[builtins.str, ...]:
         return tuple(p.strip() for p in self.str(name, default).split(",") if p.strip())
 
-    def int(self, name: str, default: int, minimum: int) -> int:
+    def int(self, name: builtins.str, default: int, minimum: int) -> int:
         raw = self.str(name, str(default))
         try:
             value = int(raw)
@@ -126,7 +128,7 @@ class _Reader:
             raise ConfigError(f"{name} must be at least {minimum}, got {value}")
         return value
 
-    def float(self, name: str, default: float) -> float:
+    def float(self, name: builtins.str, default: float) -> float:
         raw = self.str(name, str(default))
         try:
             value = float(raw)
@@ -136,7 +138,8 @@ class _Reader:
             raise ConfigError(f"{name} must be positive, got {raw!r}")
         return value
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: builtins.str, default: builtins.str,
+               choices: tuple[builtins.str, ...]) -> builtins.str:
         value = self.str(name, default)
         for choice in choices:
             if value.lower() == choice.lower():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import falcon
 import orjson
@@ -98,15 +99,16 @@ def from_engine(exc: EngineError) -> APIError:
     return ServerError("the model failed on this request")
 
 
-def handle_api_error(req: falcon.Request, resp: falcon.Response, exc: APIError, params: dict) -> None:
+def handle_api_error(req: falcon.Request, resp: falcon.Response, exc: APIError, params: dict[str, Any]) -> None:
     _respond(resp, exc)
 
 
-def handle_engine_error(req: falcon.Request, resp: falcon.Response, exc: EngineError, params: dict) -> None:
+def handle_engine_error(req: falcon.Request, resp: falcon.Response, exc: EngineError, params: dict[str, Any]) -> None:
     _respond(resp, from_engine(exc))
 
 
-def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError, params: dict) -> None:
+def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,
+                      params: dict[str, Any]) -> None:
     """Falcon's own errors (unknown path, wrong method) in our body shape."""
     status = exc.status_code
     message = exc.title if not exc.description else f"{exc.title}: {exc.description}"
@@ -119,12 +121,12 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
     _respond(resp, error)
 
 
-def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
     log.exception("Unexpected error on %s %s", req.method, req.path)
     _respond(resp, ServerError("internal server error"))
 
 
-def register(app: falcon.App) -> None:
+def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     # Falcon picks the most specific handler for an exception's class.
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

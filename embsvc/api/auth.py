@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 import falcon
 
@@ -13,7 +14,8 @@ class BearerAuth:
     def __init__(self, tokens: tuple[str, ...]) -> None:
         self._tokens = [t.encode() for t in tokens]
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         params: dict[str, Any]) -> None:
         if resource is None or not getattr(resource, "auth_required", False):
             return  # unknown paths get their 404; public endpoints need nothing
         header = req.get_header("Authorization")

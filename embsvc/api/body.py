@@ -3,6 +3,8 @@ is an APIError with a clear message."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 import orjson
 
@@ -10,7 +12,7 @@ from embsvc.config import Settings
 from embsvc.errors import InvalidRequest, NotFound, PayloadTooLarge
 
 
-def read_json_object(req: falcon.Request, max_bytes: int) -> dict:
+def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     """The body as a JSON object, whatever the Content-Type, never reading past ``max_bytes``."""
     length = req.content_length
     if length is not None and length > max_bytes:
@@ -32,7 +34,7 @@ def read_json_object(req: falcon.Request, max_bytes: int) -> dict:
     return body
 
 
-def check_model(body: dict, settings: Settings) -> None:
+def check_model(body: dict[str, Any], settings: Settings) -> None:
     model = body.get("model", settings.model_name)
     if not isinstance(model, str):
         raise InvalidRequest("model must be a string", param="model")
@@ -41,7 +43,7 @@ def check_model(body: dict, settings: Settings) -> None:
                        param="model")
 
 
-def texts(body: dict, field: str, max_inputs: int) -> list[str]:
+def texts(body: dict[str, Any], field: str, max_inputs: int) -> list[str]:
     if field not in body:
         raise InvalidRequest(f"{field} is required: a string or a list of strings", param=field)
     value = body[field]
@@ -61,7 +63,7 @@ def texts(body: dict, field: str, max_inputs: int) -> list[str]:
     return items
 
 
-def max_length(body: dict, limit: int, field: str = "max_length") -> int:
+def max_length(body: dict[str, Any], limit: int, field: str = "max_length") -> int:
     value = body.get(field, limit)
     # JSON has one number type: 512.0 is the integer 512 (as JSON Schema says), 3.5 is not.
     if isinstance(value, float) and value.is_integer():
@@ -71,14 +73,14 @@ def max_length(body: dict, limit: int, field: str = "max_length") -> int:
     return value
 
 
-def boolean(body: dict, field: str, default: bool) -> bool:
+def boolean(body: dict[str, Any], field: str, default: bool) -> bool:
     value = body.get(field, default)
     if not isinstance(value, bool):
         raise InvalidRequest(f"{field} must be true or false, not {_json_type(value)}", param=field)
     return value
 
 
-def optional_str(body: dict, field: str) -> None:
+def optional_str(body: dict[str, Any], field: str) -> None:
     value = body.get(field)
     if value is not None and not isinstance(value, str):
         raise InvalidRequest(f"{field} must be a string", param=field)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import falcon
 
 from embsvc.api.body import boolean, check_model, max_length, optional_str, read_json_object, texts
@@ -25,7 +27,7 @@ class Embeddings:
         resp.data = self.service.embed(request)
 
 
-def parse_embedding_request(body: dict, settings: Settings) -> EmbeddingRequest:
+def parse_embedding_request(body: dict[str, Any], settings: Settings) -> EmbeddingRequest:
     check_model(body, settings)
     optional_str(body, "user")
     kinds = Kind(0)
@@ -48,17 +50,17 @@ def parse_embedding_request(body: dict, settings: Settings) -> EmbeddingRequest:
     )
 
 
-def embedding_dtype(body: dict, encoding_format: str) -> str:
+def embedding_dtype(body: dict[str, Any], encoding_format: str) -> str:
     value = body.get("embedding_dtype", "float32")
     if value not in ("float32", "float16"):
         raise InvalidRequest("embedding_dtype must be \"float32\" or \"float16\"", param="embedding_dtype")
     if value == "float16" and encoding_format != "base64":
         # JSON numbers carry no width: float16 only shrinks base64 payloads.
         raise InvalidRequest("embedding_dtype \"float16\" needs encoding_format \"base64\"", param="embedding_dtype")
-    return value
+    return cast(str, value)  # one of the two names checked above
 
 
-def sparse_tokens(body: dict, kinds: Kind) -> bool:
+def sparse_tokens(body: dict[str, Any], kinds: Kind) -> bool:
     wanted = boolean(body, "return_sparse_tokens", False)
     if wanted and not kinds & Kind.SPARSE:
         raise InvalidRequest("return_sparse_tokens needs return_sparse", param="return_sparse_tokens")

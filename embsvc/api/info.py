@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import falcon
 
@@ -75,7 +76,7 @@ class Stats:
         })
 
 
-def _model_card(settings: Settings) -> dict:
+def _model_card(settings: Settings) -> dict[str, object]:
     return {"id": settings.model_name, "object": "model", "created": _STARTED, "owned_by": "BAAI",
             "aliases": list(settings.model_aliases)}
 
@@ -129,7 +130,7 @@ class Root:
 class OpenAPI:
     auth_required = False
 
-    def __init__(self, document: dict) -> None:
+    def __init__(self, document: dict[str, Any]) -> None:
         self.body = dumps(document)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

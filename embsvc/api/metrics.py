@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import falcon
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -56,7 +57,8 @@ class MetricsMiddleware:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
 
-    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object, params: dict) -> None:
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         params: dict[str, Any]) -> None:
         # After routing: the endpoint is known from here on.
         req.context.metrics_endpoint = endpoint_of(req)
         self.metrics.in_progress.labels(req.context.metrics_endpoint).inc()
@@ -99,6 +101,7 @@ def build(backend: Backend, multiprocess_dir: Path | None) -> tuple[RequestMetri
             raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set; "
                                "import it only in the web workers")
         recorded = RequestMetrics(None)  # written to files; the collector below reads them all
-        MultiProcessCollector(scrape, path=str(multiprocess_dir))
+        # prometheus_client leaves this __init__ unannotated.
+        MultiProcessCollector(scrape, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
     scrape.register(EngineCollector(backend))
     return recorded, scrape

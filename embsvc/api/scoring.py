@@ -8,6 +8,7 @@ Cohere v2's ``max_tokens_per_doc``, and ``null`` for an option left at its defau
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import falcon
 
@@ -42,7 +43,7 @@ class Rerank:
         resp.data = self.scores.rerank(request)
 
 
-def parse_score_request(body: dict, settings: Settings) -> ScoreRequest:
+def parse_score_request(body: dict[str, Any], settings: Settings) -> ScoreRequest:
     check_model(body, settings)
     optional_str(body, "user")
     return ScoreRequest(
@@ -54,7 +55,7 @@ def parse_score_request(body: dict, settings: Settings) -> ScoreRequest:
     )
 
 
-def parse_rerank_request(body: dict, settings: Settings) -> RerankRequest:
+def parse_rerank_request(body: dict[str, Any], settings: Settings) -> RerankRequest:
     body = {key: value for key, value in body.items() if value is not None}
     if "max_tokens_per_doc" in body:  # checked also when max_length, which wins, is there
         per_doc = max_length(body, settings.max_tokens, "max_tokens_per_doc")
@@ -71,7 +72,7 @@ def parse_rerank_request(body: dict, settings: Settings) -> RerankRequest:
     )
 
 
-def query(body: dict) -> str:
+def query(body: dict[str, Any]) -> str:
     value = body.get("query")
     if not isinstance(value, str):
         raise InvalidRequest("query is required: a string", param="query")
@@ -80,7 +81,7 @@ def query(body: dict) -> str:
     return value
 
 
-def documents(body: dict, max_inputs: int) -> list[str]:
+def documents(body: dict[str, Any], max_inputs: int) -> list[str]:
     value = body.get("documents")
     if not isinstance(value, list):
         raise InvalidRequest("documents is required: a list of strings or of {\"text\": string} objects",
@@ -103,7 +104,7 @@ def _document_text(item: object, i: int) -> str:
     return text
 
 
-def weights(body: dict) -> tuple[float, float, float]:
+def weights(body: dict[str, Any]) -> tuple[float, float, float]:
     value = body.get("weights", list(DEFAULT_WEIGHTS))
     numbers = isinstance(value, list) and all(_is_number(w) for w in value)
     if not numbers or len(value) != 3:
@@ -116,7 +117,7 @@ def weights(body: dict) -> tuple[float, float, float]:
     return float(value[0]), float(value[1]), float(value[2])
 
 
-def top_n(body: dict, default: int) -> int:
+def top_n(body: dict[str, Any], default: int) -> int:
     value = body.get("top_n", default)
     if isinstance(value, float) and value.is_integer():
         value = int(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from embsvc.api.body import boolean, check_model, max_length, read_json_object, texts
@@ -9,7 +11,7 @@ from embsvc.config import Settings
 from embsvc.core.tokenize import TokenizeRequest, TokenizeService
 
 
-def parse_tokenize_request(body: dict, settings: Settings) -> TokenizeRequest:
+def parse_tokenize_request(body: dict[str, Any], settings: Settings) -> TokenizeRequest:
     check_model(body, settings)
     return TokenizeRequest(
         texts=texts(body, "input", settings.max_inputs),

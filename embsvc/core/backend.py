@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,7 +19,9 @@ class Backend(Protocol):
         """A ready engine's device and dtype; empty while none is ready."""
         ...
 
-    def snapshot(self) -> list[dict[str, object]]:
+    # Any: ``index``, ``device`` and ``state`` name the engine, the rest are numbers
+    # that /stats adds up and /metrics exports.
+    def snapshot(self) -> list[dict[str, Any]]:
         """Per engine: state, queue, restarts and counters, for /stats and /metrics."""
         ...
 

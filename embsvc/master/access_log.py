@@ -13,16 +13,25 @@ Wired in gunicorn.conf.py with ``logger_class``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.glogging import Logger
 
+if TYPE_CHECKING:
+    from gunicorn.asgi.protocol import ASGIResponseInfo
+    from gunicorn.http.wsgi import Response
+
 
 class AccessLogger(Logger):
-    def access(self, resp: object, req: object, environ: dict, request_time: timedelta) -> None:
+    # ``resp``: the WSGI workers' Response, or the ASGI worker's ASGIResponseInfo (whose status may be an int).
+    def access(self, resp: Response | ASGIResponseInfo, req: object, environ: Mapping[str, Any],
+               request_time: timedelta) -> None:
         if not self.access_log_enabled:
             return
         status = resp.status
+        assert status is not None  # gunicorn logs a response after start_response has set its status
         code = int(status.split(None, 1)[0]) if isinstance(status, str) else int(status)
         duration_ms = request_time.total_seconds() * 1000
         method = environ.get("REQUEST_METHOD", "-")
@@ -48,7 +57,8 @@ class AccessLogger(Logger):
 
 
 def _header(resp: object, name: str) -> str | None:
-    for key, value in getattr(resp, "headers", None) or ():
+    headers: Iterable[tuple[str, str]] = getattr(resp, "headers", None) or ()
+    for key, value in headers:
         if key.lower() == name:
             return value
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -27,11 +28,11 @@ class _Discard:
         pass
 
 
-class LoggedProgress(tqdm):
+class LoggedProgress(tqdm):  # type: ignore[type-arg]  # generic in its stubs only: not subscriptable at run time
     interval_s = 10.0
     clock = staticmethod(time.monotonic)
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # tqdm's own arguments, passed on
         # Set before tqdm's __init__, which already draws the bar once.
         self._logged_at = float("-inf")
         self._logged_n: float = 0
@@ -40,11 +41,12 @@ class LoggedProgress(tqdm):
         kwargs["disable"] = False  # whatever HF_HUB_DISABLE_PROGRESS_BARS says: this is the log, not a bar
         super().__init__(*args, **kwargs)
 
-    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+    # tqdm's display returns whether it drew; its stubs say None.
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:  # type: ignore[override]
         if not self.n or self.n == self._logged_n:
             return True
         now = self.clock()
-        finished = bool(self.total) and self.n >= self.total
+        finished = bool(self.total and self.n >= self.total)
         # tqdm sets ``disable`` when it closes the bar, before drawing it a last time.
         if finished or self.disable or now - self._logged_at >= self.interval_s:
             self._logged_at, self._logged_n = now, self.n

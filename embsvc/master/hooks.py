@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Protocol
 
 from embsvc.config import ConfigError, Settings, load_settings
 from embsvc.master import metrics_dir as metrics_folder
@@ -27,6 +28,14 @@ log = logging.getLogger("embsvc.master.hooks")
 # Tokens per forward pass when MAX_BATCH_TOKENS is not set.
 DEFAULT_MAX_BATCH_TOKENS = 16384
 _NO_SLOT_RETRY_S = 1.0
+
+
+class _Worker(Protocol):
+    """What the hooks use of a gunicorn worker; ``slot`` is set on it by ``pre_fork``."""
+
+    pid: int
+    slot: int | None
+
 
 _settings: Settings | None = None
 _pool: EnginePool | None = None
@@ -74,7 +83,7 @@ def _cpu_threads(devices: tuple[str, ...]) -> int:
     return max(1, len(os.sched_getaffinity(0)) // cpu_engines) if cpu_engines > 1 else 0
 
 
-def pre_fork(server: object, worker: object) -> None:
+def pre_fork(server: object, worker: _Worker) -> None:
     try:
         worker.slot = _require_pool().take_slot()
     except NoFreeSlot:
@@ -87,7 +96,7 @@ def pre_fork(server: object, worker: object) -> None:
         worker.slot = None
 
 
-def post_fork(server: object, worker: object) -> None:
+def post_fork(server: object, worker: _Worker) -> None:
     global _client
     malloc.limit_arenas()
     pool = _require_pool()
@@ -99,7 +108,7 @@ def post_fork(server: object, worker: object) -> None:
     _client = EngineClient(pool, worker.slot, s.max_queue_size, s.request_timeout_s)
 
 
-def child_exit(server: object, worker: object) -> None:
+def child_exit(server: object, worker: _Worker) -> None:
     if worker.slot is not None:
         _require_pool().release_slot(worker.slot, worker.pid)
     if _metrics_dir is not None:

@@ -40,7 +40,8 @@ def create() -> Path:
 def mark_dead(path: Path, pid: int) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(pid, str(path))
+    # prometheus_client leaves this function unannotated.
+    multiprocess.mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
 
 
 def remove(path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from embsvc import __version__
 from embsvc.config import Settings
 from embsvc.openapi.scoring import scoring_paths
@@ -9,12 +11,12 @@ from embsvc.openapi.scoring import scoring_paths
 _ERROR = {"$ref": "#/components/responses/Error"}
 
 
-def _errors(*statuses: int) -> dict:
+def _errors(*statuses: int) -> dict[str, dict[str, str]]:
     return {str(s): _ERROR for s in statuses}
 
 
-def _get(summary: str, schema: dict, secured: bool, *errors: int) -> dict:
-    op: dict = {"summary": summary, "responses": {
+def _get(summary: str, schema: dict[str, Any], secured: bool, *errors: int) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {
         "200": {"description": "OK", "content": {"application/json": {"schema": schema}}}, **_errors(*errors)}}
     if not secured:
         op["security"] = []
@@ -23,7 +25,7 @@ def _get(summary: str, schema: dict, secured: bool, *errors: int) -> dict:
     return {"get": op}
 
 
-def build_openapi(settings: Settings) -> dict:
+def build_openapi(settings: Settings) -> dict[str, Any]:
     bool_field = {"type": "boolean"}
     base64_string = {"type": "string", "contentEncoding": "base64"}
     vector = {"oneOf": [{"type": "array", "items": {"type": "number"}}, base64_string]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from embsvc.config import Settings
 from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS
 from gpu_pool import SCORE_MODES
@@ -10,7 +12,7 @@ _ERROR = {"$ref": "#/components/responses/Error"}
 _ERRORS = {str(status): _ERROR for status in (400, 401, 404, 413, 500, 503, 504)}
 
 
-def _post(summary: str, description: str, request: dict, response: dict) -> dict:
+def _post(summary: str, description: str, request: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     return {"post": {
         "summary": summary,
         "description": description,
@@ -20,7 +22,7 @@ def _post(summary: str, description: str, request: dict, response: dict) -> dict
     }}
 
 
-def _common(settings: Settings) -> dict:
+def _common(settings: Settings) -> dict[str, Any]:
     """The fields that score and rerank requests share."""
     text = {"type": "string", "minLength": 1}
     return {
@@ -37,12 +39,12 @@ def _common(settings: Settings) -> dict:
     }
 
 
-def _usage() -> dict:
+def _usage() -> dict[str, Any]:
     return {"type": "object", "properties": {"prompt_tokens": {"type": "integer"},
                                              "total_tokens": {"type": "integer"}}}
 
 
-def score_path(settings: Settings) -> dict:
+def score_path(settings: Settings) -> dict[str, Any]:
     request = {"type": "object", "required": ["query", "documents"], "properties": _common(settings)}
     item = {"type": "object", "required": ["object", "index", *SCORE_MODES], "properties": {
         "object": {"const": "score"}, "index": {"type": "integer"},
@@ -57,7 +59,7 @@ def score_path(settings: Settings) -> dict:
         "and the documents; data is in document order.", request, response)
 
 
-def rerank_path(settings: Settings) -> dict:
+def rerank_path(settings: Settings) -> dict[str, Any]:
     nullable_int = {"type": ["integer", "null"], "minimum": 1}
     common = _common(settings)
     # A rerank option sent as null keeps its default (what Cohere's and Jina's clients send).
@@ -82,7 +84,7 @@ def rerank_path(settings: Settings) -> dict:
         "mode says otherwise). Also served at /v2/rerank for Cohere's v2 clients.", request, response)
 
 
-def tokenize_path(settings: Settings) -> dict:
+def tokenize_path(settings: Settings) -> dict[str, Any]:
     request = {"type": "object", "required": ["input"], "properties": {
         "input": {"oneOf": [{"type": "string", "minLength": 1},
                             {"type": "array", "minItems": 1, "maxItems": settings.max_inputs,
@@ -105,7 +107,7 @@ def tokenize_path(settings: Settings) -> dict:
                  request, response)
 
 
-def scoring_paths(settings: Settings) -> dict:
+def scoring_paths(settings: Settings) -> dict[str, Any]:
     rerank = rerank_path(settings)
     return {"/v1/score": score_path(settings), "/v1/rerank": rerank, "/v2/rerank": rerank,
             "/tokenize": tokenize_path(settings)}
