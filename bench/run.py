@@ -29,6 +29,7 @@ from pathlib import Path
 import requests
 
 from bench import load
+from testkit import procs
 from testkit.model_builder import build_model
 from testkit.server import Server
 from testkit.workload import requests_of, texts
@@ -51,22 +52,11 @@ def stats(server: Server) -> dict:
     return requests.get(f"{server.url}/stats", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
 
 
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory now (VmRSS) or at its peak so far (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
 def memory(server: Server) -> dict:
-    from testkit.procs import children
-
-    procs = children(server.process.pid)
-    engines = [p for p in procs if "libtorch" in Path(f"/proc/{p}/maps").read_text()]
-    workers = [p for p in procs if p not in engines and "gunicorn" in Path(f"/proc/{p}/cmdline").read_text()]
-    return {"web_worker_rss_mb": [rss_mb(p) for p in workers], "engine_rss_mb": [rss_mb(p) for p in engines],
-            "processes_holding_the_model": len(engines)}
+    engines = procs.engine_pids(server)
+    return {"web_worker_rss_mb": [procs.rss_mb(p) for p in sorted(procs.worker_pids(server))],
+            "engine_rss_mb": [procs.rss_mb(p) for p in engines],
+            "processes_holding_the_model": sum(procs.maps_torch(p.pid) for p in procs.children(server.process.pid))}
 
 
 def mixed(server: Server, bodies: list[dict], concurrency: int) -> dict:
@@ -90,19 +80,17 @@ def lone_query(server: Server, count: int) -> dict:
 
 def long_input(server: Server, tokens: int = 8192) -> dict:
     """One input cut to ``tokens`` tokens, all three kinds: its time and the engine's memory."""
-    from testkit.procs import engine_pid
-
-    engine = engine_pid(server)
+    engine = procs.engine_pid(server)
     text = " ".join(texts(400))  # well over 8,192 tokens
     body = {"input": text, "max_length": tokens, "encoding_format": "base64", **ALL_KINDS}
-    before = rss_mb(engine)
+    before = procs.rss_mb(engine)
     started = time.perf_counter()
     response = requests.post(f"{server.url}/v1/embeddings", json=body, timeout=600,
                              headers={"Authorization": f"Bearer {TOKEN}"})
     response.raise_for_status()
     return {"tokens": response.json()["usage"]["total_tokens"], "seconds": round(time.perf_counter() - started, 2),
-            "engine_rss_mb_before": before, "engine_rss_mb_after": rss_mb(engine),
-            "engine_peak_rss_mb": rss_mb(engine, "VmHWM")}
+            "engine_rss_mb_before": before, "engine_rss_mb_after": procs.rss_mb(engine),
+            "engine_peak_rss_mb": procs.rss_mb(engine, "VmHWM")}
 
 
 def serve(model: Path, workdir: Path, dtype: str) -> Server:

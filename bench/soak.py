@@ -42,8 +42,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from testkit import procs  # noqa: E402 - after the path is set for "python bench/soak.py"
 from testkit.model_builder import build_model  # noqa: E402
-from testkit.procs import children  # noqa: E402 - after the path is set for "python bench/soak.py"
 from testkit.server import Server, free_port  # noqa: E402
 
 TOKEN = "soak-test-token"
@@ -177,24 +177,17 @@ def client(port: int, seed: int, tally: Tally, load: Load) -> None:
 # -- processes and memory ------------------------------------------------------------------
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def processes(server: Server, nginx: subprocess.Popen) -> dict[int, str]:
     """pid -> role, for every process of the server and of nginx."""
     roles = {server.process.pid: "gunicorn master", nginx.pid: "nginx master"}
-    for p in children(server.process.pid):
+    for p in procs.children(server.process.pid):
         if "spawn_main" in p.cmdline:
             roles[p.pid] = "engine"
         elif "resource_tracker" in p.cmdline:
             roles[p.pid] = "resource tracker"
         else:
             roles[p.pid] = "web worker"
-    for p in children(nginx.pid):
+    for p in procs.children(nginx.pid):
         roles[p.pid] = "nginx worker"
     return roles
 
@@ -248,7 +241,7 @@ def run(clients: int, seconds: float, warmup: float, workdir: Path, rss_every: f
         # swings by the size of the batch in hand (hundreds of MiB for long inputs).
         load.quiesce()
         roles = processes(server, nginx)
-        start_rss = {pid: rss_mib(pid) for pid in roles}
+        start_rss = {pid: procs.rss_mb(pid) for pid in roles}
         peak = dict(start_rss)
         load.gate.set()
         tally.measuring = True
@@ -256,15 +249,15 @@ def run(clients: int, seconds: float, warmup: float, workdir: Path, rss_every: f
         while (now := time.monotonic()) < started + seconds:
             time.sleep(min(1.0, started + seconds - now))
             for pid in roles:
-                peak[pid] = max(peak[pid], rss_mib(pid))
+                peak[pid] = max(peak[pid], procs.rss_mb(pid))
             if rss_every and time.monotonic() - last_print >= rss_every:
                 last_print = time.monotonic()
                 print(f"rss at {last_print - started:5.0f} s:",
-                      ", ".join(f"{roles[pid]} {rss_mib(pid):.1f}" for pid in sorted(roles)), flush=True)
+                      ", ".join(f"{roles[pid]} {procs.rss_mb(pid):.1f}" for pid in sorted(roles)), flush=True)
         tally.measuring = False
         elapsed = time.monotonic() - started
         load.quiesce()
-        end_rss = {pid: rss_mib(pid) for pid in roles}
+        end_rss = {pid: procs.rss_mb(pid) for pid in roles}
         load.finish()
         for thread in threads:
             thread.join(140)

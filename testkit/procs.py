@@ -60,8 +60,12 @@ def children(pid: int) -> list[Proc]:
     return [p for p in all_procs() if p.ppid == pid]
 
 
+def engine_pids(server: Server) -> list[int]:
+    return [p.pid for p in children(server.process.pid) if "spawn_main" in p.cmdline and p.state != "Z"]
+
+
 def engine_pid(server: Server) -> int:
-    engines = [p.pid for p in children(server.process.pid) if "spawn_main" in p.cmdline and p.state != "Z"]
+    engines = engine_pids(server)
     assert len(engines) == 1, f"expected one engine process, found {engines}"
     return engines[0]
 
@@ -69,6 +73,22 @@ def engine_pid(server: Server) -> int:
 def worker_pids(server: Server) -> set[int]:
     return {p.pid for p in children(server.process.pid)
             if "gunicorn" in p.cmdline and p.state != "Z"}
+
+
+def maps_torch(pid: int) -> bool:
+    """Whether the process has loaded torch's library (only an engine should)."""
+    with contextlib.suppress(OSError):
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    return False
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its peak so far (VmHWM), in MiB; NaN once the process is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def zombies(server: Server) -> list[Proc]:

@@ -4,7 +4,7 @@
   requests; no test stops, breaks or reconfigures it.
 - ``start_server(**env)``: a server of the test's own (other settings, or one the test breaks),
   stopped when the test ends; ``serving(...)`` gives a module its own server the same way.
-- ``post``, ``embed``, ``dense``, ``assert_error``: one of each, for every module.
+- ``post``, ``ok``, ``embed``, ``dense``, ``dense_vectors``, ``assert_error``: one of each, for every module.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -71,17 +72,26 @@ def post(server: Server, path: str, body: object, *, headers: dict[str, str] | N
     return requests.post(f"{server.url}{path}", json=body, headers=headers, timeout=timeout)
 
 
-def embed(server: Server, body: dict[str, object] | str, timeout: float = 60.0) -> dict:
-    """A successful ``/v1/embeddings`` answer; ``body`` may be just the input text."""
-    response = post(server, "/v1/embeddings", {"input": body} if isinstance(body, str) else body, timeout=timeout)
+def ok(response: requests.Response) -> Any:
+    """The JSON of a successful answer."""
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def embed(server: Server, body: dict[str, object] | str | bytes, timeout: float = 60.0) -> dict:
+    """A successful ``/v1/embeddings`` answer; ``body`` may be just the input text, or raw bytes."""
+    return ok(post(server, "/v1/embeddings", {"input": body} if isinstance(body, str) else body, timeout=timeout))
 
 
 def dense(response: requests.Response) -> list[float]:
     """The first input's dense vector of a successful answer."""
     assert response.status_code == 200, response.text
     return response.json()["data"][0]["dense_embedding"]
+
+
+def dense_vectors(server: Server, texts: list[str], **body: object) -> dict[str, list[float]]:
+    """Each text's dense vector, asked alone: what answers under stress are compared with."""
+    return {text: dense(post(server, "/v1/embeddings", {"input": text, **body})) for text in texts}
 
 
 def assert_error(response: requests.Response, status: int, error_type: str | None = None,

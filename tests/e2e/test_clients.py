@@ -8,9 +8,8 @@ import base64
 import numpy as np
 import openai
 import pytest
-import requests
 
-from tests.e2e.conftest import TOKEN
+from tests.e2e.conftest import TOKEN, embed
 
 TEXTS = ["Текст для векторизации", "Еще один текст", "BGE-M3 gives dense, sparse and ColBERT vectors"]
 
@@ -22,10 +21,7 @@ def client(server) -> openai.OpenAI:
 
 def reference(server, texts: list[str], **body: object) -> list[dict]:
     """What the server answers in floats to a plain HTTP client."""
-    response = requests.post(f"{server.url}/v1/embeddings", json={"input": texts, **body},
-                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-    assert response.status_code == 200, response.text
-    return response.json()["data"]
+    return embed(server, {"input": texts, **body})["data"]
 
 
 def f32(values: object) -> np.ndarray:

@@ -27,12 +27,11 @@ import pytest
 import requests
 
 from testkit.server import Server
-from tests.e2e.conftest import TOKEN
+from tests.e2e.conftest import AUTH, TOKEN, embed
 
 MAX_INPUTS = 256
 MAX_TOKENS = 8192
 MAX_BYTES = 8 * 1024 * 1024
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WRONG_TOKENS = ("wrong-token-5d1c", f"{TOKEN}x", TOKEN[: len(TOKEN) // 2], "tök€n-wrong")
 LEAKS = ("Traceback", 'File "', ".py", "/work", "site-packages", TOKEN, *WRONG_TOKENS)
 
@@ -178,22 +177,13 @@ CATALOGUE: list[Case] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    server = Server(tiny_model, tmp_path_factory.mktemp("hostile") / "server.log", API_TOKEN=TOKEN,
-                    LOG_LEVEL="DEBUG").start()
-    yield server
-    assert server.stop() == 0, server.log()
-
-
 def send(server: Server, case: Case) -> requests.Response:
     headers = {k: v.encode("utf-8") for k, v in case.headers.items()}  # bytes: sent as they are
     return requests.request(case.method, f"{server.url}{case.path}", data=case.body, headers=headers, timeout=60)
 
 
 def assert_still_serving(server: Server) -> None:
-    response = requests.post(f"{server.url}/v1/embeddings", json={"input": "still here"}, headers=AUTH, timeout=60)
-    assert response.status_code == 200, response.text
+    embed(server, "still here")
 
 
 def test_the_catalogue_is_large_and_names_are_unique():
@@ -221,13 +211,6 @@ def test_hostile_request(server, case):
     if case.status == 405:
         assert response.headers["Allow"]
     assert_still_serving(server)
-
-
-def embed(server: Server, body: dict | bytes) -> dict:
-    data = body if isinstance(body, bytes) else js(body)
-    response = requests.post(f"{server.url}/v1/embeddings", data=data, headers=AUTH, timeout=60)
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def test_duplicate_keys_take_the_last_value(server):

@@ -15,12 +15,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.server import Server
-from tests.e2e.test_server import children
+from testkit import procs
+from tests.e2e.conftest import AUTH, serving
 from tests.unit.fake_hub import FakeHub
 
-TOKEN = "metrics-e2e-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ENGINE = {"engine": "0", "device": "cpu"}
 
 
@@ -32,12 +30,11 @@ def hub(tiny_model):
 
 @pytest.fixture(scope="module")
 def server(hub, tmp_path_factory):
+    """Its own server: it starts on an empty model folder, and a test here kills its engine."""
     tmp = tmp_path_factory.mktemp("json-server")
-    server = Server(tmp / "model", tmp / "server.log", API_TOKEN=TOKEN, LOG_FORMAT="json",
-                    HF_ENDPOINT=hub.url, HF_HOME=str(tmp / "hf-home")).start()
-    yield server
-    master = server.process.pid
-    assert server.stop() == 0, server.log()
+    with serving(tmp / "model", tmp, LOG_FORMAT="json", HF_ENDPOINT=hub.url, HF_HOME=str(tmp / "hf-home")) as server:
+        yield server
+        master = server.process.pid
     assert not list(Path("/dev/shm").glob(f"embsvc-metrics-{master}-*")), "the metrics folder outlived the server"
 
 
@@ -61,10 +58,6 @@ def scrape(server) -> dict[tuple[str, tuple], float]:
     assert response.status_code == 200
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(response.text) for s in family.samples}
-
-
-def web_workers(server) -> list[int]:
-    return [pid for pid in children(server.process.pid) if b"gunicorn" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def value(samples, name: str, **labels: str) -> float:
@@ -147,7 +140,7 @@ def test_metrics_live_in_a_private_folder_of_this_server(server):
     assert len(folders) == 1
     assert folders[0].stat().st_mode & 0o077 == 0
     writers = {int(p.stem.rsplit("_", 1)[1]) for p in folders[0].glob("counter_*.db")}
-    assert writers & set(web_workers(server)), "the live workers write their counters there"
+    assert writers & set(procs.worker_pids(server)), "the live workers write their counters there"
 
 
 def test_request_id_is_echoed_and_in_the_access_line(server):
@@ -184,11 +177,11 @@ def test_a_dead_worker_keeps_its_counts(server):
     for i in range(6):
         requests.post(f"{server.url}/v1/embeddings", json={"input": f"before the kill {i}"}, headers=AUTH,
                       timeout=30).raise_for_status()
-    workers = web_workers(server)
+    workers = procs.worker_pids(server)
     assert len(workers) == 2, workers
-    os.kill(workers[0], signal.SIGKILL)
+    os.kill(min(workers), signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while len(set(web_workers(server)) - set(workers)) < 1:  # gunicorn forks a new one
+    while len(set(procs.worker_pids(server)) - set(workers)) < 1:  # gunicorn forks a new one
         assert time.monotonic() < deadline, "no new worker"
         time.sleep(0.1)
     server.wait_healthy()
@@ -197,10 +190,8 @@ def test_a_dead_worker_keeps_its_counts(server):
 
 
 def test_an_engine_restart_shows_in_the_metrics(server):
-    assert value(scrape(server), "embsvc_engine_restarts_total", **ENGINE) == 0
-    engine = [pid for pid in children(server.process.pid) if "libtorch" in Path(f"/proc/{pid}/maps").read_text()]
-    assert len(engine) == 1
-    os.kill(engine[0], signal.SIGKILL)
+    restarts = value(scrape(server), "embsvc_engine_restarts_total", **ENGINE)
+    os.kill(procs.engine_pid(server), signal.SIGKILL)
     seen_states = set()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -209,7 +200,7 @@ def test_an_engine_restart_shows_in_the_metrics(server):
                  if value(samples, "embsvc_engine_state", **ENGINE, state=s) == 1]
         assert len(state) == 1
         seen_states.add(state[0])
-        if value(samples, "embsvc_engine_restarts_total", **ENGINE) == 1 and state == ["ready"]:
+        if value(samples, "embsvc_engine_restarts_total", **ENGINE) == restarts + 1 and state == ["ready"]:
             break
         time.sleep(0.05)
     else:

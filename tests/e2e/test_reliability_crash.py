@@ -15,7 +15,7 @@ import requests
 
 from testkit import procs
 from testkit.server import Server
-from tests.e2e.conftest import TOKEN
+from tests.e2e.conftest import dense, dense_vectors, post, serving
 
 TEXTS = [f"crash test sentence number {i} about {word}" for i, word in
          enumerate(["rivers", "mountains", "cities", "forests", "deserts", "oceans", "islands", "valleys"] * 3)]
@@ -23,9 +23,9 @@ TEXTS = [f"crash test sentence number {i} about {word}" for i, word in
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    server = Server(tiny_model, tmp_path_factory.mktemp("crash") / "server.log", API_TOKEN=TOKEN).start()
-    yield server
-    server.stop()
+    """Its own server: every test here kills its engine."""
+    with serving(tiny_model, tmp_path_factory.mktemp("crash")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +35,11 @@ def tracker(server) -> procs.ShmTracker:
 
 @pytest.fixture(scope="module")
 def reference(server) -> dict[str, list[float]]:
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    return {text: dense(post(server, text, auth)) for text in TEXTS}
+    return dense_vectors(server, TEXTS, return_colbert=False)
 
 
-def post(server: Server, text: str, auth: dict[str, str], timeout: float = 30) -> requests.Response:
-    return requests.post(f"{server.url}/v1/embeddings", json={"input": text, "return_colbert": False},
-                         headers=auth, timeout=timeout)
-
-
-def dense(response: requests.Response) -> list[float]:
-    assert response.status_code == 200, response.text
-    return response.json()["data"][0]["dense_embedding"]
+def ask(server: Server, text: str, timeout: float = 30) -> requests.Response:
+    return post(server, "/v1/embeddings", {"input": text, "return_colbert": False}, timeout=timeout)
 
 
 def health_until_ok(server: Server, timeout: float = 60) -> list[str]:
@@ -70,11 +63,12 @@ def health_until_ok(server: Server, timeout: float = 60) -> list[str]:
 
 
 def test_requests_in_flight_get_503_within_2_s_and_the_engine_comes_back(server, auth, reference, tracker):
+    restarts = procs.engine_restarts(server, auth)
     engine = procs.engine_pid(server)
     tracker.snapshot()
     os.kill(engine, signal.SIGSTOP)  # the requests below stay in flight, deterministically
     with ThreadPoolExecutor(8) as pool:
-        in_flight = [pool.submit(post, server, text, auth) for text in TEXTS[:8]]
+        in_flight = [pool.submit(ask, server, text) for text in TEXTS[:8]]
         procs.wait_for(lambda: procs.queue_size(server, auth) == 8, 10, what="8 requests queued")
         killed = time.monotonic()
         os.kill(engine, signal.SIGKILL)
@@ -87,11 +81,11 @@ def test_requests_in_flight_get_503_within_2_s_and_the_engine_comes_back(server,
 
     assert health_until_ok(server) == ["unavailable", "loading", "ok"]
     assert procs.engine_pid(server) != engine
-    assert procs.engine_restarts(server, auth) == 1
+    assert procs.engine_restarts(server, auth) == restarts + 1
     assert not procs.zombies(server)
     assert not procs.leaked_segments(server)
     for text in TEXTS:  # the new engine computes the same vectors
-        np.testing.assert_allclose(dense(post(server, text, auth)), reference[text], atol=1e-5)
+        np.testing.assert_allclose(dense(ask(server, text)), reference[text], atol=1e-5)
 
 
 def test_kill_under_load_never_hangs_a_request(server, auth, reference, tracker):
@@ -104,13 +98,14 @@ def test_kill_under_load_never_hangs_a_request(server, auth, reference, tracker)
         while not stop.is_set():
             text = TEXTS[i % len(TEXTS)]
             started = time.monotonic()
-            response = post(server, text, auth, timeout=15)
+            response = ask(server, text, timeout=15)
             if response.status_code == 200:
                 np.testing.assert_allclose(dense(response), reference[text], atol=1e-5)
             with lock:
                 results.append((started, time.monotonic(), response.status_code, text))
             i += 1
 
+    restarts = procs.engine_restarts(server, auth)
     with ThreadPoolExecutor(12) as pool:
         clients = [pool.submit(client, k) for k in range(12)]
         time.sleep(1.0)
@@ -130,12 +125,13 @@ def test_kill_under_load_never_hangs_a_request(server, auth, reference, tracker)
     assert all(after < 2.0 for after in in_flight), in_flight
     assert max(ended - started for started, ended, _, _ in results) < 5.0
     assert any(status == 200 and started > killed for started, _, status, _ in results)
-    assert procs.engine_restarts(server, auth) == 2
+    assert procs.engine_restarts(server, auth) == restarts + 1
     procs.wait_for(lambda: not procs.zombies(server), 2, what="the killed engine to be reaped")
     assert not procs.leaked_segments(server)
 
 
 def test_kill_while_loading_backs_off_and_recovers(server, auth, reference, tracker):
+    restarts = procs.engine_restarts(server, auth)
     first = procs.engine_pid(server)
     tracker.snapshot()
     os.kill(first, signal.SIGKILL)
@@ -146,9 +142,9 @@ def test_kill_while_loading_backs_off_and_recovers(server, auth, reference, trac
     tracker.snapshot()
     os.kill(second, signal.SIGKILL)  # before it has loaded the model
     assert health_until_ok(server)[-1] == "ok"
-    assert procs.engine_restarts(server, auth) == 4
+    assert procs.engine_restarts(server, auth) == restarts + 2
     assert "restarting in 1.0 s" in server.log(), "a crash while loading backs off longer"
-    np.testing.assert_allclose(dense(post(server, TEXTS[0], auth)), reference[TEXTS[0]], atol=1e-5)
+    np.testing.assert_allclose(dense(ask(server, TEXTS[0])), reference[TEXTS[0]], atol=1e-5)
 
 
 def test_after_all_that_shutdown_leaves_no_process_and_no_shared_memory(server, tracker):

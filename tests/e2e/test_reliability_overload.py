@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from testkit import procs
 from testkit.server import Server
-from tests.e2e.conftest import TOKEN
+from tests.e2e.conftest import assert_error, dense, dense_vectors, post, serving
 
 QUEUE = 4
 TIMEOUT_S = 3.0
@@ -54,43 +54,34 @@ def markers() -> Markers:
 def server(tiny_model, tmp_path_factory, markers):
     ids = markers.token_ids(Tokenizer.from_file(str(tiny_model / "tokenizer.json")))
     env = procs.with_faults({
-        "API_TOKEN": TOKEN, "MAX_QUEUE_SIZE": str(QUEUE), "REQUEST_TIMEOUT_S": str(TIMEOUT_S),
+        "MAX_QUEUE_SIZE": str(QUEUE), "REQUEST_TIMEOUT_S": str(TIMEOUT_S),
         "ENGINE_FAULT_ERROR_TOKEN": str(ids["error"]), "ENGINE_FAULT_OOM_TOKEN": str(ids["oom"]),
         "ENGINE_FAULT_SLOW_TOKEN": str(ids["slow"]), "ENGINE_FAULT_SLOW_MS": str(SLOW_MS),
     })
-    server = Server(tiny_model, tmp_path_factory.mktemp("overload") / "server.log", **env).start()
-    yield server
-    server.stop()
+    with serving(tiny_model, tmp_path_factory.mktemp("overload"), **env) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def reference(server) -> dict[str, list[float]]:
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    return {text: dense(post(server, auth, {"input": text})) for text in TEXTS}
+    return dense_vectors(server, TEXTS, return_colbert=False)
 
 
-def post(server: Server, auth: dict[str, str], body: dict) -> requests.Response:
-    return requests.post(f"{server.url}/v1/embeddings", json={"return_colbert": False, **body}, headers=auth,
-                         timeout=30)
+def ask(server: Server, body: dict) -> requests.Response:
+    return post(server, "/v1/embeddings", {"return_colbert": False, **body}, timeout=30)
 
 
-def dense(response: requests.Response) -> list[float]:
-    assert response.status_code == 200, response.text
-    return response.json()["data"][0]["dense_embedding"]
-
-
-def assert_error(response: requests.Response, status: int, error_type: str) -> dict:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"]["type"] == error_type and body["detail"] == body["error"]["message"]
+def refused(response: requests.Response, status: int, error_type: str) -> dict:
+    """An error that tells nothing of the server's insides (nor of the injected fault)."""
+    body = assert_error(response, status, error_type)
     for leak in ("Traceback", 'File "', ".py", "/work", "injected"):
         assert leak not in response.text
     return body
 
 
-def assert_serves_normally(server: Server, auth: dict[str, str], reference: dict[str, list[float]]) -> None:
+def assert_serves_normally(server: Server, reference: dict[str, list[float]]) -> None:
     with ThreadPoolExecutor(QUEUE) as pool:  # as many at once as the queue holds: none refused
-        answers = list(pool.map(lambda t: (t, post(server, auth, {"input": t})), TEXTS))
+        answers = list(pool.map(lambda t: (t, ask(server, {"input": t})), TEXTS))
     for text, response in answers:
         np.testing.assert_allclose(dense(response), reference[text], atol=1e-5)
 
@@ -99,22 +90,22 @@ def test_a_full_queue_refuses_one_more_request_at_once(server, auth, reference):
     engine = procs.engine_pid(server)
     with ThreadPoolExecutor(QUEUE) as pool:
         with procs.paused(engine):
-            waiting = [pool.submit(post, server, auth, {"input": t}) for t in TEXTS[:QUEUE]]
+            waiting = [pool.submit(ask, server, {"input": t}) for t in TEXTS[:QUEUE]]
             procs.wait_for(lambda: procs.queue_size(server, auth) == QUEUE, 5, what="a full queue")
             started = time.monotonic()
-            refused = post(server, auth, {"input": "one too many"})
+            one_more = ask(server, {"input": "one too many"})
             elapsed = time.monotonic() - started
-            refused_too = post(server, auth, {"input": ["a list", "is no exception"]})
+            refused_too = ask(server, {"input": ["a list", "is no exception"]})
         answers = [f.result() for f in waiting]
-    body = assert_error(refused, 503, "overloaded_error")
+    body = refused(one_more, 503, "overloaded_error")
     assert "waiting" in body["detail"]
-    assert refused.headers["Retry-After"] == "1"
+    assert one_more.headers["Retry-After"] == "1"
     assert elapsed < 0.5, f"refused after {elapsed:.2f} s, not at once"
-    assert_error(refused_too, 503, "overloaded_error")
+    refused(refused_too, 503, "overloaded_error")
     for text, response in zip(TEXTS, answers, strict=False):
         np.testing.assert_allclose(dense(response), reference[text], atol=1e-5)
     assert procs.queue_size(server, auth) == 0
-    assert_serves_normally(server, auth, reference)
+    assert_serves_normally(server, reference)
 
 
 def test_an_unanswered_request_gets_504_and_its_memory_is_released(server, auth, reference):
@@ -122,47 +113,48 @@ def test_an_unanswered_request_gets_504_and_its_memory_is_released(server, auth,
     kept = set(procs.segments(server))  # the workers' free segments
     with procs.paused(engine):
         started = time.monotonic()
-        late = post(server, auth, {"input": "nobody answers this one"})
+        late = ask(server, {"input": "nobody answers this one"})
         elapsed = time.monotonic() - started
-        assert_error(late, 504, "timeout_error")
+        refused(late, 504, "timeout_error")
         assert TIMEOUT_S <= elapsed < TIMEOUT_S + 1.5
         assert set(procs.segments(server)) <= kept, "the timed-out request's segment is removed at once"
         assert procs.queue_size(server, auth) == 0
     # The engine wakes up to a job whose memory is gone: it skips it, and the
     # next requests get their own vectors.
-    assert_serves_normally(server, auth, reference)
+    assert_serves_normally(server, reference)
     assert procs.engine_pid(server) == engine
 
 
 def test_a_late_result_is_dropped_and_its_memory_freed(server, auth, reference, markers):
     engine = procs.engine_pid(server)
-    late = post(server, auth, {"input": f"{markers.slow} this batch is slow"})
-    assert_error(late, 504, "timeout_error")
+    late = ask(server, {"input": f"{markers.slow} this batch is slow"})
+    refused(late, 504, "timeout_error")
     assert not procs.leaked_segments(server)
     assert procs.deleted_mappings(engine), "the name is gone while the engine still computes"
     # The slow batch ends: the engine lets go of the memory, and its answer,
     # which no request waits for any more, must reach no other request.
     procs.wait_for(lambda: not procs.deleted_mappings(engine), SLOW_MS / 1000 + 5, what="the engine to unmap it")
-    assert_serves_normally(server, auth, reference)
+    assert_serves_normally(server, reference)
     assert not procs.leaked_segments(server)
 
 
 def test_a_failing_forward_pass_fails_its_requests_and_the_engine_goes_on(server, auth, reference, markers):
     engine = procs.engine_pid(server)
+    restarts, logged = procs.engine_restarts(server, auth), server.log().count("Forward pass failed")
     before = requests.get(f"{server.url}/stats", headers=auth, timeout=5).json()["batching"]["failed_requests"]
-    failed = post(server, auth, {"input": ["a fine input", f"{markers.error} and one that breaks the pass"]})
-    body = assert_error(failed, 500, "server_error")
+    failed = ask(server, {"input": ["a fine input", f"{markers.error} and one that breaks the pass"]})
+    body = refused(failed, 500, "server_error")
     assert body["detail"] == "the model failed on this request"
-    out_of_memory = post(server, auth, {"input": f"{markers.oom} needs more memory than there is"})
-    body = assert_error(out_of_memory, 503, "unavailable_error")
+    out_of_memory = ask(server, {"input": f"{markers.oom} needs more memory than there is"})
+    body = refused(out_of_memory, 503, "unavailable_error")
     assert "out of memory" in body["detail"]
 
     assert procs.engine_pid(server) == engine, "the engine was not restarted"
-    assert procs.engine_restarts(server, auth) == 0
-    assert_serves_normally(server, auth, reference)
+    assert procs.engine_restarts(server, auth) == restarts
+    assert_serves_normally(server, reference)
     after = requests.get(f"{server.url}/stats", headers=auth, timeout=5).json()["batching"]["failed_requests"]
     assert after - before == 2
-    assert server.log().count("Forward pass failed") == 2
+    assert server.log().count("Forward pass failed") == logged + 2
     assert not procs.leaked_segments(server)
 
 

@@ -15,7 +15,7 @@ import requests
 
 from testkit import procs
 from testkit.server import Server
-from tests.e2e.conftest import TOKEN
+from tests.e2e.conftest import dense, dense_vectors, post, serving
 
 DIRECTIONS = ["north", "south", "east", "west", "up", "down", "left", "right"]
 TEXTS = [f"shutdown test {i} {w}" for i, w in enumerate(DIRECTIONS)]
@@ -24,31 +24,26 @@ ENGINE_IGNORES = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    server = Server(tiny_model, tmp_path_factory.mktemp("shutdown") / "server.log", API_TOKEN=TOKEN).start()
-    yield server
-    server.stop()
+    """Its own server: the tests here reload and stop it."""
+    with serving(tiny_model, tmp_path_factory.mktemp("shutdown")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def reference(server) -> dict[str, list[float]]:
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    return {text: dense(post(server, auth, text)) for text in TEXTS}
+    return dense_vectors(server, TEXTS)
 
 
-def post(server: Server, auth: dict[str, str], text: str, timeout: float = 60) -> requests.Response:
-    return requests.post(f"{server.url}/v1/embeddings", json={"input": text}, headers=auth, timeout=timeout)
-
-
-def dense(response: requests.Response) -> list[float]:
-    assert response.status_code == 200, response.text
-    return response.json()["data"][0]["dense_embedding"]
+def ask(server: Server, text: str, timeout: float = 60) -> requests.Response:
+    return post(server, "/v1/embeddings", {"input": text}, timeout=timeout)
 
 
 def test_sighup_reloads_the_workers_under_the_same_engine_and_finishes_requests_in_flight(server, auth, reference):
     engine, old = procs.engine_pid(server), procs.worker_pids(server)
+    restarts = procs.engine_restarts(server, auth)
     with ThreadPoolExecutor(6) as pool:
         with procs.paused(engine):
-            in_flight = [pool.submit(post, server, auth, text) for text in TEXTS[:6]]
+            in_flight = [pool.submit(ask, server, text) for text in TEXTS[:6]]
             procs.wait_for(lambda: procs.queue_size(server, auth) == 6, 5, what="6 requests queued")
             os.kill(server.process.pid, signal.SIGHUP)
             procs.wait_for(lambda: len(procs.worker_pids(server) - old) == 2, 15, what="2 new workers")
@@ -58,13 +53,14 @@ def test_sighup_reloads_the_workers_under_the_same_engine_and_finishes_requests_
 
     procs.wait_for(lambda: not procs.worker_pids(server) & old, 15, what="the old workers to exit")
     assert procs.engine_pid(server) == engine
-    assert procs.engine_restarts(server, auth) == 0
+    assert procs.engine_restarts(server, auth) == restarts
     for text in TEXTS:
-        np.testing.assert_allclose(dense(post(server, auth, text)), reference[text], atol=1e-5)
+        np.testing.assert_allclose(dense(ask(server, text)), reference[text], atol=1e-5)
 
 
 def test_repeated_sighup_under_load_drops_no_request(server, auth, reference):
     engine = procs.engine_pid(server)
+    restarts, reloads = procs.engine_restarts(server, auth), server.log().count("Hang up: Master")
     outcomes: list[str] = []
     lock, stop = threading.Lock(), threading.Event()
 
@@ -72,7 +68,7 @@ def test_repeated_sighup_under_load_drops_no_request(server, auth, reference):
         while not stop.is_set():
             text = TEXTS[k % len(TEXTS)]
             try:
-                response = post(server, auth, text, timeout=30)
+                response = ask(server, text, timeout=30)
                 outcome = "ok" if response.status_code == 200 else f"status {response.status_code}"
                 if outcome == "ok":
                     np.testing.assert_allclose(dense(response), reference[text], atol=1e-5)
@@ -91,12 +87,12 @@ def test_repeated_sighup_under_load_drops_no_request(server, auth, reference):
         stop.set()
         for c in clients:
             c.result()
-    assert server.log().count("Hang up: Master") >= 4
+    assert server.log().count("Hang up: Master") == reloads + 3
     failures = [o for o in outcomes if o != "ok"]
     assert not failures, failures[:5]
     assert len(outcomes) > 50
     assert procs.engine_pid(server) == engine
-    assert procs.engine_restarts(server, auth) == 0
+    assert procs.engine_restarts(server, auth) == restarts
 
 
 def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(server, auth, reference):
@@ -105,12 +101,12 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(server
     tracker.snapshot()
     with ThreadPoolExecutor(7) as pool:
         with procs.paused(engine):
-            in_flight = [pool.submit(post, server, auth, text) for text in TEXTS[:6]]
+            in_flight = [pool.submit(ask, server, text) for text in TEXTS[:6]]
             procs.wait_for(lambda: procs.queue_size(server, auth) == 6, 5, what="6 requests queued")
             server.process.send_signal(signal.SIGTERM)
             procs.wait_for(lambda: "Handling signal: term" in server.log(), 5, what="the master to begin stopping")
             time.sleep(0.3)  # the workers have stopped accepting
-            newcomer = pool.submit(post, server, auth, TEXTS[6], 15)
+            newcomer = pool.submit(ask, server, TEXTS[6], 15)
             time.sleep(0.5)
             assert server.process.poll() is None, "the master waits for the requests in flight"
         for text, future in zip(TEXTS, in_flight, strict=False):
@@ -124,27 +120,24 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(server
     tracker.assert_left_nothing()
 
 
-def test_sigterm_to_the_whole_process_group_still_drains_gracefully(tiny_model, tmp_path, auth, reference):
+def test_sigterm_to_the_whole_process_group_still_drains_gracefully(start_server, auth, reference):
     """systemd's default KillMode sends SIGTERM to every process of the service at
     once (a terminal's Ctrl-C does the same with SIGINT): the engine must ignore it
     and leave the stopping to the master, after the workers' requests are done."""
-    server = Server(tiny_model, tmp_path / "server.log", API_TOKEN=TOKEN).start()
-    try:
-        engine = procs.engine_pid(server)
-        assert procs.blocked_signals(engine) >= ENGINE_IGNORES
-        tracker = procs.ShmTracker(server)
-        tracker.snapshot()
-        with ThreadPoolExecutor(4) as pool:
-            with procs.paused(engine):
-                in_flight = [pool.submit(post, server, auth, text) for text in TEXTS[:4]]
-                procs.wait_for(lambda: procs.queue_size(server, auth) == 4, 5, what="4 requests queued")
-                os.killpg(server.process.pid, signal.SIGTERM)
-                time.sleep(0.5)
-            for text, future in zip(TEXTS, in_flight, strict=False):
-                np.testing.assert_allclose(dense(future.result()), reference[text], atol=1e-5)
-        assert server.process.wait(30) == 0, server.log()
-    finally:
-        server.stop()
+    server = start_server()
+    engine = procs.engine_pid(server)
+    assert procs.blocked_signals(engine) >= ENGINE_IGNORES
+    tracker = procs.ShmTracker(server)
+    tracker.snapshot()
+    with ThreadPoolExecutor(4) as pool:
+        with procs.paused(engine):
+            in_flight = [pool.submit(ask, server, text) for text in TEXTS[:4]]
+            procs.wait_for(lambda: procs.queue_size(server, auth) == 4, 5, what="4 requests queued")
+            os.killpg(server.process.pid, signal.SIGTERM)
+            time.sleep(0.5)
+        for text, future in zip(TEXTS, in_flight, strict=False):
+            np.testing.assert_allclose(dense(future.result()), reference[text], atol=1e-5)
+    assert server.process.wait(30) == 0, server.log()
     log = server.log()
     assert "Engine 0 stopped" in log and "exited with code" not in log
     tracker.assert_left_nothing()

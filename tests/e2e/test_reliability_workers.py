@@ -15,8 +15,7 @@ import pytest
 import requests
 
 from testkit import procs
-from testkit.server import Server
-from tests.e2e.conftest import TOKEN
+from tests.e2e.conftest import embed, post, serving
 
 WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "中文", "عربي", "émoji🚀", "omega", "sigma", "kappa", "lambda",
          "river", "stone"]
@@ -24,10 +23,10 @@ WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "中文", "
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    server = Server(tiny_model, tmp_path_factory.mktemp("workers") / "server.log", API_TOKEN=TOKEN,
-                    GUNICORN_CMD_ARGS="--max-requests 25 --max-requests-jitter 10").start()
-    yield server
-    server.stop()
+    """Its own server: workers recycled every 25-35 requests, and a test here kills one."""
+    with serving(tiny_model, tmp_path_factory.mktemp("workers"),
+                 GUNICORN_CMD_ARGS="--max-requests 25 --max-requests-jitter 10") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +38,7 @@ def texts() -> list[str]:
 @pytest.fixture(scope="module")
 def alone(server, texts) -> dict[str, dict]:
     """Each text's answer when it is the only request in the server."""
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    return {text: embed(server, auth, text, {}).json() for text in texts}
-
-
-def embed(server: Server, auth: dict[str, str], text: str, kinds: dict[str, bool]) -> requests.Response:
-    response = requests.post(f"{server.url}/v1/embeddings", json={"input": [text], **kinds}, headers=auth,
-                             timeout=30)
-    assert response.status_code == 200, response.text
-    return response
+    return {text: embed(server, {"input": [text]}) for text in texts}
 
 
 def assert_same_answer(body: dict, reference: dict, kinds: dict[str, bool]) -> None:
@@ -68,7 +59,7 @@ def assert_same_answer(body: dict, reference: dict, kinds: dict[str, bool]) -> N
 
 def test_many_clients_through_recycled_workers_each_get_their_own_answer(server, auth, texts, alone):
     engine, workers = procs.engine_pid(server), procs.worker_pids(server)
-    recycled = server.log().count("Autorestarting worker")
+    recycled, restarts = server.log().count("Autorestarting worker"), procs.engine_restarts(server, auth)
     rng = random.Random(5)
     jobs = [(text, {"return_sparse": rng.random() < 0.5, "return_colbert": rng.random() < 0.5})
             for text in texts * 3]
@@ -76,7 +67,7 @@ def test_many_clients_through_recycled_workers_each_get_their_own_answer(server,
 
     def one(job: tuple[str, dict[str, bool]]) -> None:
         text, kinds = job
-        assert_same_answer(embed(server, auth, text, kinds).json(), alone[text], kinds)
+        assert_same_answer(embed(server, {"input": [text], **kinds}), alone[text], kinds)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, jobs))
@@ -86,12 +77,12 @@ def test_many_clients_through_recycled_workers_each_get_their_own_answer(server,
     # A worker leaving must not try to join the engine, which is the master's child.
     assert "can only join a child process" not in server.log()
     assert procs.engine_pid(server) == engine
-    assert procs.engine_restarts(server, auth) == 0
+    assert procs.engine_restarts(server, auth) == restarts
     assert not procs.leaked_segments(server)
 
 
 def test_a_killed_worker_disturbs_no_other_request(server, auth, texts, alone):
-    engine = procs.engine_pid(server)
+    engine, restarts = procs.engine_pid(server), procs.engine_restarts(server, auth)
     outcomes: list[tuple[float, str]] = []  # (started, "ok" or the error)
     lock, stop = threading.Lock(), threading.Event()
 
@@ -102,8 +93,7 @@ def test_a_killed_worker_disturbs_no_other_request(server, auth, texts, alone):
             text = texts[i % len(texts)]
             started = time.monotonic()
             try:
-                response = requests.post(f"{server.url}/v1/embeddings", json={"input": [text]}, headers=auth,
-                                         timeout=30)
+                response = post(server, "/v1/embeddings", {"input": [text]}, timeout=30)
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
                 # The victim's own connections: cut before or in the middle of the answer.
                 outcome = "connection error"
@@ -131,12 +121,12 @@ def test_a_killed_worker_disturbs_no_other_request(server, auth, texts, alone):
     assert len(errors) <= 12
     assert sum(1 for started, outcome in outcomes if outcome == "ok" and started > killed + 0.5) > 20
     assert procs.engine_pid(server) == engine
-    assert procs.engine_restarts(server, auth) == 0
+    assert procs.engine_restarts(server, auth) == restarts
     procs.wait_for(lambda: len(procs.worker_pids(server)) == 2, 10, what="a replacement worker")
     assert victim not in procs.worker_pids(server)
     procs.wait_for(lambda: not procs.segments(server, victim), 5, what="the killed worker's segments removed")
     for text in texts[:20]:
-        assert_same_answer(embed(server, auth, text, {}).json(), alone[text], {})
+        assert_same_answer(embed(server, {"input": [text]}), alone[text], {})
 
 
 def test_shutdown_leaves_no_process_and_no_shared_memory(server):

@@ -12,7 +12,7 @@ import requests
 from langchain_cohere import CohereRerank
 from langchain_core.documents import Document
 
-from tests.e2e.conftest import TOKEN
+from tests.e2e.conftest import TOKEN, ok, post
 
 QUERY = "How does hybrid retrieval combine dense and sparse vectors?"
 DOCUMENTS = [
@@ -24,16 +24,6 @@ DOCUMENTS = [
     "مرحبا بالعالم",
 ]
 MODES = ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense")
-
-
-def post(server, path: str, body: dict, auth: dict | None = None) -> requests.Response:
-    headers = auth if auth is not None else {"Authorization": f"Bearer {TOKEN}"}
-    return requests.post(f"{server.url}{path}", json=body, headers=headers, timeout=60)
-
-
-def ok(response: requests.Response) -> dict:
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def scores(server, **body) -> list[dict]:
@@ -169,7 +159,7 @@ def test_bad_input_gets_the_api_errors(server, path, body, status, param):
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/rerank", "/v2/rerank", "/tokenize"])
 def test_new_endpoints_refuse_a_wrong_token(server, path):
     response = post(server, path, {"query": "q", "documents": ["a"], "input": "a"},
-                    auth={"Authorization": "Bearer wrong"})
+                    headers={"Authorization": "Bearer wrong"})
     assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
     assert response.json()["error"]["type"] == "authentication_error"
 

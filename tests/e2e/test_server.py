@@ -2,48 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import random
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import requests
 
-from tests.e2e.conftest import TOKEN
+from testkit import procs
+from tests.e2e.conftest import TOKEN, embed
 
 WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "中文", "عربي", "émoji🚀", "omega", "sigma", "kappa", "lambda"]
 
 
-def embed(server, body, auth) -> dict:
-    response = requests.post(f"{server.url}/v1/embeddings", json=body, headers=auth, timeout=60)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def test_concurrent_clients_each_get_their_own_vectors(server, auth):
+def test_concurrent_clients_each_get_their_own_vectors(server):
     rng = random.Random(7)
     texts = [" ".join(rng.choices(WORDS, k=rng.randint(1, 30))) + f" #{i}" for i in range(48)]
-    alone = {t: embed(server, {"input": t}, auth)["data"][0] for t in texts[:12]}
+    alone = {t: embed(server, t)["data"][0] for t in texts[:12]}
     order = texts * 2
     rng.shuffle(order)
 
     def one(text):
         kinds = {"return_sparse": len(text) % 2 == 0, "return_colbert": len(text) % 3 != 0}
-        return text, kinds, embed(server, {"input": [text], **kinds}, auth)["data"][0]
+        return text, kinds, embed(server, {"input": [text], **kinds})["data"][0]
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, order))
@@ -61,7 +41,7 @@ def test_concurrent_clients_each_get_their_own_vectors(server, auth):
 def test_stats_count_requests_from_every_worker(server, auth):
     before = requests.get(f"{server.url}/stats", headers=auth, timeout=10).json()["batching"]
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda i: embed(server, {"input": f"text {i}"}, auth), range(40)))
+        list(pool.map(lambda i: embed(server, f"text {i}"), range(40)))
     after = requests.get(f"{server.url}/stats", headers=auth, timeout=10).json()["batching"]
     assert after["processed_requests"] - before["processed_requests"] == 40
     assert after["average_batch_size"] >= 1
@@ -90,9 +70,9 @@ def test_model_is_loaded_once_and_only_in_the_engine(server):
     log = server.log()
     assert "Using device cpu with dtype float32" in log
     assert log.count("Model loaded from") == 1
-    processes = children(server.process.pid)  # web workers, the engine, multiprocessing's resource tracker
-    with_torch = [pid for pid in processes if "libtorch" in Path(f"/proc/{pid}/maps").read_text()]
-    assert len(with_torch) == 1, "exactly one process (the engine) maps torch"
+    processes = procs.children(server.process.pid)  # web workers, the engine, multiprocessing's resource tracker
+    with_torch = [p.pid for p in processes if procs.maps_torch(p.pid)]
+    assert with_torch == [procs.engine_pid(server)], "exactly one process (the engine) maps torch"
     assert len(processes) >= 3
 
 
