@@ -101,13 +101,20 @@ def test_product_code_never_imports_tests_testkit_or_bench():
     assert not wrong
 
 
+def test_the_client_imports_only_httpx_numpy_tqdm_and_the_standard_library():
+    """Users copy embsvc_client into their programs and install just those three (its docstring says so)."""
+    allowed = {"httpx", "numpy", "tqdm", "embsvc_client", *sys.stdlib_module_names}
+    wrong = [imp.where() for imp in imports("embsvc_client") if imp.module.split(".")[0] not in allowed]
+    assert not wrong
+
+
 def test_bench_and_testkit_never_import_tests():
     wrong = [imp.where() for imp in imports("bench", "testkit") if imp.under("tests")]
     assert not wrong, "shared helpers belong in testkit/"
 
 
 @pytest.mark.parametrize("package", sorted({p.parent for p in ROOT.glob("*/**/__init__.py")
-                                            if p.parts[len(ROOT.parts)] in (*PRODUCT, "testkit")}))
+                                            if p.parts[len(ROOT.parts)] in (*PRODUCT, "testkit", "embsvc_client")}))
 def test_every_package_says_what_it_is(package: Path):
     """The first lines of each package's docstring: runs in, may import, owns, entry points."""
     doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text())) or ""
