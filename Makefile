@@ -31,12 +31,13 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py embsvc.wsgi:app
 
-test: install-test
-	$(VENV)/bin/ruff check .
+test: lint
 	$(PY) -m pytest -q
 
+# mypy reads its settings (strict, the packages to check) from pyproject.toml.
 lint: install-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

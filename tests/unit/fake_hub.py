@@ -40,53 +40,55 @@ class FakeHub:
                 for name, data in self.files.items()]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        hub = self
+        # The server makes a handler per request from a class alone: one class per hub.
+        return type("Handler", (_Handler,), {"hub": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
-            def log_message(self, *args: object) -> None:
-                pass
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hub: FakeHub  # set on the subclass that FakeHub._handler makes
 
-            def do_HEAD(self) -> None:
-                self._answer(body=False)
+    def log_message(self, *args: object) -> None:
+        pass
 
-            def do_GET(self) -> None:
-                self._answer(body=True)
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
 
-            def _answer(self, body: bool) -> None:
-                path = unquote(urlparse(self.path).path)
-                hub.requests.append(f"{self.command} {path}")
-                api = f"/api/models/{hub.repo_id}"
-                if path.startswith(f"{api}/revision/"):
-                    self._json({"id": hub.repo_id, "sha": COMMIT,
-                                "siblings": [{"rfilename": name} for name in hub.files]}, body)
-                elif path.startswith(f"{api}/tree/"):
-                    self._json(hub._tree(), body)
-                elif path.startswith(f"/{hub.repo_id}/resolve/"):
-                    name = path.split("/resolve/", 1)[1].split("/", 1)[1]
-                    data = hub.files.get(name)
-                    if data is None:
-                        self._send(404, b"", {}, body)
-                    else:
-                        self._send(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{_etag(data)}"',
-                                               "Content-Type": "application/octet-stream"}, body)
-                else:
-                    self._send(404, b"", {}, body)
+    def do_GET(self) -> None:
+        self._answer(body=True)
 
-            def _json(self, payload: object, body: bool) -> None:
-                self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"}, body)
+    def _answer(self, body: bool) -> None:
+        hub = self.hub
+        path = unquote(urlparse(self.path).path)
+        hub.requests.append(f"{self.command} {path}")
+        api = f"/api/models/{hub.repo_id}"
+        if path.startswith(f"{api}/revision/"):
+            self._json({"id": hub.repo_id, "sha": COMMIT,
+                        "siblings": [{"rfilename": name} for name in hub.files]}, body)
+        elif path.startswith(f"{api}/tree/"):
+            self._json(hub._tree(), body)
+        elif path.startswith(f"/{hub.repo_id}/resolve/"):
+            name = path.split("/resolve/", 1)[1].split("/", 1)[1]
+            data = hub.files.get(name)
+            if data is None:
+                self._send(404, b"", {}, body)
+            else:
+                self._send(200, data, {"X-Repo-Commit": COMMIT, "ETag": f'"{_etag(data)}"',
+                                       "Content-Type": "application/octet-stream"}, body)
+        else:
+            self._send(404, b"", {}, body)
 
-            def _send(self, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
+    def _json(self, payload: object, body: bool) -> None:
+        self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"}, body)
 
-        return Handler
+    def _send(self, status: int, data: bytes, headers: dict[str, str], body: bool) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
 
 
 def _etag(data: bytes) -> str:
