@@ -108,6 +108,7 @@ def test_score_rerank_and_tokenize_are_the_endpoints_answers(server):
     assert got_tokens[4].truncated and got_tokens[4].count == 8
 
 
+@pytest.mark.slow
 def test_batches_split_at_the_servers_limit_and_join_in_order(server, start_server):
     """A server that takes at most 2 inputs a request: 5 texts pass only in batches of 2, and each
     text's vectors are those the shared server gives it (same model, other batch mates)."""
@@ -189,6 +190,7 @@ def refused_503s(server: Server) -> float:
                and sample.labels.get("endpoint") == "/v1/embeddings")
 
 
+@pytest.mark.slow
 def test_a_full_queue_is_waited_out_after_retry_after(start_server, auth):
     """A real 503: the engine is paused with its one-request queue full. Without retries the client
     raises it; with them it waits the server's Retry-After and gets the vectors once the engine goes on."""
