@@ -2,7 +2,8 @@
 
 Runs in:      web workers (``api/``, ``core/``, ``openapi/``, ``app``, ``wsgi``); the gunicorn master (``master/``).
 May import:   falcon, orjson, tokenizers, prometheus_client, numpy, ``runtime``, and ``gpu_pool``'s
-              ``__all__`` only; never torch (tests/unit/test_layout.py checks all three).
+              ``__all__`` only; never torch (tests/unit/test_layout.py checks all three). The API page
+              serves files of the swagger-ui-py package without importing it.
 Owns:         HTTP: auth, validation, serialization, errors, metrics, the OpenAPI document.
 Entry points: ``wsgi:app`` (gunicorn), ``app.create_app`` (tests), ``master.hooks`` (gunicorn.conf.py).
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import falcon
 
 from embsvc import errors
-from embsvc.api import info, metrics
+from embsvc.api import info, metrics, tei
 from embsvc.api.auth import BearerAuth
+from embsvc.api.docs import Docs, DocsAsset
 from embsvc.api.embeddings import Embeddings
 from embsvc.api.request_id import RequestId
 from embsvc.api.scoring import Rerank, Score
@@ -17,34 +19,69 @@ from embsvc.config import Settings
 from embsvc.core.backend import Backend
 from embsvc.core.embedding import EmbeddingService
 from embsvc.core.scoring import ScoreService
+from embsvc.core.tei import TEIService
 from embsvc.core.tokenize import TokenizeService
 from embsvc.core.tokenizer import LazyTokenizer
 from embsvc.openapi import build_openapi
-from gpu_pool import EngineState
+from gpu_pool import EngineState, Kind
+
+if TYPE_CHECKING:
+    import falcon.asgi
+
+App = falcon.App[falcon.Request, falcon.Response]
 
 
 def create_app(settings: Settings, backend: Backend,
                metrics_dir: Path | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     """``metrics_dir``: the folder shared by all gunicorn workers' metrics (None: this process only)."""
     recorded, registry = metrics.build(backend, metrics_dir)
-    # The request id comes first so that even a refused request is answered and logged with it.
+    # The request id comes first so that even a refused request is answered and logged with it;
+    # the error shape is settled before authentication can refuse a request.
     # Annotated: from it mypy learns the request and response types the middleware must take.
-    app: falcon.App[falcon.Request, falcon.Response] = falcon.App(
-        middleware=[RequestId(), metrics.MetricsMiddleware(recorded), BearerAuth(settings.api_tokens)])
+    app: App = falcon.App(middleware=[RequestId(), *_cors(settings), metrics.MetricsMiddleware(recorded),
+                                      errors.ErrorShape(), BearerAuth(settings.api_tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     tokenizer = LazyTokenizer(settings.model_path, lambda: EngineState.READY in backend.states())
     scores = ScoreService(settings.model_name, backend, tokenizer)
-    app.add_route("/v1/embeddings", Embeddings(settings, EmbeddingService(settings.model_name, backend, tokenizer)))
+    embeddings = EmbeddingService(settings.model_name, backend, tokenizer)
+    tokens = TokenizeService(settings.model_name, tokenizer)
+    tei_service = TEIService(embeddings, scores, tokens)
+    app.add_route("/v1/embeddings", Embeddings(settings, embeddings))
     app.add_route("/v1/score", Score(settings, scores))
     app.add_route("/v1/rerank", Rerank(settings, scores))
     app.add_route("/v2/rerank", Rerank(settings, scores))  # where Cohere's v2 clients (LangChain's) send it
-    app.add_route("/tokenize", Tokenize(settings, TokenizeService(settings.model_name, tokenizer)))
+    app.add_route("/tokenize", Tokenize(settings, tokens, tei_service))
+    _add_tei_routes(app, settings, backend, tei_service)
     app.add_route("/health", info.Health(settings, backend))
+    app.add_route("/health/detailed", info.HealthDetailed(settings, backend))
+    app.add_route("/docs", Docs(settings.model_name))
+    app.add_route("/docs/{name}", DocsAsset())
     app.add_route("/stats", info.Stats(settings, backend))
     app.add_route("/v1/models", info.Models(settings))
     app.add_route("/v1/models/{model_id:path}", info.Model(settings))
-    app.add_route("/", info.Root(settings))
     app.add_route("/metrics", metrics.MetricsResource(registry))
     app.add_route("/openapi.json", info.OpenAPI(build_openapi(settings)))
     errors.register(app)
     return app
+
+
+def _cors(settings: Settings) -> list[falcon.CORSMiddleware[falcon.asgi.Request, falcon.asgi.Response]]:
+    """Browser clients of ALLOWED_ORIGINS: a browser lets a page read an answer (an error
+    too) only with these headers; preflights (OPTIONS) get theirs here."""
+    if not settings.allowed_origins:
+        return []
+    origins = "*" if settings.allowed_origins == ("*",) else settings.allowed_origins
+    # (falcon types the middleware by its ASGI side; its WSGI side serves this WSGI app.)
+    return [falcon.CORSMiddleware(allow_origins=origins, expose_headers=["X-Request-ID", "Retry-After"])]
+
+
+def _add_tei_routes(app: App, settings: Settings, backend: Backend, service: TEIService) -> None:
+    """Text-embeddings-inference's API (TEI's /tokenize shares this server's route)."""
+    embed = tei.Embed(settings, service, Kind.DENSE)
+    app.add_route("/embed", embed)
+    app.add_route("/", tei.EmbedAtRoot(info.Root(settings), embed))  # GET: this server's own information
+    app.add_route("/embed_sparse", tei.Embed(settings, service, Kind.SPARSE))
+    app.add_route("/embed_all", tei.Embed(settings, service, Kind.COLBERT))
+    app.add_route("/rerank", tei.Rerank(settings, service))
+    app.add_route("/decode", tei.Decode(settings, service))
+    app.add_route("/info", tei.Info(settings, backend))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ from dotenv import dotenv_values
 PLACEHOLDER_TOKEN = "your_api_token_here"
 KINDS = ("dense", "sparse", "colbert")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEFAULT_MAX_BATCH_TOKENS = 16384  # tokens in one forward pass when MAX_BATCH_TOKENS is unset
+# An origin as browsers send it: scheme://host[:port], no path (the Origin header's form).
+_ORIGIN = re.compile(r"https?://[^\s/?#]+")
 
 
 class ConfigError(ValueError):
@@ -45,9 +49,14 @@ class Settings:
     log_level: str
     log_format: str
     bind: str
+    allowed_origins: tuple[str, ...]  # CORS: ("*",) for any origin; empty: none
 
     def model_names(self) -> tuple[str, ...]:
         return (self.model_name, *self.model_aliases)
+
+    def batch_tokens(self) -> int:
+        """Tokens in one forward pass, as the engines are given them."""
+        return self.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
@@ -81,6 +90,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         log_level=get.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
         log_format=get.choice("LOG_FORMAT", "json", ("json", "text")),
         bind=get.str("BIND", "0.0.0.0:8000"),
+        allowed_origins=_origins(get.list("ALLOWED_ORIGINS", "")),
     )
 
 
@@ -104,6 +114,16 @@ def _kinds(names: tuple[str, ...]) -> tuple[str, ...]:
     if unknown or not names:
         raise ConfigError(f"DEFAULT_RETURN must list some of {', '.join(KINDS)}; got {','.join(names)!r}")
     return tuple(k for k in KINDS if k in names)
+
+
+def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    if origins == ("*",):
+        return origins
+    wrong = [o for o in origins if not _ORIGIN.fullmatch(o)]
+    if wrong:
+        raise ConfigError(f"ALLOWED_ORIGINS must be * alone or a comma-separated list of origins such as "
+                          f"https://app.example.com (scheme, host, optional port; no path); got {wrong[0]!r}")
+    return origins
 
 
 class _Reader:

@@ -1,8 +1,11 @@
 """The closed set of API errors and the one place that turns errors into responses.
 
 Every error body has the OpenAI shape under ``error`` and the same message under
-``detail`` (what clients of the original FastAPI service read). Nothing from an
-exception but its public message reaches the client.
+``detail`` (what clients of the original FastAPI service read), except on the paths of
+text-embeddings-inference's API (``api/tei``), which answer in TEI's shape,
+``{"error": message, "error_type": kind}``, with TEI's statuses: a resource says so with
+``tei_shape`` (True, or the methods that do), and ``/tokenize`` by ``use_tei_shape`` once
+it has seen a TEI body. Nothing from an exception but its public message reaches the client.
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ from gpu_pool import EngineError, EngineFailed, EngineOverloaded, EngineTimeout,
 
 log = logging.getLogger("embsvc")
 
+# The original service's words for a full queue; clients of it may show or match them.
+QUEUE_FULL = "Server is currently handling maximum number of requests. Please try again later."
+
 
 class APIError(Exception):
     status = 400
     type = "invalid_request_error"
+    # The same fault in TEI's terms: its ErrorType, and the status TEI gives it
+    # (router/src/http/server.rs; None: this error's own status).
+    tei_type = "Validation"
+    tei_status: int | None = None
 
     def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -29,16 +39,23 @@ class APIError(Exception):
 
 
 class InvalidRequest(APIError):
-    pass
+    tei_status = 422
+
+
+class EmptyInput(InvalidRequest):
+    """Nothing to embed: an empty body, list or text (TEI's "Empty", its only 400)."""
+
+    tei_type, tei_status = "Empty", 400
 
 
 class PayloadTooLarge(APIError):
-    status = 413
+    status = 413  # TEI's document gives its batch-size error this status too
 
 
 class Unauthorized(APIError):
     status = 401
     type = "authentication_error"
+    tei_type = "Unauthorized"  # TEI answers 401 with no body; here the body says why
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
@@ -52,21 +69,31 @@ class NotFound(APIError):
 class Overloaded(APIError):
     status = 503
     type = "overloaded_error"
+    tei_type, tei_status = "Overloaded", 429
 
 
 class Unavailable(APIError):
     status = 503
     type = "unavailable_error"
+    tei_type = "Unhealthy"
 
 
 class Timeout(APIError):
     status = 504
     type = "timeout_error"
+    tei_type = "Backend"
 
 
 class ServerError(APIError):
     status = 500
     type = "server_error"
+    tei_type = "Backend"
+
+
+class ModelFailed(ServerError):
+    """The forward pass failed: TEI's "Inference failed"."""
+
+    tei_status = 424
 
 
 _FALCON_TYPES = {404: "not_found_error", 405: "invalid_request_error", 401: "authentication_error"}
@@ -79,32 +106,60 @@ def error_body(error: APIError) -> bytes:
     })
 
 
-def _respond(resp: falcon.Response, error: APIError) -> None:
-    resp.status = error.status
+def tei_error_body(error: APIError) -> bytes:
+    return orjson.dumps({"error": error.message, "error_type": error.tei_type})
+
+
+def use_tei_shape(req: falcon.Request) -> None:
+    """From now on this request's errors are answered in TEI's shape."""
+    req.context.tei_shape = True
+
+
+def _wants_tei_shape(resource: object, method: str) -> bool:
+    shape = getattr(resource, "tei_shape", False)
+    return method in shape if isinstance(shape, frozenset) else bool(shape)
+
+
+class ErrorShape:
+    """Middleware: marks the requests whose resource answers in TEI's shape, before any
+    other middleware (authentication) can refuse them."""
+
+    def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
+                         params: dict[str, Any]) -> None:
+        req.context.tei_shape = _wants_tei_shape(resource, req.method)
+
+
+def _respond(req: falcon.Request, resp: falcon.Response, error: APIError) -> None:
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = error_body(error)
+    if req.context.get("tei_shape", False):
+        resp.status = error.tei_status or error.status
+        resp.data = tei_error_body(error)
+    else:
+        resp.status = error.status
+        resp.data = error_body(error)
     for name, value in error.headers.items():
         resp.set_header(name, value)
 
 
 def from_engine(exc: EngineError) -> APIError:
     if isinstance(exc, EngineOverloaded):
-        return Overloaded(str(exc), headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+        # The original service's words first, then why.
+        return Overloaded(f"{QUEUE_FULL} ({exc})", headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, EngineTimeout):
         return Timeout(str(exc))
     if isinstance(exc, EngineUnavailable):
         return Unavailable(str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, EngineFailed) and exc.out_of_memory:
         return Unavailable("the model ran out of memory on this request; send fewer or shorter inputs")
-    return ServerError("the model failed on this request")
+    return ModelFailed("the model failed on this request")
 
 
 def handle_api_error(req: falcon.Request, resp: falcon.Response, exc: APIError, params: dict[str, Any]) -> None:
-    _respond(resp, exc)
+    _respond(req, resp, exc)
 
 
 def handle_engine_error(req: falcon.Request, resp: falcon.Response, exc: EngineError, params: dict[str, Any]) -> None:
-    _respond(resp, from_engine(exc))
+    _respond(req, resp, from_engine(exc))
 
 
 def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,
@@ -118,12 +173,12 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
         message = f"method {req.method} is not allowed on {req.path}"
     error = APIError(message, headers=dict(exc.headers or {}))
     error.status, error.type = status, _FALCON_TYPES.get(status, "invalid_request_error")
-    _respond(resp, error)
+    _respond(req, resp, error)
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
     log.exception("Unexpected error on %s %s", req.method, req.path)
-    _respond(resp, ServerError("internal server error"))
+    _respond(req, resp, ServerError("internal server error"))
 
 
 def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:

@@ -1,4 +1,9 @@
-"""Bearer-token check for the resources that ask for it (``auth_required = True``)."""
+"""Bearer-token check for the resources that ask for it: ``auth_required = True``, or the
+set of methods that need a token (``GET /`` is public, ``POST /`` is not).
+
+The messages are the original service's words ("Missing API token", "Invalid API token").
+A CORS preflight (``OPTIONS``) never carries credentials, so it is never asked for them.
+"""
 
 from __future__ import annotations
 
@@ -16,16 +21,16 @@ class BearerAuth:
 
     def process_resource(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          params: dict[str, Any]) -> None:
-        if resource is None or not getattr(resource, "auth_required", False):
+        if not needs_token(resource, req.method):
             return  # unknown paths get their 404; public endpoints need nothing
         header = req.get_header("Authorization")
         if not header:
-            raise Unauthorized("missing Authorization header: send 'Authorization: Bearer <token>'")
+            raise Unauthorized("Missing API token")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+            raise Unauthorized("Invalid API token: send 'Authorization: Bearer <token>'")
         if not self._valid(token.strip().encode("utf-8", "surrogateescape")):
-            raise Unauthorized("invalid API token")
+            raise Unauthorized("Invalid API token")
 
     def _valid(self, candidate: bytes) -> bool:
         # Compare with every token, in constant time, so that timing tells nothing
@@ -34,3 +39,10 @@ class BearerAuth:
         for token in self._tokens:
             matched |= hmac.compare_digest(candidate, token)
         return matched
+
+
+def needs_token(resource: object, method: str) -> bool:
+    if resource is None or method == "OPTIONS":
+        return False
+    required = getattr(resource, "auth_required", False)
+    return method in required if isinstance(required, frozenset) else bool(required)

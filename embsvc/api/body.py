@@ -3,13 +3,42 @@ is an APIError with a clear message."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import falcon
 import orjson
 
 from embsvc.config import Settings
-from embsvc.errors import InvalidRequest, NotFound, PayloadTooLarge
+from embsvc.errors import EmptyInput, InvalidRequest, NotFound, PayloadTooLarge
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How ``texts`` words its refusals ({field}, {where}, {index}, {count}, {limit} filled in)."""
+
+    empty: str  # an empty list
+    blank: str  # an empty or white-space text
+    too_many: str
+    token_ids: str  # token ids where texts belong
+
+
+# ``input``: the original service's words, which its clients may show or match;
+# token ids are what LangChain's OpenAIEmbeddings sends by default (tiktoken's cl100k ids).
+ORIGINAL_WORDS = Wording(
+    empty="Input cannot be empty",
+    blank="Text at index {index} is too short (minimum 1 characters)",
+    too_many="Too many texts in batch: {count} (maximum: {limit})",
+    token_ids="{field} holds token ids, not text; this server tokenizes text itself. LangChain's OpenAIEmbeddings "
+              "sends OpenAI's (tiktoken) token ids unless it is made with check_embedding_ctx_length=False",
+)
+# TEI's ``inputs`` and ``texts``: text-embeddings-inference's words.
+TEI_WORDS = Wording(
+    empty="`{field}` cannot be empty",
+    blank="`{where}` cannot be empty or white space only",
+    too_many="batch size {count} > maximum allowed batch size {limit}",
+    token_ids="`{field}` holds token ids: this server embeds text only; send strings",
+)
 
 
 def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
@@ -24,7 +53,7 @@ def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
         raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
     if not raw.strip():
-        raise InvalidRequest("request body is empty: send a JSON object")
+        raise EmptyInput("request body is empty: send a JSON object")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -43,7 +72,7 @@ def check_model(body: dict[str, Any], settings: Settings) -> None:
                        param="model")
 
 
-def texts(body: dict[str, Any], field: str, max_inputs: int) -> list[str]:
+def texts(body: dict[str, Any], field: str, max_inputs: int, wording: Wording = ORIGINAL_WORDS) -> list[str]:
     if field not in body:
         raise InvalidRequest(f"{field} is required: a string or a list of strings", param=field)
     value = body[field]
@@ -51,16 +80,25 @@ def texts(body: dict[str, Any], field: str, max_inputs: int) -> list[str]:
     if not isinstance(items, list):
         raise InvalidRequest(f"{field} must be a string or a list of strings", param=field)
     if not items:
-        raise InvalidRequest(f"{field} must not be an empty list", param=field)
+        raise EmptyInput(wording.empty.format(field=field), param=field)
+    if _token_ids(items):  # before the count: a client sending ids should learn that first
+        raise InvalidRequest(wording.token_ids.format(field=field), param=field)
     if len(items) > max_inputs:
-        raise PayloadTooLarge(f"{field} has {len(items)} items; at most {max_inputs} are allowed", param=field)
+        raise PayloadTooLarge(wording.too_many.format(count=len(items), limit=max_inputs), param=field)
     for i, item in enumerate(items):
         where = field if isinstance(value, str) else f"{field}[{i}]"
         if not isinstance(item, str):
             raise InvalidRequest(f"{where} must be a string, not {_json_type(item)}", param=field)
         if not item.strip():
-            raise InvalidRequest(f"{where} is empty or white space only", param=field)
+            raise EmptyInput(wording.blank.format(where=where, index=i), param=field)
     return items
+
+
+def _token_ids(items: list[Any]) -> bool:
+    """A list of integers, or of lists of integers: token ids, as OpenAI's API accepts them."""
+    def ints(values: list[Any]) -> bool:
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    return ints(items) or all(isinstance(item, list) and ints(item) for item in items)
 
 
 def max_length(body: dict[str, Any], limit: int, field: str = "max_length") -> int:

@@ -35,7 +35,9 @@ def parse_embedding_request(body: dict[str, Any], settings: Settings) -> Embeddi
         if boolean(body, f"return_{name}", name in settings.default_return):
             kinds |= flag
     if not kinds:
-        raise InvalidRequest("return_dense, return_sparse and return_colbert are all false: ask for at least one")
+        # The original service's words.
+        raise InvalidRequest("At least one vector type must be requested. "
+                             "Set return_dense=true, return_sparse=true, or return_colbert=true.")
     encoding_format = body.get("encoding_format", "float")
     if encoding_format not in ("float", "base64"):
         raise InvalidRequest("encoding_format must be \"float\" or \"base64\"", param="encoding_format")

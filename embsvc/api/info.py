@@ -1,4 +1,5 @@
-"""What the server tells about itself: ``/``, ``/health``, ``/stats``, ``/v1/models``, ``/openapi.json``."""
+"""What the server tells about itself: ``/``, ``/health``, ``/health/detailed``, ``/stats``,
+``/v1/models``, ``/openapi.json``."""
 
 from __future__ import annotations
 
@@ -42,6 +43,51 @@ class Health:
             resp.set_header("Retry-After", "1")
 
 
+def batching_stats(engines: list[dict[str, Any]]) -> dict[str, object]:
+    """The batching counters of all engines together (their snapshots)."""
+    total = {key: sum(e[key] for e in engines) for key in
+             ("queue_size", "processed_requests", "failed_requests", "batches", "batched_requests",
+              "batched_inputs", "tokens", "processing_seconds")}
+    batches = total["batches"] or 1
+    return {
+        "queue_size": total["queue_size"],
+        "processed_requests": int(total["processed_requests"]),
+        "failed_requests": int(total["failed_requests"]),
+        "batches": int(total["batches"]),
+        "average_batch_size": total["batched_requests"] / batches,
+        "average_batch_inputs": total["batched_inputs"] / batches,
+        "average_processing_time": total["processing_seconds"] / batches,
+        "tokens_processed": int(total["tokens"]),
+    }
+
+
+class HealthDetailed:
+    """``GET /health/detailed`` (Bearer): the original service's detailed health, adapted: the
+    model's state and where it runs, each engine's state, and the batching figures. Always 200:
+    ``status`` says ``degraded`` while no engine is ready (``/health`` is the probe)."""
+
+    auth_required = True
+
+    def __init__(self, settings: Settings, backend: Backend) -> None:
+        self.settings, self.backend = settings, backend
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        states = self.backend.states()
+        ready = EngineState.READY in states
+        engine = self.backend.info()
+        s = self.settings
+        _json(resp, {
+            "status": "ok" if ready else "degraded",
+            "timestamp": time.time(),
+            "model": {"name": s.model_name, "status": "loaded" if ready else "not_loaded",
+                      "device": engine.get("device"), "dtype": engine.get("dtype")},
+            "engines": [state.name.lower() for state in states],
+            "batching": {"enabled": True, "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
+                         "max_queue_size": s.max_queue_size, "max_batch_tokens": s.batch_tokens(),
+                         "stats": batching_stats(self.backend.snapshot())},
+        })
+
+
 class Stats:
     auth_required = True
 
@@ -50,22 +96,9 @@ class Stats:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         engines = self.backend.snapshot()
-        total = {key: sum(e[key] for e in engines) for key in
-                 ("queue_size", "processed_requests", "failed_requests", "batches", "batched_requests",
-                  "batched_inputs", "tokens", "processing_seconds")}
-        batches = total["batches"] or 1
         s = self.settings
         _json(resp, {
-            "batching": {
-                "queue_size": total["queue_size"],
-                "processed_requests": int(total["processed_requests"]),
-                "failed_requests": int(total["failed_requests"]),
-                "batches": int(total["batches"]),
-                "average_batch_size": total["batched_requests"] / batches,
-                "average_batch_inputs": total["batched_inputs"] / batches,
-                "average_processing_time": total["processing_seconds"] / batches,
-                "tokens_processed": int(total["tokens"]),
-            },
+            "batching": batching_stats(engines),
             "config": {
                 "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms, "max_queue_size": s.max_queue_size,
                 "max_batch_tokens": s.max_batch_tokens or None, "processing_concurrency": s.processing_concurrency,
@@ -99,7 +132,7 @@ class Model:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
         if model_id not in self.settings.model_names():
-            raise NotFound(f"model {model_id!r} does not exist", param="model")
+            raise NotFound(f"Model {model_id} not found", param="model")  # the original service's words
         _json(resp, _model_card(self.settings))
 
 
@@ -121,7 +154,13 @@ class Root:
                 "models": "GET /v1/models", "model": "GET /v1/models/{id}",
                 "metrics": "GET /metrics", "openapi": "GET /openapi.json",
                 "score": "POST /v1/score", "rerank": "POST /v1/rerank", "tokenize": "POST /tokenize",
+                "health_detailed": "GET /health/detailed", "docs": "GET /docs",
+                # text-embeddings-inference's API (docs/api.md)
+                "tei_embed": "POST /embed", "tei_embed_sparse": "POST /embed_sparse",
+                "tei_embed_all": "POST /embed_all", "tei_rerank": "POST /rerank", "tei_decode": "POST /decode",
+                "tei_info": "GET /info",
             },
+            "docs_url": "/docs",
             "batching": {"batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
                          "max_queue_size": s.max_queue_size, "max_batch_tokens": s.max_batch_tokens or None},
         })

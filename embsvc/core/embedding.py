@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from embsvc.core.backend import Backend
@@ -10,6 +11,9 @@ from embsvc.core.tokenizer import LazyTokenizer, cut
 from gpu_pool import EmbeddingResult, Kind
 
 KIND_NAMES = (("dense", Kind.DENSE), ("sparse", Kind.SPARSE), ("colbert", Kind.COLBERT))
+
+# Serializes a result while its shared memory is open: views of it must not outlive the call.
+Render = Callable[[EmbeddingResult], bytes]
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,8 @@ class EmbeddingRequest:
     truncate: bool
     embedding_dtype: str = "float32"  # of the base64 payloads: "float32" or "float16"
     sparse_tokens: bool = False  # add the token texts beside the sparse ids
+    truncation_direction: str = "right"  # "left": a long text loses its start instead of its end
+    field: str = "input"  # the body field that holds the texts, to name a too-long one
 
 
 class EmbeddingService:
@@ -28,11 +34,18 @@ class EmbeddingService:
         self.model_name, self.backend, self.tokenizer = model_name, backend, tokenizer
 
     def embed(self, request: EmbeddingRequest) -> bytes:
+        decode = self.tokenizer.get().decode_each if request.sparse_tokens else None
+        return self.render(request, lambda result: self._body(result, request, decode))
+
+    def render(self, request: EmbeddingRequest, body: Render) -> bytes:
+        """Tokenize, embed, and answer with ``body(result)``: the other APIs' shapes
+        (TEI's) come from the same tokenizing, truncation and batching."""
         tokenizer = self.tokenizer.get()
-        ids = cut(tokenizer.encode(request.texts), request.max_length, request.truncate)
+        encoded = tokenizer.encode(request.texts)
+        ids = cut(encoded, request.max_length, request.truncate, lambda i: (f"{request.field}[{i}]", request.field),
+                  request.truncation_direction)
         with self.backend.embed(ids, request.kinds, tokenizer.unused_ids) as result:
-            # Built in a helper, so that no view of the result's shared memory outlives it.
-            return self._body(result, request, tokenizer.decode_each if request.sparse_tokens else None)
+            return body(result)
 
     def _body(self, result: EmbeddingResult, request: EmbeddingRequest, decode: Decode | None) -> bytes:
         n_tokens = sum(len(x) for x in result.ids)

@@ -25,6 +25,8 @@ class ScoreRequest:
     weights: tuple[float, float, float]  # dense, sparse, colbert
     max_length: int  # of the query and of each document
     truncate: bool
+    truncation_direction: str = "right"  # "left": a long text loses its start instead of its end
+    documents_field: str = "documents"  # the body field that holds the documents, to name a too-long one
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,13 @@ class Scores:
     tokens: int  # of the query and the documents, after truncation
 
 
+@dataclass(frozen=True)
+class Ranking:
+    best_first: list[int]  # the top_n documents' indices, best first; ties keep the input order
+    relevance: np.ndarray  # [documents]: each document's score of the mode
+    tokens: int
+
+
 class ScoreService:
     def __init__(self, model_name: str, backend: Backend, tokenizer: LazyTokenizer) -> None:
         self.model_name, self.backend, self.tokenizer = model_name, backend, tokenizer
@@ -48,7 +57,12 @@ class ScoreService:
     def scores(self, request: ScoreRequest) -> Scores:
         tokenizer = self.tokenizer.get()
         encoded = tokenizer.encode([request.query, *request.documents])
-        ids = cut(encoded, request.max_length, request.truncate, _name)
+        field = request.documents_field
+
+        def name(i: int) -> tuple[str, str]:  # how a too-long input is named: input 0 is the query
+            return ("query", "query") if i == 0 else (f"{field}[{i - 1}]", field)
+
+        ids = cut(encoded, request.max_length, request.truncate, name, request.truncation_direction)
         table = self.backend.score(ids, request.weights, tokenizer.unused_ids)
         return Scores(table, sum(len(x) for x in ids))
 
@@ -63,14 +77,18 @@ class ScoreService:
             "usage": _usage(result.tokens),
         })
 
-    def rerank(self, request: RerankRequest) -> bytes:
+    def ranking(self, request: RerankRequest) -> Ranking:
         result = self.scores(request.scoring)
         relevance = result.table[:, SCORE_MODES.index(request.mode)]
-        best_first = np.argsort(-relevance, kind="stable")[: request.top_n]  # ties keep the input order
+        best_first = np.argsort(-relevance, kind="stable")[: request.top_n]
+        return Ranking(best_first.tolist(), relevance, result.tokens)
+
+    def rerank(self, request: RerankRequest) -> bytes:
+        ranking = self.ranking(request)
         documents = request.scoring.documents
         results = []
-        for index in best_first.tolist():
-            entry: dict[str, object] = {"index": index, "relevance_score": relevance[index]}
+        for index in ranking.best_first:
+            entry: dict[str, object] = {"index": index, "relevance_score": ranking.relevance[index]}
             if request.return_documents:
                 entry["document"] = {"text": documents[index]}
             results.append(entry)
@@ -80,13 +98,8 @@ class ScoreService:
             "model": self.model_name,
             "mode": request.mode,
             "results": results,
-            "usage": _usage(result.tokens),
+            "usage": _usage(ranking.tokens),
         })
-
-
-def _name(i: int) -> tuple[str, str]:
-    """How a too-long input is named: input 0 is the query."""
-    return ("query", "query") if i == 0 else (f"documents[{i - 1}]", "documents")
 
 
 def _usage(tokens: int) -> dict[str, int]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embsvc.core.serialize import dumps
-from embsvc.core.tokenizer import LazyTokenizer, cut
+from embsvc.core.tokenizer import LazyTokenizer, Token, cut
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ class TokenizeService:
         total = sum(len(ids) for ids in kept)
         return dumps({"object": "list", "model": self.model_name, "data": data,
                       "usage": {"prompt_tokens": total, "total_tokens": total}})
+
+    def spans(self, texts: list[str], add_special_tokens: bool) -> list[list[Token]]:
+        """Each text's tokens with their character offsets, uncut (TEI's /tokenize)."""
+        return self.tokenizer.get().spans(texts, add_special_tokens)
+
+    def decode(self, ids: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        return self.tokenizer.get().decode(ids, skip_special_tokens)
 
 
 def _item(index: int, full: np.ndarray, ids: np.ndarray, tokens: list[str]) -> dict[str, object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,16 +47,47 @@ class TextTokenizer:
         nothing to do on a single token, so the plain decoder gives the same text."""
         return self._tokenizer.decode_batch([[int(i)] for i in ids], skip_special_tokens=False)
 
+    def spans(self, texts: list[str], add_special_tokens: bool) -> list[list[Token]]:
+        """Each text's tokens with the characters they cover (no truncation)."""
+        # encode_batch, not encode_batch_fast: only the former tracks offsets.
+        encodings = self._tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return [[_token(text, *parts) for parts in zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets, strict=True)]
+                for text, e in zip(texts, encodings, strict=True)]
 
-def truncate(ids: np.ndarray, max_length: int) -> np.ndarray:
-    """Cut to ``max_length`` ids, keeping the closing ``</s>``."""
+    def decode(self, ids: list[list[int]], skip_special_tokens: bool) -> list[str]:
+        """Ids the vocabulary lacks are left out, as the tokenizers library (and so TEI) does."""
+        return self._tokenizer.decode_batch(ids, skip_special_tokens=skip_special_tokens)
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str  # the characters it covers; a special token's own text
+    special: bool
+    start: int | None  # character offsets into the text; None for a special token
+    stop: int | None
+
+
+def _token(text: str, token_id: int, token: str, special: int, offsets: tuple[int, int]) -> Token:
+    if special:
+        return Token(token_id, token, True, None, None)
+    start, stop = offsets
+    return Token(token_id, text[start:stop], False, start, stop)
+
+
+def truncate(ids: np.ndarray, max_length: int, direction: str = "right") -> np.ndarray:
+    """Cut to ``max_length`` ids, keeping the opening ``<s>`` and the closing ``</s>``:
+    the text's tokens are cut at its end (``right``) or at its start (``left``)."""
     if len(ids) <= max_length:
         return ids
+    if direction == "left":
+        return np.concatenate((ids[:1], ids[len(ids) - (max_length - 1):]))
     return np.concatenate((ids[: max_length - 1], ids[-1:]))
 
 
 def cut(encoded: list[np.ndarray], max_length: int, allow_truncation: bool,
-        name: Callable[[int], tuple[str, str]] = lambda i: (f"input[{i}]", "input")) -> list[np.ndarray]:
+        name: Callable[[int], tuple[str, str]] = lambda i: (f"input[{i}]", "input"),
+        direction: str = "right") -> list[np.ndarray]:
     """Each input cut to ``max_length`` ids; with ``allow_truncation`` false a longer one is a 400.
 
     ``name(i)``: how the error names input ``i`` and which field it blames.
@@ -66,7 +98,7 @@ def cut(encoded: list[np.ndarray], max_length: int, allow_truncation: bool,
                 where, param = name(i)
                 raise InvalidRequest(f"{where} has {len(ids)} tokens, more than max_length {max_length}, "
                                      "and truncate is false", param=param)
-    return [truncate(ids, max_length) for ids in encoded]
+    return [truncate(ids, max_length, direction) for ids in encoded]
 
 
 class LazyTokenizer:

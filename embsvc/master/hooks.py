@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from embsvc.config import DEFAULT_MAX_BATCH_TOKENS as DEFAULT_MAX_BATCH_TOKENS  # re-exported: tests read it here
 from embsvc.config import ConfigError, Settings, load_settings
 from embsvc.master import metrics_dir as metrics_folder
 from embsvc.master.model_files import ModelFilesError, ensure_model
@@ -25,8 +26,6 @@ from runtime import logs, malloc
 
 log = logging.getLogger("embsvc.master.hooks")
 
-# Tokens per forward pass when MAX_BATCH_TOKENS is not set.
-DEFAULT_MAX_BATCH_TOKENS = 16384
 _NO_SLOT_RETRY_S = 1.0
 
 
@@ -68,7 +67,7 @@ def _engine_template(s: Settings) -> EngineSpec:
         dtype=s.dtype,
         model_path=str(Path(s.model_path).resolve()),
         batch_size=s.batch_size,
-        max_batch_tokens=s.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens=s.batch_tokens(),
         batch_timeout_ms=s.batch_timeout_ms,
         concurrency=s.processing_concurrency,
         threads=_cpu_threads(s.devices),

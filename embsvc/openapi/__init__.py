@@ -2,7 +2,8 @@
 
 Runs in:      web workers (served at ``/openapi.json``; the fuzzing tests read it).
 May import:   ``embsvc.config``, ``embsvc.core`` (request defaults), ``gpu_pool``'s ``__all__``.
-Owns:         the schemas of every endpoint (``document``; scoring and tokenize in ``scoring``).
+Owns:         the schemas of every endpoint (``document``; scoring and tokenize in ``scoring``;
+              text-embeddings-inference's API in ``tei``).
 Entry points: ``build_openapi``.
 """
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from embsvc import __version__
 from embsvc.config import Settings
+from embsvc.openapi import tei
 from embsvc.openapi.scoring import scoring_paths
 
 _ERROR = {"$ref": "#/components/responses/Error"}
@@ -94,7 +95,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         "id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"},
         "owned_by": {"type": "string"}}}
     obj = {"type": "object"}
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "BGE-M3 embedding server", "version": __version__,
                  "description": "Dense, sparse and ColBERT vectors of BAAI/bge-m3 from one forward pass."},
@@ -132,3 +133,21 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                                     "content": {"application/json": {"schema": error}}}},
         },
     }
+    _add_later_paths(document, settings)
+    return document
+
+
+def _add_later_paths(document: dict[str, Any], settings: Settings) -> None:
+    """The API page, the detailed health, and text-embeddings-inference's API."""
+    paths, components = document["paths"], document["components"]
+    paths["/health/detailed"] = _get("Detailed health: the model, each engine, the batching figures (the "
+                                     "original service's /health/detailed)", {"type": "object"}, True)
+    paths["/docs"] = {"get": {
+        "summary": "The interactive API page (Swagger UI) of this document", "security": [],
+        "responses": {"200": {"description": "An HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }}
+    for path, item in tei.tei_paths(settings).items():
+        paths[path] = {**paths.get(path, {}), **item}  # "/" keeps its GET beside TEI's POST
+    paths["/tokenize"] = tei.with_tei_tokenize(paths["/tokenize"], settings)
+    for section, entries in tei.components().items():
+        components[section].update(entries)
