@@ -6,7 +6,9 @@ batches and joined in order; the async client gives what the sync one gives; a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +30,7 @@ from embsvc_client import (
 from testkit import procs
 from testkit.server import Server
 from tests.e2e.conftest import TOKEN, embed, ok, post
+from tests.e2e.readme import region
 
 TEXTS = [
     "BGE-M3 gives dense, sparse and ColBERT vectors from one pass.",
@@ -161,8 +164,9 @@ def test_errors_are_typed_with_the_servers_status_and_message(server):
     assert caught.value.status == 401 and caught.value.error_type == "authentication_error"
     with client_for(server) as client, pytest.raises(BadRequestError) as caught:
         client.embed(["fine", "   "])
-    assert caught.value.status == 400 and caught.value.param == "input" and "white space" in caught.value.message
-    assert caught.value.request_id
+    answer = post(server, "/v1/embeddings", {"input": ["fine", "   "]}).json()
+    assert (caught.value.status, caught.value.param, caught.value.message) == (400, "input", answer["detail"])
+    assert caught.value.error_type == answer["error"]["type"] and caught.value.request_id
 
 
 def test_the_progress_bar_is_drawn_on_a_terminal_only_when_asked(server, monkeypatch):
@@ -212,3 +216,20 @@ def test_a_full_queue_is_waited_out_after_retry_after(start_server, auth):
     assert (caught.value.status, caught.value.error_type, caught.value.retry_after) == (503, "overloaded_error", 1.0)
     assert elapsed >= 1.0, "sent again before the server's Retry-After"
     assert_same_vectors(result, reference, atol=1e-5)
+
+
+def test_the_docs_examples_run(server):
+    """docs/clients.md's embsvc_client section, run as written against the server."""
+    code = "\n".join(re.findall(r"^```python\n(.*?)^```$", region("embsvc-client"), re.S | re.M))
+    code = code.replace("http://localhost:8000", server.url).replace("your_api_token_here", TOKEN)
+    namespace: dict = {}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, "docs/clients.md embsvc_client", "exec"), namespace)
+    lines = printed.getvalue().splitlines()
+    assert lines[0] == "(2, 32)"  # (2, 1024) on the real model
+    assert lines[4] == "float16 float16"
+    assert lines[-3:-1] == ["600 600", "600"]
+    detail = post(server, "/v1/embeddings", {"input": ["a text", "   "]}).json()["detail"]
+    assert lines[-1] == f"400 input {detail}"
+    assert namespace["vectors"].colbert[0].shape[1] == 32
