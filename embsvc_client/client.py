@@ -120,7 +120,7 @@ class Client(_Calls):
             attempt += 1
             try:
                 return _answer(self._http.post(path, json=body))
-            except (httpx.ConnectError, APIError) as error:
+            except (APIError, httpx.TransportError) as error:  # Retry.wait picks those sent again
                 wait = self.retry.wait(error, attempt, time.monotonic() - started)
                 if wait is None:
                     raise
@@ -199,7 +199,7 @@ class AsyncClient(_Calls):
             attempt += 1
             try:
                 return _answer(await self._http.post(path, json=body))
-            except (httpx.ConnectError, APIError) as error:
+            except (APIError, httpx.TransportError) as error:  # Retry.wait picks those sent again
                 wait = self.retry.wait(error, attempt, time.monotonic() - started)
                 if wait is None:
                     raise

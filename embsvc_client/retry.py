@@ -45,7 +45,8 @@ class Retry:
 
 
 def retried(error: Exception) -> bool:
-    """Whether ``error`` may go away by itself: a 503 or 429, or a connection refused."""
+    """Whether ``error`` may go away by itself: a 503 or 429, or a connection not made (refused or
+    timed out: the request was never sent). A read timeout is not: the server may be computing it."""
     if isinstance(error, APIError):
         return error.status in RETRIED_STATUSES
-    return isinstance(error, httpx.ConnectError)
+    return isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)

@@ -202,6 +202,7 @@ def test_the_policy_honours_retry_after_and_bounds_attempts_and_time():
     # No Retry-After: a doubling back-off, capped.
     assert [policy.wait(refused(503), attempt=n, elapsed=0) for n in (1, 2)] == [0.5, 0.75]
     assert policy.wait(httpx.ConnectError("refused"), attempt=1, elapsed=0) == 0.5
+    assert policy.wait(httpx.ConnectTimeout("no answer to SYN"), attempt=1, elapsed=0) == 0.5
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 500, 504])
