@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make serve   installs what the server needs and starts it on MODEL_PATH
 #   make test    installs what the tests need (Debian's nginx and docker-compose too, as root),
-#                builds the tiny test model and runs every test
+#                builds the tiny test model, lints (ruff, mypy) and runs every test
+#   make test-fast  unit and integration tests only, in under a minute
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -31,8 +32,13 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py embsvc.wsgi:app
 
+# Every test but those that need a CUDA device (bench/gpu_check.sh runs them on the GPU machine).
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not gpu"
+
+# Unit and integration tests without the slow ones, no lint: under a minute, for every edit.
+test-fast: install-test
+	$(PY) -m pytest -q -m "not slow and not gpu" tests/unit tests/integration
 
 # mypy reads its settings (strict, the packages to check) from pyproject.toml.
 lint: install-test

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from testkit.server import Server
 from tests.e2e.conftest import TOKEN
 
@@ -32,6 +34,7 @@ def received(server: Server) -> int:
     return len(re.findall(r'gunicorn\.access.*"[A-Z]+ /', server.log()))
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_nothing(server, tmp_path):
     seed = str(random.randrange(2**31)) if SEED == "random" else SEED
     report = tmp_path / "schemathesis.json"

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from testkit import procs
 from tests.e2e.conftest import AUTH, serving
-from tests.unit.fake_hub import FakeHub
+from testkit.fake_hub import FakeHub
 
 ENGINE = {"engine": "0", "device": "cpu"}
 

@@ -88,6 +88,7 @@ def test_requests_in_flight_get_503_within_2_s_and_the_engine_comes_back(server,
         np.testing.assert_allclose(dense(ask(server, text)), reference[text], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kill_under_load_never_hangs_a_request(server, auth, reference, tracker):
     """Clients keep sending while the engine is killed, while it restarts, and after."""
     results: list[tuple[float, float, int, str]] = []  # started, ended, status, text

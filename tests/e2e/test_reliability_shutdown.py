@@ -120,6 +120,7 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(server
     tracker.assert_left_nothing()
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_still_drains_gracefully(start_server, auth, reference):
     """systemd's default KillMode sends SIGTERM to every process of the service at
     once (a terminal's Ctrl-C does the same with SIGINT): the engine must ignore it

@@ -1,6 +1,6 @@
 """The soak of bench/soak.py, short: real nginx in front of real gunicorn and engine,
 many clients, mixed requests; no error but the deliberate ones, no process restarted,
-none growing by more than 10 % (the full run: python -m bench.soak, README: Reliability)."""
+none growing by more than 10 % (the full run: python -m bench.soak, docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from bench import soak
 
 
+@pytest.mark.slow
 def test_a_short_soak_behind_nginx_passes(capsys):
     # Not under pytest's tmp_path, which is private to its user: nginx runs as another one.
     workdir = Path(tempfile.mkdtemp(prefix="embsvc-soak-"))

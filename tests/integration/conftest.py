@@ -1,4 +1,6 @@
-"""A real engine process on the tiny model, driven from the test process as the master."""
+"""The integration harness: a real engine process on the tiny model, driven from the test
+process as the master, over real pipes and shared memory; FlagEmbedding on the same folder
+as the reference. One engine, one reference and one tokenizer serve the whole session."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def wait_ready(pool: EnginePool, timeout: float = 120.0) -> None:
     raise TimeoutError("engine did not become ready")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def pool(tiny_model):
     pool = EnginePool([engine_spec(tiny_model)], n_slots=2)
     pool.start()
@@ -39,16 +41,16 @@ def pool(tiny_model):
     pool.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(pool) -> EngineClient:
     return EngineClient(pool, pool.take_slot(), max_queue_size=50, timeout_s=60)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tiny_model) -> BGEM3FlagModel:
     return BGEM3FlagModel(str(tiny_model), use_fp16=False, devices="cpu")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tokenizer(tiny_model) -> TextTokenizer:
     return TextTokenizer(tiny_model)

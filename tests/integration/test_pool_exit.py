@@ -25,6 +25,7 @@ sys.exit(3)  # no pool.stop()
 """
 
 
+@pytest.mark.slow
 def test_a_master_exiting_without_stop_takes_its_engine_along(tiny_model):
     master = subprocess.Popen([sys.executable, "-c", MASTER.format(root=str(ROOT), model=str(tiny_model))],
                               stdout=subprocess.PIPE, text=True)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from embsvc.master.download_progress import LoggedProgress
-from tests.unit.fake_hub import FakeHub
+from testkit.fake_hub import FakeHub
 
 ROOT = Path(__file__).resolve().parents[2]
 
