@@ -16,8 +16,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit import procs
-from tests.e2e.conftest import AUTH, serving
 from testkit.fake_hub import FakeHub
+from tests.e2e.conftest import AUTH, serving
 
 ENGINE = {"engine": "0", "device": "cpu"}
 
