@@ -45,13 +45,24 @@ class M3Model:
         config = model.config
         self.flops_per_token = config.num_hidden_layers * (8 * hidden**2 + 4 * hidden * config.intermediate_size)
 
-    @torch.inference_mode()
     def forward(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
         """Run the texts whose ids are concatenated in ``ids``; ``colbert_texts`` picks those that want ColBERT."""
-        self._use_threads(len(ids))
+        running = self.start(ids, lengths, kinds, colbert_texts)
+        while not running.step():
+            pass
+        return running.outputs()
+
+    @torch.inference_mode()
+    def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Pass:
+        """A pass that runs one layer per ``step``; its outputs once every step is done."""
         # XLM-R numbers each text's positions from pad_id + 1.
         positions = packing.positions(lengths, first=self.pad_id + 1)
-        hidden = self.encoder(self._tensor(ids), self._tensor(positions), lengths.tolist())
+        hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
+        return Pass(self, hidden, lengths, kinds, colbert_texts)
+
+    @torch.inference_mode()
+    def heads(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
+        """The requested heads over the last layer's hidden states."""
         dense = sparse = colbert = None
         if kinds & Kind.DENSE:
             dense = _numpy(F.normalize(hidden[self._tensor(packing.token_starts(lengths))].float(), dim=-1))
@@ -62,7 +73,8 @@ class M3Model:
             colbert = _numpy(F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1))
         return Outputs(dense, sparse, colbert)
 
-    def _use_threads(self, tokens: int) -> None:
+    def use_threads(self, tokens: int) -> None:
+        """CPU threads for a pass of ``tokens`` tokens."""
         if self.device.type == "cpu":
             wanted = self.threads if tokens * self.flops_per_token >= PARALLEL_MIN_FLOPS else 1
             if wanted != torch.get_num_threads():
@@ -70,6 +82,30 @@ class M3Model:
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array.astype(np.int64, copy=False)).to(self.device, non_blocking=True)
+
+
+class Pass:
+    """One forward pass, a layer per ``step``: between two steps the engine may run another
+    pass whole, and this one goes on from the hidden states it keeps."""
+
+    def __init__(self, model: M3Model, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
+                 colbert_texts: np.ndarray) -> None:
+        self.model, self.hidden, self.lengths = model, hidden, lengths
+        self.kinds, self.colbert_texts = kinds, colbert_texts
+        self._lengths = lengths.tolist()
+        self.layer = 0  # the next layer to run
+
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """Run the next layer; True once the last one has run."""
+        model = self.model
+        model.use_threads(len(self.hidden))  # another pass, of another size, may have run since
+        self.hidden = model.encoder.layer(self.layer, self.hidden, self._lengths)
+        self.layer += 1
+        return self.layer == len(model.encoder.layers)
+
+    def outputs(self) -> Outputs:
+        return self.model.heads(self.hidden, self.lengths, self.kinds, self.colbert_texts)
 
 
 def _load_linear(path: Path, n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Linear:

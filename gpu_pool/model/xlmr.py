@@ -52,14 +52,23 @@ class PackedEncoder:
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """``ids``, ``positions``: [tokens], the texts one after another; returns [tokens, hidden]."""
-        hidden = self.word[ids] + self.position[positions] + self.token_type
-        hidden = self._norm(hidden, self.embedding_norm)
-        for layer in self.layers:
-            context = self._attention(F.linear(hidden, *layer.qkv), lengths)
-            hidden = self._norm(F.linear(context, *layer.attention_out) + hidden, layer.attention_norm)
-            inner = F.gelu(F.linear(hidden, *layer.intermediate))
-            hidden = self._norm(F.linear(inner, *layer.output) + hidden, layer.output_norm)
+        hidden = self.embed(ids, positions)
+        for index in range(len(self.layers)):
+            hidden = self.layer(index, hidden, lengths)
         return hidden
+
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """The input of the first layer: [tokens, hidden]."""
+        return self._norm(self.word[ids] + self.position[positions] + self.token_type, self.embedding_norm)
+
+    def layer(self, index: int, hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Layer ``index`` over the packed hidden states; one at a time, so that a pass can
+        stop between layers and go on later from the states it returns."""
+        layer = self.layers[index]
+        context = self._attention(F.linear(hidden, *layer.qkv), lengths)
+        hidden = self._norm(F.linear(context, *layer.attention_out) + hidden, layer.attention_norm)
+        inner = F.gelu(F.linear(hidden, *layer.intermediate))
+        return self._norm(F.linear(inner, *layer.output) + hidden, layer.output_norm)
 
     def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:], *weights, eps=self.eps)

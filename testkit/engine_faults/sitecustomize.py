@@ -9,7 +9,7 @@ that contain the given token id:
 
 The tests put this folder on PYTHONPATH: Python imports ``sitecustomize`` at
 start-up in every process, and in the engine, the only process that imports
-``gpu_pool.model.m3``, this wraps ``M3Model.forward``.
+``gpu_pool.model.m3``, this wraps ``M3Model.start`` (where every pass begins).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def _token(name: str) -> int | None:
 def _patch(m3: ModuleType) -> None:
     error, oom, slow = (_token(f"ENGINE_FAULT_{n}_TOKEN") for n in ("ERROR", "OOM", "SLOW"))
     slow_s = int(os.environ.get("ENGINE_FAULT_SLOW_MS", "0")) / 1000
-    forward = m3.M3Model.forward
+    start = m3.M3Model.start
 
-    def forward_with_faults(self: object, ids: np.ndarray, *args: object, **kwargs: object) -> object:
+    def start_with_faults(self: object, ids: np.ndarray, *args: object, **kwargs: object) -> object:
         if slow is not None and (ids == slow).any():
             time.sleep(slow_s)
         if error is not None and (ids == error).any():
@@ -48,9 +48,9 @@ def _patch(m3: ModuleType) -> None:
             import torch
 
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected fault)")
-        return forward(self, ids, *args, **kwargs)
+        return start(self, ids, *args, **kwargs)
 
-    m3.M3Model.forward = forward_with_faults
+    m3.M3Model.start = start_with_faults
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
