@@ -12,11 +12,18 @@ Output regions exist only for the kinds the job asked for. A score job
 (``Kind.SCORE``) has instead one region ``scores f32[n_inputs - 1, 5]``: a row per
 document, a column per ``protocol.SCORE_MODES``. ``sparse`` holds the
 weight of every token position; the web worker turns it into the id→weight map.
+
+Space: /dev/shm is a tmpfs, and a tmpfs hands out a page only when it is first
+touched; a write to a page it cannot back then kills the process with SIGBUS (a
+4 MiB /dev/shm killed every worker and the engine). So the owner reserves the bytes
+a request's layout uses (``posix_fallocate``) before any process touches them, and
+a full /dev/shm becomes ``NoSpace``, raised in the web worker, never a signal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import glob
 import math
@@ -33,6 +40,49 @@ from gpu_pool.wire.protocol import SCORE_MODES, Kind
 SHM_DIR = "/dev/shm"
 _ALIGN = 64
 _ITEM_SIZE = 4  # int32 and float32 alike
+# A full tmpfs says ENOSPC (its size, or its inodes); a memory cgroup at its limit, ENOMEM.
+_FULL = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EDQUOT})
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Space:
+    """The shared-memory file system, in bytes."""
+
+    path: str
+    size: int
+    used: int
+    free: int
+
+
+def space() -> Space:
+    st = os.statvfs(SHM_DIR)
+    return Space(SHM_DIR, st.f_blocks * st.f_frsize, (st.f_blocks - st.f_bfree) * st.f_frsize,
+                 st.f_bavail * st.f_frsize)
+
+
+def held(prefix: str) -> int:
+    """Bytes of /dev/shm that the segments named ``prefix``... hold (what was reserved or written)."""
+    total = 0
+    for path in glob.glob(_path(glob.escape(prefix) + "*")):
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+            total += os.stat(path).st_blocks * 512
+    return total
+
+
+class NoSpace(Exception):
+    """/dev/shm cannot back a segment of ``needed`` bytes now (``space``: what it had)."""
+
+    def __init__(self, needed: int, now: Space) -> None:
+        self.needed, self.space = needed, now
+        if needed > now.size:
+            what = f"which holds only {now.size / _MIB:.1f} MiB in all"
+        else:
+            what = f"which has {now.free / _MIB:.1f} MiB free of {now.size / _MIB:.1f} MiB"
+        super().__init__(f"shared memory is full: this request needs {needed / _MIB:.1f} MiB of {now.path}, {what}")
+
+    def never_fits(self) -> bool:
+        return self.needed > self.space.size
 
 
 def _aligned(n: int) -> int:
@@ -97,21 +147,41 @@ class Segment:
                  on_close: Callable[[Segment], bool] | None = None) -> None:
         self.name, self.owner, self.on_close = name, owner, on_close
         self._map = mapping
+        self.reserved = 0  # leading bytes backed by memory (the owner's concern only)
         self.use(layout)
 
     @classmethod
     def create(cls, name: str, layout: Layout, size: int = 0) -> Segment:
-        """A new segment of ``size`` bytes, or of the layout's size if that is larger."""
-        fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        """A new segment of ``size`` bytes, or of the layout's size if that is larger; the
+        layout's bytes are reserved (``NoSpace`` when /dev/shm cannot back them)."""
+        try:
+            fd = os.open(_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise _no_space(exc, layout.size()) from None
         try:
             os.ftruncate(fd, max(size, layout.size()))
+            _reserve(fd, layout.size())
             mapping = map_file(fd)  # closes fd
-        except OSError:
+        except (OSError, NoSpace):
             with contextlib.suppress(OSError):
                 os.close(fd)
             unlink(name)
             raise
-        return cls(name, layout, mapping, owner=True)
+        segment = cls(name, layout, mapping, owner=True)
+        segment.reserved = layout.size()
+        return segment
+
+    def reserve(self, nbytes: int) -> None:
+        """Back the first ``nbytes`` with memory before they are written (a kept segment
+        taking a larger layout); ``NoSpace`` when /dev/shm cannot."""
+        if nbytes <= self.reserved:
+            return
+        fd = open_existing(self.name)
+        try:
+            _reserve(fd, nbytes)
+        finally:
+            os.close(fd)
+        self.reserved = nbytes
 
     @classmethod
     def attach(cls, name: str, layout: Layout) -> Segment:
@@ -147,6 +217,19 @@ class Segment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reserve(fd: int, nbytes: int) -> None:
+    # On tmpfs this allocates the pages now, or fails and gives back what it took.
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        raise _no_space(exc, nbytes) from None
+
+
+def _no_space(exc: OSError, nbytes: int) -> Exception:
+    """``NoSpace`` for a full file system; any other OSError as it is."""
+    return NoSpace(nbytes, space()) if exc.errno in _FULL else exc
 
 
 def _path(name: str) -> str:

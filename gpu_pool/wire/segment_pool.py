@@ -9,6 +9,12 @@ such segments (``EngineMappings``), since the same names come back. A segment
 whose request failed or timed out is never reused: the engine may still write
 into it. Names are never reused either, so a mapping the engine keeps of a
 removed segment is only memory, never another request's data.
+
+Space: a kept segment holds the bytes reserved for the largest layout it served
+(gpu_pool/wire/segment.py reserves before anything is written). When /dev/shm is
+full, a worker gives back the segments it keeps and waits up to ``SPACE_WAIT_S``
+for others' requests to finish before it refuses the request (``NoSpace``); a
+request larger than the whole of /dev/shm is refused at once.
 """
 
 from __future__ import annotations
@@ -19,11 +25,22 @@ import threading
 import time
 from collections import OrderedDict
 
-from gpu_pool.wire.segment import Layout, Segment, exists, map_file, open_existing
+from gpu_pool.wire.protocol import Kind
+from gpu_pool.wire.segment import Layout, NoSpace, Segment, exists, map_file, open_existing, space
 
 POOLED_BYTES = 1 << 20  # a segment of exactly this size is a pooled one
 WORKER_KEEPS = 16  # free segments a worker keeps (pages touched stay allocated)
 ENGINE_KEEPS = 64  # mappings the engine keeps, the least recently used dropped first
+# A full /dev/shm frees up as requests finish (and the engine lets go of the kept
+# segments a worker gave back within a second: EngineMappings.sweep).
+SPACE_WAIT_S = 1.0
+_SPACE_POLL_S = 0.02
+
+
+def bytes_needed(requests: int, max_tokens: int, dim: int) -> int:
+    """/dev/shm that ``requests`` requests of ``max_tokens`` tokens each, all three kinds, take at
+    once. (Segments kept for reuse are not counted: a worker gives them back when space runs out.)"""
+    return requests * Layout(1, max_tokens, dim, Kind.DENSE | Kind.SPARSE | Kind.COLBERT).size()
 
 
 class WorkerSegments:
@@ -33,7 +50,23 @@ class WorkerSegments:
         self._lock = threading.Lock()
         self._seq = itertools.count(1)
 
-    def take(self, layout: Layout) -> Segment:
+    def take(self, layout: Layout, wait_s: float = SPACE_WAIT_S) -> Segment:
+        """A segment with ``layout``'s bytes reserved; ``NoSpace`` when /dev/shm has no room
+        for it within ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._take(layout)
+            except NoSpace as exc:
+                if exc.never_fits() or time.monotonic() >= deadline:
+                    raise
+                self._give_back()
+            # Trying again only once there is room: a failed reservation takes pages
+            # for a moment that another request might have had.
+            while space().free < layout.size() and time.monotonic() < deadline:
+                time.sleep(_SPACE_POLL_S)
+
+    def _take(self, layout: Layout) -> Segment:
         if layout.size() > POOLED_BYTES:
             return Segment.create(self._new_name(), layout)
         with self._lock:
@@ -41,9 +74,21 @@ class WorkerSegments:
         if segment is None:
             segment = Segment.create(self._new_name(), layout, POOLED_BYTES)
         else:
+            try:
+                segment.reserve(layout.size())
+            except NoSpace:
+                segment.discard()
+                raise
             segment.use(layout)
         segment.on_close = self._keep
         return segment
+
+    def _give_back(self) -> None:
+        """Remove the segments kept for reuse, so that their space serves this request."""
+        with self._lock:
+            free, self._free = self._free, []
+        for segment in free:
+            segment.discard()
 
     def _keep(self, segment: Segment) -> bool:
         with self._lock:
