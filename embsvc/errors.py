@@ -17,12 +17,15 @@ from typing import Any
 import falcon
 import orjson
 
-from gpu_pool import EngineError, EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
+from gpu_pool import EngineError, EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable, SharedMemoryFull
 
 log = logging.getLogger("embsvc")
 
 # The original service's words for a full queue; clients of it may show or match them.
 QUEUE_FULL = "Server is currently handling maximum number of requests. Please try again later."
+# What the operator raises when /dev/shm is too small (docs/operators.md says more).
+SHM_ADVICE = ("the server's shared memory (/dev/shm) needs to be larger: docker run --shm-size, compose shm_size, "
+              "or a Kubernetes emptyDir with medium: Memory mounted at /dev/shm (docs/operators.md)")
 
 
 class APIError(Exception):
@@ -145,6 +148,10 @@ def from_engine(exc: EngineError) -> APIError:
     if isinstance(exc, EngineOverloaded):
         # The original service's words first, then why.
         return Overloaded(f"{QUEUE_FULL} ({exc})", headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
+    if isinstance(exc, SharedMemoryFull):
+        retry = "send fewer or shorter inputs; or" if exc.never_fits else "retry shortly; if this persists,"
+        return Overloaded(f"{exc}. {retry.capitalize()} {SHM_ADVICE}",
+                          headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, EngineTimeout):
         return Timeout(str(exc))
     if isinstance(exc, EngineUnavailable):

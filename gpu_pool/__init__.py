@@ -30,10 +30,20 @@ The web side uses only the names in ``__all__`` (tests/unit/test_layout.py check
 
 from gpu_pool.client import EngineClient
 from gpu_pool.engine.spec import EngineSpec, engine_specs
-from gpu_pool.errors import EngineError, EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
+from gpu_pool.errors import (
+    EngineError,
+    EngineFailed,
+    EngineOverloaded,
+    EngineTimeout,
+    EngineUnavailable,
+    SharedMemoryFull,
+)
 from gpu_pool.pool import EnginePool, NoFreeSlot
 from gpu_pool.results import EmbeddingResult
 from gpu_pool.wire.protocol import SCORE_MODES, Kind
+from gpu_pool.wire.segment import Space as SharedMemorySpace
+from gpu_pool.wire.segment import space as shared_memory_space
+from gpu_pool.wire.segment_pool import bytes_needed as shared_memory_needed
 from gpu_pool.wire.shared import EngineState
 
 __all__ = [
@@ -50,5 +60,9 @@ __all__ = [
     "EngineUnavailable",
     "Kind",
     "NoFreeSlot",
+    "SharedMemoryFull",
+    "SharedMemorySpace",
     "engine_specs",
+    "shared_memory_needed",
+    "shared_memory_space",
 ]

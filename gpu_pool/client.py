@@ -21,13 +21,13 @@ from typing import cast
 
 import numpy as np
 
-from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
+from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable, SharedMemoryFull
 from gpu_pool.pool import EngineHandle, EnginePool
 from gpu_pool.results import EmbeddingResult
 from gpu_pool.wire import protocol
 from gpu_pool.wire.frames import FrameReader
 from gpu_pool.wire.protocol import SCORE_KINDS, Done, ErrorCode, Failed, Job, Kind, ScoreJob
-from gpu_pool.wire.segment import Layout, Segment
+from gpu_pool.wire.segment import Layout, NoSpace, Segment, held, space
 from gpu_pool.wire.segment_pool import WorkerSegments
 from gpu_pool.wire.shared import EngineState
 
@@ -91,6 +91,12 @@ class EngineClient:
             for h in self.pool.engines
         ]
 
+    def shared_memory(self) -> dict[str, object]:
+        """/dev/shm's size and use, and what this server's segments hold of it."""
+        now = space()
+        return {"path": now.path, "size_bytes": now.size, "used_bytes": now.used, "free_bytes": now.free,
+                "server_bytes": held(self.pool.shm_prefix)}
+
     def info(self) -> dict[str, object]:
         for handle in self.pool.engines:
             if handle.shared.state.value == EngineState.READY:
@@ -121,7 +127,10 @@ class EngineClient:
         try:
             lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
             layout = Layout(len(ids), int(lengths.sum()), engine.shared.dim.value, kinds)
-            seg = self._segments.take(layout)
+            try:
+                seg = self._segments.take(layout)
+            except NoSpace as exc:
+                raise SharedMemoryFull(str(exc), retry_after_s=1.0, never_fits=exc.never_fits()) from None
             try:
                 seg.arrays["lengths"][:] = lengths
                 np.concatenate(ids, out=seg.arrays["ids"], casting="unsafe")

@@ -15,6 +15,14 @@ class EngineOverloaded(EngineError):
         self.retry_after_s = retry_after_s
 
 
+class SharedMemoryFull(EngineError):
+    """/dev/shm has no room for this request's arrays (it was too small, or full for a second)."""
+
+    def __init__(self, message: str, retry_after_s: float, never_fits: bool) -> None:
+        super().__init__(message)
+        self.retry_after_s, self.never_fits = retry_after_s, never_fits
+
+
 class EngineUnavailable(EngineError):
     """No engine is ready: loading, restarting, or it died with the request."""
 

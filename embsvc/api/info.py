@@ -36,7 +36,8 @@ class Health:
             info = self.backend.info()
             _json(resp, {"status": "ok", "model": self.settings.model_name,
                          "device": info.get("device"), "dtype": info.get("dtype"),
-                         "engines": [s.name.lower() for s in states]})
+                         "engines": [s.name.lower() for s in states],
+                         "shared_memory": self.backend.shared_memory()})
         else:
             status = "loading" if EngineState.LOADING in states else "unavailable"
             _json(resp, {"status": status}, status=503)
@@ -106,6 +107,7 @@ class Stats:
                 "dtype": s.dtype,
             },
             "engines": engines,
+            "shared_memory": self.backend.shared_memory(),
         })
 
 

@@ -19,6 +19,11 @@ class Backend(Protocol):
         """A ready engine's device and dtype; empty while none is ready."""
         ...
 
+    def shared_memory(self) -> dict[str, object]:
+        """/dev/shm's ``path``, ``size_bytes``, ``used_bytes``, ``free_bytes``, and ``server_bytes``
+        (what this server's segments hold), for /health and /stats."""
+        ...
+
     # Any: ``index``, ``device`` and ``state`` name the engine, the rest are numbers
     # that /stats adds up and /metrics exports.
     def snapshot(self) -> list[dict[str, Any]]:

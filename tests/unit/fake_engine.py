@@ -29,6 +29,10 @@ class FakeEngine:
     def info(self) -> dict[str, object]:
         return {"device": "cpu", "dtype": "float32"}
 
+    def shared_memory(self) -> dict[str, object]:
+        return {"path": "/dev/shm", "size_bytes": 64 << 20, "used_bytes": 1 << 20, "free_bytes": 63 << 20,
+                "server_bytes": 1 << 20}
+
     def snapshot(self) -> list[dict[str, object]]:
         return [{"index": 0, "device": "cpu", "state": self.state.name.lower(), "queue_size": 0, "restarts": 0,
                  "processed_requests": len(self.calls), "failed_requests": 0, "batches": len(self.calls),
