@@ -177,6 +177,78 @@ CATALOGUE: list[Case] = [
 ]
 
 
+# -- text-embeddings-inference's paths: TEI's error body ({"error", "error_type"}) and statuses --------
+TEI_PROTECTED = [("POST", "/embed"), ("POST", "/"), ("POST", "/embed_sparse"), ("POST", "/embed_all"),
+                 ("POST", "/rerank"), ("POST", "/decode"), ("GET", "/info")]
+
+
+def tei(name: str, body: bytes | object, status: int = 422, error_type: str = "Validation", path: str = "/embed",
+        method: str = "POST", headers: dict[str, str] | None = None) -> Case:
+    """A TEI case: ``body`` as bytes, or JSON to encode; ``error_type`` is TEI's ErrorType."""
+    raw = body if isinstance(body, bytes) or body is None else js(body)
+    return Case(f"TEI {path} {name}", status, error_type, raw, method, path, dict(AUTH) if headers is None else headers)
+
+
+TEI_CATALOGUE: list[Case] = [
+    # -- bodies ---------------------------------------------------------------------------------------
+    tei("empty body", b"", 400, "Empty"),
+    tei("white space body", b" \n\t", 400, "Empty"),
+    tei("lone brace", b"{"),
+    tei("trailing garbage", b'{"inputs": "a"} x'),
+    tei("array body", [{"inputs": "a"}]),
+    tei("100k open brackets", b"[" * 100_000),
+    tei("invalid UTF-8", b'{"inputs": "\xff\xfe"}'),
+    tei("lone surrogate", b'{"inputs": "\\ud800"}'),
+    tei("body over MAX_REQUEST_BYTES", {"inputs": "x" * (MAX_BYTES + 10)}, 413),
+    # -- inputs ---------------------------------------------------------------------------------------
+    tei("no inputs", {}),
+    tei("input instead of inputs", {"input": "a"}),
+    *(tei(f"inputs={json.dumps(v)[:30]}", {"inputs": v}) for v in (None, 5, True, {"text": "a"}, ["a", None])),
+    tei("token ids", {"inputs": [101, 2003, 102]}),
+    tei("batches of token ids", {"inputs": [[101, 2003], [102]]}),
+    tei("pairs of texts", {"inputs": [["a query", "a text"]]}),
+    tei("empty list", {"inputs": []}, 400, "Empty"),
+    tei("empty string", {"inputs": ""}, 400, "Empty"),
+    tei("blank item", {"inputs": ["fine", " \u3000 "]}, 400, "Empty"),
+    tei("too many inputs", {"inputs": ["a"] * (MAX_INPUTS + 1)}, 413),
+    tei("too long, truncate false", {"inputs": "word " * 40_000, "truncate": False}),
+    # -- options --------------------------------------------------------------------------------------
+    *(tei(f"{k}={json.dumps(v)}", {"inputs": "a", k: v}) for k, v in (
+        ("truncate", "true"), ("truncate", 1), ("truncation_direction", "middle"), ("truncation_direction", None),
+        ("normalize", False), ("normalize", None), ("normalize", "true"), ("dimensions", 8),
+        ("prompt_name", "query"), ("prompt_name", 5))),
+    tei("prompt_name on embed_sparse", {"inputs": "a", "prompt_name": "query"}, path="/embed_sparse"),
+    tei("truncate false, too long", {"inputs": "word " * 40_000, "truncate": False}, path="/embed_all"),
+    # -- rerank ---------------------------------------------------------------------------------------
+    tei("no query", {"texts": ["a"]}, path="/rerank"),
+    tei("query number", {"query": 5, "texts": ["a"]}, path="/rerank"),
+    tei("blank query", {"query": "  ", "texts": ["a"]}, 400, "Empty", path="/rerank"),
+    tei("texts a string", {"query": "q", "texts": "a"}, path="/rerank"),
+    tei("empty texts", {"query": "q", "texts": []}, 400, "Empty", path="/rerank"),
+    tei("too many texts", {"query": "q", "texts": ["a"] * (MAX_INPUTS + 1)}, 413, path="/rerank"),
+    tei("return_text yes", {"query": "q", "texts": ["a"], "return_text": "yes"}, path="/rerank"),
+    tei("raw_scores null", {"query": "q", "texts": ["a"], "raw_scores": None}, path="/rerank"),
+    # -- decode ---------------------------------------------------------------------------------------
+    tei("no ids", {}, path="/decode"),
+    tei("empty ids", {"ids": []}, 400, "Empty", path="/decode"),
+    tei("an empty list of ids", {"ids": [[1], []]}, 400, "Empty", path="/decode"),
+    *(tei(f"ids={json.dumps(v)[:30]}", {"ids": v}, path="/decode") for v in (
+        [-1], [2**32], [2**70], [1.5], ["1"], [True], [[1], 2], "12", 7)),
+    tei("too many lists", {"ids": [[1]] * (MAX_INPUTS + 1)}, 413, path="/decode"),
+    # -- TEI's /tokenize body -------------------------------------------------------------------------
+    tei("tokenize empty inputs", {"inputs": []}, 400, "Empty", path="/tokenize"),
+    tei("tokenize prompt_name", {"inputs": "a", "prompt_name": "query"}, path="/tokenize"),
+    tei("tokenize add_special_tokens no", {"inputs": "a", "add_special_tokens": "no"}, path="/tokenize"),
+    # -- wrong methods ----------------------------------------------------------------------------------
+    *(tei(f"{m}", b"{}", 405, path=p, method=m) for m, p in [
+        ("GET", "/embed"), ("PUT", "/embed_sparse"), ("DELETE", "/embed_all"), ("GET", "/rerank"),
+        ("PATCH", "/decode"), ("POST", "/info")]),
+    # -- Authorization on every TEI path ------------------------------------------------------------------
+    *(tei(f"{name}: {m}", {"inputs": "a"}, 401, "Unauthorized", path=p, method=m, headers=h)
+      for m, p in TEI_PROTECTED for name, h in AUTH_HEADERS.items()),
+]
+
+
 def send(server: Server, case: Case) -> requests.Response:
     headers = {k: v.encode("utf-8") for k, v in case.headers.items()}  # bytes: sent as they are
     return requests.request(case.method, f"{server.url}{case.path}", data=case.body, headers=headers, timeout=60)
@@ -189,6 +261,8 @@ def assert_still_serving(server: Server) -> None:
 def test_the_catalogue_is_large_and_names_are_unique():
     assert len(CATALOGUE) >= 50
     assert len({c.name for c in CATALOGUE}) == len(CATALOGUE)
+    assert len(TEI_CATALOGUE) >= 50
+    assert len({c.name for c in TEI_CATALOGUE}) == len(TEI_CATALOGUE)
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=lambda c: c.name)
@@ -304,7 +378,7 @@ def test_a_chunked_body_is_refused_once_it_passes_the_limit(server):
 
 
 def test_no_response_or_log_line_holds_a_token(server):
-    for path in ("/", "/health", "/stats", "/v1/models", "/openapi.json"):
+    for path in ("/", "/health", "/stats", "/v1/models", "/openapi.json", "/info", "/health/detailed", "/docs"):
         response = requests.get(f"{server.url}{path}", headers=AUTH, timeout=10)
         assert response.status_code == 200 and TOKEN not in response.text, path
     log = server.log()
@@ -312,3 +386,22 @@ def test_no_response_or_log_line_holds_a_token(server):
     assert "POST /v1/embeddings" in log, "requests are logged"
     for secret in (TOKEN, *WRONG_TOKENS):
         assert secret not in log, f"{secret!r} is in the log"
+
+
+@pytest.mark.parametrize("case", TEI_CATALOGUE, ids=lambda c: c.name)
+def test_hostile_tei_request(server, case):
+    """TEI's paths answer in TEI's shape, with TEI's statuses (docs/api.md)."""
+    response = send(server, case)
+    assert response.status_code == case.status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error", "error_type"}, body
+    assert body["error_type"] == case.error_type, body
+    assert isinstance(body["error"], str) and body["error"]
+    for leak in LEAKS:
+        assert leak not in response.text, leak
+    if case.status == 401:
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    if case.status == 405:
+        assert response.headers["Allow"]
+    assert_still_serving(server)
