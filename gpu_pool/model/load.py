@@ -25,6 +25,9 @@ def load(path: Path, device_name: str, dtype_name: str, threads: int) -> M3Model
     started = time.monotonic()
     model = M3Model(path, device, dtype, threads)
     log.info("Model loaded from %s in %.1f s", path, time.monotonic() - started)
+    choice = model.attention
+    log.info("Attention: %s%s (%s)", choice.path, f" with {choice.kernel_name}" if choice.kernel_name else "",
+             choice.reason)
     return model
 
 

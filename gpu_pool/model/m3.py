@@ -4,7 +4,9 @@ The arithmetic follows FlagEmbedding's ``BGEM3FlagModel`` exactly (CLS pooling,
 ``relu(sparse_linear(H))``, ``colbert_linear(H[:, 1:])`` over the real tokens,
 then L2 norm), so that the vectors match it; see
 tests/integration/test_vectors_match_flagembedding.py. A batch runs packed: its
-texts' tokens are concatenated into one row (gpu_pool/model/xlmr.py).
+texts' tokens are concatenated into one row (gpu_pool/model/xlmr.py). On CUDA the host
+never waits for the device inside a pass: ids go over from pinned memory and the outputs
+come back in one asynchronous copy (gpu_pool/model/transfer.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from gpu_pool.engine.batch import Outputs
+from gpu_pool.model import attention
+from gpu_pool.model.transfer import HostCopy, to_device
 from gpu_pool.model.xlmr import PackedEncoder
 from gpu_pool.wire import packing
 from gpu_pool.wire.protocol import Kind
@@ -29,13 +33,16 @@ PARALLEL_MIN_FLOPS = 50e6
 
 
 class M3Model:
-    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, threads: int = 1) -> None:
-        """``threads``: the most CPU threads a pass may use."""
+    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, threads: int = 1,
+                 attention_path: str = "auto") -> None:
+        """``threads``: the most CPU threads a pass may use; ``attention_path``: "auto" (chosen by device
+        and dtype), or ``attention.PER_LENGTH`` to keep the per-length path (the device check compares them)."""
         self.device, self.dtype, self.threads = device, dtype, threads
         self.device_name, self.dtype_name = str(device), str(dtype).removeprefix("torch.")
         model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
         model.requires_grad_(False).to(device).eval()
-        self.encoder = PackedEncoder(model)
+        self.attention, kernel = attention.select(device, dtype, attention_path)
+        self.encoder = PackedEncoder(model, kernel)
         hidden = model.config.hidden_size
         self.dim = hidden
         self.sparse_linear = _load_linear(path / "sparse_linear.pt", hidden, 1, device, dtype)
@@ -60,18 +67,23 @@ class M3Model:
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
         return Pass(self, hidden, lengths, kinds, colbert_texts)
 
-    @torch.inference_mode()
     def heads(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
         """The requested heads over the last layer's hidden states."""
+        return self.heads_async(hidden, lengths, kinds, colbert_texts).wait()
+
+    @torch.inference_mode()
+    def heads_async(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
+                    colbert_texts: np.ndarray) -> PendingOutputs:
+        """The requested heads, queued on the device and on their way to the host."""
         dense = sparse = colbert = None
         if kinds & Kind.DENSE:
-            dense = _numpy(F.normalize(hidden[self._tensor(packing.token_starts(lengths))].float(), dim=-1))
+            dense = F.normalize(hidden[self._tensor(packing.token_starts(lengths))].float(), dim=-1)
         if kinds & Kind.SPARSE:
-            sparse = _numpy(torch.relu(self.sparse_linear(hidden)).squeeze(-1))
+            sparse = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
         if kinds & Kind.COLBERT and len(colbert_texts):
             rows = self._tensor(packing.colbert_sources(lengths, colbert_texts))
-            colbert = _numpy(F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1))
-        return Outputs(dense, sparse, colbert)
+            colbert = F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1)
+        return PendingOutputs(HostCopy([dense, sparse, colbert]))
 
     def use_threads(self, tokens: int) -> None:
         """CPU threads for a pass of ``tokens`` tokens."""
@@ -81,7 +93,7 @@ class M3Model:
                 torch.set_num_threads(wanted)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array.astype(np.int64, copy=False)).to(self.device, non_blocking=True)
+        return to_device(array, self.device)
 
 
 class Pass:
@@ -92,7 +104,7 @@ class Pass:
                  colbert_texts: np.ndarray) -> None:
         self.model, self.hidden, self.lengths = model, hidden, lengths
         self.kinds, self.colbert_texts = kinds, colbert_texts
-        self._lengths = lengths.tolist()
+        self._lengths = model.encoder.spans(lengths.tolist())  # the attention's inputs, once per pass
         self.layer = 0  # the next layer to run
 
     @torch.inference_mode()
@@ -105,7 +117,26 @@ class Pass:
         return self.layer == len(model.encoder.layers)
 
     def outputs(self) -> Outputs:
-        return self.model.heads(self.hidden, self.lengths, self.kinds, self.colbert_texts)
+        return self.outputs_async().wait()
+
+    def outputs_async(self) -> PendingOutputs:
+        """The outputs on their way to the host: a caller that starts the next pass before it
+        ``wait``s overlaps the copy with that pass's kernels."""
+        return self.model.heads_async(self.hidden, self.lengths, self.kinds, self.colbert_texts)
+
+
+class PendingOutputs:
+    """A pass's outputs being copied to the host (at once on the CPU)."""
+
+    def __init__(self, copy: HostCopy) -> None:
+        self._copy = copy
+
+    def ready(self) -> bool:
+        return self._copy.ready()
+
+    def wait(self) -> Outputs:
+        dense, sparse, colbert = self._copy.wait()
+        return Outputs(dense, sparse, colbert)
 
 
 def _load_linear(path: Path, n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Linear:
@@ -113,6 +144,3 @@ def _load_linear(path: Path, n_in: int, n_out: int, device: torch.device, dtype:
     layer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return layer.to(device=device, dtype=dtype).eval()
 
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.float().cpu().numpy()

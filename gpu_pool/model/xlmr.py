@@ -2,23 +2,28 @@
 
 transformers loads the weights; this module runs them. A batch is one row of
 all its texts' tokens, so every matrix product works on real tokens only and no
-compute goes to padding; attention runs on each text's own span with PyTorch's
-fused scaled-dot-product kernel (no mask, so it takes the flash path on CPU and
-CUDA alike; a padding mask would send it to the slow path that materialises
-every score). The arithmetic is transformers' ``XLMRobertaModel`` in eval mode
-(post-LayerNorm layers, exact GELU), with the query, key and value projections
-fused into one product. Going around the ``nn.Module`` machinery also matters:
-for short texts its per-call overhead took longer than the arithmetic.
+compute goes to padding; attention runs on each text's own span
+(gpu_pool/model/attention.py: PyTorch's fused kernel per run of equal lengths, or on
+CUDA in half precision one flash-attention call per layer over ``cu_seqlens``; never
+a padding mask, which would send it to the slow path that materialises every score).
+The arithmetic is transformers' ``XLMRobertaModel`` in eval mode (post-LayerNorm
+layers, exact GELU), with the query, key and value projections fused into one product.
+Going around the ``nn.Module`` machinery also matters: for short texts its per-call
+overhead took longer than the arithmetic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import groupby
 from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
+
+from gpu_pool.model import attention
+from gpu_pool.model.attention import Kernel, Spans
+from gpu_pool.model.transfer import to_device
 
 if TYPE_CHECKING:
     # For the checker only: these classes type the submodules read below, which
@@ -37,7 +42,8 @@ class Layer:
 
 
 class PackedEncoder:
-    def __init__(self, model: XLMRobertaModel) -> None:
+    def __init__(self, model: XLMRobertaModel, kernel: Kernel | None = None) -> None:
+        """``kernel``: the varlen attention kernel (``attention.select``); None: attention per length."""
         config = model.config
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
@@ -49,6 +55,7 @@ class PackedEncoder:
         self.embedding_norm = (emb.LayerNorm.weight, emb.LayerNorm.bias)
         # nn.ModuleList is not generic: its items are typed Module, though each is an XLMRobertaLayer.
         self.layers = [_layer(cast("XLMRobertaLayer", layer)) for layer in model.encoder.layer]
+        self.kernel = kernel
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """``ids``, ``positions``: [tokens], the texts one after another; returns [tokens, hidden]."""
@@ -73,22 +80,18 @@ class PackedEncoder:
     def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:], *weights, eps=self.eps)
 
+    def spans(self, lengths: Sequence[int]) -> Spans:
+        """What attention needs of a pass's lengths, once per pass: ``layer`` takes it as its ``lengths``."""
+        if self.kernel is None:
+            return Spans(lengths)
+        return Spans(lengths, to_device(attention.cu_seqlens(lengths), self.word.device))
+
     def _attention(self, qkv: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """``qkv``: [tokens, 3 * hidden]; each text attends to itself only. Texts of equal
-        length next to each other (the planner sorts by length) share one call."""
-        tokens, width = qkv.shape
-        hidden = width // 3
-        context = qkv.new_empty(tokens, hidden)
-        start = 0
-        for length, run in groupby(lengths):
-            count = len(list(run))
-            end = start + count * length
-            # [count * length, 3, heads, head_dim] -> three [count, heads, length, head_dim]
-            q, k, v = qkv[start:end].view(count, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(q, k, v)
-            context[start:end] = out.transpose(1, 2).reshape(count * length, hidden)
-            start = end
-        return context
+        """``qkv``: [tokens, 3 * hidden]; each text attends to itself only."""
+        spans = lengths if isinstance(lengths, Spans) else self.spans(lengths)
+        if self.kernel is None:
+            return attention.per_length(qkv, spans, self.heads)
+        return attention.varlen(qkv, spans, self.heads, self.kernel)
 
 
 def _layer(layer: XLMRobertaLayer) -> Layer:

@@ -1,0 +1,87 @@
+"""Moving a pass's arrays between the host and the device without either waiting on the other.
+
+On CUDA, a copy from ordinary (pageable) host memory makes the host wait while the
+driver stages it; from pinned memory it is a DMA that the host only queues, so ids
+go through pinned memory and the host goes on queueing the pass's kernels. Outputs
+come back the same way: the heads' tensors are copied into pinned memory on a stream
+of their own, so that the copy engine can run beside the next pass's kernels, and the
+host waits once, on one event, for all of them (``HostCopy.wait``), instead of once
+per tensor.
+
+On the CPU nothing moves: the tensors are the arrays, exactly as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+_copy_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def uses_pinned_memory(device: torch.device) -> bool:
+    """Whether host arrays go through pinned memory for this device."""
+    return device.type == "cuda"
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` on ``device``; ints as int64 (indices), int32 kept (cu_seqlens)."""
+    if array.dtype != np.int32:
+        array = array.astype(np.int64, copy=False)
+    tensor = torch.from_numpy(array)
+    if not uses_pinned_memory(device):
+        return tensor.to(device)
+    # pin_memory() copies into a block of torch's caching host allocator, which records
+    # the copy below and hands the block out again only once that copy is done.
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+class HostCopy:
+    """Device tensors on their way to the host, as float32 numpy arrays once ``wait`` returns."""
+
+    def __init__(self, tensors: Sequence[torch.Tensor | None]) -> None:
+        self._event: torch.cuda.Event | None = None
+        found = [t for t in tensors if t is not None]
+        if not found or not uses_pinned_memory(found[0].device):
+            self._host = [None if t is None else t.float().cpu() for t in tensors]
+            return
+        self._host = self._start(tensors, found[0].device)
+
+    def _start(self, tensors: Sequence[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
+        # float32 on the device, on the compute stream: the host gets what the CPU path gives.
+        sources = [None if t is None else t.float() for t in tensors]
+        stream = copy_stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))  # the copies start once the heads are computed
+        host: list[torch.Tensor | None] = []
+        with torch.cuda.stream(stream):
+            for source in sources:
+                if source is None:
+                    host.append(None)
+                    continue
+                pinned = torch.empty(source.shape, dtype=source.dtype, pin_memory=True)
+                pinned.copy_(source, non_blocking=True)
+                # The compute stream must not reuse the source's memory before this stream has read it.
+                source.record_stream(stream)
+                host.append(pinned)
+            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+            self._event.record(stream)
+        return host
+
+    def ready(self) -> bool:
+        """Whether ``wait`` would return at once."""
+        return self._event is None or bool(self._event.query())  # type: ignore[no-untyped-call]
+
+    def wait(self) -> list[np.ndarray | None]:
+        if self._event is not None:
+            self._event.synchronize()
+        return [None if t is None else t.numpy() for t in self._host]
+
+
+def copy_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream that carries outputs back from ``device``: one per device, made once."""
+    stream = _copy_streams.get(device)
+    if stream is None:
+        stream = _copy_streams[device] = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+    return stream

@@ -1,0 +1,169 @@
+"""Attention over packed texts: the lengths-derived inputs, the path choice, and the varlen path's
+plumbing checked on the CPU with a reference kernel (the real flash kernel runs on CUDA only: the
+``gpu`` tests below, run by bench/gpu_check.sh on the GPU machine)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpu_pool.model import attention
+from gpu_pool.model.attention import PER_LENGTH, VARLEN, Spans
+from gpu_pool.model.m3 import M3Model
+from gpu_pool.wire.protocol import Kind
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
+
+
+def reference_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, longest: int) -> torch.Tensor:
+    """What a varlen kernel computes, one text at a time: [tokens, heads, dim] in and out."""
+    assert q.shape == k.shape == v.shape and q.dim() == 3 and cu.dtype == torch.int32
+    assert longest == int((cu[1:] - cu[:-1]).max())
+    out = torch.empty_like(q)
+    bounds = cu.tolist()
+    for start, end in itertools.pairwise(bounds):
+        # [length, heads, dim] -> [heads, length, dim]
+        out[start:end] = F.scaled_dot_product_attention(
+            q[start:end].transpose(0, 1), k[start:end].transpose(0, 1), v[start:end].transpose(0, 1)).transpose(0, 1)
+    return out
+
+
+def test_cu_seqlens_are_where_each_text_starts_then_the_total():
+    cu = attention.cu_seqlens([3, 5, 2])
+    assert cu.dtype == np.int32
+    assert cu.tolist() == [0, 3, 8, 10]
+    assert attention.cu_seqlens([]).tolist() == [0]
+
+
+def test_spans_hold_the_runs_and_the_longest_length():
+    spans = Spans([7, 7, 4, 4, 4, 1])
+    assert spans == [7, 7, 4, 4, 4, 1]  # still the plain list of lengths
+    assert spans.runs == [(7, 2), (4, 3), (1, 1)]
+    assert spans.max_length == 7
+    assert spans.cu_seqlens is None
+
+
+@pytest.mark.parametrize("device, dtype, varlen_allowed", [
+    ("cpu", torch.float32, False), ("cpu", torch.bfloat16, False), ("cuda", torch.float32, False),
+    ("cuda", torch.float16, True), ("cuda", torch.bfloat16, True)])
+def test_varlen_is_tried_on_cuda_in_half_precision_only(device, dtype, varlen_allowed):
+    assert (attention.wants_varlen(device, dtype) == "") is varlen_allowed
+
+
+def test_the_cpu_keeps_the_per_length_path():
+    choice, kernel = attention.select(torch.device("cpu"), torch.bfloat16)
+    assert (choice.path, kernel) == (PER_LENGTH, None)
+    assert "cpu" in choice.reason
+
+
+def test_cuda_float32_keeps_the_per_length_path():
+    choice, kernel = attention.select(torch.device("cuda:0"), torch.float32)  # decided before touching a device
+    assert (choice.path, kernel) == (PER_LENGTH, None)
+    assert "float16/bfloat16 only" in choice.reason
+
+
+def test_the_first_kernel_that_works_is_chosen():
+    def broken(*args):
+        raise RuntimeError("no kernel image")
+
+    errors = {broken: "RuntimeError: no kernel image", reference_kernel: ""}
+    choice, kernel = attention.choose([("flash", broken), ("public", reference_kernel)], errors.__getitem__)
+    assert (choice.path, choice.kernel_name, kernel) == (VARLEN, "public", reference_kernel)
+
+
+def test_without_a_working_kernel_the_per_length_path_stays_and_says_why():
+    choice, kernel = attention.choose([("flash", reference_kernel)], lambda kernel: "differs by 0.5")
+    assert (choice.path, kernel) == (PER_LENGTH, None)
+    assert "flash: differs by 0.5" in choice.reason
+    choice, kernel = attention.choose([], lambda kernel: "")
+    assert choice.path == PER_LENGTH and "no varlen attention kernel" in choice.reason
+
+
+def test_the_kernel_check_accepts_a_right_kernel_and_refuses_a_wrong_one():
+    assert attention.kernel_error(reference_kernel, torch.device("cpu"), torch.float32) == ""
+    assert "differs" in attention.kernel_error(lambda q, k, v, cu, n: v, torch.device("cpu"), torch.float32)
+
+    def raises(*args):
+        raise NotImplementedError("no CPU kernel")
+
+    assert attention.kernel_error(raises, torch.device("cpu"), torch.float32) == "NotImplementedError: no CPU kernel"
+
+
+def test_the_installed_torch_offers_a_varlen_kernel():
+    names = [name for name, _ in attention.kernels()]
+    assert "aten._flash_attention_forward" in names
+
+
+@pytest.mark.parametrize("lengths", [[9, 9, 5, 3, 3, 3, 1], [12], [4, 4, 4]])
+def test_varlen_gives_what_per_length_gives(lengths):
+    heads, torch_rng = 2, torch.Generator().manual_seed(0)
+    qkv = torch.randn(sum(lengths), 3 * heads * 8, generator=torch_rng)
+    spans = Spans(lengths, torch.from_numpy(attention.cu_seqlens(lengths)))
+    got = attention.varlen(qkv, spans, heads, reference_kernel)
+    torch.testing.assert_close(got, attention.per_length(qkv, spans, heads))
+
+
+def test_varlen_needs_cu_seqlens():
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        attention.varlen(torch.zeros(3, 12), Spans([3]), 2, reference_kernel)
+
+
+def _texts(model: M3Model, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = [np.concatenate(([0], rng.integers(4, 1000, n - 2), [2])) for n in lengths]
+    return np.concatenate(ids).astype(np.int64), np.array(lengths, dtype=np.int64)
+
+
+def test_the_encoder_with_a_varlen_kernel_gives_the_per_length_outputs(tiny_model):
+    model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
+    ids, lengths = _texts(model, [30, 30, 17, 9, 9, 4])
+    expected = model.forward(ids, lengths, ALL, np.arange(len(lengths)))
+    model.encoder.kernel = reference_kernel  # what select() installs on CUDA in half precision
+    got = model.forward(ids, lengths, ALL, np.arange(len(lengths)))
+    for name in ("dense", "sparse", "colbert"):
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), atol=1e-5)
+
+
+def test_a_pass_builds_its_spans_once(tiny_model):
+    model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
+    ids, lengths = _texts(model, [12, 12, 5])
+    running = model.start(ids, lengths, Kind.DENSE, np.array([], dtype=np.int64))
+    assert isinstance(running._lengths, Spans) and running._lengths.runs == [(12, 2), (5, 1)]
+
+
+# -- on the GPU machine ------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_chooses_a_varlen_kernel_that_matches_per_length(dtype):
+    device = torch.device("cuda:0")
+    choice, kernel = attention.select(device, dtype)
+    assert choice.path == VARLEN, choice.reason
+    lengths, heads = [300, 300, 128, 77, 77, 5, 1], 16
+    qkv = torch.randn(sum(lengths), 3 * heads * 64, device=device, dtype=dtype)
+    spans = Spans(lengths, torch.from_numpy(attention.cu_seqlens(lengths)).to(device))
+    got = attention.varlen(qkv, spans, heads, kernel)
+    torch.testing.assert_close(got, attention.per_length(qkv, spans, heads), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_float16_varlen_and_per_length_models_agree(tiny_model):
+    device = torch.device("cuda:0")
+    fast = M3Model(tiny_model, device, torch.float16)
+    assert fast.attention.path == VARLEN, fast.attention.reason
+    slow = M3Model(tiny_model, device, torch.float16, attention_path=PER_LENGTH)
+    ids, lengths = _texts(fast, [40, 40, 33, 9, 2])
+    a = fast.forward(ids, lengths, ALL, np.arange(len(lengths)))
+    b = slow.forward(ids, lengths, ALL, np.arange(len(lengths)))
+    cosine = (a.dense * b.dense).sum(-1)
+    assert cosine.min() >= 0.999
+    np.testing.assert_allclose(a.sparse, b.sparse, atol=2e-2)
+    assert (a.colbert * b.colbert).sum(-1).mean() >= 0.999

@@ -1,0 +1,85 @@
+"""Host <-> device copies of a pass: on the CPU nothing moves and nothing changes; on CUDA
+(the ``gpu`` tests, run by bench/gpu_check.sh) ids go through pinned memory and outputs come
+back asynchronously, with the same numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_pool.model.m3 import M3Model
+from gpu_pool.model.transfer import HostCopy, to_device, uses_pinned_memory
+from gpu_pool.wire.protocol import Kind
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
+
+
+def test_only_cuda_goes_through_pinned_memory():
+    assert uses_pinned_memory(torch.device("cuda:0"))
+    assert not uses_pinned_memory(torch.device("cpu"))
+
+
+def test_to_device_makes_indices_int64_and_keeps_int32():
+    assert to_device(np.array([1, 2], dtype=np.int32), torch.device("cpu")).dtype == torch.int32
+    assert to_device(np.array([1, 2], dtype=np.uint16), torch.device("cpu")).dtype == torch.int64
+    ids = np.array([5, 6, 7], dtype=np.int64)
+    tensor = to_device(ids, torch.device("cpu"))
+    assert tensor.tolist() == [5, 6, 7]
+    assert tensor.data_ptr() == ids.ctypes.data  # no copy on the CPU, as before
+
+
+def test_host_copy_on_the_cpu_is_float32_numpy_at_once():
+    copy = HostCopy([torch.ones(2, 3, dtype=torch.bfloat16), None, torch.zeros(4)])
+    assert copy.ready()
+    dense, sparse, colbert = copy.wait()
+    assert sparse is None
+    assert dense.dtype == np.float32 and dense.shape == (2, 3) and colbert.shape == (4,)
+
+
+def test_host_copy_of_nothing():
+    assert HostCopy([None, None, None]).wait() == [None, None, None]
+
+
+def test_outputs_async_gives_the_outputs(tiny_model):
+    model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
+    ids, lengths = np.array([0, 9, 8, 2, 0, 7, 2], dtype=np.int64), np.array([4, 3], dtype=np.int64)
+    expected = model.forward(ids, lengths, ALL, np.array([1]))
+    running = model.start(ids, lengths, ALL, np.array([1]))
+    while not running.step():
+        pass
+    pending = running.outputs_async()
+    assert pending.ready()
+    got = pending.wait()
+    for name in ("dense", "sparse", "colbert"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    assert got.colbert.shape == (2, model.dim)
+
+
+# -- on the GPU machine ------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_copies_are_asynchronous_and_exact():
+    device = torch.device("cuda:0")
+    ids = np.arange(10_000, dtype=np.int64)
+    on_device = to_device(ids, device)
+    assert on_device.device.type == "cuda"
+    assert torch.equal(on_device.cpu(), torch.from_numpy(ids))
+    source = torch.randn(4096, 1024, device=device, dtype=torch.float16)
+    copy = HostCopy([source, None])
+    got, nothing = copy.wait()
+    assert copy.ready() and nothing is None
+    np.testing.assert_array_equal(got, source.float().cpu().numpy())
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_pass_outputs_equal_the_cpu_pass_in_float32(tiny_model):
+    ids, lengths = np.array([0, 9, 8, 2, 0, 7, 2], dtype=np.int64), np.array([4, 3], dtype=np.int64)
+    cpu = M3Model(tiny_model, torch.device("cpu"), torch.float32).forward(ids, lengths, ALL, np.array([0, 1]))
+    cuda = M3Model(tiny_model, torch.device("cuda:0"), torch.float32).forward(ids, lengths, ALL, np.array([0, 1]))
+    for name in ("dense", "sparse", "colbert"):
+        np.testing.assert_allclose(getattr(cuda, name), getattr(cpu, name), atol=1e-4)
