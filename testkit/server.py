@@ -31,10 +31,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, model_path: Path, log_path: Path, **env: str) -> None:
+    """``shm_size`` (``"4m"``, ``"64m"``): run the server in a mount namespace of its own whose
+    /dev/shm is a tmpfs of that size (root and ``unshare``, as in CI), the way a container
+    without ``--shm-size`` runs it; ``shm_entries()`` lists that /dev/shm, and ``stop`` leaves
+    what it held after the server exited in ``shm_left``."""
+
+    def __init__(self, model_path: Path, log_path: Path, shm_size: str | None = None, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.shm_size = shm_size
+        self._namespace: int | None = None  # a descriptor of the server's mount namespace, which keeps it
+        self.shm_left: list[str] | None = None  # with shm_size: what its /dev/shm held after the server exited
         self.env = {
             **os.environ,
             "MODEL_PATH": str(model_path), "BIND": f"127.0.0.1:{self.port}", "DEVICE": "cpu",
@@ -44,9 +52,13 @@ class Server:
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> Server:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        command = [str(GUNICORN), "-c", "gunicorn.conf.py", "embsvc.wsgi:app"]
+        if self.shm_size:
+            # unshare and sh exec in turn: gunicorn's master keeps this pid, which the probes rely on.
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       'mount -t tmpfs -o size="$0",mode=1777 tmpfs /dev/shm && exec "$@"', self.shm_size, *command]
         self.process = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py", "embsvc.wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_terminate_with_parent)
         if wait:
             self.wait_healthy(timeout)
@@ -59,6 +71,7 @@ class Server:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
                 if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    self._hold_namespace()
                     return
             except (requests.ConnectionError, requests.Timeout):
                 pass  # not listening yet, or too busy starting to answer within a second
@@ -67,6 +80,23 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def _hold_namespace(self) -> None:
+        if self.shm_size and self._namespace is None:
+            # Held open, the namespace and its /dev/shm outlive the server, to be looked at after exit.
+            self._namespace = os.open(f"/proc/{self.process.pid}/ns/mnt", os.O_RDONLY)
+
+    def shm_entries(self) -> list[str]:
+        """What the server's /dev/shm holds (its own namespace's with ``shm_size``)."""
+        if self._namespace is None:
+            return sorted(os.listdir("/dev/shm"))
+        listing = subprocess.run(["nsenter", f"--mount=/proc/{os.getpid()}/fd/{self._namespace}", "ls", "-A",
+                                  "/dev/shm"], capture_output=True, text=True, check=True)
+        return sorted(listing.stdout.split())
+
+    def shm_path(self) -> Path:
+        """The server's /dev/shm as seen from here, while its master runs."""
+        return Path(f"/proc/{self.process.pid}/root/dev/shm") if self.shm_size else Path("/dev/shm")
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process is None:
@@ -79,4 +109,8 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
+        if self._namespace is not None:
+            self.shm_left = self.shm_entries()
+            os.close(self._namespace)  # the namespace and its /dev/shm go with the last reference
+            self._namespace = None
         return self.process.returncode

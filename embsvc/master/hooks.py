@@ -20,6 +20,7 @@ from typing import Protocol
 from embsvc.config import DEFAULT_MAX_BATCH_TOKENS as DEFAULT_MAX_BATCH_TOKENS  # re-exported: tests read it here
 from embsvc.config import ConfigError, Settings, load_settings
 from embsvc.master import metrics_dir as metrics_folder
+from embsvc.master import shared_memory
 from embsvc.master.model_files import ModelFilesError, ensure_model
 from gpu_pool import EngineClient, EnginePool, EngineSpec, NoFreeSlot, engine_specs
 from runtime import logs, malloc
@@ -57,6 +58,7 @@ def on_starting(server: object) -> None:
     _metrics_dir = metrics_folder.create()  # before any worker forks: they inherit its variable
     _pool = EnginePool(engine_specs(list(_settings.devices), _engine_template(_settings)),
                        n_slots=2 * _settings.web_concurrency + 2)
+    shared_memory.check(_settings, len(_pool.engines))
     _pool.start()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -146,7 +147,10 @@ def test_metrics_folder_is_fresh_private_and_removed(monkeypatch):
     try:
         assert first != second, "every start gets a folder of its own"
         assert second.is_dir() and not any(second.iterdir())
-        assert str(second).startswith(f"/dev/shm/embsvc-metrics-{os.getpid()}-")
+        assert second.name.startswith(f"embsvc-metrics-{os.getpid()}-")
+        # Not where requests' arrays can fill the file system: a full /dev/shm must not kill a worker.
+        assert second.parent == Path(tempfile.gettempdir())
+        assert second.stat().st_dev != os.stat("/dev/shm").st_dev
         assert os.environ[metrics_dir.ENV] == str(second)
         assert second.stat().st_mode & 0o077 == 0, "only the server's user may read or write it"
     finally:
