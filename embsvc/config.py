@@ -19,6 +19,25 @@ PLACEHOLDER_TOKEN = "your_api_token_here"
 KINDS = ("dense", "sparse", "colbert")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_MAX_BATCH_TOKENS = 16384  # tokens in one forward pass when MAX_BATCH_TOKENS is unset
+# On a GPU host: twice TEI's 16,384. The full model costs about 0.6 GFLOP a token, so
+# a 16,384-token pass is about 20 ms of an H200's half-precision matrix work, while
+# what the host does between two passes (answering the last one, starting the next)
+# stays about fixed: a longer pass halves the share of time the GPU idles through
+# it. Activations cost about 20 kB a token in float16 (0.7 GB at 32,768 tokens),
+# little beside the model on any GPU it fits on. bench/gpu_check.py measures the
+# engine at 8,192 to 65,536 tokens a pass, to confirm the choice on the device.
+CUDA_MAX_BATCH_TOKENS = 32768
+# Requests in one pass (BATCH_SIZE) with a GPU engine. A pass of a few short queries
+# is bound by launching its ~300 kernels, not by arithmetic, so on a GPU it takes
+# about as long with 64 queries as with 8; at 8 a pass, 5,000 queries a second
+# would need a pass every 1.6 ms, which a 24-layer pass driven from Python cannot do.
+GPU_BATCH_SIZE = 64
+# Requests an engine holds (MAX_QUEUE_SIZE) with a GPU engine, TEI's
+# max_concurrent_requests: at thousands of answers a second, 50 in flight is a few
+# milliseconds of work, and 64 clients with one request each would be refused.
+GPU_MAX_QUEUE_SIZE = 512
+# Where the NVIDIA driver shows its GPUs: DEVICE=auto means CUDA on such a host.
+_NVIDIA_GPUS = (Path("/proc/driver/nvidia/gpus"), Path("/dev/nvidia0"))
 # An origin as browsers send it: scheme://host[:port], no path (the Origin header's form).
 _ORIGIN = re.compile(r"https?://[^\s/?#]+")
 
@@ -50,13 +69,20 @@ class Settings:
     log_format: str
     bind: str
     allowed_origins: tuple[str, ...]  # CORS: ("*",) for any origin; empty: none
+    # Lanes (gpu_pool/engine/lanes.py): a request of at most this many tokens is interactive
+    # unless it says otherwise; a bulk pass's layer takes at most the wait; bulk keeps its share.
+    interactive_max_tokens: int
+    interactive_max_wait_ms: int
+    bulk_share: float
+    # MAX_BATCH_TOKENS when unset: by device (CUDA_MAX_BATCH_TOKENS with a GPU engine).
+    default_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
 
     def model_names(self) -> tuple[str, ...]:
         return (self.model_name, *self.model_aliases)
 
     def batch_tokens(self) -> int:
         """Tokens in one forward pass, as the engines are given them."""
-        return self.max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
+        return self.max_batch_tokens or self.default_batch_tokens
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None = ".env") -> Settings:
@@ -69,35 +95,67 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | None
 
 def _parse(env: Mapping[str, str]) -> Settings:
     get = _Reader(env)
+    devices = get.list("DEVICE", "auto")
+    gpu_engines = count_gpu_engines(devices, nvidia_gpu_present())
     return Settings(
         api_tokens=_tokens(env.get("API_TOKEN", "")),
         model_path=Path(get.str("MODEL_PATH", "./BGE-M3")),
         model_name=get.str("MODEL_NAME", "BAAI/bge-m3"),
         model_aliases=get.list("MODEL_ALIASES", "bge-m3"),
-        batch_size=get.int("BATCH_SIZE", 8, 1),
+        batch_size=get.int("BATCH_SIZE", GPU_BATCH_SIZE if gpu_engines else 8, 1),
         batch_timeout_ms=get.int("BATCH_TIMEOUT_MS", 100, 0),
         processing_concurrency=get.int("PROCESSING_CONCURRENCY", 2, 1),
-        max_queue_size=get.int("MAX_QUEUE_SIZE", 50, 1),
+        max_queue_size=get.int("MAX_QUEUE_SIZE", GPU_MAX_QUEUE_SIZE if gpu_engines else 50, 1),
         max_batch_tokens=get.int("MAX_BATCH_TOKENS", 0, 0),
         max_tokens=get.int("MAX_TOKENS", 8192, 2),
         max_inputs=get.int("MAX_INPUTS", 256, 1),
         max_request_bytes=get.int("MAX_REQUEST_BYTES", 8 * 1024 * 1024, 1024),
         request_timeout_s=get.float("REQUEST_TIMEOUT_S", 120.0),
-        devices=get.list("DEVICE", "auto"),
+        devices=devices,
         dtype=get.choice("DTYPE", "auto", DTYPES),
         default_return=_kinds(get.list("DEFAULT_RETURN", ",".join(KINDS))),
-        web_concurrency=get.int("WEB_CONCURRENCY", _default_workers(), 1),
+        web_concurrency=get.int("WEB_CONCURRENCY", default_workers(len(os.sched_getaffinity(0)), gpu_engines), 1),
         log_level=get.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
         log_format=get.choice("LOG_FORMAT", "json", ("json", "text")),
         bind=get.str("BIND", "0.0.0.0:8000"),
         allowed_origins=_origins(get.list("ALLOWED_ORIGINS", "")),
+        interactive_max_tokens=get.int("INTERACTIVE_MAX_TOKENS", 128, 0),
+        interactive_max_wait_ms=get.int("INTERACTIVE_MAX_WAIT_MS", 150, 1),
+        bulk_share=_share(get.float("BULK_SHARE", 0.5)),
+        default_batch_tokens=CUDA_MAX_BATCH_TOKENS if gpu_engines else DEFAULT_MAX_BATCH_TOKENS,
     )
 
 
-def _default_workers() -> int:
-    # Web workers only parse, tokenize and serialize: a few per core suffice,
-    # each with many threads that wait on the engine.
-    return max(2, min(4, len(os.sched_getaffinity(0))))
+def default_workers(cores: int, gpu_engines: int) -> int:
+    """WEB_CONCURRENCY when unset. With CPU engines only: 2 to 4. Web workers only parse,
+    tokenize and serialize, each with many threads that wait on the engine, and a
+    CPU engine needs the other cores. With GPU engines: every core but two per engine
+    (its device thread and its reader and planner). A GPU answers thousands of short
+    queries a second, and then each request's Python (HTTP, JSON, tokenizing, about
+    1 ms of one core) is the limit: a worker holds the GIL, so it uses one core at most."""
+    if gpu_engines == 0:
+        return max(2, min(4, cores))
+    return max(2, min(32, cores - 2 * gpu_engines))
+
+
+def count_gpu_engines(devices: tuple[str, ...], nvidia_present: bool) -> int:
+    """Engines that will run on a GPU: ``cuda``/``cuda:N`` entries, and ``auto`` where a GPU is present."""
+    return sum(d.startswith("cuda") or (d == "auto" and nvidia_present) for d in devices)
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether the NVIDIA driver shows a GPU here (without importing torch, which the web side never does)."""
+    folder, device = _NVIDIA_GPUS
+    try:
+        return device.exists() or any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def _share(value: float) -> float:
+    if value > 1:
+        raise ConfigError(f"BULK_SHARE must be a fraction above 0 and at most 1, got {value:g}")
+    return value
 
 
 def _tokens(raw: str) -> tuple[str, ...]:

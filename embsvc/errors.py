@@ -17,7 +17,15 @@ from typing import Any
 import falcon
 import orjson
 
-from gpu_pool import EngineError, EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable, SharedMemoryFull
+from gpu_pool import (
+    ClientGone,
+    EngineError,
+    EngineFailed,
+    EngineOverloaded,
+    EngineTimeout,
+    EngineUnavailable,
+    SharedMemoryFull,
+)
 
 log = logging.getLogger("embsvc")
 
@@ -93,6 +101,13 @@ class ServerError(APIError):
     tei_type = "Backend"
 
 
+class ClientClosed(APIError):
+    """The client left before the answer: nginx's 499, for the access log (nobody reads the body)."""
+
+    status = 499
+    type = "client_closed_request"
+
+
 class ModelFailed(ServerError):
     """The forward pass failed: TEI's "Inference failed"."""
 
@@ -157,7 +172,10 @@ def from_engine(exc: EngineError) -> APIError:
     if isinstance(exc, EngineUnavailable):
         return Unavailable(str(exc), headers={"Retry-After": "1"})
     if isinstance(exc, EngineFailed) and exc.out_of_memory:
-        return Unavailable("the model ran out of memory on this request; send fewer or shorter inputs")
+        # The engine retried it alone: this input does not fit, whatever else runs beside it.
+        return PayloadTooLarge(f"{exc}; send it shorter (max_length) or split it")
+    if isinstance(exc, ClientGone):
+        return ClientClosed(str(exc))
     return ModelFailed("the model failed on this request")
 
 

@@ -28,9 +28,10 @@ the pipes and shared counters, starts, supervises and stops the engines.
 The web side uses only the names in ``__all__`` (tests/unit/test_layout.py checks it).
 """
 
-from gpu_pool.client import EngineClient
+from gpu_pool.client import NO_ASK, Ask, EngineClient
 from gpu_pool.engine.spec import EngineSpec, engine_specs
 from gpu_pool.errors import (
+    ClientGone,
     EngineError,
     EngineFailed,
     EngineOverloaded,
@@ -40,14 +41,17 @@ from gpu_pool.errors import (
 )
 from gpu_pool.pool import EnginePool, NoFreeSlot
 from gpu_pool.results import EmbeddingResult
-from gpu_pool.wire.protocol import SCORE_MODES, Kind
+from gpu_pool.wire.protocol import SCORE_MODES, Kind, Lane
 from gpu_pool.wire.segment import Space as SharedMemorySpace
 from gpu_pool.wire.segment import space as shared_memory_space
 from gpu_pool.wire.segment_pool import bytes_needed as shared_memory_needed
 from gpu_pool.wire.shared import EngineState
 
 __all__ = [
+    "NO_ASK",
     "SCORE_MODES",
+    "Ask",
+    "ClientGone",
     "EmbeddingResult",
     "EngineClient",
     "EngineError",
@@ -59,6 +63,7 @@ __all__ = [
     "EngineTimeout",
     "EngineUnavailable",
     "Kind",
+    "Lane",
     "NoFreeSlot",
     "SharedMemoryFull",
     "SharedMemorySpace",

@@ -12,26 +12,50 @@ from the worker's pid, so such a late answer matches no waiter and is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
 
-from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable, SharedMemoryFull
+from gpu_pool.errors import (
+    ClientGone,
+    EngineFailed,
+    EngineOverloaded,
+    EngineTimeout,
+    EngineUnavailable,
+    SharedMemoryFull,
+)
 from gpu_pool.pool import EngineHandle, EnginePool
 from gpu_pool.results import EmbeddingResult
 from gpu_pool.wire import protocol
 from gpu_pool.wire.frames import FrameReader
-from gpu_pool.wire.protocol import SCORE_KINDS, Done, ErrorCode, Failed, Job, Kind, ScoreJob
+from gpu_pool.wire.protocol import SCORE_KINDS, Cancel, Done, ErrorCode, Failed, Job, Kind, Lane, ScoreJob, choose_lane
 from gpu_pool.wire.segment import Layout, NoSpace, Segment, held, space
 from gpu_pool.wire.segment_pool import WorkerSegments
 from gpu_pool.wire.shared import EngineState
 
 _LISTEN_POLL_S = 0.2
+_GONE_POLL_S = 0.1  # how often a waiting request looks whether its client is still there
+_INTERACTIVE_ROOM = 0.2  # of MAX_QUEUE_SIZE, kept for interactive requests beyond it
+
+
+@dataclass(frozen=True)
+class Ask:
+    """How a request wants its job run: its lane (None: its size decides), and a check
+    whether its client is gone (None: not known)."""
+
+    priority: Lane | None = None
+    gone: Callable[[], bool] | None = None
+
+
+NO_ASK = Ask()
 
 
 class _Signal:
@@ -66,9 +90,12 @@ class _Waiter:
 
 
 class EngineClient:
-    def __init__(self, pool: EnginePool, slot: int, max_queue_size: int, timeout_s: float) -> None:
+    def __init__(self, pool: EnginePool, slot: int, max_queue_size: int, timeout_s: float,
+                 interactive_max_tokens: int = 0) -> None:
+        """``interactive_max_tokens``: a request of at most this many tokens that names no lane is interactive."""
         self.pool, self.slot = pool, slot
         self.max_queue_size, self.timeout_s = max_queue_size, timeout_s
+        self.interactive_max_tokens = interactive_max_tokens
         self._answers = pool.slot_readers[slot]
         self._waiters: dict[int, _Waiter] = {}
         self._lock = threading.Lock()
@@ -105,27 +132,30 @@ class EngineClient:
 
     # -- submitting -----------------------------------------------------------------
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray) -> EmbeddingResult:
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray, ask: Ask = NO_ASK) -> EmbeddingResult:
         """Run the inputs through an engine; close the result once it is read.
 
         ``unused_ids``: the special tokens that the sparse weights leave out.
         """
-        return EmbeddingResult(self._run(ids, kinds), ids, unused_ids)
+        return EmbeddingResult(self._run(ids, kinds, ask), ids, unused_ids)
 
     def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
-              unused_ids: np.ndarray) -> np.ndarray:
+              unused_ids: np.ndarray, ask: Ask = NO_ASK) -> np.ndarray:
         """Scores of inputs 1.. against input 0 (the query): [documents, len(SCORE_MODES)]."""
-        with self._run(ids, SCORE_KINDS, ScoreJob, weights=weights, unused_ids=tuple(unused_ids.tolist())) as seg:
+        unused = tuple(unused_ids.tolist())
+        with self._run(ids, SCORE_KINDS, ask, ScoreJob, weights=weights, unused_ids=unused) as seg:
             return seg.arrays["scores"].copy()
 
-    def _run(self, ids: list[np.ndarray], kinds: Kind, job_type: type[Job] = Job, **fields: object) -> Segment:
+    def _run(self, ids: list[np.ndarray], kinds: Kind, ask: Ask, job_type: type[Job] = Job,
+             **fields: object) -> Segment:
         """Write the ids into a segment, hand the job to an engine and wait; returns the filled segment.
 
         ``fields``: the job type's own fields beyond ``Job``'s.
         """
-        engine, generation = self._reserve()
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        lane = choose_lane(ask.priority, int(lengths.sum()), self.interactive_max_tokens)
+        engine, generation = self._reserve(lane)
         try:
-            lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
             layout = Layout(len(ids), int(lengths.sum()), engine.shared.dim.value, kinds)
             try:
                 seg = self._segments.take(layout)
@@ -135,8 +165,9 @@ class EngineClient:
                 seg.arrays["lengths"][:] = lengths
                 np.concatenate(ids, out=seg.arrays["ids"], casting="unsafe")
                 job = job_type(self._id_base + next(self._seq), self.slot, seg.name, layout.n_inputs,
-                               layout.n_tokens, kinds, **fields)
-                self._submit(engine, generation, job)
+                               layout.n_tokens, kinds, lane=lane, deadline=time.monotonic() + self.timeout_s,
+                               **fields)
+                self._submit(engine, generation, job, ask.gone)
                 return seg
             except BaseException:
                 seg.discard()  # never reused: the engine may still write into it
@@ -145,12 +176,13 @@ class EngineClient:
             with self._lock:
                 engine.shared.in_flight[self.slot] -= 1
 
-    def _reserve(self) -> tuple[EngineHandle, int]:
+    def _reserve(self, lane: Lane) -> tuple[EngineHandle, int]:
         """A place in the least-loaded ready engine's queue, and that engine's generation.
 
         The generation is read before the state: if the engine dies after this,
         the supervisor has moved the generation on by the time it is replaced,
-        so the listener fails the request instead of letting it wait.
+        so the listener fails the request instead of letting it wait. A queue full
+        of bulk work still takes interactive requests, up to ``_INTERACTIVE_ROOM`` more.
         """
         generations = [h.shared.generation.value for h in self.pool.engines]
         ready = [(h, g) for h, g in zip(self.pool.engines, generations, strict=True)
@@ -163,24 +195,46 @@ class EngineClient:
             # Take the place first, then count: two workers racing for the last
             # place may both be refused, but the queue never exceeds its bound.
             engine.shared.in_flight[self.slot] += 1
-            if engine.shared.pending() > self.max_queue_size:
+            room = self.max_queue_size
+            if lane == Lane.INTERACTIVE:
+                room += max(1, math.ceil(self.max_queue_size * _INTERACTIVE_ROOM))
+            if engine.shared.pending() > room:
                 engine.shared.in_flight[self.slot] -= 1
                 raise EngineOverloaded("too many requests are waiting for the model", retry_after_s=1.0)
         return engine, generation
 
-    def _submit(self, engine: EngineHandle, generation: int, job: Job) -> None:
+    def _submit(self, engine: EngineHandle, generation: int, job: Job,
+                gone: Callable[[], bool] | None) -> None:
         waiter = _Waiter(engine, generation)
         with self._lock:
             self._waiters[job.job_id] = waiter
         try:
             # One write of a few hundred bytes: atomic with other workers' writes.
             engine.requests_out.send_bytes(protocol.encode(job))
-            if not waiter.event.wait(self.timeout_s):
-                raise EngineTimeout(f"no answer within {self.timeout_s:g} s")
+            self._wait(waiter, job, gone)
         finally:
             with self._lock:
                 self._waiters.pop(job.job_id, None)
         self._raise_for(waiter)
+
+    def _wait(self, waiter: _Waiter, job: Job, gone: Callable[[], bool] | None) -> None:
+        """Until the answer comes, the request times out, or its client leaves: then the engine is
+        told, so that it computes nothing for nobody (it drops a timed-out job by its deadline)."""
+        if gone is None:
+            if not waiter.event.wait(self.timeout_s):
+                raise EngineTimeout(f"no answer within {self.timeout_s:g} s")
+            return
+        while not waiter.event.wait(min(_GONE_POLL_S, max(0.0, job.deadline - time.monotonic()))):
+            if time.monotonic() >= job.deadline:
+                raise EngineTimeout(f"no answer within {self.timeout_s:g} s")
+            if gone():
+                self._cancel(waiter.engine, job.job_id)
+                raise ClientGone("the client closed the connection before the answer")
+
+    @staticmethod
+    def _cancel(engine: EngineHandle, job_id: int) -> None:
+        with contextlib.suppress(OSError):  # a dead engine computes nothing anyway
+            engine.requests_out.send_bytes(protocol.encode(Cancel(job_id)))
 
     @staticmethod
     def _raise_for(waiter: _Waiter) -> None:

@@ -37,3 +37,7 @@ class EngineFailed(EngineError):
     def __init__(self, message: str, out_of_memory: bool = False) -> None:
         super().__init__(message)
         self.out_of_memory = out_of_memory
+
+
+class ClientGone(EngineError):
+    """The client closed its connection while the request waited: nobody can read an answer."""

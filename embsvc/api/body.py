@@ -3,6 +3,10 @@ is an APIError with a clear message."""
 
 from __future__ import annotations
 
+import select
+import socket
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +15,7 @@ import orjson
 
 from embsvc.config import Settings
 from embsvc.errors import EmptyInput, InvalidRequest, NotFound, PayloadTooLarge
+from gpu_pool import Ask, Lane
 
 
 @dataclass(frozen=True)
@@ -128,3 +133,46 @@ def _json_type(value: object) -> str:
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
              dict: "an object", type(None): "null"}
     return names.get(type(value), "a value of another type")
+
+
+PRIORITY_HEADER = "X-Priority"
+_LANES = {"interactive": Lane.INTERACTIVE, "bulk": Lane.BULK}
+
+
+def ask_of(req: falcon.Request, body: dict[str, Any]) -> Ask:
+    """How the request wants its job run: its lane, and a check that its client is still there."""
+    return Ask(priority(body, req.get_header(PRIORITY_HEADER)), client_gone(req))
+
+
+def priority(body: dict[str, Any], header: str | None) -> Lane | None:
+    """``priority`` in the body, else the X-Priority header (for clients that cannot add a field);
+    neither: None, and the request's size decides."""
+    if body.get("priority") is not None:
+        value, where = body["priority"], "priority"
+    elif header is not None:
+        value, where = header.strip().lower(), PRIORITY_HEADER
+    else:
+        return None
+    if not isinstance(value, str) or value not in _LANES:
+        raise InvalidRequest(f'{where} must be "interactive" or "bulk"', param="priority")
+    return _LANES[value]
+
+
+def client_gone(req: falcon.Request) -> Callable[[], bool] | None:
+    """A check that the client has closed its connection (None where it cannot be told:
+    no socket in the environment, or TLS, whose socket cannot peek)."""
+    sock = req.env.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
+        return None
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            # Readable with nothing to read: the peer closed it. Pipelined bytes mean it is still there.
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):
+            return True
+
+    return gone

@@ -6,11 +6,11 @@ from typing import Any, cast
 
 import falcon
 
-from embsvc.api.body import boolean, check_model, max_length, optional_str, read_json_object, texts
+from embsvc.api.body import ask_of, boolean, check_model, max_length, optional_str, read_json_object, texts
 from embsvc.config import Settings
 from embsvc.core.embedding import EmbeddingRequest, EmbeddingService
 from embsvc.errors import InvalidRequest
-from gpu_pool import Kind
+from gpu_pool import NO_ASK, Ask, Kind
 
 _KIND_FLAGS = {"dense": Kind.DENSE, "sparse": Kind.SPARSE, "colbert": Kind.COLBERT}
 
@@ -22,12 +22,13 @@ class Embeddings:
         self.settings, self.service = settings, service
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = parse_embedding_request(read_json_object(req, self.settings.max_request_bytes), self.settings)
+        body = read_json_object(req, self.settings.max_request_bytes)
+        request = parse_embedding_request(body, self.settings, ask_of(req, body))
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self.service.embed(request)
 
 
-def parse_embedding_request(body: dict[str, Any], settings: Settings) -> EmbeddingRequest:
+def parse_embedding_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> EmbeddingRequest:
     check_model(body, settings)
     optional_str(body, "user")
     kinds = Kind(0)
@@ -49,6 +50,7 @@ def parse_embedding_request(body: dict[str, Any], settings: Settings) -> Embeddi
         truncate=boolean(body, "truncate", True),
         embedding_dtype=embedding_dtype(body, encoding_format),
         sparse_tokens=sparse_tokens(body, kinds),
+        ask=ask,
     )
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import falcon
 
-from embsvc.api.body import boolean, check_model, max_length, optional_str, read_json_object
+from embsvc.api.body import ask_of, boolean, check_model, max_length, optional_str, read_json_object
 from embsvc.config import Settings
 from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest, ScoreService
 from embsvc.errors import InvalidRequest, PayloadTooLarge
-from gpu_pool import SCORE_MODES
+from gpu_pool import NO_ASK, SCORE_MODES, Ask
 
 
 class Score:
@@ -26,7 +26,8 @@ class Score:
         self.settings, self.scores = settings, scores
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = parse_score_request(read_json_object(req, self.settings.max_request_bytes), self.settings)
+        body = read_json_object(req, self.settings.max_request_bytes)
+        request = parse_score_request(body, self.settings, ask_of(req, body))
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self.scores.score(request)
 
@@ -38,12 +39,13 @@ class Rerank:
         self.settings, self.scores = settings, scores
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        request = parse_rerank_request(read_json_object(req, self.settings.max_request_bytes), self.settings)
+        body = read_json_object(req, self.settings.max_request_bytes)
+        request = parse_rerank_request(body, self.settings, ask_of(req, body))
         resp.content_type = falcon.MEDIA_JSON
         resp.data = self.scores.rerank(request)
 
 
-def parse_score_request(body: dict[str, Any], settings: Settings) -> ScoreRequest:
+def parse_score_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> ScoreRequest:
     check_model(body, settings)
     optional_str(body, "user")
     return ScoreRequest(
@@ -52,15 +54,16 @@ def parse_score_request(body: dict[str, Any], settings: Settings) -> ScoreReques
         weights=weights(body),
         max_length=max_length(body, settings.max_tokens),
         truncate=boolean(body, "truncate", True),
+        ask=ask,
     )
 
 
-def parse_rerank_request(body: dict[str, Any], settings: Settings) -> RerankRequest:
+def parse_rerank_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> RerankRequest:
     body = {key: value for key, value in body.items() if value is not None}
     if "max_tokens_per_doc" in body:  # checked also when max_length, which wins, is there
         per_doc = max_length(body, settings.max_tokens, "max_tokens_per_doc")
         body.setdefault("max_length", per_doc)  # Cohere v2's name; here it bounds the query too
-    scoring = parse_score_request(body, settings)
+    scoring = parse_score_request(body, settings, ask)
     mode = body.get("mode", DEFAULT_MODE)
     if mode not in SCORE_MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(SCORE_MODES)}", param="mode")

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gpu_pool import EmbeddingResult, EngineState, Kind
+from gpu_pool import NO_ASK, Ask, EmbeddingResult, EngineState, Kind
 
 
 class Backend(Protocol):
@@ -30,11 +30,12 @@ class Backend(Protocol):
         """Per engine: state, queue, restarts and counters, for /stats and /metrics."""
         ...
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray) -> EmbeddingResult:
-        """The inputs' vectors; raises ``gpu_pool.EngineError`` when they cannot be had."""
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray, ask: Ask = NO_ASK) -> EmbeddingResult:
+        """The inputs' vectors; raises ``gpu_pool.EngineError`` when they cannot be had.
+        ``ask``: the request's lane, and how to tell that its client has left."""
         ...
 
     def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
-              unused_ids: np.ndarray) -> np.ndarray:
+              unused_ids: np.ndarray, ask: Ask = NO_ASK) -> np.ndarray:
         """[documents, len(SCORE_MODES)] scores of inputs 1.. against input 0."""
         ...

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import Decode, dumps, embedding_items
 from embsvc.core.tokenizer import LazyTokenizer, cut
-from gpu_pool import EmbeddingResult, Kind
+from gpu_pool import NO_ASK, Ask, EmbeddingResult, Kind
 
 KIND_NAMES = (("dense", Kind.DENSE), ("sparse", Kind.SPARSE), ("colbert", Kind.COLBERT))
 
@@ -27,6 +27,7 @@ class EmbeddingRequest:
     sparse_tokens: bool = False  # add the token texts beside the sparse ids
     truncation_direction: str = "right"  # "left": a long text loses its start instead of its end
     field: str = "input"  # the body field that holds the texts, to name a too-long one
+    ask: Ask = NO_ASK  # its lane, and whether its client is still there
 
 
 class EmbeddingService:
@@ -44,7 +45,7 @@ class EmbeddingService:
         encoded = tokenizer.encode(request.texts)
         ids = cut(encoded, request.max_length, request.truncate, lambda i: (f"{request.field}[{i}]", request.field),
                   request.truncation_direction)
-        with self.backend.embed(ids, request.kinds, tokenizer.unused_ids) as result:
+        with self.backend.embed(ids, request.kinds, tokenizer.unused_ids, request.ask) as result:
             return body(result)
 
     def _body(self, result: EmbeddingResult, request: EmbeddingRequest, decode: Decode | None) -> bytes:

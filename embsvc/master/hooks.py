@@ -72,6 +72,8 @@ def _engine_template(s: Settings) -> EngineSpec:
         max_batch_tokens=s.batch_tokens(),
         batch_timeout_ms=s.batch_timeout_ms,
         concurrency=s.processing_concurrency,
+        interactive_max_wait_ms=s.interactive_max_wait_ms,
+        bulk_share=s.bulk_share,
         threads=_cpu_threads(s.devices),
         log_level=s.log_level,
         log_format=s.log_format,
@@ -106,7 +108,7 @@ def post_fork(server: object, worker: _Worker) -> None:
         time.sleep(_NO_SLOT_RETRY_S)  # not a tight fork loop while the old workers finish
         sys.exit(0)
     s = _require_settings()
-    _client = EngineClient(pool, worker.slot, s.max_queue_size, s.request_timeout_s)
+    _client = EngineClient(pool, worker.slot, s.max_queue_size, s.request_timeout_s, s.interactive_max_tokens)
 
 
 def child_exit(server: object, worker: _Worker) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from gpu_pool.engine.batching import Item
 from gpu_pool.wire.packing import Packing
-from gpu_pool.wire.protocol import Kind
+from gpu_pool.wire.protocol import Kind, Lane
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class Batch:
     lengths: np.ndarray  # int64, one per item
     kinds: Kind  # what some item of the batch wants
     colbert_texts: np.ndarray  # the items that want ColBERT vectors
+    lane: Lane = Lane.BULK
 
 
 @dataclass(frozen=True)
@@ -32,22 +33,37 @@ class Outputs:
     colbert: np.ndarray | None  # [rows, dim]: the ColBERT rows of the wanting texts, in their order
 
 
+class RunningPass(Protocol):
+    def step(self) -> bool:
+        """Run the next layer; True once the last one has run."""
+        ...
+
+    def outputs(self) -> Outputs: ...
+
+
 class Model(Protocol):
     dim: int  # the vector size
+    layers: int  # encoder layers: steps of a pass
     device_name: str
     dtype_name: str
 
-    def forward(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs: ...
+    def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> RunningPass:
+        """A pass over the packed ``ids``, run a layer per ``step`` so that it can stop between layers."""
+        ...
+
+    def release_memory(self) -> None:
+        """Give the device's cached memory back (after running out of it)."""
+        ...
 
 
-def pack(items: list[Item], ids: Sequence[np.ndarray], kinds: Sequence[Kind]) -> Batch:
+def pack(items: list[Item], ids: Sequence[np.ndarray], kinds: Sequence[Kind], lane: Lane = Lane.BULK) -> Batch:
     """``ids[i]`` and ``kinds[i]``: item i's token ids and what its job wants."""
     wanted = Kind(0)
     for kind in kinds:
         wanted |= kind
     colbert = [i for i, kind in enumerate(kinds) if kind & Kind.COLBERT]
     lengths = np.array([item.length for item in items], dtype=np.int64)
-    return Batch(items, np.concatenate(ids), lengths, wanted, np.array(colbert, dtype=np.int64))
+    return Batch(items, np.concatenate(ids), lengths, wanted, np.array(colbert, dtype=np.int64), lane)
 
 
 Row = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]

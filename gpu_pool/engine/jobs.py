@@ -22,6 +22,7 @@ class ActiveJob:
     packing: Packing
     remaining: int = field(init=False)
     arrived: float = field(default_factory=time.monotonic)
+    began: float | None = None  # when its first pass began
 
     def __post_init__(self) -> None:
         self.remaining = len(self.packing)

@@ -4,14 +4,20 @@ Three threads, so that the device never waits on Python:
 
 - the reader takes jobs off the request pipe, attaches their shared memory and
   queues their inputs;
-- the planner chooses the next batch (``batching.plan_batch``) and packs its
-  ids into one row while the current batch runs. An idle device gets a batch at once; while it is
-  busy the next batch keeps filling until it is full (``batch_size`` jobs or
-  ``max_batch_tokens``) or its oldest job has waited ``batch_timeout_ms``.
-  At most ``concurrency`` batches are in hand: one running, the rest prepared;
-- the main thread runs the model once per batch, computing only the heads some
-  job in it asked for, writes each input's vectors into its job's segment and
-  answers every job whose inputs are all done.
+- the planner chooses the next batch of each lane (``batching.plan_batch``) and packs
+  its ids into one row while the current batch runs. An interactive batch is made at
+  once (one waits at a time; later queries gather into the next). A bulk batch is
+  made at once for an idle device; while the device is busy it keeps filling until
+  it is full (``batch_size`` jobs or its token budget, sized by time:
+  ``lanes.PassSizer``) or its oldest job has waited ``batch_timeout_ms``. At most
+  ``concurrency`` bulk batches are in hand: one running, the rest prepared. Jobs
+  whose deadline has passed, or whose client left (``Cancel``), are dropped before
+  their first pass;
+- the main thread runs the model a layer at a time, computing only the heads some
+  job in the batch asked for, writes each input's vectors into its job's segment and
+  answers every job whose inputs are all done. Between the layers of a bulk pass it
+  runs a waiting interactive batch whole (``lanes.may_interleave``). A pass that runs
+  out of memory is split in two and retried, down to the one input that does not fit.
 """
 
 from __future__ import annotations
@@ -23,20 +29,24 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection
 
-from gpu_pool.engine.batch import Batch, Model, pack, per_item
+import numpy as np
+
+from gpu_pool.engine.batch import Batch, Model, Outputs, pack, per_item
 from gpu_pool.engine.batching import Item, plan_batch
 from gpu_pool.engine.jobs import ActiveJob
+from gpu_pool.engine.lanes import PassSizer, may_interleave, next_lane
 from gpu_pool.engine.score_job import ScoringJob
 from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.wire import protocol
 from gpu_pool.wire.frames import FrameReader
-from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Job, Kind, ScoreJob, Stop
+from gpu_pool.wire.protocol import Cancel, Done, ErrorCode, Failed, Job, Kind, Lane, ScoreJob, Stop
 from gpu_pool.wire.segment_pool import EngineMappings
 from gpu_pool.wire.shared import EngineShared
 
 log = logging.getLogger("gpu_pool.engine")
 
 _POLL_S = 0.25
+_ANY_TOKEN = 5  # an ordinary token id (0-3 are XLM-R's specials): warm-up passes need no real text
 _DONE_CHUNK = 256
 
 
@@ -44,16 +54,29 @@ class Engine:
     def __init__(self, spec: EngineSpec, model: Model, requests: Connection, slots: list[Connection],
                  shared: EngineShared) -> None:
         self.spec, self.model, self.requests, self.slots, self.shared = spec, model, requests, slots, shared
+        self.layers = model.layers
         self.jobs: dict[int, ActiveJob] = {}
+        self.seq_of: dict[int, int] = {}  # job id -> seq, for Cancel
         self.mappings = EngineMappings()  # the reader thread's
-        self.pending: list[Item] = []
-        self.prepared: deque[Batch] = deque()
-        self.in_hand = 0  # batches prepared or running
+        self.pending: dict[Lane, list[Item]] = {Lane.INTERACTIVE: [], Lane.BULK: []}
+        self.urgent: deque[Batch] = deque()  # a prepared interactive batch
+        self.prepared: deque[Batch] = deque()  # prepared bulk batches
+        self.in_hand = 0  # bulk batches prepared or running
+        self.sizer = PassSizer(spec.interactive_max_wait_ms / 1000, spec.max_batch_tokens)
+        self.last_lane: Lane | None = None
         self.ready = threading.Condition()
         self.stopping = False
         self.planner_done = False
         self._seq = 0
         self._parent = os.getppid()
+
+    def warm_up(self, tokens: int = 256) -> None:
+        """Two passes before the first request: the first pays for allocations and kernel
+        choices, the second gives the pass sizer the device's rate."""
+        ids = np.full(tokens, _ANY_TOKEN, dtype=np.int32)
+        batch = pack([Item(0, 0, tokens)], [ids], [Kind.DENSE])
+        for _ in range(2):
+            self._compute(batch)
 
     # -- the reader thread ---------------------------------------------------------
 
@@ -70,24 +93,49 @@ class Engine:
                 self._stop()
                 return
             self.mappings.sweep()
-            for message in messages:
-                if isinstance(message, Stop):
-                    self._stop()
-                elif isinstance(message, Job):
-                    self._accept(message)
+            self._handle(messages)
 
-    def _accept(self, job: Job) -> None:
+    def _handle(self, messages: list[protocol.Message]) -> None:
+        # A job cancelled in the same read is never accepted: no pass can begin in between.
+        cancelled = {m.job_id for m in messages if isinstance(m, Cancel)}
+        jobs = [m for m in messages if isinstance(m, Job) and m.job_id not in cancelled]
+        if unseen := sum(isinstance(m, Job) for m in messages) - len(jobs):
+            self.shared.add_stats(dropped_requests=unseen)
+        self._accept(jobs)
+        for message in messages:
+            if isinstance(message, Stop):
+                self._stop()
+            elif isinstance(message, Cancel):
+                self._cancel(message.job_id)
+
+    def _accept(self, jobs: list[Job]) -> None:
+        """Queue the jobs read together in one go, so that they can share a pass."""
+        actives = [active for job in jobs if (active := self._attach(job)) is not None]
+        if not actives:
+            return
+        with self.ready:
+            for active in actives:
+                self.jobs[active.seq] = active
+                self.seq_of[active.job.job_id] = active.seq
+                self.pending[active.job.lane].extend(active.items())
+            self._count_queues()
+            self.ready.notify_all()
+
+    def _attach(self, job: Job) -> ActiveJob | None:
         self._seq += 1
         try:
             # A score job keeps its vectors in the engine and writes only scores.
             active_type = ScoringJob if isinstance(job, ScoreJob) else ActiveJob
-            active = active_type.attach(job, self._seq, self.model.dim, self.mappings)
+            return active_type.attach(job, self._seq, self.model.dim, self.mappings)
         except FileNotFoundError:
-            return  # the web worker gave up on it already
+            self.shared.add_stats(dropped_requests=1)  # the web worker gave up on it already
+            return None
+
+    def _cancel(self, job_id: int) -> None:
         with self.ready:
-            self.jobs[active.seq] = active
-            self.pending.extend(active.items())
-            self.ready.notify_all()
+            active = self.jobs.get(self.seq_of.get(job_id, -1))
+            if active is not None and active.began is None:
+                self._drop([active])
 
     def _stop(self) -> None:
         with self.ready:
@@ -99,72 +147,120 @@ class Engine:
     def plan_batches(self) -> None:
         while True:
             with self.ready:
-                items = self._gather()
-                if items is None:
+                work = self._gather()
+                if work is None:
                     self.planner_done = True
                     self.ready.notify_all()
                     return
+                lane, items = work
                 # Packed under the lock, so that no job is released (failed) in the middle of the copy.
-                self.prepared.append(self._prepare(items))
-                self.in_hand += 1
+                batch = self._prepare(items, lane)
+                if lane == Lane.INTERACTIVE:
+                    self.urgent.append(batch)
+                else:
+                    self.prepared.append(batch)
+                    self.in_hand += 1
+                self._count_queues()
                 self.ready.notify_all()
 
-    def _gather(self) -> list[Item] | None:
-        """The next batch's items, once it may start; None when stopping with nothing left."""
+    def _gather(self) -> tuple[Lane, list[Item]] | None:
+        """The next batch's lane and items, once it may be made; None when stopping with nothing left."""
         while True:
-            if self.pending and self.in_hand < self.spec.concurrency:
+            self._drop_expired()
+            if self.pending[Lane.INTERACTIVE] and not self.urgent:
+                return Lane.INTERACTIVE, self._take(Lane.INTERACTIVE, self.spec.max_batch_tokens)
+            wait_s = _POLL_S
+            if self.pending[Lane.BULK] and self.in_hand < self.spec.concurrency:
                 wait_s = self._fill_time_left()
                 if wait_s <= 0:
-                    items = plan_batch(self.pending, self.spec.batch_size, self.spec.max_batch_tokens)
-                    taken = {(item.job_seq, item.index) for item in items}
-                    self.pending = [i for i in self.pending if (i.job_seq, i.index) not in taken]
-                    return items
-                self.ready.wait(wait_s)
-            elif self.stopping and not self.pending:
+                    return Lane.BULK, self._take(Lane.BULK, self.sizer.budget())
+            elif self.stopping and not any(self.pending.values()):
                 return None
-            else:
-                self.ready.wait(_POLL_S)
+            self.ready.wait(min(wait_s, _POLL_S))
+
+    def _take(self, lane: Lane, max_tokens: int) -> list[Item]:
+        items = plan_batch(self.pending[lane], self.spec.batch_size, max_tokens)
+        taken = {(item.job_seq, item.index) for item in items}
+        self.pending[lane] = [i for i in self.pending[lane] if (i.job_seq, i.index) not in taken]
+        return items
 
     def _fill_time_left(self) -> float:
-        """How much longer the next batch may keep filling; 0 or less: start it now."""
+        """How much longer the next bulk batch may keep filling; 0 or less: make it now."""
         if self.in_hand == 0 or self.stopping:
             return 0.0  # an idle device never waits
-        jobs = {item.job_seq for item in self.pending}
-        if len(jobs) >= self.spec.batch_size or sum(i.length for i in self.pending) >= self.spec.max_batch_tokens:
+        pending = self.pending[Lane.BULK]
+        jobs = {item.job_seq for item in pending}
+        if len(jobs) >= self.spec.batch_size or sum(i.length for i in pending) >= self.sizer.budget():
             return 0.0
-        oldest = self.jobs[self.pending[0].job_seq].arrived
+        oldest = self.jobs[pending[0].job_seq].arrived
         return oldest + self.spec.batch_timeout_ms / 1000 - time.monotonic()
 
-    def _prepare(self, items: list[Item]) -> Batch:
+    def _drop_expired(self) -> None:
+        """Drop the jobs nobody waits for any more (their request timed out) before their first pass."""
+        now = time.monotonic()
+        expired = [a for a in self.jobs.values() if a.began is None and a.job.deadline < now]
+        if expired:
+            self._drop(expired)
+
+    def _drop(self, actives: list[ActiveJob]) -> None:
+        """Forget jobs that never began: no pass, no answer (nobody waits for them). Holds the lock;
+        their items in batches already made are left out when those run (``_fresh``)."""
+        seqs = {active.seq for active in actives}
+        for lane, items in self.pending.items():
+            self.pending[lane] = [item for item in items if item.job_seq not in seqs]
+        for active in actives:
+            self.jobs.pop(active.seq, None)
+            self.seq_of.pop(active.job.job_id, None)
+            active.segment.close()
+        self.shared.add_stats(dropped_requests=len(actives))
+        self._count_queues()
+
+    def _count_queues(self) -> None:
+        self.shared.set_stats(interactive_queue=len({i.job_seq for i in self.pending[Lane.INTERACTIVE]}),
+                              bulk_queue=len({i.job_seq for i in self.pending[Lane.BULK]}))
+
+    def _prepare(self, items: list[Item], lane: Lane) -> Batch:
         actives = [self.jobs[item.job_seq] for item in items]
         return pack(items, [active.ids(item.index) for item, active in zip(items, actives, strict=True)],
-                    [active.job.kinds for active in actives])
+                    [active.job.kinds for active in actives], lane)
 
     # -- the main thread -----------------------------------------------------------
 
     def serve(self) -> None:
         threading.Thread(target=self.read_requests, name="engine-reader", daemon=True).start()
         threading.Thread(target=self.plan_batches, name="engine-planner", daemon=True).start()
-        while True:
-            with self.ready:
-                while not self.prepared and not self.planner_done:
-                    self.ready.wait(_POLL_S)
-                if not self.prepared:
-                    break  # stopping, and nothing left in hand
-                batch = self.prepared.popleft()
+        while (batch := self._next_batch()) is not None:
             self._run(batch)
-            with self.ready:
-                self.in_hand -= 1
-                self.ready.notify_all()
+            self.last_lane = batch.lane
+            if batch.lane == Lane.BULK:
+                with self.ready:
+                    self.in_hand -= 1
+                    self.ready.notify_all()
         for active in list(self.jobs.values()):
             self._fail([active], ErrorCode.GONE, "the engine is shutting down")
 
-    def _run(self, batch: Batch) -> None:
+    def _next_batch(self) -> Batch | None:
+        with self.ready:
+            while True:
+                lane = next_lane(bool(self.urgent), bool(self.prepared), self.last_lane)
+                if lane is not None:
+                    batch = (self.urgent if lane == Lane.INTERACTIVE else self.prepared).popleft()
+                    self.ready.notify_all()  # the planner may prepare the next one
+                    return batch
+                if self.planner_done:
+                    return None  # stopping, and nothing left in hand
+                self.ready.wait(_POLL_S)
+
+    def _run(self, waiting: Batch) -> None:
+        batch = self._fresh(waiting)
+        if batch is None:
+            return
         started = time.perf_counter()
+        self._note_began(batch)
         try:
-            out = self.model.forward(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts)
+            out = self._compute(batch)
         except Exception as exc:  # noqa: BLE001 - a failed pass fails its jobs, the engine goes on
-            self._fail_batch(batch, exc)
+            self._failed_pass(batch, exc)
             return
         touched: dict[int, ActiveJob] = {}
         for item, (dense, sparse, colbert) in zip(batch.items, per_item(batch, out), strict=True):
@@ -176,26 +272,95 @@ class Engine:
             touched[active.seq] = active
         finished = [a for a in touched.values() if a.remaining == 0]
         self._answer_done(finished)
-        self.shared.add_stats(
-            processed_requests=len(finished),
-            batches=1,
-            batched_requests=len(touched),
-            batched_inputs=len(batch.items),
-            tokens=len(batch.ids),
-            processing_seconds=time.perf_counter() - started,
-        )
+        self.shared.add_stats(batches=1, batched_requests=len(touched), batched_inputs=len(batch.items),
+                              tokens=len(batch.ids), processing_seconds=time.perf_counter() - started)
 
-    def _fail_batch(self, batch: Batch, exc: Exception) -> None:
-        out_of_memory = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
-        code = ErrorCode.OUT_OF_MEMORY if out_of_memory else ErrorCode.FORWARD_FAILED
-        log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=not out_of_memory)
+    def _fresh(self, batch: Batch) -> Batch | None:
+        """The batch without the jobs dropped, or expired, while it waited (None: nothing left)."""
+        now = time.monotonic()
         with self.ready:
             seqs = {item.job_seq for item in batch.items}
-            self.pending = [item for item in self.pending if item.job_seq not in seqs]
-            failed = [self.jobs[seq] for seq in seqs if seq in self.jobs]
-        self._fail(failed, code, "out of memory" if out_of_memory else "the model failed on this batch")
+            expired = [a for seq in seqs if (a := self.jobs.get(seq)) and a.began is None and a.job.deadline < now]
+            if expired:
+                self._drop(expired)
+            alive = [item for item in batch.items if item.job_seq in self.jobs]
+            if len(alive) == len(batch.items):
+                return batch
+            return self._prepare(alive, batch.lane) if alive else None
+
+    def _compute(self, batch: Batch) -> Outputs:
+        """The pass, a layer at a time; between the layers of a bulk pass, waiting queries run."""
+        running = self.model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts)
+        computing = interleaved = 0.0
+        while True:
+            began = time.perf_counter()
+            done = running.step()
+            computing += time.perf_counter() - began
+            if done:
+                break
+            if batch.lane == Lane.BULK and self.urgent:  # a deque's truth is safe to read unlocked
+                interleaved += self._interleave(computing, interleaved)
+        if batch.lane == Lane.BULK:
+            self.sizer.observe(len(batch.ids), self.layers, computing)
+            rate = self.sizer.tokens_per_second(self.layers)
+            self.shared.set_stats(tokens_per_second=rate or 0.0, bulk_pass_tokens=self.sizer.budget())
+        return running.outputs()
+
+    def _interleave(self, bulk_s: float, interactive_s: float) -> float:
+        """Run the waiting interactive batch now, if bulk has had its share; the time it took."""
+        if not may_interleave(bulk_s, interactive_s, self.spec.bulk_share):
+            return 0.0
+        with self.ready:
+            if not self.urgent:
+                return 0.0
+            batch = self.urgent.popleft()
+            self.ready.notify_all()
+        began = time.perf_counter()
+        self._run(batch)
+        self.shared.add_stats(preemptions=1)
+        return time.perf_counter() - began
+
+    def _note_began(self, batch: Batch) -> None:
+        now = time.monotonic()
+        for seq in {item.job_seq for item in batch.items}:
+            active = self.jobs.get(seq)
+            if active is not None and active.began is None:
+                active.began = now
+
+    def _failed_pass(self, batch: Batch, exc: Exception) -> None:
+        """Out of memory: split the batch and retry the halves, so that only the input that does
+        not fit alone fails. Any other error fails the batch's jobs."""
+        out_of_memory = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+        if not out_of_memory:
+            log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
+            self._fail_jobs_of(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
+            return
+        self.model.release_memory()
+        if len(batch.items) == 1:
+            item = batch.items[0]
+            log.error("Out of memory on one input of %d tokens: %s", item.length, exc)
+            self._fail_jobs_of(batch.items, ErrorCode.OUT_OF_MEMORY,
+                               f"an input of {item.length} tokens needs more memory than the device has")
+            return
+        log.warning("Out of memory on %d inputs (%d tokens); retrying in two halves",
+                    len(batch.items), len(batch.ids))
+        half = len(batch.items) // 2
+        for items in (batch.items[:half], batch.items[half:]):
+            with self.ready:
+                alive = [item for item in items if item.job_seq in self.jobs]
+                retry = self._prepare(alive, batch.lane) if alive else None
+            if retry is not None:
+                self._run(retry)
 
     # -- answers -------------------------------------------------------------------
+
+    def _fail_jobs_of(self, items: list[Item], code: ErrorCode, message: str) -> None:
+        with self.ready:
+            seqs = {item.job_seq for item in items}
+            for lane, pending in self.pending.items():
+                self.pending[lane] = [item for item in pending if item.job_seq not in seqs]
+            failed = [self.jobs[seq] for seq in seqs if seq in self.jobs]
+        self._fail(failed, code, message)
 
     def _fail(self, actives: list[ActiveJob], code: ErrorCode, message: str) -> None:
         for active in actives:
@@ -212,10 +377,22 @@ class Engine:
             # One message per slot and batch; chunks keep each write atomic.
             for start in range(0, len(job_ids), _DONE_CHUNK):
                 self._send(slot, Done(tuple(job_ids[start : start + _DONE_CHUNK])))
+        self._count_answered(actives)
+
+    def _count_answered(self, actives: list[ActiveJob]) -> None:
+        now = time.monotonic()
+        sums: dict[str, float] = {"processed_requests": len(actives)}
+        for active in actives:
+            lane = active.job.lane.name.lower()
+            sums[f"{lane}_requests"] = sums.get(f"{lane}_requests", 0) + 1
+            sums[f"{lane}_wait_seconds"] = sums.get(f"{lane}_wait_seconds", 0) + (active.began or now) - active.arrived
+            sums[f"{lane}_latency_seconds"] = sums.get(f"{lane}_latency_seconds", 0) + now - active.arrived
+        self.shared.add_stats(**sums)
 
     def _release(self, active: ActiveJob) -> None:
         with self.ready:
             self.jobs.pop(active.seq, None)
+            self.seq_of.pop(active.job.job_id, None)
         active.segment.close()
 
     def _send(self, slot: int, message: Done | Failed) -> None:
@@ -223,5 +400,3 @@ class Engine:
             self.slots[slot].send_bytes(protocol.encode(message))
         except (BlockingIOError, BrokenPipeError):
             log.warning("Dropped an answer to web worker slot %d: it is not reading", slot)
-
-

@@ -43,6 +43,7 @@ def run(spec: EngineSpec, requests: Connection, slots: list[Connection], shared:
         # A slot whose worker is gone must not block the engine: its answers are dropped.
         os.set_blocking(conn.fileno(), False)
     engine = Engine(spec, model, requests, slots, shared)
+    engine.warm_up()
     shared.state.value = EngineState.READY
     engine.serve()
     log.info("Engine %d stopped", spec.index)

@@ -43,6 +43,7 @@ class M3Model:
         model.requires_grad_(False).to(device).eval()
         self.attention, kernel = attention.select(device, dtype, attention_path)
         self.encoder = PackedEncoder(model, kernel)
+        self.layers = len(self.encoder.layers)
         hidden = model.config.hidden_size
         self.dim = hidden
         self.sparse_linear = _load_linear(path / "sparse_linear.pt", hidden, 1, device, dtype)
@@ -66,6 +67,10 @@ class M3Model:
         positions = packing.positions(lengths, first=self.pad_id + 1)
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
         return Pass(self, hidden, lengths, kinds, colbert_texts)
+
+    def release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def heads(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
         """The requested heads over the last layer's hidden states."""
@@ -114,7 +119,7 @@ class Pass:
         model.use_threads(len(self.hidden))  # another pass, of another size, may have run since
         self.hidden = model.encoder.layer(self.layer, self.hidden, self._lengths)
         self.layer += 1
-        return self.layer == len(model.encoder.layers)
+        return self.layer == model.layers
 
     def outputs(self) -> Outputs:
         return self.outputs_async().wait()

@@ -9,8 +9,9 @@ pipe for the others; ``encode`` enforces the bound.
 from __future__ import annotations
 
 import enum
+import math
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 PIPE_BUF = 4096
@@ -31,6 +32,24 @@ SCORE_MODES = ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+den
 SCORE_KINDS = Kind.DENSE | Kind.SPARSE | Kind.COLBERT | Kind.SCORE
 
 
+class Lane(enum.IntEnum):
+    """Who waits for a job: a person (a query) or a program (an indexer).
+
+    Interactive jobs go first, and may run between the layers of a bulk pass;
+    bulk passes keep a share of the device (gpu_pool/engine/lanes.py).
+    """
+
+    INTERACTIVE = 0
+    BULK = 1
+
+
+def choose_lane(asked: Lane | None, n_tokens: int, interactive_max_tokens: int) -> Lane:
+    """The lane a request asked for; otherwise its size decides: a query is short."""
+    if asked is not None:
+        return asked
+    return Lane.INTERACTIVE if n_tokens <= interactive_max_tokens else Lane.BULK
+
+
 class ErrorCode(enum.Enum):
     """Why an engine could not finish a job; the web side maps each to a status."""
 
@@ -49,6 +68,10 @@ class Job:
     n_inputs: int
     n_tokens: int
     kinds: Kind
+    lane: Lane = field(default=Lane.BULK, kw_only=True)
+    # time.monotonic() after which nobody waits for the answer: CLOCK_MONOTONIC is one
+    # clock for every process of the machine, so the engine can compare it with its own.
+    deadline: float = field(default=math.inf, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +102,18 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """Nobody waits for this job any more (its client left): drop it unless its pass has begun."""
+
+    job_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Stop:
     """Asks an engine to finish the batch in hand and exit."""
 
 
-Message = Job | Done | Failed | Stop
+Message = Job | Cancel | Done | Failed | Stop
 
 
 def encode(message: Message) -> bytes:

@@ -19,11 +19,25 @@ from multiprocessing.context import BaseContext
 STAT_FIELDS = (
     "processed_requests",
     "failed_requests",
+    "dropped_requests",  # timed out or cancelled before their pass began
     "batches",
     "batched_requests",
     "batched_inputs",
     "tokens",
     "processing_seconds",
+    "preemptions",  # interactive passes run between the layers of a bulk pass
+    # Per lane: requests answered, and the sums of their waits (arrival to first pass) and latencies.
+    "interactive_requests",
+    "interactive_wait_seconds",
+    "interactive_latency_seconds",
+    "bulk_requests",
+    "bulk_wait_seconds",
+    "bulk_latency_seconds",
+    # Gauges, set rather than added: jobs waiting for their first pass, and the pass sizing.
+    "interactive_queue",
+    "bulk_queue",
+    "tokens_per_second",
+    "bulk_pass_tokens",
 )
 _INFO_BYTES = 512
 
@@ -51,6 +65,10 @@ class EngineShared:
     def add_stats(self, **deltas: float) -> None:
         for name, delta in deltas.items():
             self.stats[STAT_FIELDS.index(name)] += delta
+
+    def set_stats(self, **values: float) -> None:
+        for name, value in values.items():
+            self.stats[STAT_FIELDS.index(name)] = value
 
     def stats_dict(self) -> dict[str, float]:
         return dict(zip(STAT_FIELDS, self.stats[:], strict=True))

@@ -7,6 +7,7 @@ up exactly as they would behind a busy device), and the engine's fault hook
 
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from tokenizers import Tokenizer
 
 from testkit import procs
 from testkit.server import Server
-from tests.e2e.conftest import assert_error, dense, dense_vectors, post, serving
+from tests.e2e.conftest import TOKEN, assert_error, dense, dense_vectors, post, serving
 
 QUEUE = 4
 TIMEOUT_S = 3.0
@@ -87,23 +88,30 @@ def assert_serves_normally(server: Server, reference: dict[str, list[float]]) ->
 
 
 def test_a_full_queue_refuses_one_more_request_at_once(server, auth, reference):
+    """MAX_QUEUE_SIZE bulk requests fill the queue: one more bulk request is refused at once;
+    a query still gets in (the room kept for the interactive lane), and then no more."""
     engine = procs.engine_pid(server)
-    with ThreadPoolExecutor(QUEUE) as pool:
+    with ThreadPoolExecutor(QUEUE + 1) as pool:
         with procs.paused(engine):
-            waiting = [pool.submit(ask, server, {"input": t}) for t in TEXTS[:QUEUE]]
+            waiting = [pool.submit(ask, server, {"input": t, "priority": "bulk"}) for t in TEXTS[:QUEUE]]
             procs.wait_for(lambda: procs.queue_size(server, auth) == QUEUE, 5, what="a full queue")
             started = time.monotonic()
-            one_more = ask(server, {"input": "one too many"})
+            one_more = ask(server, {"input": "one too many", "priority": "bulk"})
             elapsed = time.monotonic() - started
-            refused_too = ask(server, {"input": ["a list", "is no exception"]})
+            refused_too = ask(server, {"input": ["a list", "is no exception"], "priority": "bulk"})
+            query = pool.submit(ask, server, {"input": TEXTS[QUEUE]})
+            procs.wait_for(lambda: procs.queue_size(server, auth) == QUEUE + 1, 5, what="the query queued")
+            no_room_left = ask(server, {"input": "a second query"})
         answers = [f.result() for f in waiting]
     body = refused(one_more, 503, "overloaded_error")
     assert "waiting" in body["detail"]
     assert one_more.headers["Retry-After"] == "1"
     assert elapsed < 0.5, f"refused after {elapsed:.2f} s, not at once"
     refused(refused_too, 503, "overloaded_error")
+    refused(no_room_left, 503, "overloaded_error")
     for text, response in zip(TEXTS, answers, strict=False):
         np.testing.assert_allclose(dense(response), reference[text], atol=1e-5)
+    np.testing.assert_allclose(dense(query.result()), reference[TEXTS[QUEUE]], atol=1e-5)
     assert procs.queue_size(server, auth) == 0
     assert_serves_normally(server, reference)
 
@@ -146,16 +154,72 @@ def test_a_failing_forward_pass_fails_its_requests_and_the_engine_goes_on(server
     body = refused(failed, 500, "server_error")
     assert body["detail"] == "the model failed on this request"
     out_of_memory = ask(server, {"input": f"{markers.oom} needs more memory than there is"})
-    body = refused(out_of_memory, 503, "unavailable_error")
-    assert "out of memory" in body["detail"]
+    body = refused(out_of_memory, 413, "invalid_request_error")
+    assert "needs more memory than the device has" in body["detail"] and "max_length" in body["detail"]
 
     assert procs.engine_pid(server) == engine, "the engine was not restarted"
     assert procs.engine_restarts(server, auth) == restarts
     assert_serves_normally(server, reference)
     after = requests.get(f"{server.url}/stats", headers=auth, timeout=5).json()["batching"]["failed_requests"]
     assert after - before == 2
-    assert server.log().count("Forward pass failed") == logged + 2
+    assert server.log().count("Forward pass failed") == logged + 1
     assert not procs.leaked_segments(server)
+
+
+def stats(server: Server, auth: dict[str, str]) -> dict:
+    return requests.get(f"{server.url}/stats", headers=auth, timeout=5).json()["engines"][0]
+
+
+def test_a_pass_out_of_memory_is_split_and_only_the_input_that_does_not_fit_fails(server, auth, reference,
+                                                                                   markers):
+    """Three requests in one pass, one of them too big for the device: the pass is retried in
+    halves, its two batch-mates get their vectors and only the one input is refused."""
+    splits = server.log().count("retrying in two halves")
+    with ThreadPoolExecutor(3) as pool, procs.paused(procs.engine_pid(server)):
+        fine = [pool.submit(ask, server, {"input": text}) for text in TEXTS[:2]]
+        too_big = pool.submit(ask, server, {"input": f"{markers.oom} does not fit"})
+        procs.wait_for(lambda: procs.queue_size(server, auth) == 3, 5, what="3 requests queued")
+    for text, future in zip(TEXTS, fine, strict=False):
+        np.testing.assert_allclose(dense(future.result()), reference[text], atol=1e-5)
+    refused(too_big.result(), 413, "invalid_request_error")
+    assert server.log().count("retrying in two halves") > splits
+    assert_serves_normally(server, reference)
+
+
+def test_a_job_that_timed_out_in_the_queue_is_never_computed(server, auth, markers):
+    """Behind a pass that outlasts REQUEST_TIMEOUT_S, a queued request times out: the engine
+    drops it by its deadline instead of computing it for nobody (as TEI does)."""
+    before = stats(server, auth)
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(ask, server, {"input": f"{markers.slow} keeps the engine busy"})
+        procs.wait_for(lambda: stats(server, auth)["batches"] > before["batches"] or procs.queue_size(server, auth),
+                       5, what="the slow pass to begin")
+        time.sleep(0.3)
+        queued = pool.submit(ask, server, {"input": "queued behind it, for nobody in the end"})
+        refused(slow.result(), 504, "timeout_error")
+        refused(queued.result(), 504, "timeout_error")
+    procs.wait_for(lambda: not procs.deleted_mappings(procs.engine_pid(server)), SLOW_MS / 1000 + 5,
+                   what="the slow pass to end")
+    after = stats(server, auth)
+    assert after["dropped_requests"] == before["dropped_requests"] + 1
+    assert after["batches"] == before["batches"] + 1, "only the slow pass ran"
+
+
+def test_a_client_that_leaves_costs_the_engine_nothing(server, auth):
+    """The client closes its connection while its request waits: the web worker tells the
+    engine, which drops the job before its pass; the access log says 499."""
+    before = stats(server, auth)
+    body = b'{"input": "nobody will read this answer"}'
+    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with procs.paused(procs.engine_pid(server)):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+            client.sendall(head + body)
+            procs.wait_for(lambda: procs.queue_size(server, auth) == 1, 5, what="the request queued")
+        procs.wait_for(lambda: '"POST /v1/embeddings HTTP/1.1" 499' in server.log(), 5, what="the worker to notice")
+    procs.wait_for(lambda: stats(server, auth)["dropped_requests"] == before["dropped_requests"] + 1, 5,
+                   what="the engine to drop the job")
+    assert stats(server, auth)["batches"] == before["batches"], "no pass for it"
 
 
 def test_shutdown_leaves_no_process_and_no_shared_memory(server):

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from gpu_pool import EmbeddingResult, EngineError, EngineState, Kind, m3math
+from gpu_pool import NO_ASK, Ask, EmbeddingResult, EngineError, EngineState, Kind, m3math
 from gpu_pool.wire.segment import Layout, Segment
 
 DIM = 32
@@ -21,6 +21,7 @@ class FakeEngine:
         self.fail_with: EngineError | None = None
         self.calls: list[tuple[list[np.ndarray], Kind]] = []
         self.score_calls: list[tuple[list[np.ndarray], tuple[float, float, float], tuple[int, ...]]] = []
+        self.asks: list[Ask] = []  # how each call asked to be run
         self._ids = itertools.count()
 
     def states(self) -> list[EngineState]:
@@ -39,10 +40,11 @@ class FakeEngine:
                  "batched_requests": len(self.calls), "batched_inputs": 0, "tokens": 0,
                  "processing_seconds": 0.0}]
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray) -> EmbeddingResult:
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray, ask: Ask = NO_ASK) -> EmbeddingResult:
         if self.fail_with is not None:
             raise self.fail_with
         self.calls.append((ids, kinds))
+        self.asks.append(ask)
         seg = self._segment(ids, kinds)
         a = seg.arrays
         if "dense" in a:
@@ -54,12 +56,13 @@ class FakeEngine:
         return EmbeddingResult(seg, ids, unused_ids)
 
     def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
-              unused_ids: np.ndarray) -> np.ndarray:
+              unused_ids: np.ndarray, ask: Ask = NO_ASK) -> np.ndarray:
         """Raw scores derived from each document's length (dense = tokens / 100, sparse = 1 / tokens,
         colbert = 0.5), mixed by the real ``m3math.combine``."""
         if self.fail_with is not None:
             raise self.fail_with
         self.calls.append((ids, Kind.DENSE | Kind.SPARSE | Kind.COLBERT | Kind.SCORE))
+        self.asks.append(ask)
         self.score_calls.append((ids, weights, tuple(unused_ids.tolist())))
         raw = np.array([[len(x) / 100, 1 / len(x), 0.5] for x in ids[1:]])
         return m3math.combine(raw, weights)

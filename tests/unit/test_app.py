@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from gpu_pool.errors import EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
+from gpu_pool.errors import ClientGone, EngineFailed, EngineOverloaded, EngineTimeout, EngineUnavailable
 from gpu_pool.wire.shared import EngineState
 from tests.unit.conftest import AUTH, TOKEN, assert_error, post
 from tests.unit.fake_engine import DIM
@@ -161,7 +161,10 @@ def test_unknown_path_and_wrong_method(client):
     (EngineUnavailable("restarting"), 503, "unavailable_error"),
     (EngineTimeout("late"), 504, "timeout_error"),
     (EngineFailed("boom"), 500, "server_error"),
-    (EngineFailed("oom", out_of_memory=True), 503, "unavailable_error"),
+    # The engine has retried the input alone: it does not fit (a 413, not worth retrying as it is).
+    (EngineFailed("an input of 9000 tokens needs more memory than the device has", out_of_memory=True), 413,
+     "invalid_request_error"),
+    (ClientGone("the client closed the connection"), 499, "client_closed_request"),
 ])
 def test_engine_errors_map_to_statuses(client, engine, exc, status, error_type):
     engine.fail_with = exc
