@@ -17,7 +17,8 @@ except ConfigError as exc:
 bind = _settings.bind
 workers = _settings.web_concurrency
 # Threads wait on the engine, not on the CPU: many per worker keep the engine's
-# batches full while each worker stays a single small process.
+# batches full while each worker stays a single small process. 32 suits a GPU host
+# too, where WEB_CONCURRENCY grows with the cores instead (embsvc/config.py).
 worker_class = "gthread"
 threads = 32
 timeout = 60
