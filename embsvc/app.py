@@ -10,6 +10,7 @@ import falcon
 from embsvc import errors
 from embsvc.api import info, metrics, tei
 from embsvc.api.auth import BearerAuth
+from embsvc.api.body_drain import DrainUnreadBody
 from embsvc.api.docs import Docs, DocsAsset
 from embsvc.api.embeddings import Embeddings
 from embsvc.api.request_id import RequestId
@@ -38,7 +39,9 @@ def create_app(settings: Settings, backend: Backend,
     # The request id comes first so that even a refused request is answered and logged with it;
     # the error shape is settled before authentication can refuse a request.
     # Annotated: from it mypy learns the request and response types the middleware must take.
-    app: App = falcon.App(middleware=[RequestId(), *_cors(settings), metrics.MetricsMiddleware(recorded),
+    # The body drain comes first, so that its process_response runs last, after any refusal.
+    app: App = falcon.App(middleware=[DrainUnreadBody(settings.max_request_bytes), RequestId(), *_cors(settings),
+                                      metrics.MetricsMiddleware(recorded),
                                       errors.ErrorShape(), BearerAuth(settings.api_tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     tokenizer = LazyTokenizer(settings.model_path, lambda: EngineState.READY in backend.states())
