@@ -15,6 +15,12 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
+
+
+def gunicorn_command() -> list[str]:
+    """gunicorn beside this Python, or run as a module where it was installed without its
+    script (``pip install --target``, as on the GPU machine: bench/gpu_check.sh)."""
+    return [str(GUNICORN)] if GUNICORN.is_file() else [sys.executable, "-m", "gunicorn"]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -52,7 +58,7 @@ class Server:
 
     def start(self, wait: bool = True, timeout: float = 120.0) -> Server:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        command = [str(GUNICORN), "-c", "gunicorn.conf.py", "embsvc.wsgi:app"]
+        command = [*gunicorn_command(), "-c", "gunicorn.conf.py", "embsvc.wsgi:app"]
         if self.shm_size:
             # unshare and sh exec in turn: gunicorn's master keeps this pid, which the probes rely on.
             command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 _WORDS = {
     "en": [
@@ -155,3 +156,32 @@ def requests_of(pool: list[str], count: int, seed: int = 1) -> list[list[str]]:
         out.append([pool[(position + i) % len(pool)] for i in range(size)])
         position += size
     return out
+
+
+def texts_of_tokens(count: int, low: int, high: int, count_tokens: Callable[[list[str]], list[int]],
+                    seed: int = 0) -> list[str]:
+    """``count`` texts of ``low`` to ``high`` tokens each (by ``count_tokens``, which counts a
+    list of texts at once), spread evenly over that range, in the six languages above:
+    documents for bulk indexing (200 to 500), short queries (8 to 16)."""
+    rng = random.Random(seed)
+    languages = [rng.choice(list(_WORDS.values())) for _ in range(count)]
+    targets = [rng.randint(low, high) for _ in range(count)]
+    words = [max(1, target // 3) for target in targets]
+    out = [""] * count
+    todo = list(range(count))
+    for attempt in range(16):  # each round redraws the texts not yet right, scaled towards their target
+        for i in todo:
+            out[i] = " ".join(rng.choice(languages[i]) for _ in range(words[i]))
+        counts = count_tokens([out[i] for i in todo])
+        # Near the target first (an even spread); later any length in range will do.
+        near = attempt < 8
+        missed = []
+        for i, tokens in zip(todo, counts, strict=True):
+            if not (low <= tokens <= high and (not near or abs(tokens - targets[i]) <= max(1, targets[i] // 8))):
+                words[i] = max(1, round(words[i] * targets[i] / tokens))
+                missed.append(i)
+        todo = missed
+        if not todo:
+            return out
+    raise ValueError(f"could not make {len(todo)} texts of {low} to {high} tokens")
+
