@@ -37,7 +37,7 @@ def _truncation(body: dict[str, Any]) -> tuple[bool, str]:
     if not isinstance(truncate, bool):
         raise InvalidRequest("truncate must be true, false or null", param="truncate")
     direction = body.get("truncation_direction", "right")
-    if direction not in _DIRECTIONS:
+    if not isinstance(direction, str) or direction not in _DIRECTIONS:  # a list or object is unhashable
         raise InvalidRequest('truncation_direction must be "left" or "right"', param="truncation_direction")
     return truncate, _DIRECTIONS[direction]
 

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from testkit.server import Server
 from tests.e2e.conftest import TOKEN
@@ -27,6 +28,9 @@ CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 SEED = os.environ.get("FUZZ_SEED", "20261124")
 MIN_REQUESTS = 1000
+METHODS = ("get", "post", "put", "delete", "patch")
+# text-embeddings-inference's API (docs/api.md), which the document must carry and the run cover.
+TEI_PATHS = {"/embed", "/embed_sparse", "/embed_all", "/rerank", "/decode", "/info", "/tokenize", "/"}
 
 
 def received(server: Server) -> int:
@@ -48,6 +52,11 @@ def test_schemathesis_finds_nothing(server, tmp_path):
     assert run.returncode == 0, f"schemathesis (seed {seed}) failed:\n{summary}"
     result = json.loads(report.read_text())
     assert result["operations"]["tested"] == result["operations"]["total"] >= 8, result["operations"]
+    paths = requests.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    assert set(paths) >= TEI_PATHS and "post" in paths["/"]
+    # Every operation of the document but GET /openapi.json, which schemathesis leaves out (it reads it).
+    operations = sum(method in METHODS for path, item in paths.items() for method in item if path != "/openapi.json")
+    assert result["operations"]["total"] == operations, result["operations"]
     assert result["test_cases"]["with_failures"] == 0 and result["test_cases"]["errored"] == 0
     assert result["test_cases"]["generated"] >= MIN_REQUESTS, result["test_cases"]
     assert received(server) - before >= MIN_REQUESTS

@@ -155,6 +155,8 @@ def test_info(client):
     ({"inputs": "a", "prompt_name": "query"}, 422, "Validation"),
     ({"inputs": "a", "truncate": "yes"}, 422, "Validation"),
     ({"inputs": "a", "truncation_direction": "middle"}, 422, "Validation"),
+    ({"inputs": "a", "truncation_direction": {}}, 422, "Validation"),
+    ({"inputs": "a", "truncation_direction": ["left"]}, 422, "Validation"),
     ({"inputs": "word " * 200, "truncate": False}, 422, "Validation"),
     ({"inputs": ["a"] * (MAX_INPUTS + 1)}, 413, "Validation"),
 ])
