@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import falcon
 
 from embsvc import errors
-from embsvc.api import info, metrics, tei
+from embsvc.api import head, info, metrics, tei
 from embsvc.api.auth import BearerAuth
 from embsvc.api.body_drain import DrainUnreadBody
 from embsvc.api.docs import Docs, DocsAsset
@@ -40,9 +40,9 @@ def create_app(settings: Settings, backend: Backend,
     # the error shape is settled before authentication can refuse a request.
     # Annotated: from it mypy learns the request and response types the middleware must take.
     # The body drain comes first, so that its process_response runs last, after any refusal.
-    app: App = falcon.App(middleware=[DrainUnreadBody(settings.max_request_bytes), RequestId(), *_cors(settings),
-                                      metrics.MetricsMiddleware(recorded),
-                                      errors.ErrorShape(), BearerAuth(settings.api_tokens)])
+    app: App = head.App(middleware=[DrainUnreadBody(settings.max_request_bytes), RequestId(), *_cors(settings),
+                                    metrics.MetricsMiddleware(recorded),
+                                    errors.ErrorShape(), BearerAuth(settings.api_tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     tokenizer = LazyTokenizer(settings.model_path, lambda: EngineState.READY in backend.states())
     scores = ScoreService(settings.model_name, backend, tokenizer)

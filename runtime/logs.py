@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import os
+import re
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -37,6 +38,13 @@ request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+# A terminal's escape sequences (colours, bold): libraries add them to their messages.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal escape sequences."""
+    return _ANSI.sub("", text) if "\x1b" in text else text
 
 
 class RequestIdFilter(logging.Filter):
@@ -55,8 +63,49 @@ def extra_fields(record: logging.LogRecord) -> dict[str, object]:
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and value is not None}
 
 
+class LoadReportFilter(logging.Filter):
+    """transformers' weight-loading report is a coloured table over many lines; it becomes one
+    line: ``XLMRobertaModel load report from /models/x: UNEXPECTED pooler.dense.bias,
+    pooler.dense.weight (UNEXPECTED: can be ignored when ...)``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("transformers") and "LOAD REPORT" in str(record.msg):
+            record.msg, record.args = one_line_report(plain(record.getMessage())), None
+        return True
+
+
+def one_line_report(text: str) -> str:
+    """The report's title, its keys by status, and its notes, on one line."""
+    lines = [line.strip() for line in text.splitlines()]
+    title = lines[0].replace(" LOAD REPORT from:", " load report from")
+    keys: dict[str, list[str]] = {}
+    for row in _table_rows(lines):
+        cells = [cell.strip() for cell in row.split("|")]
+        if len(cells) >= 2 and cells[0]:
+            details = " ".join(c for c in cells[2:] if c)
+            keys.setdefault(cells[1], []).append(f"{cells[0]} ({details})" if details else cells[0])
+    notes = [line[2:].replace("\t", " ") for line in lines if line.startswith("- ")]
+    if not keys:  # not the table this expects: the text as it is, on one line
+        return " ".join(line for line in lines if line)
+    found = "; ".join(f"{status} {', '.join(names)}" for status, names in keys.items())
+    return f"{title}: {found}" + (f" ({' '.join(notes)})" if notes else "")
+
+
+def _table_rows(lines: list[str]) -> list[str]:
+    """The rows under the table's ``---+---`` rule, up to the first blank line."""
+    rule = next((i for i, line in enumerate(lines) if line.startswith("-") and "+" in line), None)
+    if rule is None:
+        return []
+    rows = []
+    for line in lines[rule + 1:]:
+        if not line:
+            break
+        rows.append(line)
+    return rows
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers; plain text, without terminal escapes."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -65,11 +114,11 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
-            "message": record.getMessage(),
+            "message": plain(record.getMessage()),
         }
-        entry.update(extra_fields(record))
+        entry.update((k, plain(v) if isinstance(v, str) else v) for k, v in extra_fields(record).items())
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = plain(self.formatException(record.exc_info))
         # default=str: an odd extra value (a Path, an enum) must not cost the line.
         return orjson.dumps(entry, default=str).decode()
 
@@ -96,10 +145,10 @@ def dict_config(level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": RequestIdFilter}},
+        "filters": {"request_id": {"()": RequestIdFilter}, "load_report": {"()": LoadReportFilter}},
         "formatters": {"service": {"()": JsonFormatter if fmt == "json" else TextFormatter}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": "ext://sys.stderr",
-                                "formatter": "service", "filters": ["request_id"]}},
+                                "formatter": "service", "filters": ["request_id", "load_report"]}},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {"gunicorn.error": gunicorn_logger, "gunicorn.access": dict(gunicorn_logger)},
     }

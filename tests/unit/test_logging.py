@@ -196,3 +196,66 @@ def test_transformers_warnings_can_join_our_format(captured):
         transformers_logging.disable_propagation()
     entry = json.loads(lines()[-1])
     assert entry["logger"] == "transformers.modeling_utils" and entry["message"] == "weights report"
+
+
+# -- plain text: no terminal escapes, transformers' load report on one line --------------------------
+
+# What transformers 5 logs when a checkpoint has weights the model does not use (utils/loading_report.py).
+REPORT = ("\x1b[1mXLMRobertaModel LOAD REPORT\x1b[0m from: /models/bge-m3\n"
+          "Key                 | Status     |  | \n"
+          "--------------------+------------+--+-\n"
+          "pooler.dense.bias   | \x1b[38;5;208mUNEXPECTED\x1b[0m |  | \n"
+          "pooler.dense.weight | \x1b[38;5;208mUNEXPECTED\x1b[0m |  | \n"
+          "encoder.layer.{0, 1}.x | \x1b[31mMISSING\x1b[0m | \n\n"
+          "Notes:\n"
+          "- \x1b[38;5;208mUNEXPECTED:\x1b[0m\t\x1b[3mcan be ignored when loading from different task/architecture; "
+          "not ok if you expect identical arch.\x1b[0m\n"
+          "- \x1b[31mMISSING:\x1b[0m\t\x1b[3mthose params were newly initialized because missing from the checkpoint."
+          "\x1b[0m")
+
+
+def test_json_lines_carry_no_terminal_escapes(captured):
+    lines = captured("json")
+    log = logging.getLogger("some.library")
+    log.warning("\x1b[1mbold\x1b[0m and \x1b[31mred\x1b[0m", extra={"detail": "\x1b[2Kcleared"})
+    try:
+        raise ValueError("\x1b[33myellow\x1b[0m")
+    except ValueError:
+        log.exception("failed")
+    text = "\n".join(lines())
+    assert "\x1b" not in text and "\\u001b" not in text, text
+    first, second = (json.loads(line) for line in lines())
+    assert first["message"] == "bold and red" and first["detail"] == "cleared"
+    assert "ValueError: yellow" in second["exception"]
+
+
+@pytest.fixture
+def transformers_logs(monkeypatch):
+    """The engine hands transformers' records to the root handler (if transformers was imported
+    in this test process, its logger keeps them to itself)."""
+    monkeypatch.setattr(logging.getLogger("transformers"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("transformers"), "handlers", [])
+
+
+def test_the_load_report_is_one_readable_line(captured, transformers_logs):
+    lines = captured("json")
+    logging.getLogger("transformers.modeling_utils").warning(REPORT)
+    (line,) = lines()
+    message = json.loads(line)["message"]
+    assert message == (
+        "XLMRobertaModel load report from /models/bge-m3: UNEXPECTED pooler.dense.bias, pooler.dense.weight; "
+        "MISSING encoder.layer.{0, 1}.x (UNEXPECTED: can be ignored when loading from different task/architecture; "
+        "not ok if you expect identical arch. MISSING: those params were newly initialized because missing from "
+        "the checkpoint.)")
+
+
+def test_the_load_report_is_one_line_in_text_logs_too(captured, transformers_logs):
+    lines = captured("text")
+    logging.getLogger("transformers.modeling_utils").warning(REPORT)
+    (line,) = lines()
+    assert "XLMRobertaModel load report from /models/bge-m3: UNEXPECTED pooler.dense.bias" in line
+
+
+def test_a_report_of_another_shape_still_takes_one_line():
+    text = "Model LOAD REPORT from: x\nsomething\n\nelse"
+    assert logs.one_line_report(text) == "Model LOAD REPORT from: x something else"
