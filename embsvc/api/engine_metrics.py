@@ -55,9 +55,36 @@ class EngineCollector(Collector):
             restarts.add_metric(labels, engine["restarts"])
             requests.add_metric([*labels, "ok"], engine["processed_requests"])
             requests.add_metric([*labels, "failed"], engine["failed_requests"])
+            requests.add_metric([*labels, "dropped"], engine["dropped_requests"])
             texts.add_metric(labels, engine["batched_inputs"])
             tokens.add_metric(labels, engine["tokens"])
             batch_requests.add_metric(labels, engine["batches"], engine["batched_requests"])
             batch_texts.add_metric(labels, engine["batches"], engine["batched_inputs"])
             batch_seconds.add_metric(labels, engine["batches"], engine["processing_seconds"])
         yield from (state, queue, restarts, requests, texts, tokens, batch_requests, batch_texts, batch_seconds)
+        yield from self._lanes()
+
+    def _lanes(self) -> Iterator[Metric]:
+        """The interactive and bulk lanes (gpu_pool/engine/lanes.py)."""
+        labels = [*LABELS, "lane"]
+        queue = GaugeMetricFamily("embsvc_engine_lane_queue_depth",
+                                  "Requests in the engine waiting for their first pass, by lane", labels=labels)
+        wait = SummaryMetricFamily("embsvc_engine_lane_wait_seconds",
+                                   "From a request's arrival in the engine to its first pass, by lane", labels=labels)
+        latency = SummaryMetricFamily("embsvc_engine_lane_latency_seconds",
+                                      "From a request's arrival in the engine to its answer, by lane", labels=labels)
+        preemptions = CounterMetricFamily("embsvc_engine_preemptions",
+                                          "Interactive passes run between the layers of a bulk pass", labels=LABELS)
+        pass_tokens = GaugeMetricFamily("embsvc_engine_bulk_pass_tokens",
+                                        "Tokens a bulk pass may hold now: sized so that a layer takes at most "
+                                        "INTERACTIVE_MAX_WAIT_MS", labels=LABELS)
+        for engine in self.backend.snapshot():
+            engine_labels = [str(engine["index"]), str(engine["device"])]
+            for lane in ("interactive", "bulk"):
+                queue.add_metric([*engine_labels, lane], engine[f"{lane}_queue"])
+                wait.add_metric([*engine_labels, lane], engine[f"{lane}_requests"], engine[f"{lane}_wait_seconds"])
+                latency.add_metric([*engine_labels, lane], engine[f"{lane}_requests"],
+                                   engine[f"{lane}_latency_seconds"])
+            preemptions.add_metric(engine_labels, engine["preemptions"])
+            pass_tokens.add_metric(engine_labels, engine["bulk_pass_tokens"])
+        yield from (queue, wait, latency, preemptions, pass_tokens)

@@ -59,7 +59,25 @@ def batching_stats(engines: list[dict[str, Any]]) -> dict[str, object]:
         "average_batch_inputs": total["batched_inputs"] / batches,
         "average_processing_time": total["processing_seconds"] / batches,
         "tokens_processed": int(total["tokens"]),
+        "dropped_requests": int(sum(e["dropped_requests"] for e in engines)),
+        "preemptions": int(sum(e["preemptions"] for e in engines)),
+        "bulk_pass_tokens": int(max((e["bulk_pass_tokens"] for e in engines), default=0)),
     }
+
+
+def lane_stats(engines: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per lane, all engines together: jobs waiting for their first pass, requests answered,
+    and their mean wait (arrival in the engine to first pass) and latency (to the answer)."""
+    lanes = {}
+    for lane in ("interactive", "bulk"):
+        count = sum(e[f"{lane}_requests"] for e in engines)
+        lanes[lane] = {
+            "queue_size": sum(e[f"{lane}_queue"] for e in engines),
+            "requests": int(count),
+            "average_wait_s": sum(e[f"{lane}_wait_seconds"] for e in engines) / (count or 1),
+            "average_latency_s": sum(e[f"{lane}_latency_seconds"] for e in engines) / (count or 1),
+        }
+    return lanes
 
 
 class HealthDetailed:
@@ -100,11 +118,13 @@ class Stats:
         s = self.settings
         _json(resp, {
             "batching": batching_stats(engines),
+            "lanes": lane_stats(engines),
             "config": {
                 "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms, "max_queue_size": s.max_queue_size,
                 "max_batch_tokens": s.max_batch_tokens or None, "processing_concurrency": s.processing_concurrency,
                 "max_tokens": s.max_tokens, "max_inputs": s.max_inputs, "devices": list(s.devices),
-                "dtype": s.dtype,
+                "dtype": s.dtype, "interactive_max_tokens": s.interactive_max_tokens,
+                "interactive_max_wait_ms": s.interactive_max_wait_ms, "bulk_share": s.bulk_share,
             },
             "engines": engines,
             "shared_memory": self.backend.shared_memory(),

@@ -7,7 +7,7 @@ from typing import Any
 from embsvc import __version__
 from embsvc.config import Settings
 from embsvc.openapi import tei
-from embsvc.openapi.scoring import scoring_paths
+from embsvc.openapi.scoring import PRIORITY, scoring_paths
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 
@@ -51,6 +51,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                            "default": settings.max_tokens},
             "truncate": {**bool_field, "default": True},
             "user": {"type": ["string", "null"]},
+            "priority": PRIORITY,
         },
     }
     item = {

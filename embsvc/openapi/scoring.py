@@ -9,6 +9,10 @@ from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS
 from gpu_pool import SCORE_MODES
 
 _ERROR = {"$ref": "#/components/responses/Error"}
+# The lane of a request that reaches the model (docs/api.md, Conventions); null: by its size.
+PRIORITY = {"type": ["string", "null"], "enum": ["interactive", "bulk", None],
+            "description": "interactive (a query: goes first) or bulk (indexing); absent or null: by size; "
+                           "or the X-Priority header"}
 _ERRORS = {str(status): _ERROR for status in (400, 401, 404, 413, 500, 503, 504)}
 
 
@@ -36,6 +40,7 @@ def _common(settings: Settings) -> dict[str, Any]:
         "max_length": {"type": "integer", "minimum": 1, "maximum": settings.max_tokens,
                        "default": settings.max_tokens, "description": "tokens of the query and of each document"},
         "truncate": {"type": "boolean", "default": True},
+        "priority": PRIORITY,
     }
 
 

@@ -3,8 +3,9 @@
 - The idle device runs a waiting interactive batch first, but never two in a row while a
   bulk batch waits (``next_lane``), so bulk always gets its turn.
 - A bulk pass runs a layer at a time; at each layer boundary a waiting interactive batch
-  runs whole, as long as interactive work has not taken more than its share of the time
-  this bulk pass has run (``may_interleave``): bulk keeps ``bulk_share`` of the device.
+  runs whole, as long as interactive work has taken less than its share of the time this
+  bulk pass has run (``may_interleave``): bulk keeps ``bulk_share`` of the device (1: a
+  bulk pass is never interrupted, and queries go first once it ends).
 - Bulk passes are sized by time, not only tokens (``PassSizer``): the engine learns what a
   token costs per layer and keeps one layer under ``max_wait_s``, which bounds how long a
   query waits for the next layer boundary.
@@ -27,7 +28,7 @@ def next_lane(interactive_waiting: bool, bulk_waiting: bool, last: Lane | None) 
 def may_interleave(bulk_s: float, interactive_s: float, bulk_share: float) -> bool:
     """Whether an interactive batch may run at this layer boundary of a bulk pass that has
     computed for ``bulk_s`` while interactive batches took ``interactive_s`` in its gaps."""
-    return interactive_s <= bulk_s * (1.0 - bulk_share) / bulk_share
+    return interactive_s < bulk_s * (1.0 - bulk_share) / bulk_share
 
 
 class PassSizer:

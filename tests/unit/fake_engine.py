@@ -9,6 +9,7 @@ import numpy as np
 
 from gpu_pool import NO_ASK, Ask, EmbeddingResult, EngineError, EngineState, Kind, m3math
 from gpu_pool.wire.segment import Layout, Segment
+from gpu_pool.wire.shared import STAT_FIELDS
 
 DIM = 32
 
@@ -35,10 +36,10 @@ class FakeEngine:
                 "server_bytes": 1 << 20}
 
     def snapshot(self) -> list[dict[str, object]]:
+        counters = dict.fromkeys(STAT_FIELDS, 0.0)  # every counter the real engine keeps
+        counters.update(processed_requests=len(self.calls), batches=len(self.calls), batched_requests=len(self.calls))
         return [{"index": 0, "device": "cpu", "state": self.state.name.lower(), "queue_size": 0, "restarts": 0,
-                 "processed_requests": len(self.calls), "failed_requests": 0, "batches": len(self.calls),
-                 "batched_requests": len(self.calls), "batched_inputs": 0, "tokens": 0,
-                 "processing_seconds": 0.0}]
+                 **counters}]
 
     def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray, ask: Ask = NO_ASK) -> EmbeddingResult:
         if self.fail_with is not None:

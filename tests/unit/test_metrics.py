@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from embsvc.app import create_app
 from embsvc.master import metrics_dir
-from gpu_pool.wire.shared import EngineState
+from gpu_pool.wire.shared import STAT_FIELDS, EngineState
 from tests.unit.conftest import AUTH
 
 
@@ -74,9 +74,12 @@ def test_the_scrape_counts_itself_on_the_next_scrape(client):
 
 
 def test_engine_figures_come_from_the_engine_snapshot(client, engine, monkeypatch):
-    figures = {"queue_size": 5, "restarts": 3, "processed_requests": 40.0, "failed_requests": 2.0, "batches": 10.0,
-               "batched_requests": 25.0, "batched_inputs": 60.0, "tokens": 900.0,
-               "processing_seconds": 1.5}
+    figures = {**dict.fromkeys(STAT_FIELDS, 0.0), "queue_size": 5, "restarts": 3, "processed_requests": 40.0,
+               "failed_requests": 2.0, "dropped_requests": 4.0, "batches": 10.0, "batched_requests": 25.0,
+               "batched_inputs": 60.0, "tokens": 900.0, "processing_seconds": 1.5, "preemptions": 6.0,
+               "interactive_requests": 30.0, "interactive_wait_seconds": 0.3, "interactive_latency_seconds": 0.9,
+               "bulk_requests": 10.0, "bulk_wait_seconds": 8.0, "bulk_latency_seconds": 20.0,
+               "interactive_queue": 1.0, "bulk_queue": 3.0, "bulk_pass_tokens": 2048.0}
     monkeypatch.setattr(engine, "snapshot", lambda: [
         {"index": 0, "device": "cuda:0", "state": "ready", **figures},
         {"index": 1, "device": "cuda:1", "state": "unavailable", **figures, "restarts": 7},
@@ -101,6 +104,13 @@ def test_engine_figures_come_from_the_engine_snapshot(client, engine, monkeypatc
     assert value(samples, "embsvc_engine_batch_requests_sum", **first) == 25
     assert value(samples, "embsvc_engine_batch_texts_sum", **first) == 60
     assert value(samples, "embsvc_engine_batch_duration_seconds_sum", **first) == 1.5
+    assert value(samples, "embsvc_engine_requests_total", **first, outcome="dropped") == 4
+    assert value(samples, "embsvc_engine_preemptions_total", **first) == 6
+    assert value(samples, "embsvc_engine_bulk_pass_tokens", **first) == 2048
+    assert value(samples, "embsvc_engine_lane_queue_depth", **first, lane="bulk") == 3
+    assert value(samples, "embsvc_engine_lane_wait_seconds_count", **first, lane="interactive") == 30
+    assert value(samples, "embsvc_engine_lane_wait_seconds_sum", **first, lane="interactive") == 0.3
+    assert value(samples, "embsvc_engine_lane_latency_seconds_sum", **first, lane="bulk") == 20
     # Read at scrape time: a change in the engine shows at once.
     figures["tokens"] = 1000.0
     assert value(scrape(client), "embsvc_engine_tokens_total", **first) == 1000

@@ -1,0 +1,79 @@
+"""A bulk pass interrupted between layers by another pass gives the vectors it gives
+uninterrupted, and FlagEmbedding's: each pass keeps its own hidden states.
+
+The model is the engine's (``M3Model``, in this process, on the tiny model); the engine's
+loop does exactly this at a layer boundary (gpu_pool/engine/loop.py, ``_interleave``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_pool.engine.batch import Outputs
+from gpu_pool.model.m3 import M3Model
+from gpu_pool.wire.protocol import Kind
+from tests.integration.test_vectors_match_flagembedding import TEXTS
+
+ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model: Path) -> M3Model:
+    return M3Model(tiny_model, torch.device("cpu"), torch.float32, threads=1)
+
+
+def packed(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    ids = [x[:512] for x in tokenizer.encode(texts)]
+    return np.concatenate(ids), np.array([len(x) for x in ids], dtype=np.int64)
+
+
+def run(model: M3Model, ids: np.ndarray, lengths: np.ndarray) -> Outputs:
+    return model.forward(ids, lengths, ALL, np.arange(len(lengths)))
+
+
+def assert_equal(got: Outputs, expected: Outputs) -> None:
+    for name in ("dense", "sparse", "colbert"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
+
+
+def test_a_pass_interrupted_at_every_layer_gives_the_same_vectors(model, tokenizer, reference):
+    bulk_ids, bulk_lengths = packed(tokenizer, TEXTS[:6])
+    query_ids, query_lengths = packed(tokenizer, ["What is BGE-M3?", "hybrid retrieval"])
+    alone = run(model, bulk_ids, bulk_lengths)
+    query_alone = run(model, query_ids, query_lengths)
+
+    bulk = model.start(bulk_ids, bulk_lengths, ALL, np.arange(len(bulk_lengths)))
+    interrupted = 0
+    while not bulk.step():
+        query = run(model, query_ids, query_lengths)  # a whole pass between two layers
+        assert_equal(query, query_alone)
+        interrupted += 1
+    assert interrupted == model.layers - 1
+    assert_equal(bulk.outputs(), alone)
+
+    # And both equal FlagEmbedding's (the same tolerance as the vector tests).
+    ref = reference.encode(TEXTS[:6], max_length=512, return_dense=True, return_sparse=True,
+                           return_colbert_vecs=True)
+    got = bulk.outputs()
+    for i, dense in enumerate(got.dense):
+        assert dense @ ref["dense_vecs"][i] / np.linalg.norm(ref["dense_vecs"][i]) >= 0.99999
+    rows = np.cumsum(bulk_lengths - 1)
+    for i, colbert in enumerate(np.split(got.colbert, rows[:-1])):
+        assert np.abs(colbert - ref["colbert_vecs"][i]).max() <= 1e-4
+
+
+def test_two_passes_stepped_in_turn_do_not_disturb_each_other(model, tokenizer):
+    first_ids, first_lengths = packed(tokenizer, TEXTS[:3])
+    second_ids, second_lengths = packed(tokenizer, TEXTS[3:7])
+    first = model.start(first_ids, first_lengths, ALL, np.arange(len(first_lengths)))
+    second = model.start(second_ids, second_lengths, ALL, np.arange(len(second_lengths)))
+    while not first.step():
+        second.step()
+    while not second.step():
+        pass
+    assert_equal(first.outputs(), run(model, first_ids, first_lengths))
+    assert_equal(second.outputs(), run(model, second_ids, second_lengths))
