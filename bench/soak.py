@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import pwd
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,9 +40,10 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from testkit import procs  # noqa: E402 - after the path is set for "python bench/soak.py"
+from testkit import nginx as nginx_proxy  # noqa: E402 - after the path is set for "python bench/soak.py"
+from testkit import procs  # noqa: E402
 from testkit.model_builder import build_model  # noqa: E402
-from testkit.server import Server, free_port  # noqa: E402
+from testkit.server import Server  # noqa: E402
 
 TOKEN = "soak-test-token"
 GROWTH_LIMIT = 0.10
@@ -192,32 +191,8 @@ def processes(server: Server, nginx: subprocess.Popen) -> dict[int, str]:
     return roles
 
 
-def start_nginx(prefix: Path, backend_port: int) -> tuple[subprocess.Popen, int]:
-    sys.path.insert(0, str(ROOT / "deploy" / "nginx"))
-    import render
-
-    port = free_port()
-    conf = render.write_config(prefix, upstreams=[f"127.0.0.1:{backend_port}"], listen=f"127.0.0.1:{port}")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    command = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "logs" / "error.log"),
-               "-g", "daemon off;"]
-    if os.geteuid() == 0:  # as root nginx would switch its workers to "nobody": run all of it as that user
-        nobody = pwd.getpwnam("nobody")
-        for path in [prefix, *prefix.rglob("*")]:
-            os.chown(path, nobody.pw_uid, nobody.pw_gid)
-        command = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", *command]
-    process = subprocess.Popen(command, start_new_session=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/nginx-health")
-            if conn.getresponse().status == 200:
-                return process, port
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"nginx did not start; see {prefix / 'logs' / 'error.log'}")
+def start_nginx(prefix: Path, backend_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    return nginx_proxy.start(prefix, [f"127.0.0.1:{backend_port}"])
 
 
 # -- the run ------------------------------------------------------------------------------

@@ -3,15 +3,20 @@ match the server's, and render.py gives tests their own upstreams and port."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import pwd
 import re
 import shutil
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from testkit import nginx as nginx_proxy
 
 from .helpers import DEPLOY, api_default, load_render, run, tool
 
@@ -161,3 +166,76 @@ def test_limits_match_the_server() -> None:
 
         payload = json.loads(body_match[1])
         assert set(payload) == {"error", "detail"} and payload["error"]["message"] == payload["detail"]
+
+
+# -- deliberate 503s: passed on, never counted against a replica ----------------------------------
+
+DELIBERATE = ("http_503", "http_429", "http_502", "http_500", "http_504")
+
+
+def test_retries_are_for_broken_connections_not_for_the_server_s_own_answers() -> None:
+    """nginx counts each status listed in proxy_next_upstream as a failed attempt (max_fails): the
+    server's deliberate 503s (full queue, restarting engine, full /dev/shm) must not be listed."""
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    retries = directive("proxy_next_upstream", text).split()
+    assert {"error", "timeout", "non_idempotent"} <= set(retries), retries
+    assert not set(DELIBERATE) & set(retries), retries
+    assert re.search(r"server \S+ .*max_fails=\d+ fail_timeout=\d+s", text), "real failures still count"
+
+
+class _Upstream(ThreadingHTTPServer):
+    """A stand-in replica that answers every request with one status, and counts them."""
+
+    daemon_threads = True
+
+    def __init__(self, status: int) -> None:
+        self.status, self.hits = status, 0
+        super().__init__(("127.0.0.1", 0), _Answer)
+
+
+class _Answer(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn speaks it to nginx
+    server: _Upstream
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.hits += 1
+        busy = self.server.status == 503
+        body = b'{"detail": "queue full"}' if busy else b'{"ok": true}'
+        self.send_response(self.server.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if busy:
+            self.send_header("Retry-After", "7")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_replica_answering_503_stays_in_the_rotation_and_its_answer_reaches_the_client() -> None:
+    busy, fine = _Upstream(503), _Upstream(200)
+    for upstream in (busy, fine):
+        threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        addresses = [f"127.0.0.1:{u.server_address[1]}" for u in (busy, fine)]
+        with nginx_proxy.running(addresses) as (port, _):
+            answers = []
+            for _ in range(30):  # well over max_fails=3 within fail_timeout=5s
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("POST", "/v1/embeddings", body=b'{"input": "a"}',
+                             headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                answers.append((response.status, response.getheader("Retry-After"), response.read()))
+                conn.close()
+    finally:
+        for upstream in (busy, fine):
+            upstream.shutdown()
+            upstream.server_close()
+    refused = [a for a in answers if a[0] == 503]
+    # The replica's own 503 (its body, its Retry-After), not nginx's, and not retried elsewhere.
+    assert refused and all(a == (503, "7", b'{"detail": "queue full"}') for a in refused), answers
+    assert busy.hits == len(refused) and fine.hits == len(answers) - len(refused)
+    # Never marked down: it kept getting its share of the 30 (at most 3 if its 503s had counted).
+    assert busy.hits >= 10, (busy.hits, fine.hits)

@@ -1,0 +1,72 @@
+"""Debian's nginx in front of local upstreams, with deploy/nginx/nginx.conf as production runs it
+(rendered by deploy/nginx/render.py for these upstreams and a free port; nginx runs as an
+ordinary user, "nobody" when the tests run as root)."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import importlib.util
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
+
+from testkit.server import ROOT, free_port
+
+
+def render_module() -> ModuleType:
+    """deploy/nginx/render.py (a script beside the config, not part of a package)."""
+    spec = importlib.util.spec_from_file_location("render", ROOT / "deploy" / "nginx" / "render.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def start(prefix: Path, upstreams: Sequence[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx serving on a free loopback port; ``prefix`` must be a folder its user may enter."""
+    port = free_port()
+    conf = render_module().write_config(prefix, upstreams=list(upstreams), listen=f"127.0.0.1:{port}")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    command = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "logs" / "error.log"),
+               "-g", "daemon off;"]
+    if os.geteuid() == 0:  # as root nginx would switch its workers to "nobody": run all of it as that user
+        nobody = pwd.getpwnam("nobody")
+        for path in [prefix, *prefix.rglob("*")]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        command = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", *command]
+    process = subprocess.Popen(command, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/nginx-health")
+            if conn.getresponse().status == 200:
+                return process, port
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"nginx did not start; see {prefix / 'logs' / 'error.log'}")
+
+
+@contextlib.contextmanager
+def running(upstreams: Sequence[str]) -> Iterator[tuple[int, Path]]:
+    """nginx for the length of a ``with``: its port and its prefix folder (logs/access.log, ...)."""
+    # Not under pytest's tmp_path, which is private to root: nginx runs as another user.
+    prefix = Path(tempfile.mkdtemp(prefix="embsvc-nginx-"))
+    os.chmod(prefix, 0o755)
+    process = None
+    try:
+        process, port = start(prefix, upstreams)
+        yield port, prefix
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+        shutil.rmtree(prefix, ignore_errors=True)
