@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
+import tiktoken
 
 from testkit.server import Server
 from tests.deploy.helpers import tool
@@ -93,6 +95,20 @@ def test_langchain_openai_embeddings(server):
     np.testing.assert_allclose(embeddings.embed_documents(TEXTS), expected, atol=ATOL)
     np.testing.assert_allclose(embeddings.embed_query(TEXTS[0]), expected[0], atol=ATOL)
     np.testing.assert_allclose(asyncio.run(embeddings.aembed_documents(TEXTS)), expected, atol=ATOL)
+
+
+def test_langchain_openai_embeddings_by_default_learn_the_setting_from_the_server(server, monkeypatch):
+    """With its defaults LangChain sends tiktoken's token ids. tiktoken's cl100k_base would be
+    downloaded, which cannot happen here: a byte-level encoding stands in for it, so that
+    LangChain sends its ids over HTTP and shows the server's answer."""
+    byte_level = tiktoken.Encoding("cl100k_base stand-in", pat_str=r"\S+|\s+",
+                                   mergeable_ranks={bytes([b]): b for b in range(256)}, special_tokens={})
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: byte_level)
+    embeddings = OpenAIEmbeddings(model="bge-m3", base_url=f"{server.url}/v1", api_key=TOKEN, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        embeddings.embed_documents(TEXTS)
+    assert refused.value.status_code == 400
+    assert "check_embedding_ctx_length=False" in refused.value.body["message"]  # openai reads the error object
 
 
 def test_llamaindex_text_embeddings_inference(server):
