@@ -1,0 +1,295 @@
+"""Chaos soak: many clients through real nginx while the server's processes are killed, on a small /dev/shm.
+
+    .venv/bin/python -m bench.chaos                                   (64 clients, 5 min, 10 s warm-up)
+    .venv/bin/python -m bench.chaos --clients 16 --seconds 30 --warmup 5     (faults scaled to the run)
+
+The server runs as the tests start it (gunicorn, 2 web workers, one CPU engine on the tiny
+model) in a mount namespace whose /dev/shm is a 64 MiB tmpfs (Docker's default), behind
+Debian's nginx with deploy/nginx/nginx.conf (testkit/nginx.py). The clients are the soak's
+(testkit/traffic.py) with a share of long requests of all three kinds, which take the most
+shared memory. After the warm-up a driver, for ``--seconds``:
+
+- kills the engine with SIGKILL every 40 s (the master starts another),
+- kills a random web worker with SIGKILL every 25 s (gunicorn starts another),
+- sends the master SIGHUP once, half-way (new web workers, the same engine);
+
+a shorter run scales both intervals (at least 6 s and 3 s). Then the clients are held, the
+server is stopped, and one JSON line is printed: requests by status (and error type; nginx's
+own 503 when a worker died with the request and nginx could not send it again), requests
+that got no answer at all, p50/p99 of the 200s, the faults driven, engine restarts, requests
+nginx sent again after a broken upstream connection, SIGBUS seen in the log, each process's
+resident memory after the warm-up and at the end (both idle; killed processes have no end,
+their replacements no start), and what was left in the namespace's /dev/shm after exit.
+
+Exits 1 when a request got no answer, a process died of SIGBUS, anything was left in
+/dev/shm, an answer was an error that no fault explains, or a process that lived through the
+run (or the largest of a role) grew by more than 10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testkit import nginx as nginx_proxy  # noqa: E402 - after the path is set for "python bench/chaos.py"
+from testkit import procs  # noqa: E402
+from testkit.model_builder import build_model  # noqa: E402
+from testkit.server import Server  # noqa: E402
+from testkit.traffic import SOAK_MIX, Load, Tally, client, error_label, percentile, processes  # noqa: E402
+
+TOKEN = "chaos-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MIX = {**SOAK_MIX, "long_all_kinds": 8}
+FULL_RUN_S = 300.0
+ENGINE_KILL_S, WORKER_KILL_S = 40.0, 25.0  # in a run of FULL_RUN_S; shorter runs scale them
+GROWTH_LIMIT = 0.10
+# Answers that a fault or the load explains: a full queue, a restarting engine, a full /dev/shm,
+# nginx's own 503 for a request whose worker was killed, /health's 503 while the engine is away;
+# 400s are the bad requests sent on purpose.
+EXPLAINED = {"overloaded_error", "unavailable_error", "overloaded_error (shared memory)",
+             "unavailable_error (nginx: upstream connection lost)", "invalid_request_error", "/health: loading",
+             "/health: unavailable"}
+
+
+def label(status: int, data: bytes) -> str:
+    if data.startswith(b'{"status":'):  # /health while the engine is loading or restarting
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+            return f"/health: {orjson.loads(data).get('status')}"
+    name = error_label(data)
+    if b"shared memory is full" in data:
+        return f"{name} (shared memory)"
+    if b"no replica can take the request" in data:  # deploy/nginx/nginx.conf's @unavailable
+        return f"{name} (nginx: upstream connection lost)"
+    return name
+
+
+# -- the faults ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Faults:
+    engine_kills: int = 0
+    worker_kills: int = 0
+    sighups: int = 0
+    skipped: list[str] = field(default_factory=list)  # a fault whose target was not there at that moment
+
+
+def schedule(seconds: float) -> list[tuple[float, str]]:
+    """(seconds after the start, fault), in order."""
+    scale = seconds / FULL_RUN_S
+    plan = [(seconds * 0.45, "sighup")]
+    for every, what in ((max(ENGINE_KILL_S * scale, 6.0), "engine"), (max(WORKER_KILL_S * scale, 3.0), "worker")):
+        plan += [(every * i, what) for i in range(1, int(seconds / every) + 1) if every * i < seconds]
+    return sorted(plan)
+
+
+def strike(server: Server, what: str, faults: Faults, rng: random.Random) -> None:
+    if what == "sighup":
+        os.kill(server.process.pid, signal.SIGHUP)
+        faults.sighups += 1
+        return
+    pids = procs.engine_pids(server) if what == "engine" else sorted(procs.worker_pids(server))
+    if not pids:
+        faults.skipped.append(f"{what}: none running")
+        return
+    with contextlib.suppress(ProcessLookupError):  # gone meanwhile
+        os.kill(rng.choice(pids), signal.SIGKILL)
+        if what == "engine":
+            faults.engine_kills += 1
+        else:
+            faults.worker_kills += 1
+
+
+def drive(server: Server, seconds: float, seed: int = 0) -> Faults:
+    """Strike on schedule for ``seconds``."""
+    faults, rng, started = Faults(), random.Random(seed), time.monotonic()
+    for at, what in schedule(seconds):
+        time.sleep(max(0.0, started + at - time.monotonic()))
+        strike(server, what, faults, rng)
+    time.sleep(max(0.0, started + seconds - time.monotonic()))
+    return faults
+
+
+# -- what is measured ------------------------------------------------------------------------------
+
+
+def rss(roles: dict[int, str]) -> dict[int, float]:
+    return {pid: procs.rss_mb(pid) for pid in roles}
+
+
+def memory(roles_start: dict[int, str], start: dict[int, float], roles_end: dict[int, str],
+           end: dict[int, float]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each process's resident MiB at start and end, and what grew by more than GROWTH_LIMIT: a
+    process alive at both, or the largest process of a role (engine, web worker: replaced)."""
+    rows, grown = [], []
+    for pid in sorted(set(roles_start) | set(roles_end)):
+        before, after = start.get(pid), end.get(pid)
+        growth = (after - before) / before if before and after else None
+        rows.append({"role": roles_start.get(pid) or roles_end[pid], "pid": pid, "start_mb": before,
+                     "end_mb": after, "growth": None if growth is None else round(growth, 3)})
+        if growth is not None and growth > GROWTH_LIMIT:
+            grown.append(f"{rows[-1]['role']} {pid}")
+    for role in sorted(set(roles_start.values())):
+        first = max((start[p] for p, r in roles_start.items() if r == role), default=0.0)
+        last = max((end[p] for p, r in roles_end.items() if r == role), default=0.0)
+        if first and last > first * (1 + GROWTH_LIMIT):
+            grown.append(f"largest {role}")
+    return rows, grown
+
+
+def nginx_retries(access_log: Path, offset: int) -> dict[str, int]:
+    """Requests nginx sent to an upstream again after the first broke, from its access log."""
+    retried: dict[str, int] = {}
+    with open(access_log, "rb") as log:
+        log.seek(offset)
+        for line in log:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                entry = orjson.loads(line)
+                if "," in entry.get("upstream_status", ""):
+                    retried[str(entry["status"])] = retried.get(str(entry["status"]), 0) + 1
+    return retried
+
+
+def sigbus_lines(log: str) -> int:
+    return sum("SIGBUS" in line or "code -7" in line for line in log.splitlines())
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What ``run`` found, before it becomes the report."""
+
+    tally: Tally
+    faults: Faults
+    restarts: int
+    retried: dict[str, int]
+    memory: list[dict[str, Any]]
+    grown: list[str]
+    sigbus: int = 0
+    shm_left: list[str] = field(default_factory=list)
+    exit_code: int = 0
+
+
+def run(clients: int, seconds: float, warmup: float, workdir: Path, shm_size: str = "64m") -> dict[str, Any]:
+    """Run the chaos soak; returns the report (also printed as one JSON line)."""
+    model = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
+    server = Server(model, workdir / "server.log", shm_size=shm_size, API_TOKEN=TOKEN, LOG_LEVEL="WARNING").start()
+    nginx = None
+    try:
+        nginx, port = nginx_proxy.start(workdir / "nginx", [f"127.0.0.1:{server.port}"])
+        found = _under_faults(server, nginx.pid, port, clients, seconds, warmup, workdir / "nginx" / "logs")
+    finally:
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(10)
+        found_exit = server.stop()
+    found.exit_code, found.shm_left, found.sigbus = found_exit, server.shm_left or [], sigbus_lines(server.log())
+    result = report(found, clients, seconds, warmup, shm_size)
+    print(orjson.dumps(result).decode(), flush=True)
+    return result
+
+
+def _under_faults(server: Server, nginx_pid: int, port: int, clients: int, seconds: float, warmup: float,
+                  logs: Path) -> Run:
+    tally, load = Tally(), Load()
+    threads = [threading.Thread(target=client, args=(port, seed, tally, load, TOKEN, MIX, label), daemon=True)
+               for seed in range(clients)]
+    for thread in threads:
+        thread.start()
+    load.gate.set()
+    time.sleep(warmup)
+    load.quiesce()  # memory is compared idle: under load it swings by the batch in hand
+    roles_start = processes(server, nginx_pid)
+    start = rss(roles_start)
+    offset = (logs / "access.log").stat().st_size
+    tally.measuring = True
+    load.gate.set()
+    faults = drive(server, seconds)
+    load.quiesce()  # every request sent is answered (or not) and counted
+    tally.measuring = False
+    procs.wait_for(lambda: _healthy(server), 120, interval=0.2, what="the server to be ready again")
+    time.sleep(2.0)  # a new engine or worker settles
+    roles_end = processes(server, nginx_pid)
+    end = rss(roles_end)
+    load.finish()
+    for thread in threads:
+        thread.join(140)
+    rows, grown = memory(roles_start, start, roles_end, end)
+    return Run(tally, faults, procs.engine_restarts(server, AUTH), nginx_retries(logs / "access.log", offset),
+               rows, grown)
+
+
+def _healthy(server: Server) -> bool:
+    try:
+        return requests.get(f"{server.url}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def report(found: Run, clients: int, seconds: float, warmup: float, shm_size: str) -> dict[str, Any]:
+    tally = found.tally
+    answers = sorted(tally.answers.items())
+    by_status = {(f"{s} {name}".strip() if s else f"no answer: {name}"): n for (s, name), n in answers}
+    unanswered = sum(n for (s, _), n in answers if s == 0)
+    unexplained = {f"{s} {name}": n for (s, name), n in answers if s not in (0, 200) and name not in EXPLAINED}
+    failures = [what for what, bad in [
+        (f"{unanswered} requests without an answer", unanswered),
+        (f"answers no fault explains: {unexplained}", unexplained),
+        (f"{found.sigbus} SIGBUS lines in the log", found.sigbus),
+        (f"left in /dev/shm after exit: {found.shm_left}", found.shm_left),
+        (f"grew by more than {GROWTH_LIMIT:.0%}: {found.grown}", found.grown),
+        (f"the server exited with {found.exit_code}", found.exit_code),
+    ] if bad]
+    return {
+        "run": {"clients": clients, "seconds": seconds, "warmup_s": warmup, "shm": shm_size, "web_workers": 2,
+                "engine": "cpu, tiny model", "through": "nginx"},
+        "requests": sum(tally.answers.values()),
+        "by_status": by_status,
+        "unanswered": unanswered,
+        "p50_ms": round(percentile(tally.latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(tally.latencies, 99) * 1000, 1),
+        "faults": {"engine_kills": found.faults.engine_kills, "worker_kills": found.faults.worker_kills,
+                   "sighups": found.faults.sighups, "skipped": found.faults.skipped},
+        "engine_restarts": found.restarts,
+        "nginx_sent_again_by_final_status": found.retried,
+        "sigbus": found.sigbus,
+        "rss_mb": found.memory,
+        "shm_entries_after_exit": len(found.shm_left),
+        "exit_code": found.exit_code,
+        "verdict": "PASS" if not failures else "FAIL: " + "; ".join(failures),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=FULL_RUN_S)
+    parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument("--shm-size", default="64m", help="the namespace's /dev/shm (tmpfs size=)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="embsvc-chaos-") as workdir:
+        os.chmod(workdir, 0o755)  # nginx, as another user, walks into it
+        result = run(args.clients, args.seconds, args.warmup, Path(workdir), args.shm_size)
+    sys.exit(0 if result["verdict"] == "PASS" else 1)
+
+
+if __name__ == "__main__":
+    main()
