@@ -78,10 +78,17 @@ def combine(raw: np.ndarray, weights: tuple[float, float, float]) -> np.ndarray:
     The mixed modes are weighted means, as in ``compute_score``: sparse+dense is
     divided by ``w_dense + w_sparse``, colbert+sparse+dense by the sum of all three.
     """
-    # Scaled so the largest is 1: the same means, but weights like 1e308 no longer overflow.
-    largest = max(weights)
-    w_dense, w_sparse, w_colbert = (w / largest for w in weights)
+    w_dense, w_sparse, w_colbert = weights
     dense, sparse, colbert = raw[:, 0], raw[:, 1], raw[:, 2]
-    sparse_dense = (sparse * w_sparse + dense * w_dense) / (w_sparse + w_dense)
-    all_three = (colbert * w_colbert + sparse * w_sparse + dense * w_dense) / (w_dense + w_sparse + w_colbert)
+    sparse_dense = _weighted_mean((dense, sparse), (w_dense, w_sparse))
+    all_three = _weighted_mean((dense, sparse, colbert), (w_dense, w_sparse, w_colbert))
     return np.stack((dense, sparse, colbert, sparse_dense, all_three), axis=1).astype(np.float32)
+
+
+def _weighted_mean(values: tuple[np.ndarray, ...], weights: tuple[float, ...]) -> np.ndarray:
+    """Each mean's weights scaled so that its largest is 1: the same mean, but weights like 1e308
+    cannot overflow, nor tiny ones (the others much larger) vanish into 0 / 0."""
+    largest = max(weights)
+    scaled = [w / largest for w in weights]
+    total: np.ndarray = sum((v * w for v, w in zip(values, scaled, strict=True)), np.zeros_like(values[0]))
+    return total / sum(scaled)

@@ -26,6 +26,16 @@ def test_huge_weights_give_the_same_finite_scores():
     np.testing.assert_allclose(huge, usual, rtol=1e-6)
 
 
+def test_weights_of_far_apart_sizes_give_finite_scores():
+    """What the fuzzer found: scaled by the largest (7e307), the dense and sparse weights both
+    vanish, and sparse+dense was 0 / 0 (answered as null). Each mean has its own scale now."""
+    raw = np.array([[0.5, 3.0, 0.25], [0.1, 0.0, 0.9]])
+    scores = scoring.combine(raw, (2.2e-311, 1e-118, 7e307))
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores[:, 3], raw[:, 1], rtol=1e-6)  # sparse+dense: all sparse's weight
+    np.testing.assert_allclose(scores[:, 4], raw[:, 2], rtol=1e-6)  # the three: all ColBERT's
+
+
 def test_max_tokens_per_doc_is_checked_even_beside_max_length(settings):
     base = {"query": "q", "documents": ["d"]}
     with pytest.raises(InvalidRequest) as refused:
