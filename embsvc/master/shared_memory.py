@@ -30,13 +30,15 @@ def check(settings: Settings, engines: int) -> None:
              extra=fields)
     if now.size < needed:
         docker, kubernetes = _suggest(needed)
+        one = needed // (engines * settings.max_queue_size) or 1
         log.warning(
             "Shared memory: %s holds %.0f MiB, less than the %.0f MiB that %d queued requests (MAX_QUEUE_SIZE=%d "
-            "per engine, %d engine(s)) of MAX_TOKENS=%d tokens with all three kinds need: requests that find no "
-            "room get 503. Give it %s: docker run --shm-size=%s, compose shm_size: %s, or a Kubernetes emptyDir "
-            "(medium: Memory, sizeLimit: %s) at /dev/shm (docs/operators.md); or lower MAX_QUEUE_SIZE or MAX_TOKENS",
+            "per engine, %d engine(s)) of MAX_TOKENS=%d tokens with all three kinds need; it holds %d such "
+            "requests at once, and a request that finds no room gets 503. For the worst case give it %s: "
+            "docker run --shm-size=%s, compose shm_size: %s, or a Kubernetes emptyDir (medium: Memory, "
+            "sizeLimit: %s) at /dev/shm (docs/operators.md); or lower MAX_QUEUE_SIZE or MAX_TOKENS",
             now.path, now.size / _MIB, needed / _MIB, engines * settings.max_queue_size, settings.max_queue_size,
-            engines, settings.max_tokens, docker, docker, docker, kubernetes, extra=fields)
+            engines, settings.max_tokens, now.size // one, docker, docker, docker, kubernetes, extra=fields)
 
 
 def _suggest(needed: int) -> tuple[str, str]:

@@ -73,3 +73,23 @@ def load_render() -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "ki": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mi": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gi": 1 << 30}
+
+
+def size_bytes(value: str | int) -> int:
+    """A size as compose ("2gb", "512m") or Kubernetes ("2Gi") writes it, in bytes."""
+    match = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", str(value).strip())
+    assert match and match[2].lower() in _UNITS, f"not a size: {value!r}"
+    return int(match[1]) * _UNITS[match[2].lower()]
+
+
+def shm_needed() -> int:
+    """/dev/shm that a full queue (the CPU default of MAX_QUEUE_SIZE) of the longest requests with all
+    three kinds takes on bge-m3 (1024 floats a vector): what the server's start-up check compares with."""
+    from gpu_pool import shared_memory_needed
+
+    queue = int(re.match(r"\d+", api_default("MAX_QUEUE_SIZE"))[0])  # type: ignore[index]
+    return shared_memory_needed(queue, int(api_default("MAX_TOKENS")), 1024)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .helpers import ROOT, run, tool
+from .helpers import ROOT, run, shm_needed, size_bytes, tool
 
 DUMMY_ENV = {"API_TOKEN": "dummy-token-for-compose-config", "EMBSVC_IMAGE": "example.invalid/embsvc:test"}
 
@@ -54,7 +54,9 @@ def check_server_service(service: dict[str, Any]) -> None:
     assert service["environment"]["API_TOKEN"], ".env must reach the container (env_file)"
     assert service["environment"]["MODEL_PATH"] == "/app/BGE-M3"
     assert any(v.split(":")[1] == "/app/BGE-M3" for v in service["volumes"]), service["volumes"]
-    assert service["shm_size"], "the engine needs a /dev/shm larger than Docker's 64 MiB"
+    assert size_bytes(service["shm_size"]) >= shm_needed(), (
+        f"/dev/shm of {service['shm_size']} is less than a full queue of the longest requests needs "
+        f"({shm_needed() / 2**30:.1f} GiB; Docker's default is 64 MiB)")
     health = service["healthcheck"]
     assert "/app/deploy/docker/healthcheck.py" in health["test"]
     assert health.get("start_period"), "loading the model must not count as unhealthy"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .helpers import DEPLOY, ROOT
+from .helpers import DEPLOY, ROOT, shm_needed, size_bytes
 
 K8S = DEPLOY / "k8s"
 # The oldest release still common in managed clusters, and the newest bundled.
@@ -121,7 +121,10 @@ def test_deployment_is_wired_as_documented() -> None:
 
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in server["volumeMounts"]}
-    assert volumes[mounts["/dev/shm"]["name"]]["emptyDir"]["medium"] == "Memory"
+    shm = volumes[mounts["/dev/shm"]["name"]]["emptyDir"]
+    assert shm["medium"] == "Memory"
+    assert size_bytes(shm["sizeLimit"]) >= shm_needed(), "a full queue of the longest requests must fit"
+    assert size_bytes(shm["sizeLimit"]) < size_bytes(server["resources"]["limits"]["memory"]), "it counts against it"
     model = volumes[mounts["/app/BGE-M3"]["name"]]["persistentVolumeClaim"]["claimName"]
     assert ("PersistentVolumeClaim", model) in found
     job_pod = found[("Job", "bge-m3-download")]["spec"]["template"]["spec"]

@@ -105,7 +105,8 @@ def test_the_start_log_gives_the_size_and_warns_that_it_is_too_small(small):
     assert "Shared memory: /dev/shm holds 4 MiB" in log
     warning = next(line for line in log.splitlines() if "WARNING" in line and "Shared memory" in line)
     # The tiny model (32 floats a vector): 50 requests of 8192 tokens need 53 MiB.
-    for words in ("less than the 53 MiB", "MAX_QUEUE_SIZE=50", "MAX_TOKENS=8192", "--shm-size=64m", "emptyDir"):
+    for words in ("less than the 53 MiB", "MAX_QUEUE_SIZE=50", "MAX_TOKENS=8192", "it holds 3 such requests at once",
+                  "--shm-size=64m", "emptyDir"):
         assert words in warning, warning
 
 
