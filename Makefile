@@ -11,7 +11,7 @@ PIP    := $(VENV)/bin/pip
 # resolves it to the CPU build; set TORCH_PIP_ARGS (e.g. an --index-url) to choose another build.
 TORCH_PIP_ARGS ?=
 
-.PHONY: install install-test serve test test-fast lint clean
+.PHONY: install install-test serve test test-fast lint clean gpu-check
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-fast: install-test
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The device check's first half: the wheels the GPU machine lacks into .whl/, and the one
+# command to run there (bench/gpu_check.sh; docs/performance.md, "On a GPU").
+gpu-check:
+	bash bench/gpu_check.sh download
 
 clean:
 	rm -rf $(VENV) .pytest_cache

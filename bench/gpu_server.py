@@ -1,0 +1,232 @@
+"""The device check's HTTP part: the whole server (gunicorn, web workers, one engine) under
+concurrent clients, then a bare Falcon app on the same gunicorn settings (the ceiling of the
+load generator and gunicorn on this machine). Prints one JSON line.
+
+    python -m bench.gpu_server --device cuda:0 --model FOLDER --work DIR [--quick]
+
+Loads, each measured after a warm-up over a fixed window (testkit/httpload.py):
+  bulk_dense        64 texts of 200-500 tokens per request, dense only (JSON floats);
+  bulk_all_kinds    the same with dense, sparse and ColBERT, base64 float16 payloads;
+  short_queries     one text of 8-16 tokens per request, dense only (base64), 64+ connections;
+  lone_query        the same from one connection: the latency of a query on an idle server;
+and where the time goes under the short queries: the engine's busy share (from /stats)
+and the CPU the web workers and the engine used (from /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+
+from embsvc.config import default_workers
+from testkit import httpload, procs
+from testkit.server import ROOT, Server, free_port, gunicorn_command
+
+TOKEN = "gpu-check-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+DENSE_ONLY = {"return_sparse": False, "return_colbert": False}
+ALL_KINDS_HALF = {"return_dense": True, "return_sparse": True, "return_colbert": True, "encoding_format": "base64",
+                  "embedding_dtype": "float16"}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Plan:
+    """Durations and client counts: the full check on a GPU, less with --quick or on a CPU."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        gpu = args.device.startswith("cuda")
+        scale = 0.4 if args.quick else 1.0
+        self.window_s, self.warmup_s = 20 * scale, 4 * scale
+        self.short_window_s = 15 * scale
+        self.lone_window_s = 6 * scale
+        self.bulk_connections = 16 if gpu else 2
+        self.short_connections = 64 if gpu else 16
+        self.client_processes = 4 if gpu else 2
+        cores = len(os.sched_getaffinity(0))
+        self.web_concurrency = default_workers(cores, 1 if gpu else 0)
+        # On a CPU the server's default queue (50) would refuse 64 clients; a GPU's (512) takes them.
+        self.env = {} if gpu else {"MAX_QUEUE_SIZE": "1000"}
+
+
+def bodies(texts: list[str], counts: list[int], per_request: int, extra: dict[str, Any]) -> list[httpload.Request]:
+    out = []
+    for start in range(0, len(texts) - per_request + 1, per_request):
+        body = orjson.dumps({"input": texts[start:start + per_request], **extra})
+        out.append(httpload.Request(httpload.post("/v1/embeddings", body, HEADERS),
+                                    sum(counts[start:start + per_request])))
+    return out
+
+
+def queries(texts: list[str], counts: list[int]) -> list[httpload.Request]:
+    extra = {**DENSE_ONLY, "encoding_format": "base64"}
+    return [httpload.Request(httpload.post("/v1/embeddings", orjson.dumps({"input": text, **extra}), HEADERS), n)
+            for text, n in zip(texts, counts, strict=True)]
+
+
+def load(port: int, work: list[httpload.Request], connections: int, processes: int, seconds: float,
+         warmup_s: float) -> dict[str, float]:
+    figures = httpload.run("127.0.0.1", port, work, connections, processes, seconds, warmup_s).figures()
+    figures["tokens_per_s"] = figures.pop("weight_per_s")
+    return figures
+
+
+def stats(url: str) -> dict[str, Any]:
+    answer: dict[str, Any] = requests.get(f"{url}/stats", headers=HEADERS, timeout=30).json()
+    return answer
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def where_time_goes(server: Server, run: Callable[[], dict[str, float]]) -> dict[str, Any]:
+    """``run``'s figures, with the engine's busy share and the cores the web workers and engine used."""
+    workers, engine = sorted(procs.worker_pids(server)), procs.engine_pid(server)
+    before = stats(server.url)["batching"]
+    cpu_before = [cpu_seconds(p) for p in (*workers, engine)]
+    started = time.monotonic()
+    figures: dict[str, Any] = run()
+    wall = time.monotonic() - started
+    after = stats(server.url)["batching"]
+    cpu = [cpu_seconds(p) - c for p, c in zip((*workers, engine), cpu_before, strict=True)]
+    batches = after["batches"] - before["batches"]
+    busy = after["average_processing_time"] * after["batches"] - before["average_processing_time"] * before["batches"]
+    figures["engine_busy_share"] = round(busy / wall, 3)
+    figures["engine_batches_per_s"] = round(batches / wall, 1)
+    figures["requests_per_batch"] = round((after["processed_requests"] - before["processed_requests"])
+                                          / max(1, batches), 2)
+    figures["web_workers_cores"] = round(sum(cpu[:-1]) / wall, 2)
+    figures["engine_cores"] = round(cpu[-1] / wall, 2)
+    return figures
+
+
+def lone_query(server: Server, work: list[httpload.Request], seconds: float) -> dict[str, float]:
+    before = stats(server.url)["batching"]
+    figures = load(server.port, work, 1, 1, seconds, 0.5)
+    after = stats(server.url)["batching"]
+    batches = after["batches"] - before["batches"]
+    busy = after["average_processing_time"] * after["batches"] - before["average_processing_time"] * before["batches"]
+    figures["engine_ms_per_batch"] = round(1000 * busy / max(1, batches), 2)
+    return figures
+
+
+def gpu_memory_mib() -> dict[str, int]:
+    """Memory each process holds on the GPU, as nvidia-smi reports it (empty where it cannot)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    rows = (line.split(",") for line in out.splitlines() if line.strip())
+    return {pid.strip(): int(used) for pid, used in rows}
+
+
+def serve(args: argparse.Namespace, plan: Plan, work: Path) -> Server:
+    server = Server(Path(args.model), work / "server.log", API_TOKEN=TOKEN, DEVICE=args.device, DTYPE="auto",
+                    WEB_CONCURRENCY=str(plan.web_concurrency), LOG_FORMAT="json", **plan.env)
+    return server.start(timeout=300)
+
+
+def measure_server(args: argparse.Namespace, plan: Plan, work: Path, texts: dict[str, Any]) -> dict[str, Any]:
+    bulk, short = texts["bulk"], texts["queries"]
+    dense = bodies(bulk["texts"], bulk["tokens"], 64, DENSE_ONLY)
+    everything = bodies(bulk["texts"], bulk["tokens"], 64, ALL_KINDS_HALF)
+    asks = queries(short["texts"], short["tokens"])
+    server = serve(args, plan, work)
+    out: dict[str, Any] = {"web_concurrency": plan.web_concurrency}
+    clients = (plan.bulk_connections, plan.client_processes, plan.window_s, plan.warmup_s)
+    steps: dict[str, Callable[[], Any]] = {
+        "health": lambda: requests.get(f"{server.url}/health", timeout=10).json(),
+        "tokens_counted_alike": lambda: _usage(server, dense[0]) == dense[0].weight,
+        "bulk_dense": lambda: load(server.port, dense, *clients),
+        "bulk_all_kinds_float16": lambda: load(server.port, everything, *clients),
+        "gpu_memory_mib": gpu_memory_mib,
+        "short_queries": lambda: where_time_goes(server, lambda: load(
+            server.port, asks, plan.short_connections, plan.client_processes, plan.short_window_s, plan.warmup_s)),
+        "lone_query": lambda: lone_query(server, asks, plan.lone_window_s),
+        "stats_config": lambda: stats(server.url)["config"],
+        "web_worker_rss_mb": lambda: [procs.rss_mb(p) for p in sorted(procs.worker_pids(server))],
+    }
+    try:
+        for name, step in steps.items():
+            try:
+                out[name] = step()
+            except Exception as exc:  # noqa: BLE001 - one load's failure must leave the others' figures
+                out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        server.stop()
+    return out
+
+
+def _usage(server: Server, request: httpload.Request) -> int:
+    body = request.data.split(b"\r\n\r\n", 1)[1]
+    answer = requests.post(f"{server.url}/v1/embeddings", data=body, timeout=300,
+                           headers={**HEADERS, "Content-Type": "application/json"})
+    answer.raise_for_status()
+    return int(answer.json()["usage"]["total_tokens"])
+
+
+def measure_bare_app(plan: Plan, work: Path, texts: dict[str, Any]) -> dict[str, Any]:
+    """The same short-query load on a bare Falcon app with the server's gunicorn settings."""
+    port = free_port()
+    empty = work / "bare_app.conf.py"  # not the server's gunicorn.conf.py, which gunicorn reads by default
+    empty.write_text("")
+    command = [*gunicorn_command(), "-c", str(empty), "-b", f"127.0.0.1:{port}", "-w", str(plan.web_concurrency),
+               "-k", "gthread", "--threads", "32", "--keep-alive", "5", "testkit.bare_app:app"]
+    with open(work / "bare_app.log", "ab") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_listening(port)
+        asks = queries(texts["queries"]["texts"], texts["queries"]["tokens"])
+        return load(port, asks, plan.short_connections, plan.client_processes, plan.short_window_s, plan.warmup_s)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _wait_listening(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.post(f"http://127.0.0.1:{port}/v1/embeddings", data=b"{}", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda:0")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=("server", "bare_app"), help="one of the two halves")
+    args = parser.parse_args()
+    plan, work = Plan(args), Path(args.work)
+    texts = json.loads((work / "texts.json").read_text())
+    started = time.perf_counter()
+    out: dict[str, Any] = {}
+    if args.only != "bare_app":
+        out["server"] = measure_server(args, plan, work, texts)
+    if args.only != "server":
+        out["bare_app_short_queries"] = measure_bare_app(plan, work, texts)
+    print(json.dumps({**out, "part_seconds": round(time.perf_counter() - started, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
