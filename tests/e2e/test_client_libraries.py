@@ -9,11 +9,7 @@ Haystack's telemetry is off: it would try to reach its collector from inside the
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import os
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,7 @@ import tiktoken
 from testkit.server import Server
 from tests.deploy.helpers import tool
 from tests.e2e.conftest import TOKEN, embed, ok, post
-from tests.e2e.readme import region
+from tests.e2e.readme import blocks, region, run_python, run_shell
 
 os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"  # read when haystack is first imported
 
@@ -46,7 +42,6 @@ from llama_index.embeddings.openai_like import OpenAILikeEmbedding
 from llama_index.embeddings.text_embeddings_inference import TextEmbeddingsInference
 
 TEXTS = ["What is BGE-M3?", "Paris is the capital of France.", "Что такое гибридный поиск?"]
-BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
 ATOL = 1e-6  # JSON carries float32 values; the libraries read them as float32 or float64
 
 
@@ -167,25 +162,10 @@ def test_haystack_ranker(server):
     np.testing.assert_allclose([d.score for d in ranked], [r["relevance_score"] for r in ours], atol=ATOL)
 
 
-def blocks(lang: str) -> list[str]:
-    return [code for tag, code in BLOCK.findall(region("tei-clients")) if tag == lang]
-
-
-def for_server(code: str, server: Server) -> str:
-    return code.replace("http://localhost:8000", server.url).replace("your_api_token_here", TOKEN)
-
-
 def test_the_documented_examples_run_and_agree(server):
-    examples = blocks("python")
+    examples = blocks(region("tei-clients"), "python")
     assert len(examples) >= 5
-    namespace: dict[str, Any] = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        for number, code in enumerate(examples):
-            try:
-                exec(compile(for_server(code, server), f"docs/clients.md tei-clients block {number}", "exec"),
-                     namespace)
-            except Exception as exc:  # noqa: BLE001 - name the failing block
-                pytest.fail(f"python block {number} failed: {exc!r}\n{code}")
+    namespace, _ = run_python(examples, server, "docs/clients.md tei-clients")
     two = reference(server, ["What is BGE-M3?", "Paris is the capital of France."])
     for name in ("hub_vectors", "lc_vectors", "lc_openai_vectors", "li_vectors"):
         np.testing.assert_allclose(namespace[name], two["dense"], atol=ATOL, err_msg=name)
@@ -200,15 +180,9 @@ def test_the_documented_examples_run_and_agree(server):
 
 
 def test_the_documented_curl_examples_run(server):
-    examples = blocks("sh")
+    examples = blocks(region("tei-clients"), "sh")
     assert examples
-    env = {"PATH": str(Path(tool("curl")).parent) + ":/usr/bin:/bin"}
-    printed = ""
-    for code in examples:
-        done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", for_server(code, server)], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
-        assert done.returncode == 0, (code, done.stderr)
-        printed += done.stdout
+    printed = "".join(run_shell(examples, server, {"PATH": str(Path(tool("curl")).parent) + ":/usr/bin:/bin"}))
     assert '"error' not in printed, printed
     assert printed.startswith("[[") and '"index":' in printed and '"special":true' in printed
     assert '"model_id":"BAAI/bge-m3"' in printed

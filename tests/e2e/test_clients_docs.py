@@ -9,13 +9,9 @@ The server's URL and token replace the examples' ``http://localhost:8000`` and
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
-import subprocess
 from pathlib import Path
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,32 +19,16 @@ from embsvc.config import load_settings
 from embsvc.master import hooks as lifecycle
 from tests.deploy.helpers import tool
 from tests.e2e.conftest import TOKEN
-from tests.e2e.readme import region
+from tests.e2e.readme import blocks, region, run_python, run_shell, section
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "embsvc" / "config.py"
-BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
-
-
-def section(title: str) -> str:
-    text = region("operators")
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
-
-
-def blocks(lang: str) -> list[str]:
-    return [code for tag, code in BLOCK.findall(region("operators")) if tag == lang]
-
-
-def for_server(code: str, server) -> str:
-    return code.replace("http://localhost:8000", server.url).replace("your_api_token_here", TOKEN)
 
 
 def table(title: str) -> dict[str, list[str]]:
     """The first table of a section: first column (in backticks) -> the other cells."""
     rows: dict[str, list[str]] = {}
-    for line in section(title).splitlines():
+    for line in section(region("operators"), title + "\n").splitlines():
         if rows and not line.startswith("|"):
             break  # the end of the first table
         match = re.match(r"^\| `([^`]+)` \|(.*)\|$", line)
@@ -58,17 +38,9 @@ def table(title: str) -> dict[str, list[str]]:
 
 
 def test_python_examples_run(server):
-    examples = blocks("python")
+    examples = blocks(region("operators"), "python")
     assert len(examples) >= 5
-    namespace: dict = {}
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        for number, code in enumerate(examples):
-            try:
-                exec(compile(for_server(code, server), f"README operators python block {number}", "exec"), namespace)
-            except Exception as exc:  # noqa: BLE001 - name the failing block
-                pytest.fail(f"python block {number} failed: {exc!r}\n{code}")
-    printed = output.getvalue()
+    namespace, printed = run_python(examples, server, "docs operators")
     assert "Dense dimension: 32" in printed  # 1024 on the real model
     assert "['dense', 'sparse']" in printed
     assert namespace["colbert"].shape[1] == 32
@@ -82,15 +54,9 @@ def test_python_examples_run(server):
 
 
 def test_curl_examples_run(server):
-    examples = blocks("sh")
+    examples = blocks(region("operators"), "sh")
     assert examples
-    env = {"PATH": str(Path(tool("curl")).parent) + ":/usr/bin:/bin"}
-    printed = ""
-    for code in examples:
-        done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", for_server(code, server)], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
-        assert done.returncode == 0, (code, done.stderr)
-        printed += done.stdout
+    printed = "".join(run_shell(examples, server, {"PATH": str(Path(tool("curl")).parent) + ":/usr/bin:/bin"}))
     assert '"error"' not in printed, printed
     assert printed.count('"object":"list"') == 2  # the two embedding calls
     assert '"status":"ok"' in printed and '"batching":' in printed

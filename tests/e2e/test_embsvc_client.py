@@ -6,9 +6,7 @@ batches and joined in order; the async client gives what the sync one gives; a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,7 +28,7 @@ from embsvc_client import (
 from testkit import procs
 from testkit.server import Server
 from tests.e2e.conftest import TOKEN, embed, ok, post
-from tests.e2e.readme import region
+from tests.e2e.readme import blocks, region, run_python
 
 TEXTS = [
     "BGE-M3 gives dense, sparse and ColBERT vectors from one pass.",
@@ -196,15 +194,16 @@ def refused_503s(server: Server) -> float:
 
 @pytest.mark.slow
 def test_a_full_queue_is_waited_out_after_retry_after(start_server, auth):
-    """A real 503: the engine is paused with its one-request queue full. Without retries the client
-    raises it; with them it waits the server's Retry-After and gets the vectors once the engine goes on."""
+    """A real 503: the engine is paused with its queue full (MAX_QUEUE_SIZE=1, and the one place
+    beyond it kept for queries). Without retries the client raises it; with them it waits the
+    server's Retry-After and gets the vectors once the engine goes on."""
     busy = start_server(MAX_QUEUE_SIZE="1")
     reference = embed(busy, {"input": TEXTS[:2]})["data"]
-    with ThreadPoolExecutor(2) as pool, client_for(busy) as patient, \
+    with ThreadPoolExecutor(3) as pool, client_for(busy) as patient, \
             client_for(busy, retry=Retry(attempts=1)) as impatient:
         with procs.paused(procs.engine_pid(busy)):
-            holder = pool.submit(post, busy, "/v1/embeddings", {"input": "holds the queue"})
-            procs.wait_for(lambda: procs.queue_size(busy, auth) == 1, 5, what="a full queue")
+            holders = [pool.submit(post, busy, "/v1/embeddings", {"input": f"holds the queue {i}"}) for i in range(2)]
+            procs.wait_for(lambda: procs.queue_size(busy, auth) == 2, 5, what="a full queue")
             with pytest.raises(ServiceUnavailableError) as caught:
                 impatient.embed(TEXTS[:2])
             started = time.monotonic()
@@ -212,7 +211,7 @@ def test_a_full_queue_is_waited_out_after_retry_after(start_server, auth):
             procs.wait_for(lambda: refused_503s(busy) >= 2, 5, what="the patient client's first try refused")
         result = waiting.result(timeout=30)
         elapsed = time.monotonic() - started
-        assert holder.result().status_code == 200
+        assert all(holder.result().status_code == 200 for holder in holders)
     assert (caught.value.status, caught.value.error_type, caught.value.retry_after) == (503, "overloaded_error", 1.0)
     assert elapsed >= 1.0, "sent again before the server's Retry-After"
     assert_same_vectors(result, reference, atol=1e-5)
@@ -220,13 +219,8 @@ def test_a_full_queue_is_waited_out_after_retry_after(start_server, auth):
 
 def test_the_docs_examples_run(server):
     """docs/clients.md's embsvc_client section, run as written against the server."""
-    code = "\n".join(re.findall(r"^```python\n(.*?)^```$", region("embsvc-client"), re.S | re.M))
-    code = code.replace("http://localhost:8000", server.url).replace("your_api_token_here", TOKEN)
-    namespace: dict = {}
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(compile(code, "docs/clients.md embsvc_client", "exec"), namespace)
-    lines = printed.getvalue().splitlines()
+    namespace, printed = run_python(blocks(region("embsvc-client"), "python"), server, "docs/clients.md embsvc_client")
+    lines = printed.splitlines()
     assert lines[0] == "(2, 32)"  # (2, 1024) on the real model
     assert lines[4] == "float16 float16"
     assert lines[-3:-1] == ["600 600", "600"]

@@ -13,16 +13,12 @@ documents, sparse ids misread, a ColBERT matrix cut or misaligned, a wrong fusio
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
-
 import numpy as np
 import pytest
 
 from embsvc_client import Client
 from tests.e2e.conftest import TOKEN
-from tests.e2e.readme import region
+from tests.e2e.readme import blocks, region, run_python, section
 
 PLANTED = [
     "Paris is the capital and largest city of France.",
@@ -36,24 +32,10 @@ PLANTED = [
     "A lighthouse keeper counted seven zebras on the quiet beach at dawn.",
     "The violin concerto was rehearsed in the old granary by candlelight.",
 ]
-BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
-
-
-def examples(database: str, server) -> str:
-    """The python blocks of the page's section on ``database``, for ``server``."""
-    text = region("vector-databases")
-    start = text.index(f"\n## {database}")
-    end = text.find("\n## ", start + 1)
-    code = "\n".join(BLOCK.findall(text[start:end if end != -1 else None]))
-    return code.replace("http://localhost:8000", server.url).replace("your_api_token_here", TOKEN)
-
-
 def run_examples(database: str, server) -> tuple[dict, str]:
-    namespace: dict = {}
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(compile(examples(database, server), f"docs/vector-databases.md {database}", "exec"), namespace)
-    return namespace, printed.getvalue()
+    """The python blocks of the page's section on ``database``, run against ``server``."""
+    examples = blocks(section(region("vector-databases"), database), "python")
+    return run_python(examples, server, f"docs/vector-databases.md {database}")
 
 
 @pytest.fixture(scope="module")
