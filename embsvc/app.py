@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,13 +13,14 @@ from embsvc.api import head, info, metrics, tei
 from embsvc.api.auth import BearerAuth
 from embsvc.api.body_drain import DrainUnreadBody
 from embsvc.api.docs import Docs, DocsAsset
-from embsvc.api.embeddings import Embeddings
+from embsvc.api.embeddings import parse_embedding_request
+from embsvc.api.json_post import JsonPost
 from embsvc.api.request_id import RequestId
-from embsvc.api.scoring import Rerank, Score
+from embsvc.api.scoring import parse_rerank_request, parse_score_request
 from embsvc.api.tokenize import Tokenize
 from embsvc.config import Settings
 from embsvc.core.backend import Backend
-from embsvc.core.embedding import EmbeddingService
+from embsvc.core.embedding import EmbeddingRequest, EmbeddingService
 from embsvc.core.scoring import ScoreService
 from embsvc.core.tei import TEIService
 from embsvc.core.tokenize import TokenizeService
@@ -49,10 +51,11 @@ def create_app(settings: Settings, backend: Backend,
     embeddings = EmbeddingService(settings.model_name, backend, tokenizer)
     tokens = TokenizeService(settings.model_name, tokenizer)
     tei_service = TEIService(embeddings, scores, tokens)
-    app.add_route("/v1/embeddings", Embeddings(settings, embeddings))
-    app.add_route("/v1/score", Score(settings, scores))
-    app.add_route("/v1/rerank", Rerank(settings, scores))
-    app.add_route("/v2/rerank", Rerank(settings, scores))  # where Cohere's v2 clients (LangChain's) send it
+    app.add_route("/v1/embeddings", JsonPost(settings, parse_embedding_request, embeddings.embed))
+    app.add_route("/v1/score", JsonPost(settings, parse_score_request, scores.score))
+    rerank = JsonPost(settings, parse_rerank_request, scores.rerank)
+    app.add_route("/v1/rerank", rerank)
+    app.add_route("/v2/rerank", rerank)  # where Cohere's v2 clients (LangChain's) send it
     app.add_route("/tokenize", Tokenize(settings, tokens, tei_service))
     _add_tei_routes(app, settings, backend, tei_service)
     app.add_route("/health", info.Health(settings, backend))
@@ -80,11 +83,13 @@ def _cors(settings: Settings) -> list[falcon.CORSMiddleware[falcon.asgi.Request,
 
 def _add_tei_routes(app: App, settings: Settings, backend: Backend, service: TEIService) -> None:
     """Text-embeddings-inference's API (TEI's /tokenize shares this server's route)."""
-    embed = tei.Embed(settings, service, Kind.DENSE)
-    app.add_route("/embed", embed)
-    app.add_route("/", tei.EmbedAtRoot(info.Root(settings), embed))  # GET: this server's own information
-    app.add_route("/embed_sparse", tei.Embed(settings, service, Kind.SPARSE))
-    app.add_route("/embed_all", tei.Embed(settings, service, Kind.COLBERT))
-    app.add_route("/rerank", tei.Rerank(settings, service))
-    app.add_route("/decode", tei.Decode(settings, service))
+    def embed(kind: Kind) -> JsonPost[EmbeddingRequest]:
+        return JsonPost(settings, functools.partial(tei.parse_embed, kind=kind), service.embed, tei_shape=True)
+
+    app.add_route("/embed", embed(Kind.DENSE))
+    app.add_route("/", tei.EmbedAtRoot(info.Root(settings), embed(Kind.DENSE)))  # GET: this server's own information
+    app.add_route("/embed_sparse", embed(Kind.SPARSE))
+    app.add_route("/embed_all", embed(Kind.COLBERT))
+    app.add_route("/rerank", JsonPost(settings, tei.parse_rerank, service.rerank, tei_shape=True))
+    app.add_route("/decode", JsonPost(settings, tei.parse_decode, lambda ids: service.decode(*ids), tei_shape=True))
     app.add_route("/info", tei.Info(settings, backend))

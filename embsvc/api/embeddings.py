@@ -1,31 +1,16 @@
-"""``POST /v1/embeddings``: dense, sparse and ColBERT vectors of one or more texts."""
+"""``POST /v1/embeddings``: reading its body (the endpoint is a ``json_post.JsonPost``)."""
 
 from __future__ import annotations
 
 from typing import Any, cast
 
-import falcon
-
-from embsvc.api.body import ask_of, boolean, check_model, max_length, optional_str, read_json_object, texts
+from embsvc.api.body import boolean, check_model, max_length, optional_str, texts
 from embsvc.config import Settings
-from embsvc.core.embedding import EmbeddingRequest, EmbeddingService
+from embsvc.core.embedding import EmbeddingRequest
 from embsvc.errors import InvalidRequest
 from gpu_pool import NO_ASK, Ask, Kind
 
 _KIND_FLAGS = {"dense": Kind.DENSE, "sparse": Kind.SPARSE, "colbert": Kind.COLBERT}
-
-
-class Embeddings:
-    auth_required = True
-
-    def __init__(self, settings: Settings, service: EmbeddingService) -> None:
-        self.settings, self.service = settings, service
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req, self.settings.max_request_bytes)
-        request = parse_embedding_request(body, self.settings, ask_of(req, body))
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = self.service.embed(request)
 
 
 def parse_embedding_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> EmbeddingRequest:

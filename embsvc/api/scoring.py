@@ -1,4 +1,5 @@
-"""``POST /v1/score`` and ``POST /v1/rerank`` (also at ``/v2/rerank``, where Cohere's v2 clients send it).
+"""Reading the bodies of ``POST /v1/score`` and ``POST /v1/rerank`` (also at ``/v2/rerank``,
+where Cohere's v2 clients send it); the endpoints are ``json_post.JsonPost``s.
 
 Rerank bodies come in the shapes that Cohere- and Jina-style clients send:
 documents as strings or ``{"text": …}`` objects, ``top_n``, ``return_documents``,
@@ -10,39 +11,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import falcon
-
-from embsvc.api.body import ask_of, boolean, check_model, max_length, optional_str, read_json_object
+from embsvc.api.body import boolean, check_model, max_length, optional_str
 from embsvc.config import Settings
-from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest, ScoreService
+from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest
 from embsvc.errors import InvalidRequest, PayloadTooLarge
 from gpu_pool import NO_ASK, SCORE_MODES, Ask
-
-
-class Score:
-    auth_required = True
-
-    def __init__(self, settings: Settings, scores: ScoreService) -> None:
-        self.settings, self.scores = settings, scores
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req, self.settings.max_request_bytes)
-        request = parse_score_request(body, self.settings, ask_of(req, body))
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = self.scores.score(request)
-
-
-class Rerank:
-    auth_required = True
-
-    def __init__(self, settings: Settings, scores: ScoreService) -> None:
-        self.settings, self.scores = settings, scores
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req, self.settings.max_request_bytes)
-        request = parse_rerank_request(body, self.settings, ask_of(req, body))
-        resp.content_type = falcon.MEDIA_JSON
-        resp.data = self.scores.rerank(request)
 
 
 def parse_score_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> ScoreRequest:

@@ -14,16 +14,16 @@ from typing import Any
 import falcon
 
 from embsvc import __version__
-from embsvc.api.body import TEI_WORDS, boolean, read_json_object, texts
+from embsvc.api.body import TEI_WORDS, boolean, texts
 from embsvc.api.info import Root
+from embsvc.api.json_post import JsonPost
 from embsvc.config import Settings
 from embsvc.core.backend import Backend
 from embsvc.core.embedding import EmbeddingRequest
 from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest
 from embsvc.core.serialize import dumps
-from embsvc.core.tei import TEIService
 from embsvc.errors import EmptyInput, InvalidRequest, PayloadTooLarge
-from gpu_pool import Kind
+from gpu_pool import NO_ASK, Ask, Kind
 
 # TEI accepts both spellings (serde aliases in its types.rs).
 _DIRECTIONS = {"right": "right", "Right": "right", "left": "left", "Left": "left"}
@@ -64,7 +64,7 @@ def _dense_options(body: dict[str, Any]) -> None:
                              "leave it out for the full vector", param="dimensions")
 
 
-def parse_embed(body: dict[str, Any], settings: Settings, kind: Kind) -> EmbeddingRequest:
+def parse_embed(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK, *, kind: Kind) -> EmbeddingRequest:
     """``kind``: dense for /embed, sparse for /embed_sparse, ColBERT for /embed_all."""
     _no_prompt(body, settings)
     if kind == Kind.DENSE:
@@ -72,10 +72,10 @@ def parse_embed(body: dict[str, Any], settings: Settings, kind: Kind) -> Embeddi
     truncate, direction = _truncation(body)
     return EmbeddingRequest(texts=texts(body, "inputs", settings.max_inputs, TEI_WORDS), kinds=kind,
                             encoding_format="float", max_length=settings.max_tokens, truncate=truncate,
-                            truncation_direction=direction, field="inputs")
+                            truncation_direction=direction, field="inputs", ask=ask)
 
 
-def parse_rerank(body: dict[str, Any], settings: Settings) -> RerankRequest:
+def parse_rerank(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> RerankRequest:
     query = body.get("query")
     if not isinstance(query, str):
         raise InvalidRequest("query is required: a string", param="query")
@@ -86,7 +86,7 @@ def parse_rerank(body: dict[str, Any], settings: Settings) -> RerankRequest:
     documents = texts(body, "texts", settings.max_inputs, TEI_WORDS)
     boolean(body, "raw_scores", False)  # checked, and the same either way: see docs/api.md
     truncate, direction = _truncation(body)
-    scoring = ScoreRequest(query, documents, DEFAULT_WEIGHTS, settings.max_tokens, truncate, direction, "texts")
+    scoring = ScoreRequest(query, documents, DEFAULT_WEIGHTS, settings.max_tokens, truncate, direction, "texts", ask)
     return RerankRequest(scoring, DEFAULT_MODE, len(documents), boolean(body, "return_text", False))
 
 
@@ -110,7 +110,8 @@ def _ids(row: list[Any], where: str) -> list[int]:
     return ids
 
 
-def parse_decode(body: dict[str, Any], settings: Settings) -> tuple[list[list[int]], bool]:
+def parse_decode(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> tuple[list[list[int]], bool]:
+    """The ids to decode, and ``skip_special_tokens``; no model is involved (``ask`` goes unused)."""
     value = body.get("ids")
     if not isinstance(value, list):
         raise InvalidRequest("ids is required: a list of token ids, or a list of such lists", param="ids")
@@ -124,25 +125,6 @@ def parse_decode(body: dict[str, Any], settings: Settings) -> tuple[list[list[in
     return ids, boolean(body, "skip_special_tokens", True)
 
 
-def _answer(resp: falcon.Response, body: bytes) -> None:
-    resp.content_type = falcon.MEDIA_JSON
-    resp.data = body
-
-
-class Embed:
-    """``/embed``, ``/embed_sparse`` or ``/embed_all``, by the kind it is made with."""
-
-    auth_required = True
-    tei_shape = True
-
-    def __init__(self, settings: Settings, service: TEIService, kind: Kind) -> None:
-        self.settings, self.service, self.kind = settings, service, kind
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req, self.settings.max_request_bytes)
-        _answer(resp, self.service.embed(parse_embed(body, self.settings, self.kind)))
-
-
 class EmbedAtRoot:
     """``GET /`` stays the service information; ``POST /`` is TEI's ``/embed``, as TEI routes
     it for an embedding model (huggingface_hub's ``feature_extraction`` posts to the base URL)."""
@@ -150,7 +132,7 @@ class EmbedAtRoot:
     auth_required = frozenset({"POST"})
     tei_shape = frozenset({"POST"})
 
-    def __init__(self, root: Root, embed: Embed) -> None:
+    def __init__(self, root: Root, embed: JsonPost[EmbeddingRequest]) -> None:
         self.root, self.embed = root, embed
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -158,30 +140,6 @@ class EmbedAtRoot:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         self.embed.on_post(req, resp)
-
-
-class Rerank:
-    auth_required = True
-    tei_shape = True
-
-    def __init__(self, settings: Settings, service: TEIService) -> None:
-        self.settings, self.service = settings, service
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        body = read_json_object(req, self.settings.max_request_bytes)
-        _answer(resp, self.service.rerank(parse_rerank(body, self.settings)))
-
-
-class Decode:
-    auth_required = True
-    tei_shape = True
-
-    def __init__(self, settings: Settings, service: TEIService) -> None:
-        self.settings, self.service = settings, service
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ids, skip_special_tokens = parse_decode(read_json_object(req, self.settings.max_request_bytes), self.settings)
-        _answer(resp, self.service.decode(ids, skip_special_tokens))
 
 
 class Info:
@@ -194,7 +152,8 @@ class Info:
         self.settings, self.backend = settings, backend
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _answer(resp, dumps(tei_info(self.settings, self.backend)))
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = dumps(tei_info(self.settings, self.backend))
 
 
 def tei_info(s: Settings, backend: Backend) -> dict[str, object]:
