@@ -1,0 +1,105 @@
+"""The device check's own logic, on the CPU: how passes are packed, how a part's failure is kept,
+how the targets are judged and the file named, and how the clients are sized
+(the whole check runs end to end with ``python -m bench.gpu_check --device cpu --model tiny --quick``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from bench import gpu_check, gpu_parts, gpu_server
+from embsvc.config import default_workers
+
+ROOT = Path(__file__).resolve().parents[2]
+FULL = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+        "vocab_size": 250002}
+
+
+def test_passes_are_longest_first_and_under_the_budget():
+    lengths = [5, 300, 120, 300, 40, 700]
+    packed = gpu_parts.passes(lengths, budget=600)
+    assert [i for members in packed for i in members] == [5, 1, 3, 2, 4, 0]  # longest first, each once
+    assert packed[0] == [5]  # longer than the budget: alone
+    assert all(sum(lengths[i] for i in members) <= 600 for members in packed[1:])
+
+
+def test_flops_per_token_is_the_encoders_matrix_work():
+    assert gpu_check.flops_per_token(FULL) == 24 * 24 * 1024**2  # bench/run.py's figure without the ColBERT head
+
+
+def parts(bulk: float, short: float, p99: float, lone: float, parity: bool, flag: float) -> dict:
+    return {
+        "build": {"config": FULL}, "peak": {"float16_tflops": 800.0},
+        "server": {"server": {"bulk_dense": {"tokens_per_s": bulk},
+                              "bulk_all_kinds_float16": {"tokens_per_s": 130_000.0},
+                              "short_queries": {"requests_per_s": short, "p99_ms": p99},
+                              "lone_query": {"p50_ms": lone}}},
+        "flag": {"dense": {"tokens_per_s": flag}},
+        "parity": {"flagembedding": {"within_cpu_tolerances": parity},
+                   "float16_vs_float32": {"dense_cosine_min": 0.9995},
+                   "bfloat16_vs_float32": {"dense_cosine_min": 0.998}},
+        "engine": {"budgets": {"32768": {"dense": {"tokens_per_s": 400_000.0}}}},
+    }
+
+
+def test_the_summary_judges_each_target():
+    summary = gpu_check.summary(parts(300_000, 6_000, 40, 8, True, 90_000), "cuda:0")
+    targets = summary["targets"]
+    assert targets["bulk_dense_tokens_per_s"] == {"value": 300_000, "target": ">= 250000", "met": True}
+    assert targets["bulk_dense_vs_flagembedding"]["value"] == 3.33 and targets["bulk_dense_vs_flagembedding"]["met"]
+    assert targets["short_queries_p99_ms"]["met"] and targets["lone_query_p50_ms"]["met"]
+    assert targets["float32_parity_with_flagembedding"]["met"]
+    assert not targets["bfloat16_dense_cosine_min"]["met"]  # 0.998 < 0.999
+    assert summary["all_measured_targets_met"] is False and summary["not_measured"] == []
+    share = 300_000 * 24 * 24 * 1024**2 / 800e12
+    assert summary["bulk_dense_share_of_half_peak"] == round(share, 3)
+    assert summary["engine_dense_share_of_half_peak"] == {"32768": round(400_000 * 24 * 24 * 1024**2 / 800e12, 3)}
+
+
+def test_a_missing_part_is_not_measured_rather_than_failed():
+    summary = gpu_check.summary({"parity": {"error": "exit code 1"}}, "cuda:0")
+    assert summary["targets"]["bulk_dense_tokens_per_s"] == {"value": None, "target": ">= 250000", "met": None}
+    assert "float32_parity_with_flagembedding" in summary["not_measured"]
+    assert summary["all_measured_targets_met"] is True  # nothing measured failed
+
+
+def test_the_file_is_named_by_date_and_gpu():
+    report = {"device": "cuda:0", "quick": False, "parts": {"env": {"gpu": "NVIDIA H200"}}}
+    name = gpu_check.file_name(report)
+    assert name.startswith("gpu-check-20") and name.endswith("-NVIDIA-H200.json")
+    assert gpu_check.file_name({"device": "cpu", "quick": True, "parts": {}}).endswith("-cpu-quick.json")
+
+
+def test_a_part_that_fails_or_hangs_becomes_an_error_entry():
+    ok = gpu_check.run_json([sys.executable, "-c", "print('noise'); print('{\"a\": 1}')"], 30)
+    assert ok == {"a": 1}
+    failed = gpu_check.run_json([sys.executable, "-c", "import sys; sys.exit('broken')"], 30)
+    assert failed["error"] == "exit code 1" and "broken" in failed["stderr_tail"]
+    hung = gpu_check.run_json([sys.executable, "-c", "import time; time.sleep(30)"], 0.5)
+    assert hung["error"].startswith("timed out")
+
+
+def test_clients_and_workers_are_sized_by_device():
+    cpu = gpu_server.Plan(argparse.Namespace(device="cpu", quick=True))
+    gpu = gpu_server.Plan(argparse.Namespace(device="cuda:0", quick=False))
+    assert gpu.short_connections >= 64 and gpu.env == {} and gpu.window_s > cpu.window_s
+    assert cpu.env == {"MAX_QUEUE_SIZE": "1000"}  # 16 clients over the CPU default of 50 would be refused
+    assert gpu.web_concurrency == default_workers(len(os.sched_getaffinity(0)), 1)
+
+
+def test_bulk_bodies_carry_their_tokens():
+    requests = gpu_server.bodies(["a", "b", "c", "d", "e"], [3, 4, 5, 6, 7], 2, gpu_server.DENSE_ONLY)
+    assert [r.weight for r in requests] == [7, 11]  # the fifth text makes no whole request
+    body = orjson.loads(requests[0].data.split(b"\r\n\r\n", 1)[1])
+    assert body == {"input": ["a", "b"], "return_sparse": False, "return_colbert": False}
+    assert b"Authorization: Bearer " in requests[0].data
+
+
+def test_the_shell_script_says_how_it_is_used():
+    done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "download" in done.stdout and "run [ARGS]" in done.stdout
