@@ -28,8 +28,15 @@ DEFAULT_BATCH_SIZE = 256
 USER_AGENT = "embsvc-client/1.0.0"
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    return {"User-Agent": USER_AGENT} | ({} if token is None else {"Authorization": f"Bearer {token}"})
+def _headers(token: str | None, priority: str | None) -> dict[str, str]:
+    headers = {"User-Agent": USER_AGENT}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if priority is not None:
+        if priority not in ("interactive", "bulk"):
+            raise ValueError('priority must be "interactive" or "bulk"')
+        headers["X-Priority"] = priority  # the server's lanes: an indexer says bulk
+    return headers
 
 
 def _answer(response: httpx.Response) -> Answer:
@@ -63,14 +70,16 @@ class Client(_Calls):
     """Blocking client. ``base_url`` is the server's root (``http://localhost:8000``), ``token``
     one of its ``API_TOKEN``s, ``timeout`` the seconds one request may take; long input lists go
     in batches of ``batch_size`` (at most the server's ``MAX_INPUTS``), with a tqdm bar when
-    ``progress`` is true and stderr is a terminal. Use it as a context manager, or ``close()`` it.
+    ``progress`` is true and stderr is a terminal. ``priority``: ``"bulk"`` for an indexer, so
+    that the server's queries go first; ``"interactive"``; or None, and each request's size
+    decides. Use it as a context manager, or ``close()`` it.
     """
 
     def __init__(self, base_url: str = "http://localhost:8000", token: str | None = None, *,
                  timeout: float = 120.0, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
-                 retry: Retry | None = None) -> None:
+                 retry: Retry | None = None, priority: str | None = None) -> None:
         super().__init__(batch_size=batch_size, progress=progress, retry=retry)
-        self._http = httpx.Client(base_url=base_url, headers=_headers(token), timeout=timeout)
+        self._http = httpx.Client(base_url=base_url, headers=_headers(token, priority), timeout=timeout)
 
     def __enter__(self) -> Client:
         return self
@@ -133,12 +142,12 @@ class AsyncClient(_Calls):
 
     def __init__(self, base_url: str = "http://localhost:8000", token: str | None = None, *,
                  timeout: float = 120.0, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False,
-                 retry: Retry | None = None, concurrency: int = 4) -> None:
+                 retry: Retry | None = None, concurrency: int = 4, priority: str | None = None) -> None:
         super().__init__(batch_size=batch_size, progress=progress, retry=retry)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.concurrency = concurrency
-        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(token), timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=base_url, headers=_headers(token, priority), timeout=timeout)
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -276,6 +276,16 @@ def test_a_503_is_sent_again_after_its_retry_after_and_the_answer_decoded():
     np.testing.assert_array_equal(result.dense[1], np.arange(DIM) + 1)
 
 
+def test_an_indexer_says_bulk_in_the_priority_header():
+    with stub((200, {}, embeddings_answer(0, 1))) as server, \
+            Client(server.url, token="secret", timeout=5, priority="bulk") as client:
+        client.embed(["a"])
+    (_, _, headers, _), = server.seen
+    assert headers["X-Priority"] == "bulk"
+    with pytest.raises(ValueError, match="priority"):
+        Client(server.url, priority="urgent")
+
+
 def test_429_is_retried_and_retries_end_after_the_attempts_with_the_last_error():
     with stub((429, {"Retry-After": "0"}, {"detail": "slow down"}), NOW, NOW) as server, \
             Client(server.url, retry=Retry(attempts=3)) as client, pytest.raises(ServiceUnavailableError) as caught:
