@@ -178,7 +178,10 @@ def texts_of_tokens(count: int, low: int, high: int, count_tokens: Callable[[lis
         missed = []
         for i, tokens in zip(todo, counts, strict=True):
             if not (low <= tokens <= high and (not near or abs(tokens - targets[i]) <= max(1, targets[i] // 8))):
-                words[i] = max(1, round(words[i] * targets[i] / tokens))
+                scaled = round(words[i] * targets[i] / tokens)
+                if scaled == words[i]:  # too coarse a step to move: one word more or less
+                    scaled += 1 if tokens < targets[i] else -1
+                words[i] = max(1, scaled)
                 missed.append(i)
         todo = missed
         if not todo:
