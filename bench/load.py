@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class LoadResult:
             "requests_per_s": round(self.requests / self.seconds, 1),
             "p50_ms": round(percentile(lat, 50) * 1000, 2),
             "p99_ms": round(percentile(lat, 99) * 1000, 2),
+            "max_ms": round(max(lat, default=float("nan")) * 1000, 2),
         }
 
 
@@ -45,33 +47,95 @@ def run(url: str, token: str, bodies: list[dict], concurrency: int) -> LoadResul
     """Send every body once, from ``concurrency`` clients taking the next one in turn."""
     lock, cursor = threading.Lock(), iter(bodies)
     latencies: list[float] = []
-    counts = {"errors": 0, "tokens": 0}
+    counts = {"requests": 0, "errors": 0, "tokens": 0}
 
     def client() -> None:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {token}"
+        session = _session(token)
         while True:
             with lock:
                 body = next(cursor, None)
             if body is None:
                 return
-            started = time.perf_counter()
-            response = session.post(f"{url}/v1/embeddings", data=orjson.dumps(body), timeout=600)
-            elapsed = time.perf_counter() - started
-            with lock:
-                if response.status_code == 200:
-                    latencies.append(elapsed)
-                    counts["tokens"] += orjson.loads(response.content)["usage"]["total_tokens"]
-                else:
-                    counts["errors"] += 1
+            _send(session, url, body, lock, latencies, counts)
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    started = _run_threads(client, concurrency)
+    return LoadResult(len(bodies), counts["errors"], counts["tokens"], time.perf_counter() - started, latencies)
+
+
+def closed_loop(url: str, token: str, bodies: list[dict], clients: int, seconds: float) -> LoadResult:
+    """``clients`` clients each sending the next of ``bodies`` (in turn, round and round) as soon
+    as its last answer came, for ``seconds``: a steady load, such as an indexer's."""
+    lock, position, deadline = threading.Lock(), iter(range(10**9)), time.perf_counter() + seconds
+    latencies: list[float] = []
+    counts = {"requests": 0, "errors": 0, "tokens": 0}
+
+    def client() -> None:
+        session = _session(token)
+        while time.perf_counter() < deadline:
+            with lock:
+                body = bodies[next(position) % len(bodies)]
+            _send(session, url, body, lock, latencies, counts)
+
+    started = _run_threads(client, clients)
+    return LoadResult(counts["requests"], counts["errors"], counts["tokens"], time.perf_counter() - started,
+                      latencies)
+
+
+def paced(url: str, token: str, body: dict, every_s: float, seconds: float) -> LoadResult:
+    """One client sending ``body`` every ``every_s`` (whatever the answers take): a person's queries."""
+    lock, latencies = threading.Lock(), []
+    counts = {"requests": 0, "errors": 0, "tokens": 0}
+    session, started = _session(token), time.perf_counter()
+    sent = 0
+    while (due := started + sent * every_s) < started + seconds:
+        time.sleep(max(0.0, due - time.perf_counter()))
+        _send(session, url, body, lock, latencies, counts)
+        sent += 1
+    return LoadResult(counts["requests"], counts["errors"], counts["tokens"], time.perf_counter() - started,
+                      latencies)
+
+
+def _session(token: str) -> requests.Session:
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    return session
+
+
+def _send(session: requests.Session, url: str, body: dict, lock: threading.Lock, latencies: list[float],
+          counts: dict[str, int]) -> None:
+    started = time.perf_counter()
+    response = session.post(f"{url}/v1/embeddings", data=orjson.dumps(body), timeout=600)
+    elapsed = time.perf_counter() - started
+    with lock:
+        counts["requests"] += 1
+        if response.status_code == 200:
+            latencies.append(elapsed)
+            counts["tokens"] += orjson.loads(response.content).get("usage", {}).get("total_tokens", 0)
+        else:
+            counts["errors"] += 1
+
+
+def _run_threads(target: Callable[[], None], count: int) -> float:
+    """Start ``count`` threads on ``target`` and wait for them; returns when they started."""
+    threads = [threading.Thread(target=target) for _ in range(count)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return LoadResult(len(bodies), counts["errors"], counts["tokens"], time.perf_counter() - started, latencies)
+    return started
+
+
+def wait_listening(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def wrk(url: str, token: str, body: dict, connections: int, seconds: int, workdir: Path) -> dict[str, float]:

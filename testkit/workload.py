@@ -148,6 +148,16 @@ def texts(count: int, seed: int = 0) -> list[str]:
     return out
 
 
+def texts_of_words(count: int, low: int, high: int, seed: int = 0) -> list[str]:
+    """``count`` texts of ``low`` to ``high`` words, each in one of the six languages: documents."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        words = rng.choice(list(_WORDS.values()))
+        out.append(" ".join(rng.choice(words) for _ in range(rng.randint(low, high))))
+    return out
+
+
 def requests_of(pool: list[str], count: int, seed: int = 1) -> list[list[str]]:
     """``count`` requests of 1 to 8 texts each, drawn from ``pool`` in order."""
     rng, out, position = random.Random(seed), [], 0
