@@ -88,7 +88,7 @@ class M3Model:
         if kinds & Kind.COLBERT and len(colbert_texts):
             rows = self._tensor(packing.colbert_sources(lengths, colbert_texts))
             colbert = F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1)
-        return PendingOutputs(HostCopy([dense, sparse, colbert]))
+        return PendingOutputs(HostCopy([dense, sparse, colbert], self.device))
 
     def use_threads(self, tokens: int) -> None:
         """CPU threads for a pass of ``tokens`` tokens."""

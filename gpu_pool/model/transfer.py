@@ -26,12 +26,10 @@ def uses_pinned_memory(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``array`` on ``device``; ints as int64 (indices), int32 kept (cu_seqlens)."""
-    if array.dtype != np.int32:
-        array = array.astype(np.int64, copy=False)
-    tensor = torch.from_numpy(array)
-    if not uses_pinned_memory(device):
+def to_device(array: np.ndarray, device: torch.device, dtype: type[np.integer] = np.int64) -> torch.Tensor:
+    """``array`` on ``device`` as ``dtype``: int64 for indices, int32 for cu_seqlens."""
+    tensor = torch.from_numpy(array.astype(dtype, copy=False))
+    if device.type != "cuda":  # uses_pinned_memory, inlined: this runs a few times a pass
         return tensor.to(device)
     # pin_memory() copies into a block of torch's caching host allocator, which records
     # the copy below and hands the block out again only once that copy is done.
@@ -41,13 +39,13 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 class HostCopy:
     """Device tensors on their way to the host, as float32 numpy arrays once ``wait`` returns."""
 
-    def __init__(self, tensors: Sequence[torch.Tensor | None]) -> None:
+    def __init__(self, tensors: Sequence[torch.Tensor | None], device: torch.device) -> None:
+        """``tensors``: on ``device``, the ones a pass produced (None: a head not asked for)."""
         self._event: torch.cuda.Event | None = None
-        found = [t for t in tensors if t is not None]
-        if not found or not uses_pinned_memory(found[0].device):
-            self._host = [None if t is None else t.float().cpu() for t in tensors]
+        if device.type != "cuda":  # nothing to wait for: the arrays, as the CPU path always made them
+            self._arrays = [None if t is None else t.float().numpy() for t in tensors]
             return
-        self._host = self._start(tensors, found[0].device)
+        self._host = self._start(tensors, device)
 
     def _start(self, tensors: Sequence[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
         # float32 on the device, on the compute stream: the host gets what the CPU path gives.
@@ -74,8 +72,9 @@ class HostCopy:
         return self._event is None or bool(self._event.query())  # type: ignore[no-untyped-call]
 
     def wait(self) -> list[np.ndarray | None]:
-        if self._event is not None:
-            self._event.synchronize()
+        if self._event is None:
+            return self._arrays
+        self._event.synchronize()
         return [None if t is None else t.numpy() for t in self._host]
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -84,7 +85,7 @@ class PackedEncoder:
         """What attention needs of a pass's lengths, once per pass: ``layer`` takes it as its ``lengths``."""
         if self.kernel is None:
             return Spans(lengths)
-        return Spans(lengths, to_device(attention.cu_seqlens(lengths), self.word.device))
+        return Spans(lengths, to_device(attention.cu_seqlens(lengths), self.word.device, np.int32))
 
     def _attention(self, qkv: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """``qkv``: [tokens, 3 * hidden]; each text attends to itself only."""

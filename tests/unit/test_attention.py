@@ -44,6 +44,8 @@ def test_spans_hold_the_runs_and_the_longest_length():
     spans = Spans([7, 7, 4, 4, 4, 1])
     assert spans == [7, 7, 4, 4, 4, 1]  # still the plain list of lengths
     assert spans.runs == [(7, 2), (4, 3), (1, 1)]
+    assert attention.length_runs([3]) == [(3, 1)] and attention.length_runs([]) == []
+    assert attention.length_runs([2, 2, 5, 2]) == [(2, 2), (5, 1), (2, 1)]  # runs, not groups
     assert spans.max_length == 7
     assert spans.cu_seqlens is None
 

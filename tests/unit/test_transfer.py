@@ -21,9 +21,10 @@ def test_only_cuda_goes_through_pinned_memory():
     assert not uses_pinned_memory(torch.device("cpu"))
 
 
-def test_to_device_makes_indices_int64_and_keeps_int32():
-    assert to_device(np.array([1, 2], dtype=np.int32), torch.device("cpu")).dtype == torch.int32
+def test_to_device_makes_indices_int64_or_the_type_asked_for():
+    assert to_device(np.array([1, 2], dtype=np.int32), torch.device("cpu")).dtype == torch.int64
     assert to_device(np.array([1, 2], dtype=np.uint16), torch.device("cpu")).dtype == torch.int64
+    assert to_device(np.array([0, 3], dtype=np.int64), torch.device("cpu"), np.int32).dtype == torch.int32
     ids = np.array([5, 6, 7], dtype=np.int64)
     tensor = to_device(ids, torch.device("cpu"))
     assert tensor.tolist() == [5, 6, 7]
@@ -31,7 +32,7 @@ def test_to_device_makes_indices_int64_and_keeps_int32():
 
 
 def test_host_copy_on_the_cpu_is_float32_numpy_at_once():
-    copy = HostCopy([torch.ones(2, 3, dtype=torch.bfloat16), None, torch.zeros(4)])
+    copy = HostCopy([torch.ones(2, 3, dtype=torch.bfloat16), None, torch.zeros(4)], torch.device("cpu"))
     assert copy.ready()
     dense, sparse, colbert = copy.wait()
     assert sparse is None
@@ -39,7 +40,7 @@ def test_host_copy_on_the_cpu_is_float32_numpy_at_once():
 
 
 def test_host_copy_of_nothing():
-    assert HostCopy([None, None, None]).wait() == [None, None, None]
+    assert HostCopy([None, None, None], torch.device("cpu")).wait() == [None, None, None]
 
 
 def test_outputs_async_gives_the_outputs(tiny_model):
@@ -69,7 +70,7 @@ def test_cuda_copies_are_asynchronous_and_exact():
     assert on_device.device.type == "cuda"
     assert torch.equal(on_device.cpu(), torch.from_numpy(ids))
     source = torch.randn(4096, 1024, device=device, dtype=torch.float16)
-    copy = HostCopy([source, None])
+    copy = HostCopy([source, None], device)
     got, nothing = copy.wait()
     assert copy.ready() and nothing is None
     np.testing.assert_array_equal(got, source.float().cpu().numpy())
