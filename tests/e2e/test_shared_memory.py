@@ -91,7 +91,8 @@ def test_a_shm_filled_by_something_else_costs_requests_not_processes(small):
         for path in ("/metrics", "/stats", "/health"):
             assert requests.get(f"{small.url}{path}", headers=AUTH, timeout=5).status_code == 200, path
         stats = requests.get(f"{small.url}/stats", headers=AUTH, timeout=5).json()["shared_memory"]
-        assert stats["free_bytes"] == 0 and stats["used_bytes"] == stats["size_bytes"]
+        # Full, but for a page or so that the refused request's clean-up may have given back meanwhile.
+        assert stats["free_bytes"] <= 64 * 1024 and stats["used_bytes"] + stats["free_bytes"] == stats["size_bytes"]
     finally:
         os.close(fd)
         filler.unlink()
