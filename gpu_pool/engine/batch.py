@@ -38,6 +38,10 @@ class RunningPass(Protocol):
         """Run the next layer; True once the last one has run."""
         ...
 
+    def sync(self) -> None:
+        """Wait until the device has run the layers queued so far (at once on a CPU)."""
+        ...
+
     def outputs(self) -> Outputs: ...
 
 

@@ -291,20 +291,19 @@ class Engine:
     def _compute(self, batch: Batch) -> Outputs:
         """The pass, a layer at a time; between the layers of a bulk pass, waiting queries run."""
         running = self.model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts)
-        computing = interleaved = 0.0
-        while True:
-            began = time.perf_counter()
-            done = running.step()
-            computing += time.perf_counter() - began
-            if done:
-                break
+        began, interleaved = time.perf_counter(), 0.0
+        while not running.step():
             if batch.lane == Lane.BULK and self.urgent:  # a deque's truth is safe to read unlocked
-                interleaved += self._interleave(computing, interleaved)
+                # On a GPU the layers queued so far finish first: the query then queues behind
+                # none of them, and the clock below measures the device, not the queueing.
+                running.sync()
+                interleaved += self._interleave(time.perf_counter() - began - interleaved, interleaved)
+        out = running.outputs()
         if batch.lane == Lane.BULK:
-            self.sizer.observe(len(batch.ids), self.layers, computing)
+            self.sizer.observe(len(batch.ids), self.layers, time.perf_counter() - began - interleaved)
             rate = self.sizer.tokens_per_second(self.layers)
             self.shared.set_stats(tokens_per_second=rate or 0.0, bulk_pass_tokens=self.sizer.budget())
-        return running.outputs()
+        return out
 
     def _interleave(self, bulk_s: float, interactive_s: float) -> float:
         """Run the waiting interactive batch now, if bulk has had its share; the time it took."""

@@ -121,6 +121,10 @@ class Pass:
         self.layer += 1
         return self.layer == model.layers
 
+    def sync(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.current_stream(self.model.device).synchronize()
+
     def outputs(self) -> Outputs:
         return self.outputs_async().wait()
 

@@ -1,14 +1,17 @@
 
 import pytest
 
-from embsvc.config import ConfigError, load_settings
+from embsvc.config import ConfigError, load_settings, nvidia_gpu_present
 
 BASE = {"API_TOKEN": "secret"}
 
 
 def test_defaults_follow_the_contract():
     s = load_settings(BASE, env_file=None)
-    assert (s.batch_size, s.batch_timeout_ms, s.max_queue_size, s.max_tokens, s.max_inputs) == (8, 100, 50, 8192, 256)
+    # DEVICE=auto takes a GPU where the NVIDIA driver shows one, and the GPU host's defaults with it.
+    batch, queue = (64, 512) if nvidia_gpu_present() else (8, 50)
+    assert (s.batch_size, s.batch_timeout_ms, s.max_queue_size, s.max_tokens, s.max_inputs) == (batch, 100, queue, 8192,
+                                                                                                256)
     assert s.max_request_bytes == 8 * 1024 * 1024 and s.request_timeout_s == 120
     assert s.model_name == "BAAI/bge-m3" and s.model_aliases == ("bge-m3",)
     assert s.devices == ("auto",) and s.dtype == "auto"
