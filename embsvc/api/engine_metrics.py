@@ -74,9 +74,9 @@ class EngineCollector(Collector):
         latency = SummaryMetricFamily("embsvc_engine_lane_latency_seconds",
                                       "From a request's arrival in the engine to its answer, by lane", labels=labels)
         preemptions = CounterMetricFamily("embsvc_engine_preemptions",
-                                          "Interactive passes run between the layers of a bulk pass", labels=LABELS)
+                                          "Interactive passes run between the steps of a bulk pass", labels=LABELS)
         pass_tokens = GaugeMetricFamily("embsvc_engine_bulk_pass_tokens",
-                                        "Tokens a bulk pass may hold now: sized so that a layer takes at most "
+                                        "Tokens a bulk pass may hold now: sized so that a step takes at most "
                                         "INTERACTIVE_MAX_WAIT_MS", labels=LABELS)
         for engine in self.backend.snapshot():
             engine_labels = [str(engine["index"]), str(engine["device"])]

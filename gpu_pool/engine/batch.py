@@ -35,11 +35,11 @@ class Outputs:
 
 class RunningPass(Protocol):
     def step(self) -> bool:
-        """Run the next layer; True once the last one has run."""
+        """Run the next step (a part of a layer); True once the last one has run."""
         ...
 
     def sync(self) -> None:
-        """Wait until the device has run the layers queued so far (at once on a CPU)."""
+        """Wait until the device has run the steps queued so far (at once on a CPU)."""
         ...
 
     def outputs(self) -> Outputs: ...
@@ -47,12 +47,12 @@ class RunningPass(Protocol):
 
 class Model(Protocol):
     dim: int  # the vector size
-    layers: int  # encoder layers: steps of a pass
+    steps: int  # of a pass: the points between which another pass may run
     device_name: str
     dtype_name: str
 
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> RunningPass:
-        """A pass over the packed ``ids``, run a layer per ``step`` so that it can stop between layers."""
+        """A pass over the packed ``ids``, run a part of a layer per ``step`` so that it can stop between."""
         ...
 
     def release_memory(self) -> None:

@@ -13,9 +13,9 @@ Three threads, so that the device never waits on Python:
   ``concurrency`` bulk batches are in hand: one running, the rest prepared. Jobs
   whose deadline has passed, or whose client left (``Cancel``), are dropped before
   their first pass;
-- the main thread runs the model a layer at a time, computing only the heads some
+- the main thread runs the model a step (a third of a layer) at a time, computing only the heads some
   job in the batch asked for, writes each input's vectors into its job's segment and
-  answers every job whose inputs are all done. Between the layers of a bulk pass it
+  answers every job whose inputs are all done. Between the steps of a bulk pass it
   runs a waiting interactive batch whole (``lanes.may_interleave``). A pass that runs
   out of memory is split in two and retried, down to the one input that does not fit.
 """
@@ -54,7 +54,7 @@ class Engine:
     def __init__(self, spec: EngineSpec, model: Model, requests: Connection, slots: list[Connection],
                  shared: EngineShared) -> None:
         self.spec, self.model, self.requests, self.slots, self.shared = spec, model, requests, slots, shared
-        self.layers = model.layers
+        self.steps = model.steps
         self.jobs: dict[int, ActiveJob] = {}
         self.seq_of: dict[int, int] = {}  # job id -> seq, for Cancel
         self.mappings = EngineMappings()  # the reader thread's
@@ -289,19 +289,19 @@ class Engine:
             return self._prepare(alive, batch.lane) if alive else None
 
     def _compute(self, batch: Batch) -> Outputs:
-        """The pass, a layer at a time; between the layers of a bulk pass, waiting queries run."""
+        """The pass, a step at a time; between the steps of a bulk pass, waiting queries run."""
         running = self.model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts)
         began, interleaved = time.perf_counter(), 0.0
         while not running.step():
             if batch.lane == Lane.BULK and self.urgent:  # a deque's truth is safe to read unlocked
-                # On a GPU the layers queued so far finish first: the query then queues behind
+                # On a GPU the steps queued so far finish first: the query then queues behind
                 # none of them, and the clock below measures the device, not the queueing.
                 running.sync()
                 interleaved += self._interleave(time.perf_counter() - began - interleaved, interleaved)
         out = running.outputs()
         if batch.lane == Lane.BULK:
-            self.sizer.observe(len(batch.ids), self.layers, time.perf_counter() - began - interleaved)
-            rate = self.sizer.tokens_per_second(self.layers)
+            self.sizer.observe(len(batch.ids), self.steps, time.perf_counter() - began - interleaved)
+            rate = self.sizer.tokens_per_second(self.steps)
             self.shared.set_stats(tokens_per_second=rate or 0.0, bulk_pass_tokens=self.sizer.budget())
         return out
 

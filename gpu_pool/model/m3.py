@@ -21,7 +21,7 @@ from transformers import AutoModel
 from gpu_pool.engine.batch import Outputs
 from gpu_pool.model import attention
 from gpu_pool.model.transfer import HostCopy, to_device
-from gpu_pool.model.xlmr import PackedEncoder
+from gpu_pool.model.xlmr import STAGES, PackedEncoder, State
 from gpu_pool.wire import packing
 from gpu_pool.wire.protocol import Kind
 
@@ -44,6 +44,7 @@ class M3Model:
         self.attention, kernel = attention.select(device, dtype, attention_path)
         self.encoder = PackedEncoder(model, kernel)
         self.layers = len(self.encoder.layers)
+        self.steps = self.layers * STAGES  # of a pass: where another pass may run between two
         hidden = model.config.hidden_size
         self.dim = hidden
         self.sparse_linear = _load_linear(path / "sparse_linear.pt", hidden, 1, device, dtype)
@@ -102,24 +103,25 @@ class M3Model:
 
 
 class Pass:
-    """One forward pass, a layer per ``step``: between two steps the engine may run another
-    pass whole, and this one goes on from the hidden states it keeps."""
+    """One forward pass, a third of a layer per ``step`` (``xlmr.STAGES``): between two steps
+    the engine may run another pass whole, and this one goes on from the states it keeps."""
 
     def __init__(self, model: M3Model, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
                  colbert_texts: np.ndarray) -> None:
-        self.model, self.hidden, self.lengths = model, hidden, lengths
+        self.model, self.state, self.lengths = model, State(hidden), lengths
         self.kinds, self.colbert_texts = kinds, colbert_texts
         self._lengths = model.encoder.spans(lengths.tolist())  # the attention's inputs, once per pass
-        self.layer = 0  # the next layer to run
+        self.done = 0  # steps run
 
     @torch.inference_mode()
     def step(self) -> bool:
-        """Run the next layer; True once the last one has run."""
+        """Run the next step; True once the last one has run."""
         model = self.model
-        model.use_threads(len(self.hidden))  # another pass, of another size, may have run since
-        self.hidden = model.encoder.layer(self.layer, self.hidden, self._lengths)
-        self.layer += 1
-        return self.layer == model.layers
+        model.use_threads(len(self.state.hidden))  # another pass, of another size, may have run since
+        layer, stage = divmod(self.done, STAGES)
+        self.state = model.encoder.stage(layer, stage, self.state, self._lengths)
+        self.done += 1
+        return self.done == model.steps
 
     def sync(self) -> None:
         if self.model.device.type == "cuda":
@@ -131,7 +133,7 @@ class Pass:
     def outputs_async(self) -> PendingOutputs:
         """The outputs on their way to the host: a caller that starts the next pass before it
         ``wait``s overlaps the copy with that pass's kernels."""
-        return self.model.heads_async(self.hidden, self.lengths, self.kinds, self.colbert_texts)
+        return self.model.heads_async(self.state.hidden, self.lengths, self.kinds, self.colbert_texts)
 
 
 class PendingOutputs:

@@ -42,6 +42,20 @@ class Layer:
     output_norm: tuple[torch.Tensor, torch.Tensor]
 
 
+# A layer runs in three steps of about a third of its matrix products each (8·d² a token):
+# attention (query, key, value and output), then each half of the feed-forward. Between two
+# steps the engine may run a waiting query's pass: a third of a layer is its longest wait.
+STAGES = 3
+
+
+@dataclass(frozen=True)
+class State:
+    """A pass's hidden states between two steps; ``inner``: the feed-forward's middle."""
+
+    hidden: torch.Tensor
+    inner: torch.Tensor | None = None
+
+
 class PackedEncoder:
     def __init__(self, model: XLMRobertaModel, kernel: Kernel | None = None) -> None:
         """``kernel``: the varlen attention kernel (``attention.select``); None: attention per length."""
@@ -70,13 +84,23 @@ class PackedEncoder:
         return self._norm(self.word[ids] + self.position[positions] + self.token_type, self.embedding_norm)
 
     def layer(self, index: int, hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """Layer ``index`` over the packed hidden states; one at a time, so that a pass can
-        stop between layers and go on later from the states it returns."""
+        """Layer ``index`` over the packed hidden states."""
+        state = State(hidden)
+        for stage in range(STAGES):
+            state = self.stage(index, stage, state, lengths)
+        return state.hidden
+
+    def stage(self, index: int, stage: int, state: State, lengths: list[int]) -> State:
+        """Step ``stage`` of layer ``index``: a pass can stop after any and go on later from
+        the state it returns."""
         layer = self.layers[index]
-        context = self._attention(F.linear(hidden, *layer.qkv), lengths)
-        hidden = self._norm(F.linear(context, *layer.attention_out) + hidden, layer.attention_norm)
-        inner = F.gelu(F.linear(hidden, *layer.intermediate))
-        return self._norm(F.linear(inner, *layer.output) + hidden, layer.output_norm)
+        if stage == 0:
+            context = self._attention(F.linear(state.hidden, *layer.qkv), lengths)
+            return State(self._norm(F.linear(context, *layer.attention_out) + state.hidden, layer.attention_norm))
+        if stage == 1:
+            return State(state.hidden, F.gelu(F.linear(state.hidden, *layer.intermediate)))
+        assert state.inner is not None, "the feed-forward's second half follows its first"
+        return State(self._norm(F.linear(state.inner, *layer.output) + state.hidden, layer.output_norm))
 
     def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:], *weights, eps=self.eps)

@@ -73,25 +73,25 @@ def test_a_bulk_share_of_one_never_interrupts_a_bulk_pass():
 def test_bulk_passes_are_sized_so_that_a_layer_stays_under_the_wait():
     sizer = PassSizer(max_wait_s=0.1, max_tokens=16384)
     assert sizer.budget() == 16384, "no rate known yet"
-    sizer.observe(tokens=1000, layers=24, seconds=2.4)  # 100 µs per token and layer
-    assert sizer.seconds_per_token_layer == pytest.approx(1e-4)
-    assert sizer.budget() == 1000  # 1000 tokens: a layer of 0.1 s
+    sizer.observe(tokens=1000, steps=24, seconds=2.4)  # 100 µs per token and step
+    assert sizer.seconds_per_token_step == pytest.approx(1e-4)
+    assert sizer.budget() == 1000  # 1000 tokens: a step of 0.1 s
     assert sizer.tokens_per_second(24) == pytest.approx(1000 / 2.4)
 
 
 def test_the_rate_is_a_moving_average_that_ignores_tiny_passes():
     sizer = PassSizer(max_wait_s=1.0, max_tokens=10**9)
-    sizer.observe(tokens=1000, layers=10, seconds=1.0)
-    sizer.observe(tokens=8, layers=10, seconds=5.0)  # mostly fixed costs: not a rate
-    assert sizer.seconds_per_token_layer == pytest.approx(1e-4)
-    sizer.observe(tokens=1000, layers=10, seconds=2.0)
-    assert 1e-4 < sizer.seconds_per_token_layer < 2e-4  # moves towards the new rate, not all the way
+    sizer.observe(tokens=1000, steps=10, seconds=1.0)
+    sizer.observe(tokens=8, steps=10, seconds=5.0)  # mostly fixed costs: not a rate
+    assert sizer.seconds_per_token_step == pytest.approx(1e-4)
+    sizer.observe(tokens=1000, steps=10, seconds=2.0)
+    assert 1e-4 < sizer.seconds_per_token_step < 2e-4  # moves towards the new rate, not all the way
 
 
 def test_the_budget_stays_within_its_bounds():
     fast = PassSizer(max_wait_s=1.0, max_tokens=4096)
-    fast.observe(tokens=1000, layers=1, seconds=1e-6)
+    fast.observe(tokens=1000, steps=1, seconds=1e-6)
     assert fast.budget() == 4096
     slow = PassSizer(max_wait_s=0.001, max_tokens=4096)
-    slow.observe(tokens=1000, layers=1, seconds=100.0)
+    slow.observe(tokens=1000, steps=1, seconds=100.0)
     assert slow.budget() == 64  # never below a pass worth running
