@@ -3,9 +3,8 @@
     .venv/bin/python -m bench.priority [--seconds 60] [--tiny-seconds 15]
 
 On the full-size random bge-m3 (the real model's compute), DTYPE=auto, default settings:
-  1. the lone query's reference: a bare transformers forward of the same text, in-process
-     (bench/bare_forward.py), with the server not running;
-  2. the server: a lone short query (dense), its end-to-end p50;
+  1.-2. the server's lone short query (dense), end to end, timed in turns with its reference,
+     a bare transformers forward of the same text in this process (bench/bare_forward.py);
   3. bulk alone: four clients in a closed loop, each sending eight 150-400-word texts (all
      kinds) per request: bulk tokens/s;
   4. the same bulk load with one client sending a five-word query (dense) every 1.5 s: the
@@ -20,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import requests
 
 from bench import load
+from bench.bare_forward import BareForward
 from testkit.model_builder import build_model
 from testkit.server import GUNICORN, Server, free_port
 from testkit.workload import requests_of, texts, texts_of_words
@@ -39,16 +39,22 @@ QUERY = "where do rivers meet the sea"  # five words, dense only
 ALL_KINDS = {"return_dense": True, "return_sparse": True, "return_colbert": True, "encoding_format": "base64"}
 
 
-def bare_forward(model: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.bare_forward", str(model), QUERY], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def lone_query(server: Server, count: int = 30) -> dict:
+def lone_query(server: Server, bare: BareForward, rounds: int = 6, per_round: int = 10) -> dict:
+    """The server's lone query and the bare forward of the same text, timed in turns."""
     body = {"input": QUERY, "return_sparse": False, "return_colbert": False}
     load.run(server.url, TOKEN, [body] * 3, 1)  # warm-up
-    return load.run(server.url, TOKEN, [body] * count, 1).figures()
+    served: list[float] = []
+    reference: list[float] = []
+    for _ in range(rounds):
+        served += load.run(server.url, TOKEN, [body] * per_round, 1).latencies
+        reference += bare.times(per_round)
+    return {"tokens": bare.tokens, "end_to_end_p50_ms": _ms(statistics.median(served)),
+            "end_to_end_p99_ms": _ms(load.percentile(sorted(served), 99)),
+            "bare_forward_p50_ms": _ms(statistics.median(reference))}
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
 
 
 def bulk_bodies() -> list[dict]:
@@ -113,7 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     full = build_model(ROOT / "models" / "bge-m3-full", "full")
     tiny = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
-    report: dict = {"bare_forward": bare_forward(full)}
+    report: dict = {}
+    bare = BareForward(full, QUERY)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         # A bulk request of eight long texts takes tens of seconds on a CPU: none may time out.
@@ -121,7 +128,7 @@ def main() -> None:
                         REQUEST_TIMEOUT_S="900").start(timeout=600)
         try:
             report["dtype"] = requests.get(f"{server.url}/health", timeout=10).json()["dtype"]
-            report["lone_query"] = lone_query(server)
+            report["lone_query"] = lone_query(server, bare)
             report["bulk_alone"] = bulk_alone(server, args.seconds)
             report["bulk_with_queries"] = bulk_with_queries(server, args.seconds)
             report["mixed_all_kinds"] = mixed_all_kinds(server)
@@ -140,9 +147,9 @@ def main() -> None:
 
 
 def ratios(r: dict) -> dict:
-    lone, queries = r["lone_query"]["p50_ms"], r["bulk_with_queries"]["queries"]
+    lone, queries = r["lone_query"]["end_to_end_p50_ms"], r["bulk_with_queries"]["queries"]
     return {
-        "lone_query_vs_bare_forward": ratio(lone, r["bare_forward"]["p50_ms"]),
+        "lone_query_vs_bare_forward": ratio(lone, r["lone_query"]["bare_forward_p50_ms"]),
         "query_p99_under_bulk_vs_lone_p50": ratio(queries["p99_ms"], lone),
         "query_max_under_bulk_ms": queries["max_ms"],
         "bulk_with_queries_vs_bulk_alone": ratio(r["bulk_with_queries"]["bulk"]["tokens_per_s"],
