@@ -34,14 +34,11 @@ def run(spec: EngineSpec, requests: Connection, slots: list[Connection], shared:
     malloc.limit_arenas()
     malloc.trim_when_idle(lambda: shared.pending() > 0)
     logs.configure(spec.log_level, spec.log_format)
-    # OpenMP's threads wait between the kernels of a pass. Asleep (OMP_WAIT_POLICY=PASSIVE)
-    # each wake-up costs: the full model's 16-token query took 49 ms against 37 ms; spinning
-    # briefly (1,000 turns) keeps that, and they still sleep soon after a pass, leaving the
-    # cores to the web workers (the tiny model's requests/s and the mixed load's tokens/s
-    # were the same or better; bench.priority, docs/performance.md). An operator's OpenMP
-    # settings win.
-    if "OMP_WAIT_POLICY" not in os.environ:
-        os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    # OpenMP keeps its own defaults (its threads spin a moment between kernels, then sleep):
+    # asleep at once (OMP_WAIT_POLICY=PASSIVE) each wake-up cost the full model's 16-token
+    # query 49 ms against 37 ms, while the tiny model's requests/s and the mixed load's
+    # tokens/s were no better for it (measured A/B; docs/performance.md). An operator's
+    # OpenMP settings win, as always.
     shared.state.value = EngineState.LOADING
     model = _load(spec, shared)
     for conn in slots:

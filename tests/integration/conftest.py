@@ -18,7 +18,7 @@ from gpu_pool.wire.shared import EngineState
 
 def engine_spec(model_path, **overrides) -> EngineSpec:
     fields = dict(index=0, device="cpu", dtype="float32", model_path=str(model_path), batch_size=8,
-                  max_batch_tokens=4096, batch_timeout_ms=5, concurrency=2, interactive_max_wait_ms=150,
+                  max_batch_tokens=4096, batch_timeout_ms=5, concurrency=2, interactive_max_wait_ms=40,
                   bulk_share=0.5, threads=1, log_level="INFO",
                   log_format="text")
     return EngineSpec(**(fields | overrides))
