@@ -120,7 +120,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         bind=get.str("BIND", "0.0.0.0:8000"),
         allowed_origins=_origins(get.list("ALLOWED_ORIGINS", "")),
         interactive_max_tokens=get.int("INTERACTIVE_MAX_TOKENS", 128, 0),
-        interactive_max_wait_ms=get.int("INTERACTIVE_MAX_WAIT_MS", 40, 1),
+        interactive_max_wait_ms=get.int("INTERACTIVE_MAX_WAIT_MS", 20, 1),
         bulk_share=_share(get.float("BULK_SHARE", 0.5)),
         default_batch_tokens=CUDA_MAX_BATCH_TOKENS if gpu_engines else DEFAULT_MAX_BATCH_TOKENS,
     )

@@ -87,7 +87,7 @@ def test_stats_and_metrics_show_the_lanes(server, auth):
     for lane in lanes.values():
         assert {"queue_size", "requests", "average_wait_s", "average_latency_s"} <= set(lane)
     assert lanes["interactive"]["requests"] >= 1 and lanes["bulk"]["requests"] >= 1
-    assert stats["config"]["interactive_max_wait_ms"] == 40
+    assert stats["config"]["interactive_max_wait_ms"] == 20
     assert stats["batching"]["bulk_pass_tokens"] > 0
     metrics = requests.get(f"{server.url}/metrics", timeout=5).text
     for name in ("embsvc_engine_lane_queue_depth", "embsvc_engine_lane_wait_seconds",
