@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from embsvc.core.backend import Backend
-from embsvc.core.serialize import Decode, dumps, embedding_items
+from embsvc.core.serialize import Decode, dumps_items, embedding_items
 from embsvc.core.tokenizer import LazyTokenizer, cut
 from gpu_pool import NO_ASK, Ask, EmbeddingResult, Kind
 
@@ -50,10 +50,8 @@ class EmbeddingService:
 
     def _body(self, result: EmbeddingResult, request: EmbeddingRequest, decode: Decode | None) -> bytes:
         n_tokens = sum(len(x) for x in result.ids)
-        return dumps({
-            "object": "list",
-            "model": self.model_name,
-            "embedding_types": [name for name, flag in KIND_NAMES if request.kinds & flag],
-            "data": embedding_items(result, request.kinds, request.encoding_format, request.embedding_dtype, decode),
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
-        })
+        return dumps_items(
+            {"object": "list", "model": self.model_name,
+             "embedding_types": [name for name, flag in KIND_NAMES if request.kinds & flag]},
+            "data", embedding_items(result, request.kinds, request.encoding_format, request.embedding_dtype, decode),
+            {"usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from embsvc.core.serialize import embedding_items, sparse_tokens
+from embsvc.core.serialize import dumps, dumps_items, embedding_items, sparse_tokens
 from gpu_pool import EmbeddingResult, Kind
 from gpu_pool.wire.segment import Layout, Segment
 
@@ -73,3 +73,11 @@ def test_each_input_reads_its_own_packed_rows(result_of):
     np.testing.assert_array_equal(result.colbert(1), colbert[2:])
     keys, weights = result.sparse(1)
     assert keys.tolist() == [8, 9] and weights.tolist() == pytest.approx([0.8, 0.9])
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_items_serialized_one_at_a_time_give_the_same_body(count):
+    items = [{"object": "embedding", "index": i, "embedding": np.arange(3, dtype=np.float32) + i} for i in range(count)]
+    whole = {"object": "list", "model": "m", "data": items, "usage": {"total_tokens": 3}}
+    body = dumps_items({"object": "list", "model": "m"}, "data", items, {"usage": {"total_tokens": 3}})
+    assert body == dumps(whole)
