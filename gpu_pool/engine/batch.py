@@ -34,6 +34,9 @@ class Outputs:
 
 
 class RunningPass(Protocol):
+    steps: int  # the points between which another pass may run
+    stages: int  # steps per layer, each a different part of it
+
     def step(self) -> bool:
         """Run the next step (a part of a layer); True once the last one has run."""
         ...
@@ -47,7 +50,6 @@ class RunningPass(Protocol):
 
 class Model(Protocol):
     dim: int  # the vector size
-    steps: int  # of a pass: the points between which another pass may run
     device_name: str
     dtype_name: str
 

@@ -2,16 +2,19 @@
 
 - The idle device runs a waiting interactive batch first, but never two in a row while a
   bulk batch waits (``next_lane``), so bulk always gets its turn.
-- A bulk pass runs in steps (a third of a layer each); between two steps a waiting
+- A bulk pass runs in steps (a part of a layer each); between two steps a waiting
   interactive batch runs whole, as long as interactive work has taken less than its share of the time this
   bulk pass has run (``may_interleave``): bulk keeps ``bulk_share`` of the device (1: a
   bulk pass is never interrupted, and queries go first once it ends).
 - Bulk passes are sized by time, not only tokens (``PassSizer``): the engine learns what a
-  token costs per step and keeps one step under ``max_wait_s``, which bounds how long a
-  query waits for its turn.
+  token costs in the longest kind of step and keeps that step under ``max_wait_s``, which
+  bounds how long a query waits for its turn.
 """
 
 from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
 
 from gpu_pool.wire.protocol import Lane
 
@@ -31,33 +34,49 @@ def may_interleave(bulk_s: float, interactive_s: float, bulk_share: float) -> bo
     return interactive_s < bulk_s * (1.0 - bulk_share) / bulk_share
 
 
+def longest_step(step_seconds: Sequence[float], stages: int) -> float:
+    """The time of a pass's longest kind of step: the steps of a layer differ (on a CPU, the
+    attention step takes about three times a feed-forward half), and a query waits for the
+    step under way, whichever it is. Each kind's median, so that a step slowed once by
+    another process does not count as the kind's cost."""
+    kinds = [step_seconds[stage::stages] for stage in range(stages)]
+    return max((statistics.median(times) for times in kinds if times), default=0.0)
+
+
 class PassSizer:
-    """Learns the device's seconds per token and step from bulk passes (a moving average),
-    and sizes bulk passes so that one step stays under ``max_wait_s``."""
+    """Learns from bulk passes (moving averages) the device's seconds per token, and those of
+    the longest kind of step, and sizes bulk passes so that the longest step stays under
+    ``max_wait_s``."""
 
     _WEIGHT = 0.2  # of each new pass in the average
     _MIN_TOKENS = 64  # smaller passes are mostly fixed costs: they teach nothing about the rate
 
     def __init__(self, max_wait_s: float, max_tokens: int) -> None:
         self.max_wait_s, self.max_tokens = max_wait_s, max_tokens
-        self.seconds_per_token_step: float | None = None
+        self.seconds_per_token: float | None = None  # of a whole pass
+        self.longest_step_seconds_per_token: float | None = None
 
-    def observe(self, tokens: int, steps: int, seconds: float) -> None:
+    def observe(self, tokens: int, steps: int, seconds: float, longest_step_s: float = 0.0) -> None:
+        """A pass of ``tokens`` in ``steps`` took ``seconds``, its longest kind of step
+        ``longest_step_s`` (0: unknown, as where steps are queued on a device and not timed one
+        by one; the average step then stands for it)."""
         if tokens < self._MIN_TOKENS or steps <= 0 or seconds <= 0:
             return
-        rate = seconds / (tokens * steps)
-        known = self.seconds_per_token_step
-        self.seconds_per_token_step = rate if known is None else known + self._WEIGHT * (rate - known)
+        self.seconds_per_token = _moved(self.seconds_per_token, seconds / tokens, self._WEIGHT)
+        longest = max(longest_step_s, seconds / steps) / tokens
+        self.longest_step_seconds_per_token = _moved(self.longest_step_seconds_per_token, longest, self._WEIGHT)
 
     def budget(self) -> int:
         """Tokens in the next bulk pass: ``max_tokens`` until the rate is known."""
-        if self.seconds_per_token_step is None:
+        if self.longest_step_seconds_per_token is None:
             return self.max_tokens
-        by_time = int(self.max_wait_s / self.seconds_per_token_step)
+        by_time = int(self.max_wait_s / self.longest_step_seconds_per_token)
         return max(self._MIN_TOKENS, min(self.max_tokens, by_time))
 
-    def tokens_per_second(self, steps: int) -> float | None:
+    def tokens_per_second(self) -> float | None:
         """Whole passes' throughput at the learned rate, for /stats."""
-        if self.seconds_per_token_step is None or steps <= 0:
-            return None
-        return 1.0 / (self.seconds_per_token_step * steps)
+        return None if self.seconds_per_token is None else 1.0 / self.seconds_per_token
+
+
+def _moved(average: float | None, value: float, weight: float) -> float:
+    return value if average is None else average + weight * (value - average)

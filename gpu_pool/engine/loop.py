@@ -34,7 +34,7 @@ import numpy as np
 from gpu_pool.engine.batch import Batch, Model, Outputs, pack, per_item
 from gpu_pool.engine.batching import Item, plan_batch
 from gpu_pool.engine.jobs import ActiveJob
-from gpu_pool.engine.lanes import PassSizer, may_interleave, next_lane
+from gpu_pool.engine.lanes import PassSizer, longest_step, may_interleave, next_lane
 from gpu_pool.engine.score_job import ScoringJob
 from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.wire import protocol
@@ -54,7 +54,6 @@ class Engine:
     def __init__(self, spec: EngineSpec, model: Model, requests: Connection, slots: list[Connection],
                  shared: EngineShared) -> None:
         self.spec, self.model, self.requests, self.slots, self.shared = spec, model, requests, slots, shared
-        self.steps = model.steps
         self.jobs: dict[int, ActiveJob] = {}
         self.seq_of: dict[int, int] = {}  # job id -> seq, for Cancel
         self.mappings = EngineMappings()  # the reader thread's
@@ -292,16 +291,24 @@ class Engine:
         """The pass, a step at a time; between the steps of a bulk pass, waiting queries run."""
         running = self.model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts)
         began, interleaved = time.perf_counter(), 0.0
+        step_seconds: list[float] = []  # each step's own time, the interleaved passes left out
+        step_began = began
         while not running.step():
+            step_seconds.append(time.perf_counter() - step_began)
             if batch.lane == Lane.BULK and self.urgent:  # a deque's truth is safe to read unlocked
                 # On a GPU the steps queued so far finish first: the query then queues behind
                 # none of them, and the clock below measures the device, not the queueing.
                 running.sync()
                 interleaved += self._interleave(time.perf_counter() - began - interleaved, interleaved)
+            step_began = time.perf_counter()
+        step_seconds.append(time.perf_counter() - step_began)
         out = running.outputs()
         if batch.lane == Lane.BULK:
-            self.sizer.observe(len(batch.ids), self.steps, time.perf_counter() - began - interleaved)
-            rate = self.sizer.tokens_per_second(self.steps)
+            # On a GPU the steps are only queued: their times are not the device's, and the
+            # average step (the whole pass, synchronized by ``outputs``) stands for them.
+            longest = longest_step(step_seconds, running.stages) if self.model.device_name == "cpu" else 0.0
+            self.sizer.observe(len(batch.ids), running.steps, time.perf_counter() - began - interleaved, longest)
+            rate = self.sizer.tokens_per_second()
             self.shared.set_stats(tokens_per_second=rate or 0.0, bulk_pass_tokens=self.sizer.budget())
         return out
 

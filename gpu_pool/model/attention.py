@@ -11,6 +11,12 @@
   types only, so float32 on CUDA keeps the per-length path, which is also what the
   parity check against FlagEmbedding runs.
 
+On the per-length path a pass's attention may run in **parts** (``Spans.parts``), so that
+the engine can run a waiting query between two: attention costs a text's length squared,
+and one long text's attention would otherwise be one step several times longer than a
+feed-forward half. A text too long for one part is cut by query rows: each row's
+attention needs its own query and all the text's keys, so the rows come out the same.
+
 ``select`` makes the choice from the device, the dtype and what the installed torch
 offers (the kernel's name and arguments moved between torch 2.11 and 2.13), tries the
 kernel once on the device against the per-length path, and says why it chose; the
@@ -36,18 +42,31 @@ HALF_TYPES = (torch.float16, torch.bfloat16)
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Block:
+    """``count`` texts of ``length`` tokens one after another from token ``start``, and the
+    query rows of each (``rows``: from, to) that one fused call computes."""
+
+    start: int
+    length: int
+    count: int
+    rows: tuple[int, int]
+
+
 class Spans(list[int]):
     """A pass's text lengths, in order, with what attention needs of them worked out once per
-    pass: the runs of equal lengths (per-length path), or ``cu_seqlens`` already on the device
-    and the longest length (varlen path). A plain ``list[int]`` elsewhere."""
+    pass: its parts, blocks of equal lengths (per-length path), or ``cu_seqlens`` already on
+    the device and the longest length (varlen path, in one part). A plain ``list[int]`` elsewhere.
+    ``part_scores``: the most attention scores (query rows × keys) in one part; None: one part."""
 
-    __slots__ = ("cu_seqlens", "max_length", "runs")
+    __slots__ = ("cu_seqlens", "max_length", "parts")
 
-    def __init__(self, lengths: Sequence[int], cu_seqlens: torch.Tensor | None = None) -> None:
+    def __init__(self, lengths: Sequence[int], cu_seqlens: torch.Tensor | None = None,
+                 part_scores: int | None = None) -> None:
         super().__init__(lengths)
-        self.runs = length_runs(self)
         self.cu_seqlens = cu_seqlens
         self.max_length = max(self, default=0)
+        self.parts = attention_parts(self, part_scores)
 
 
 @dataclass(frozen=True)
@@ -62,21 +81,38 @@ def cu_seqlens(lengths: Sequence[int]) -> np.ndarray:
     return np.array(list(itertools.accumulate(lengths, initial=0)), dtype=np.int32)
 
 
-def length_runs(lengths: Sequence[int]) -> list[tuple[int, int]]:
-    """(length, count) of each run of equal lengths next to each other, in order. A plain loop:
-    a third of what ``itertools.groupby`` costs, and it runs once per pass on the CPU's hot path."""
-    runs: list[tuple[int, int]] = []
-    last, count = -1, 0
+def attention_parts(lengths: Sequence[int], part_scores: int | None) -> list[list[Block]]:
+    """The blocks of each part, in order: whole texts while they fit in ``part_scores``
+    (texts of equal length next to each other in one block), a text that does not fit in
+    the rest of a part cut by query rows (at least one row a part). None: one part."""
+    limit = part_scores or sum(length * length for length in lengths) or 1
+    parts: list[list[Block]] = [[]]
+    used = start = 0
     for length in lengths:
-        if length == last:
-            count += 1
-            continue
-        if count:
-            runs.append((last, count))
-        last, count = length, 1
-    if count:
-        runs.append((last, count))
-    return runs
+        row = 0
+        while row < length:
+            left, room = (length - row) * length, limit - used
+            # A new part: when the rest of the text fits in one but not here, or not a row fits here.
+            if parts[-1] and left > room and (left <= limit or room < length):
+                parts.append([])
+                used = 0
+            rows = min(length - row, max(1, (limit - used) // length))
+            _add(parts[-1], Block(start, length, 1, (row, row + rows)))
+            used += rows * length
+            row += rows
+        start += length
+    return parts
+
+
+def _add(blocks: list[Block], block: Block) -> None:
+    """Append ``block``, joined to the last one when both are whole texts of one length next to each other."""
+    last = blocks[-1] if blocks else None
+    whole = block.rows == (0, block.length)
+    if (last is not None and whole and last.rows == (0, last.length) and last.length == block.length
+            and last.start + last.count * last.length == block.start):
+        blocks[-1] = Block(last.start, last.length, last.count + 1, last.rows)
+    else:
+        blocks.append(block)
 
 
 def wants_varlen(device_type: str, dtype: torch.dtype) -> str:
@@ -89,19 +125,25 @@ def wants_varlen(device_type: str, dtype: torch.dtype) -> str:
 
 
 def per_length(qkv: torch.Tensor, spans: Spans, heads: int) -> torch.Tensor:
-    """``qkv``: [tokens, 3 * hidden]; one fused call per run of equal lengths. Returns [tokens, hidden]."""
-    tokens, width = qkv.shape
-    hidden = width // 3
-    context = qkv.new_empty(tokens, hidden)
-    start = 0
-    for length, count in spans.runs:
-        end = start + count * length
-        # [count * length, 3, heads, head_dim] -> three [count, heads, length, head_dim]
-        q, k, v = qkv[start:end].view(count, length, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        context[start:end] = out.transpose(1, 2).reshape(count * length, hidden)
-        start = end
+    """``qkv``: [tokens, 3 * hidden]; every part at once. Returns [tokens, hidden]."""
+    context = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
+    for blocks in spans.parts:
+        attend(qkv, context, blocks, heads)
     return context
+
+
+def attend(qkv: torch.Tensor, context: torch.Tensor, blocks: Sequence[Block], heads: int) -> None:
+    """Write the attention of ``blocks`` into their rows of ``context`` [tokens, hidden]: one
+    fused call each, without a mask."""
+    hidden = context.shape[1]
+    for block in blocks:
+        end = block.start + block.count * block.length
+        # [count * length, 3, heads, head_dim] -> three [count, heads, length, head_dim]
+        q, k, v = qkv[block.start:end].view(block.count, block.length, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        first, last = block.rows
+        out = F.scaled_dot_product_attention(q[:, :, first:last], k, v)
+        rows = context[block.start:end].view(block.count, block.length, hidden)[:, first:last]
+        rows.copy_(out.transpose(1, 2).reshape(block.count, last - first, hidden))
 
 
 def varlen(qkv: torch.Tensor, spans: Spans, heads: int, kernel: Kernel) -> torch.Tensor:

@@ -21,7 +21,7 @@ from transformers import AutoModel
 from gpu_pool.engine.batch import Outputs
 from gpu_pool.model import attention
 from gpu_pool.model.transfer import HostCopy, to_device
-from gpu_pool.model.xlmr import STAGES, PackedEncoder, State
+from gpu_pool.model.xlmr import PackedEncoder, State
 from gpu_pool.wire import packing
 from gpu_pool.wire.protocol import Kind
 
@@ -44,7 +44,6 @@ class M3Model:
         self.attention, kernel = attention.select(device, dtype, attention_path)
         self.encoder = PackedEncoder(model, kernel)
         self.layers = len(self.encoder.layers)
-        self.steps = self.layers * STAGES  # of a pass: where another pass may run between two
         hidden = model.config.hidden_size
         self.dim = hidden
         self.sparse_linear = _load_linear(path / "sparse_linear.pt", hidden, 1, device, dtype)
@@ -103,14 +102,16 @@ class M3Model:
 
 
 class Pass:
-    """One forward pass, a third of a layer per ``step`` (``xlmr.STAGES``): between two steps
-    the engine may run another pass whole, and this one goes on from the states it keeps."""
+    """One forward pass, a part of a layer per ``step`` (``PackedEncoder.stage``): between two
+    steps the engine may run another pass whole, and this one goes on from the states it keeps."""
 
     def __init__(self, model: M3Model, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
                  colbert_texts: np.ndarray) -> None:
         self.model, self.state, self.lengths = model, State(hidden), lengths
         self.kinds, self.colbert_texts = kinds, colbert_texts
         self._lengths = model.encoder.spans(lengths.tolist())  # the attention's inputs, once per pass
+        self.stages = model.encoder.stages(self._lengths)  # steps per layer
+        self.steps = model.layers * self.stages
         self.done = 0  # steps run
 
     @torch.inference_mode()
@@ -118,10 +119,10 @@ class Pass:
         """Run the next step; True once the last one has run."""
         model = self.model
         model.use_threads(len(self.state.hidden))  # another pass, of another size, may have run since
-        layer, stage = divmod(self.done, STAGES)
+        layer, stage = divmod(self.done, self.stages)
         self.state = model.encoder.stage(layer, stage, self.state, self._lengths)
         self.done += 1
-        return self.done == model.steps
+        return self.done == self.steps
 
     def sync(self) -> None:
         if self.model.device.type == "cuda":

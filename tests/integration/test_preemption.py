@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from gpu_pool.engine.batch import Outputs
+from gpu_pool.model import xlmr
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.wire.protocol import Kind
 from tests.integration.test_vectors_match_flagembedding import TEXTS
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
+ONE_PART = xlmr.SCORES_PER_TOKEN  # texts of up to 512 tokens: attention in one part
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,11 @@ def assert_equal(got: Outputs, expected: Outputs) -> None:
         np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
 
 
-def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenizer, reference):
+@pytest.mark.parametrize("scores_per_token", [ONE_PART, 3])
+def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenizer, reference, scores_per_token,
+                                                                  monkeypatch):
+    # 3 scores per token: attention in several parts, texts cut by query rows (as long texts are).
+    monkeypatch.setattr(xlmr, "SCORES_PER_TOKEN", scores_per_token)
     bulk_ids, bulk_lengths = packed(tokenizer, TEXTS[:6])
     query_ids, query_lengths = packed(tokenizer, ["What is BGE-M3?", "hybrid retrieval"])
     alone = run(model, bulk_ids, bulk_lengths)
@@ -52,7 +58,8 @@ def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenize
         query = run(model, query_ids, query_lengths)  # a whole pass between two steps
         assert_equal(query, query_alone)
         interrupted += 1
-    assert interrupted == model.steps - 1 == 3 * model.layers - 1  # a third of a layer a step
+    assert interrupted == bulk.steps - 1 == bulk.stages * model.layers - 1
+    assert (bulk.stages == 4) is (scores_per_token == ONE_PART)  # attention in one part, or more
     assert_equal(bulk.outputs(), alone)
 
     # And both equal FlagEmbedding's (the same tolerance as the vector tests).

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from gpu_pool.model import attention
-from gpu_pool.model.attention import PER_LENGTH, VARLEN, Spans
+from gpu_pool.model.attention import PER_LENGTH, VARLEN, Block, Spans
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.wire.protocol import Kind
 
@@ -40,14 +40,43 @@ def test_cu_seqlens_are_where_each_text_starts_then_the_total():
     assert attention.cu_seqlens([]).tolist() == [0]
 
 
-def test_spans_hold_the_runs_and_the_longest_length():
+def test_spans_hold_one_part_of_blocks_of_equal_lengths_and_the_longest_length():
     spans = Spans([7, 7, 4, 4, 4, 1])
     assert spans == [7, 7, 4, 4, 4, 1]  # still the plain list of lengths
-    assert spans.runs == [(7, 2), (4, 3), (1, 1)]
-    assert attention.length_runs([3]) == [(3, 1)] and attention.length_runs([]) == []
-    assert attention.length_runs([2, 2, 5, 2]) == [(2, 2), (5, 1), (2, 1)]  # runs, not groups
+    assert spans.parts == [[Block(0, 7, 2, (0, 7)), Block(14, 4, 3, (0, 4)), Block(26, 1, 1, (0, 1))]]
+    assert attention.attention_parts([2, 2, 5, 2], None) == [[  # runs, not groups
+        Block(0, 2, 2, (0, 2)), Block(4, 5, 1, (0, 5)), Block(9, 2, 1, (0, 2))]]
+    assert attention.attention_parts([], None) == [[]]
     assert spans.max_length == 7
     assert spans.cu_seqlens is None
+
+
+def test_attention_parts_keep_to_their_scores_cutting_long_texts_by_rows():
+    # 100 scores a part: the 4-token texts fit whole (16 each), the 20-token text does not
+    # (400): it is cut into rows of 5 (100 scores), the first rows in the room left.
+    parts = attention.attention_parts([4, 4, 20, 4], 100)
+    assert parts == [
+        [Block(0, 4, 2, (0, 4)), Block(8, 20, 1, (0, 3))],
+        [Block(8, 20, 1, (3, 8))],
+        [Block(8, 20, 1, (8, 13))],
+        [Block(8, 20, 1, (13, 18))],
+        [Block(8, 20, 1, (18, 20)), Block(28, 4, 1, (0, 4))],
+    ]
+    # A text that fits whole in a fresh part is not cut to fill the last one.
+    assert attention.attention_parts([8, 8], 100) == [[Block(0, 8, 1, (0, 8))], [Block(8, 8, 1, (0, 8))]]
+
+
+@pytest.mark.parametrize("lengths, scores", [([9, 9, 30, 3, 3, 1], 50), ([40], 40), ([5, 12], 1)])
+def test_attention_in_parts_gives_attention_whole(lengths, scores):
+    heads = 2
+    qkv = torch.randn(sum(lengths), 3 * heads * 8)
+    whole = attention.per_length(qkv, Spans(lengths), heads)
+    parted = Spans(lengths, part_scores=scores)
+    assert len(parted.parts) > 1
+    context = torch.full_like(whole, float("nan"))
+    for blocks in parted.parts:
+        attention.attend(qkv, context, blocks, heads)
+    torch.testing.assert_close(context, whole)  # every row written, each as attention over its whole text
 
 
 @pytest.mark.parametrize("device, dtype, varlen_allowed", [
@@ -135,7 +164,8 @@ def test_a_pass_builds_its_spans_once(tiny_model):
     model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
     ids, lengths = _texts(model, [12, 12, 5])
     running = model.start(ids, lengths, Kind.DENSE, np.array([], dtype=np.int64))
-    assert isinstance(running._lengths, Spans) and running._lengths.runs == [(12, 2), (5, 1)]
+    assert isinstance(running._lengths, Spans)
+    assert running._lengths.parts == [[Block(0, 12, 2, (0, 12)), Block(24, 5, 1, (0, 5))]]
 
 
 # -- on the GPU machine ------------------------------------------------------------

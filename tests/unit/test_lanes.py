@@ -7,7 +7,7 @@ import pytest
 
 from embsvc.api.body import priority
 from embsvc.errors import InvalidRequest
-from gpu_pool.engine.lanes import PassSizer, may_interleave, next_lane
+from gpu_pool.engine.lanes import PassSizer, longest_step, may_interleave, next_lane
 from gpu_pool.wire.protocol import Lane, choose_lane
 
 I, B = Lane.INTERACTIVE, Lane.BULK  # noqa: E741 - two letters keep the tables below readable
@@ -74,18 +74,41 @@ def test_bulk_passes_are_sized_so_that_a_layer_stays_under_the_wait():
     sizer = PassSizer(max_wait_s=0.1, max_tokens=16384)
     assert sizer.budget() == 16384, "no rate known yet"
     sizer.observe(tokens=1000, steps=24, seconds=2.4)  # 100 µs per token and step
-    assert sizer.seconds_per_token_step == pytest.approx(1e-4)
     assert sizer.budget() == 1000  # 1000 tokens: a step of 0.1 s
-    assert sizer.tokens_per_second(24) == pytest.approx(1000 / 2.4)
+    assert sizer.tokens_per_second() == pytest.approx(1000 / 2.4)
+
+
+def test_the_budget_bounds_the_longest_kind_of_step_not_the_average():
+    sizer = PassSizer(max_wait_s=0.1, max_tokens=16384)
+    # 1000 tokens, 3 steps of 0.3 s on average, the longest kind 0.5 s: a step of 0.1 s is 200 tokens.
+    sizer.observe(tokens=1000, steps=3, seconds=0.9, longest_step_s=0.5)
+    assert sizer.budget() == 200
+    assert sizer.tokens_per_second() == pytest.approx(1000 / 0.9), "throughput: whole passes"
+
+
+def test_unknown_step_times_count_as_the_average_step():
+    sizer = PassSizer(max_wait_s=0.1, max_tokens=16384)
+    sizer.observe(tokens=1000, steps=4, seconds=2.0, longest_step_s=0.0)
+    assert sizer.budget() == 200  # the average step, 0.5 s for 1000 tokens
+
+
+def test_the_longest_step_is_the_slowest_kinds_median():
+    # Three kinds of step per layer (attention, then the feed-forward's halves), four layers.
+    attention, up, down = 0.020, 0.008, 0.007
+    steps = [attention, up, down] * 4
+    assert longest_step(steps, 3) == pytest.approx(attention)
+    steps[4] = 0.5  # one feed-forward step slowed by another process: not its kind's cost
+    assert longest_step(steps, 3) == pytest.approx(attention)
+    assert longest_step([], 3) == 0.0
 
 
 def test_the_rate_is_a_moving_average_that_ignores_tiny_passes():
     sizer = PassSizer(max_wait_s=1.0, max_tokens=10**9)
     sizer.observe(tokens=1000, steps=10, seconds=1.0)
     sizer.observe(tokens=8, steps=10, seconds=5.0)  # mostly fixed costs: not a rate
-    assert sizer.seconds_per_token_step == pytest.approx(1e-4)
+    assert sizer.tokens_per_second() == pytest.approx(1000)
     sizer.observe(tokens=1000, steps=10, seconds=2.0)
-    assert 1e-4 < sizer.seconds_per_token_step < 2e-4  # moves towards the new rate, not all the way
+    assert 500 < sizer.tokens_per_second() < 1000  # moves towards the new rate, not all the way
 
 
 def test_the_budget_stays_within_its_bounds():
