@@ -13,7 +13,7 @@ Three threads, so that the device never waits on Python:
   ``concurrency`` bulk batches are in hand: one running, the rest prepared. Jobs
   whose deadline has passed, or whose client left (``Cancel``), are dropped before
   their first pass;
-- the main thread runs the model a step (a third of a layer) at a time, computing only the heads some
+- the main thread runs the model a step (a part of a layer) at a time, computing only the heads some
   job in the batch asked for, writes each input's vectors into its job's segment and
   answers every job whose inputs are all done. Between the steps of a bulk pass it
   runs a waiting interactive batch whole (``lanes.may_interleave``). A pass that runs
