@@ -45,7 +45,9 @@ class EmbeddingService:
         encoded = tokenizer.encode(request.texts)
         ids = cut(encoded, request.max_length, request.truncate, lambda i: (f"{request.field}[{i}]", request.field),
                   request.truncation_direction)
-        with self.backend.embed(ids, request.kinds, tokenizer.unused_ids, request.ask) as result:
+        # float16 payloads: the engine sends float16 vectors (half the bytes), nothing to convert here.
+        kinds = (request.kinds | Kind.HALF) if request.embedding_dtype == "float16" else request.kinds
+        with self.backend.embed(ids, kinds, tokenizer.unused_ids, request.ask) as result:
             return body(result)
 
     def _body(self, result: EmbeddingResult, request: EmbeddingRequest, decode: Decode | None) -> bytes:

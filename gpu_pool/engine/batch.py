@@ -26,7 +26,8 @@ class Batch:
 
 @dataclass(frozen=True)
 class Outputs:
-    """Float32 numpy arrays for a packed batch; absent kinds are None."""
+    """Float32 numpy arrays for a packed batch (dense and ColBERT in float16 when it asked
+    for ``Kind.HALF``); absent kinds are None."""
 
     dense: np.ndarray | None  # [texts, dim]
     sparse: np.ndarray | None  # [tokens]: the weight of every token of every text
@@ -67,6 +68,8 @@ def pack(items: list[Item], ids: Sequence[np.ndarray], kinds: Sequence[Kind], la
     wanted = Kind(0)
     for kind in kinds:
         wanted |= kind
+    if not all(kind & Kind.HALF for kind in kinds):
+        wanted &= ~Kind.HALF  # float32 outputs, which the float16 segments take by conversion
     colbert = [i for i, kind in enumerate(kinds) if kind & Kind.COLBERT]
     lengths = np.array([item.length for item in items], dtype=np.int64)
     return Batch(items, np.concatenate(ids), lengths, wanted, np.array(colbert, dtype=np.int64), lane)

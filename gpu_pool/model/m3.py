@@ -81,13 +81,15 @@ class M3Model:
                     colbert_texts: np.ndarray) -> PendingOutputs:
         """The requested heads, queued on the device and on their way to the host."""
         dense = sparse = colbert = None
+        # Normalized in float32, then rounded once to what the answer carries.
+        vector_type = torch.float16 if kinds & Kind.HALF else torch.float32
         if kinds & Kind.DENSE:
-            dense = F.normalize(hidden[self._tensor(packing.token_starts(lengths))].float(), dim=-1)
+            dense = F.normalize(hidden[self._tensor(packing.token_starts(lengths))].float(), dim=-1).to(vector_type)
         if kinds & Kind.SPARSE:
             sparse = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
         if kinds & Kind.COLBERT and len(colbert_texts):
             rows = self._tensor(packing.colbert_sources(lengths, colbert_texts))
-            colbert = F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1)
+            colbert = F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1).to(vector_type)
         return PendingOutputs(HostCopy([dense, sparse, colbert], self.device))
 
     def use_threads(self, tokens: int) -> None:

@@ -37,19 +37,20 @@ def to_device(array: np.ndarray, device: torch.device, dtype: type[np.integer] =
 
 
 class HostCopy:
-    """Device tensors on their way to the host, as float32 numpy arrays once ``wait`` returns."""
+    """Device tensors on their way to the host, as numpy arrays once ``wait`` returns: float16
+    stays float16 (half the bytes to copy), any other type becomes float32."""
 
     def __init__(self, tensors: Sequence[torch.Tensor | None], device: torch.device) -> None:
         """``tensors``: on ``device``, the ones a pass produced (None: a head not asked for)."""
         self._event: torch.cuda.Event | None = None
         if device.type != "cuda":  # nothing to wait for: the arrays, as the CPU path always made them
-            self._arrays = [None if t is None else t.float().numpy() for t in tensors]
+            self._arrays = [None if t is None else _host_type(t).numpy() for t in tensors]
             return
         self._host = self._start(tensors, device)
 
     def _start(self, tensors: Sequence[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
-        # float32 on the device, on the compute stream: the host gets what the CPU path gives.
-        sources = [None if t is None else t.float() for t in tensors]
+        # Converted on the device, on the compute stream: the host gets what the CPU path gives.
+        sources = [None if t is None else _host_type(t) for t in tensors]
         stream = copy_stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))  # the copies start once the heads are computed
         host: list[torch.Tensor | None] = []
@@ -84,3 +85,7 @@ def copy_stream(device: torch.device) -> torch.cuda.Stream:
     if stream is None:
         stream = _copy_streams[device] = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
     return stream
+
+
+def _host_type(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor if tensor.dtype == torch.float16 else tensor.float()

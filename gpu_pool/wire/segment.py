@@ -8,7 +8,8 @@ and closes. Layout, each region 64-byte aligned::
     lengths int32[n_inputs] | ids int32[n_tokens] | dense f32[n_inputs, dim]
     | sparse f32[n_tokens] | colbert f32[n_tokens - n_inputs, dim]
 
-Output regions exist only for the kinds the job asked for. A score job
+Output regions exist only for the kinds the job asked for; dense and colbert are float16
+when it asked for ``Kind.HALF``. A score job
 (``Kind.SCORE``) has instead one region ``scores f32[n_inputs - 1, 5]``: a row per
 document, a column per ``protocol.SCORE_MODES``. ``sparse`` holds the
 weight of every token position; the web worker turns it into the id→weight map.
@@ -39,7 +40,6 @@ from gpu_pool.wire.protocol import SCORE_MODES, Kind
 
 SHM_DIR = "/dev/shm"
 _ALIGN = 64
-_ITEM_SIZE = 4  # int32 and float32 alike
 # A full tmpfs says ENOSPC (its size, or its inodes); a memory cgroup at its limit, ENOMEM.
 _FULL = frozenset({errno.ENOSPC, errno.ENOMEM, errno.EDQUOT})
 _MIB = 1 << 20
@@ -114,25 +114,30 @@ def _regions(layout: Layout) -> dict[str, tuple[int, tuple[int, ...], type]]:
     ]
     # A score job's vectors stay in the engine; its segment holds only the scores.
     vectors = Kind(0) if kinds & Kind.SCORE else kinds
+    vector_type = np.float16 if kinds & Kind.HALF else np.float32
     if vectors & Kind.DENSE:
-        shapes.append(("dense", (n_inputs, dim), np.float32))
+        shapes.append(("dense", (n_inputs, dim), vector_type))
     if vectors & Kind.SPARSE:
         shapes.append(("sparse", (n_tokens,), np.float32))
     if vectors & Kind.COLBERT:
-        shapes.append(("colbert", (total_colbert_rows(n_inputs, n_tokens), dim), np.float32))
+        shapes.append(("colbert", (total_colbert_rows(n_inputs, n_tokens), dim), vector_type))
     if kinds & Kind.SCORE:
         shapes.append(("scores", (n_inputs - 1, len(SCORE_MODES)), np.float32))
     out, offset = {}, 0
     for name, shape, dtype in shapes:
         out[name] = (offset, shape, dtype)
-        offset += _aligned(math.prod(shape) * _ITEM_SIZE)
+        offset += _aligned(_bytes(shape, dtype))
     return out
 
 
 @functools.lru_cache(maxsize=1024)
 def _size(layout: Layout) -> int:
-    offset, shape, _ = list(_regions(layout).values())[-1]
-    return max(1, offset + math.prod(shape) * _ITEM_SIZE)
+    offset, shape, dtype = list(_regions(layout).values())[-1]
+    return max(1, offset + _bytes(shape, dtype))
+
+
+def _bytes(shape: tuple[int, ...], dtype: type) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
 
 
 class Segment:

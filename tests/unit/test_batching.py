@@ -1,4 +1,8 @@
+import numpy as np
+
+from gpu_pool.engine.batch import pack
 from gpu_pool.engine.batching import Item, plan_batch
+from gpu_pool.wire.protocol import Kind
 
 
 def items(job_seq: int, *lengths: int) -> list[Item]:
@@ -38,3 +42,12 @@ def test_every_item_is_eventually_planned_once():
         seen += batch
         pending = [i for i in pending if i not in batch]
     assert len(seen) == len(set(seen)) == 38 + 2 + 30
+
+
+def test_a_batch_is_half_only_when_every_job_in_it_asks():
+    items = [Item(job_seq=1, index=0, length=2), Item(job_seq=2, index=0, length=3)]
+    ids = [np.array([0, 2]), np.array([0, 5, 2])]
+    both = pack(items, ids, [Kind.DENSE | Kind.HALF, Kind.COLBERT | Kind.HALF])
+    assert both.kinds == Kind.DENSE | Kind.COLBERT | Kind.HALF
+    one = pack(items, ids, [Kind.DENSE | Kind.HALF, Kind.DENSE])
+    assert one.kinds == Kind.DENSE  # float32 outputs: the float16 segment converts on writing

@@ -31,12 +31,25 @@ def test_to_device_makes_indices_int64_or_the_type_asked_for():
     assert tensor.data_ptr() == ids.ctypes.data  # no copy on the CPU, as before
 
 
-def test_host_copy_on_the_cpu_is_float32_numpy_at_once():
-    copy = HostCopy([torch.ones(2, 3, dtype=torch.bfloat16), None, torch.zeros(4)], torch.device("cpu"))
+def test_host_copy_on_the_cpu_is_float32_numpy_at_once_float16_kept():
+    copy = HostCopy([torch.ones(2, 3, dtype=torch.bfloat16), None, torch.zeros(4, dtype=torch.float16)],
+                    torch.device("cpu"))
     assert copy.ready()
     dense, sparse, colbert = copy.wait()
     assert sparse is None
-    assert dense.dtype == np.float32 and dense.shape == (2, 3) and colbert.shape == (4,)
+    assert dense.dtype == np.float32 and dense.shape == (2, 3)
+    assert colbert.dtype == np.float16 and colbert.shape == (4,)
+
+
+def test_half_outputs_are_the_float32_vectors_rounded_once(tiny_model):
+    model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
+    ids, lengths = np.array([0, 9, 8, 2, 0, 7, 2], dtype=np.int64), np.array([4, 3], dtype=np.int64)
+    full = model.forward(ids, lengths, ALL, np.array([0, 1]))
+    half = model.forward(ids, lengths, ALL | Kind.HALF, np.array([0, 1]))
+    assert half.dense.dtype == half.colbert.dtype == np.float16
+    np.testing.assert_array_equal(half.dense, full.dense.astype(np.float16))
+    np.testing.assert_array_equal(half.colbert, full.colbert.astype(np.float16))
+    np.testing.assert_array_equal(half.sparse, full.sparse)  # the weights stay float32
 
 
 def test_host_copy_of_nothing():
@@ -73,7 +86,8 @@ def test_cuda_copies_are_asynchronous_and_exact():
     copy = HostCopy([source, None], device)
     got, nothing = copy.wait()
     assert copy.ready() and nothing is None
-    np.testing.assert_array_equal(got, source.float().cpu().numpy())
+    assert got.dtype == np.float16  # float16 crosses as it is: half the bytes
+    np.testing.assert_array_equal(got, source.cpu().numpy())
 
 
 @pytest.mark.gpu
