@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embsvc.core.tokenizer import TextTokenizer
-from gpu_pool import SCORE_MODES, EngineOverloaded, EngineState
+from gpu_pool import SCORE_MODES, EngineOverloaded, EngineState, Kind
 from gpu_pool import m3math as scoring
 from tests.unit.conftest import AUTH, assert_error, post
 from tests.unit.fake_engine import DIM
@@ -202,14 +202,16 @@ def test_sparse_tokens_give_each_kept_token_text_its_weight(client, engine, toke
     assert "sparse_tokens" not in post(client, "/v1/embeddings", {"input": "hello"}).json["data"][0]
 
 
-def test_float16_base64_round_trips_with_numpy(client):
+def test_float16_base64_round_trips_with_numpy(client, engine):
     body = {"input": "abc def", "encoding_format": "base64", "embedding_dtype": "float16"}
     item = post(client, "/v1/embeddings", body).json["data"][0]
+    assert engine.calls[-1][1] & Kind.HALF, "the engine is asked for float16 vectors"
     dense = np.frombuffer(base64.b64decode(item["embedding"]), dtype="<f2")
     assert dense.dtype == np.float16 and dense.tolist() == [0.5] * DIM
     colbert = np.frombuffer(base64.b64decode(item["colbert_embedding"]), dtype="<f2").reshape(-1, DIM)
     assert colbert.shape[0] >= 1 and (colbert == np.float16(0.25)).all()
     as32 = post(client, "/v1/embeddings", {**body, "embedding_dtype": "float32"}).json["data"][0]
+    assert not engine.calls[-1][1] & Kind.HALF
     assert len(base64.b64decode(as32["embedding"])) == 2 * len(base64.b64decode(item["embedding"]))
 
 
