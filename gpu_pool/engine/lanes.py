@@ -35,9 +35,9 @@ def may_interleave(bulk_s: float, interactive_s: float, bulk_share: float) -> bo
 
 
 def longest_step(step_seconds: Sequence[float], stages: int) -> float:
-    """The time of a pass's longest kind of step: the steps of a layer differ (on a CPU, the
-    attention step takes about three times a feed-forward half), and a query waits for the
-    step under way, whichever it is. Each kind's median, so that a step slowed once by
+    """The time of a pass's longest kind of step: the steps of a layer differ (on a CPU the
+    query, key and value projection takes three quarters of a feed-forward half), and a query
+    waits for the step under way, whichever it is. Each kind's median, so that a step slowed once by
     another process does not count as the kind's cost."""
     kinds = [step_seconds[stage::stages] for stage in range(stages)]
     return max((statistics.median(times) for times in kinds if times), default=0.0)
