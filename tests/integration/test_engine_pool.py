@@ -30,6 +30,7 @@ def embed_one(client: EngineClient, n_tokens: int) -> np.ndarray:
         return result.dense(0).copy()
 
 
+@pytest.mark.slow  # seconds of its own: in make test, not test-fast
 def test_load_is_spread_and_a_dead_engine_leaves_the_other_serving(two_engines):
     client = EngineClient(two_engines, two_engines.take_slot(), max_queue_size=50, timeout_s=30)
     reference = embed_one(client, 40)

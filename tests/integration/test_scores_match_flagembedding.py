@@ -48,6 +48,7 @@ def test_scores_equal_compute_score_when_truncated(client, tokenizer, reference)
     np.testing.assert_allclose(ours, compute_score(reference, query, DOCUMENTS, weights, 24, 1), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # seconds of its own: in make test, not test-fast
 def test_batched_compute_score_differs_only_by_its_zero_padding(client, tokenizer, reference):
     """In a batch, FlagEmbedding pads shorter documents with zero ColBERT rows, which join the max:
     a query row whose best similarity is negative counts 0 there. Dense and sparse agree everywhere,
@@ -97,6 +98,7 @@ def test_score_jobs_share_passes_with_embedding_jobs(client, tokenizer, referenc
     assert after["batched_requests"] - before["batched_requests"] > after["batches"] - before["batches"]
 
 
+@pytest.mark.slow  # seconds of its own: in make test, not test-fast
 def test_sparse_tokens_equal_convert_id_to_token(client, tokenizer, reference):
     decode = tokenizer.decode_each
     ids = [truncate(x, 8192) for x in tokenizer.encode(DOCUMENTS)]
