@@ -1,0 +1,19 @@
+"""The chaos soak's memory verdict (bench/chaos.py): growth is a leak only past both bounds."""
+
+from __future__ import annotations
+
+from bench import chaos
+
+
+def test_growth_counts_past_ten_percent_and_two_mib():
+    assert not chaos.grew(6.1, 7.0)  # an nginx worker taking its buffers: 15 %, under 1 MiB
+    assert not chaos.grew(400.0, 420.0)  # an engine: 20 MiB, 5 %
+    assert chaos.grew(400.0, 450.0)  # 12.5 %, 50 MiB
+    assert chaos.grew(10.0, 13.0)
+
+
+def test_the_largest_of_a_replaced_role_is_compared_too():
+    rows, grown = chaos.memory({1: "engine", 2: "nginx worker"}, {1: 400.0, 2: 6.1},
+                               {3: "engine", 2: "nginx worker"}, {3: 460.0, 2: 7.0})
+    assert grown == ["largest engine"]
+    assert [row["growth"] for row in rows] == [None, 0.148, None]
