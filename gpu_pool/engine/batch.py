@@ -37,6 +37,7 @@ class Outputs:
 class RunningPass(Protocol):
     steps: int  # the points between which another pass may run
     stages: int  # steps per layer, each a different part of it
+    step_tokens: int  # the most rows one step takes
 
     def step(self) -> bool:
         """Run the next step (a part of a layer); True once the last one has run."""
@@ -54,8 +55,10 @@ class Model(Protocol):
     device_name: str
     dtype_name: str
 
-    def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> RunningPass:
-        """A pass over the packed ``ids``, run a part of a layer per ``step`` so that it can stop between."""
+    def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
+              step_tokens: int | None = None) -> RunningPass:
+        """A pass over the packed ``ids``, run a part of a layer per ``step`` so that it can stop
+        between, each step over at most ``step_tokens`` rows (None: all)."""
         ...
 
     def release_memory(self) -> None:

@@ -56,14 +56,16 @@ class PassSizer:
         self.seconds_per_token: float | None = None  # of a whole pass
         self.longest_step_seconds_per_token: float | None = None
 
-    def observe(self, tokens: int, steps: int, seconds: float, longest_step_s: float = 0.0) -> None:
+    def observe(self, tokens: int, steps: int, seconds: float, longest_step_s: float = 0.0,
+                step_tokens: int | None = None) -> None:
         """A pass of ``tokens`` in ``steps`` took ``seconds``, its longest kind of step
-        ``longest_step_s`` (0: unknown, as where steps are queued on a device and not timed one
-        by one; the average step then stands for it)."""
+        ``longest_step_s`` over ``step_tokens`` rows (None: all the pass's; a step time of 0:
+        unknown, as where steps are queued on a device and not timed one by one, and the
+        average step stands for it)."""
         if tokens < self._MIN_TOKENS or steps <= 0 or seconds <= 0:
             return
         self.seconds_per_token = _moved(self.seconds_per_token, seconds / tokens, self._WEIGHT)
-        longest = max(longest_step_s, seconds / steps) / tokens
+        longest = max(longest_step_s / min(tokens, step_tokens or tokens), seconds / steps / tokens)
         self.longest_step_seconds_per_token = _moved(self.longest_step_seconds_per_token, longest, self._WEIGHT)
 
     def budget(self) -> int:

@@ -289,7 +289,9 @@ class Engine:
 
     def _compute(self, batch: Batch) -> Outputs:
         """The pass, a step at a time; between the steps of a bulk pass, waiting queries run."""
-        running = self.model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts)
+        # A bulk pass of one long text keeps its steps to the budget's rows; queries run whole.
+        step_tokens = self.sizer.budget() if batch.lane == Lane.BULK else None
+        running = self.model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts, step_tokens)
         began, interleaved = time.perf_counter(), 0.0
         step_seconds: list[float] = []  # each step's own time, the interleaved passes left out
         step_began = began
@@ -307,7 +309,8 @@ class Engine:
             # On a GPU the steps are only queued: their times are not the device's, and the
             # average step (the whole pass, synchronized by ``outputs``) stands for them.
             longest = longest_step(step_seconds, running.stages) if self.model.device_name == "cpu" else 0.0
-            self.sizer.observe(len(batch.ids), running.steps, time.perf_counter() - began - interleaved, longest)
+            self.sizer.observe(len(batch.ids), running.steps, time.perf_counter() - began - interleaved, longest,
+                               running.step_tokens)
             rate = self.sizer.tokens_per_second()
             self.shared.set_stats(tokens_per_second=rate or 0.0, bulk_pass_tokens=self.sizer.budget())
         return out

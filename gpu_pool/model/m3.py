@@ -61,12 +61,14 @@ class M3Model:
         return running.outputs()
 
     @torch.inference_mode()
-    def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Pass:
-        """A pass that runs one layer per ``step``; its outputs once every step is done."""
+    def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
+              step_tokens: int | None = None) -> Pass:
+        """A pass that runs a part of a layer per ``step``, over at most ``step_tokens`` rows
+        (None: all); its outputs once every step is done."""
         # XLM-R numbers each text's positions from pad_id + 1.
         positions = packing.positions(lengths, first=self.pad_id + 1)
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
-        return Pass(self, hidden, lengths, kinds, colbert_texts)
+        return Pass(self, hidden, lengths, kinds, colbert_texts, step_tokens)
 
     def release_memory(self) -> None:
         if self.device.type == "cuda":
@@ -108,12 +110,13 @@ class Pass:
     steps the engine may run another pass whole, and this one goes on from the states it keeps."""
 
     def __init__(self, model: M3Model, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
-                 colbert_texts: np.ndarray) -> None:
+                 colbert_texts: np.ndarray, step_tokens: int | None = None) -> None:
         self.model, self.state, self.lengths = model, State(hidden), lengths
         self.kinds, self.colbert_texts = kinds, colbert_texts
-        self._lengths = model.encoder.spans(lengths.tolist())  # the attention's inputs, once per pass
-        self.stages = model.encoder.stages(self._lengths)  # steps per layer
+        self._plan = model.encoder.plan(lengths.tolist(), step_tokens)  # once per pass
+        self.stages = len(self._plan.steps)  # steps per layer
         self.steps = model.layers * self.stages
+        self.step_tokens = max(end - first for first, end in self._plan.chunks)  # the most rows a step takes
         self.done = 0  # steps run
 
     @torch.inference_mode()
@@ -122,7 +125,7 @@ class Pass:
         model = self.model
         model.use_threads(len(self.state.hidden))  # another pass, of another size, may have run since
         layer, stage = divmod(self.done, self.stages)
-        self.state = model.encoder.stage(layer, stage, self.state, self._lengths)
+        self.state = model.encoder.stage(layer, stage, self.state, self._plan)
         self.done += 1
         return self.done == self.steps
 

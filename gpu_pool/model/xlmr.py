@@ -14,6 +14,7 @@ overhead took longer than the arithmetic.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
@@ -47,21 +48,57 @@ class Layer:
 # (d²), then each half of the feed-forward (4·d² each). Between two steps the engine may run
 # a waiting query's pass: the longest step is its longest wait. Attention also costs each
 # text's length squared; on the per-length path it runs in parts of at most this many scores
-# (query rows × keys) per token of the pass, so that a part takes about as long as a
+# (query rows × keys) per token of a step, so that a part takes about as long as a
 # feed-forward half (measured on the CPU in bfloat16: a 1,760-token text's attention took
 # 72 ms, 3.1 M scores, against 22 ms for a feed-forward half; 522 tokens: 7.7 against 6 ms).
+# A pass may also bound its steps' tokens (``step_tokens``): the products, which work row by
+# row, then run in chunks of that many rows, so that one long text's steps stay as short as
+# a small pass's.
 SCORES_PER_TOKEN = 512
+
+QKV, ATTEND, OUT, UP, DOWN = "qkv", "attend", "out", "up", "down"
 
 
 @dataclass(frozen=True)
 class State:
-    """A pass's hidden states between two steps; ``inner``: the feed-forward's middle;
-    ``qkv`` and ``context``: attention's inputs and its rows done so far, between its parts."""
+    """A pass's hidden states between two steps: ``hidden``, the layer's input, and what the
+    layer's steps have made of it so far (attention's inputs ``qkv``, its output ``context``,
+    the hidden states after attention ``attended``, the feed-forward's middle ``inner`` for
+    one chunk, and the layer's output ``out``), each filled chunk by chunk."""
 
     hidden: torch.Tensor
     inner: torch.Tensor | None = None
     qkv: torch.Tensor | None = None
     context: torch.Tensor | None = None
+    attended: torch.Tensor | None = None
+    out: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A pass's steps, worked out once per pass: attention's ``spans``, the row ``chunks`` of
+    the products, and one layer's ``steps`` in order, each (what, which chunk or part)."""
+
+    spans: Spans
+    chunks: tuple[tuple[int, int], ...]
+    steps: tuple[tuple[str, int], ...]
+
+
+def row_chunks(tokens: int, step_tokens: int | None) -> tuple[tuple[int, int], ...]:
+    """(first, end) rows of each chunk: equal chunks of at most ``step_tokens`` (None: one)."""
+    count = 1 if not step_tokens or tokens <= step_tokens else -(-tokens // step_tokens)
+    bounds = [tokens * i // count for i in range(count + 1)]
+    return tuple(itertools.pairwise(bounds))
+
+
+def layer_steps(chunks: int, parts: int) -> tuple[tuple[str, int], ...]:
+    """One layer's steps. In one chunk, the last attention part also runs the output
+    projection (one step fewer); in several, each chunk has its own."""
+    attend = [(ATTEND, part) for part in range(parts)]
+    if chunks == 1:
+        return ((QKV, 0), *attend, (UP, 0), (DOWN, 0))
+    feed_forward = [step for chunk in range(chunks) for step in ((UP, chunk), (DOWN, chunk))]
+    return (*[(QKV, c) for c in range(chunks)], *attend, *[(OUT, c) for c in range(chunks)], *feed_forward)
 
 
 class PackedEncoder:
@@ -83,60 +120,86 @@ class PackedEncoder:
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """``ids``, ``positions``: [tokens], the texts one after another; returns [tokens, hidden]."""
         hidden = self.embed(ids, positions)
+        plan = self.plan(lengths)
         for index in range(len(self.layers)):
-            hidden = self.layer(index, hidden, lengths)
+            hidden = self.layer(index, hidden, plan)
         return hidden
 
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The input of the first layer: [tokens, hidden]."""
         return self._norm(self.word[ids] + self.position[positions] + self.token_type, self.embedding_norm)
 
-    def layer(self, index: int, hidden: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def layer(self, index: int, hidden: torch.Tensor, plan: Plan) -> torch.Tensor:
         """Layer ``index`` over the packed hidden states."""
-        spans = lengths if isinstance(lengths, Spans) else self.spans(lengths)
         state = State(hidden)
-        for stage in range(self.stages(spans)):
-            state = self.stage(index, stage, state, spans)
+        for stage in range(len(plan.steps)):
+            state = self.stage(index, stage, state, plan)
         return state.hidden
 
-    def stages(self, spans: Spans) -> int:
-        """Steps per layer of a pass: the query, key and value projection, attention's parts
-        (the last with the output projection), then the feed-forward's two halves."""
-        return len(spans.parts) + 3
+    def plan(self, lengths: Sequence[int], step_tokens: int | None = None) -> Plan:
+        """What a pass's steps need of its lengths, once per pass; ``step_tokens``: the most
+        rows a step's products take (None: all)."""
+        chunks = row_chunks(sum(lengths), step_tokens)
+        if self.kernel is None:
+            widest = max(end - first for first, end in chunks)
+            spans = Spans(lengths, part_scores=SCORES_PER_TOKEN * widest)
+        else:
+            spans = Spans(lengths, to_device(attention.cu_seqlens(lengths), self.word.device, np.int32))
+        return Plan(spans, chunks, layer_steps(len(chunks), len(spans.parts)))
 
-    def stage(self, index: int, stage: int, state: State, spans: Spans) -> State:
-        """Step ``stage`` of layer ``index`` (``stages(spans)`` of them): a pass can stop after
+    def stage(self, index: int, stage: int, state: State, plan: Plan) -> State:
+        """Step ``stage`` of layer ``index`` (``len(plan.steps)`` of them): a pass can stop after
         any and go on later from the state it returns."""
-        layer, parts = self.layers[index], len(spans.parts)
-        if stage == 0:
-            return State(state.hidden, qkv=F.linear(state.hidden, *layer.qkv))
-        if stage <= parts:
-            return self._attention_part(layer, stage - 1, state, spans)
-        if stage == parts + 1:
-            return State(state.hidden, F.gelu(F.linear(state.hidden, *layer.intermediate)))
+        layer, (what, which) = self.layers[index], plan.steps[stage]
+        if what == ATTEND:
+            return self._attention_part(layer, which, state, plan)
+        rows, whole = slice(*plan.chunks[which]), len(plan.chunks) == 1
+        last = which == len(plan.chunks) - 1
+        hidden = state.hidden
+        if what == QKV:
+            qkv = _fill(state.qkv, hidden, rows, F.linear(hidden[rows], *layer.qkv), whole)
+            return State(hidden, qkv=qkv)
+        if what == OUT:
+            assert state.context is not None, "the output projection follows attention"
+            value = self._attention_out(layer, state.context[rows], hidden[rows])
+            attended = _fill(state.attended, hidden, rows, value, whole)
+            return State(attended) if last else State(hidden, context=state.context, attended=attended)
+        if what == UP:
+            return State(hidden, F.gelu(F.linear(hidden[rows], *layer.intermediate)), out=state.out)
         assert state.inner is not None, "the feed-forward's second half follows its first"
-        return State(self._norm(F.linear(state.inner, *layer.output) + state.hidden, layer.output_norm))
+        out = _fill(state.out, hidden, rows,
+                    self._norm(F.linear(state.inner, *layer.output) + hidden[rows], layer.output_norm), whole)
+        return State(out) if last else State(hidden, out=out)
 
-    def _attention_part(self, layer: Layer, part: int, state: State, spans: Spans) -> State:
-        qkv = state.qkv
+    def _attention_part(self, layer: Layer, part: int, state: State, plan: Plan) -> State:
+        qkv, spans = state.qkv, plan.spans
         assert qkv is not None, "attention follows the projection"
         if self.kernel is not None:
             context = attention.varlen(qkv, spans, self.heads, self.kernel)
         else:
             context = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3) if state.context is None else state.context
             attention.attend(qkv, context, spans.parts[part], self.heads)
-        if part + 1 < len(spans.parts):
+        if part + 1 < len(spans.parts) or len(plan.chunks) > 1:
             return State(state.hidden, qkv=qkv, context=context)
-        return State(self._norm(F.linear(context, *layer.attention_out) + state.hidden, layer.attention_norm))
+        return State(self._attention_out(layer, context, state.hidden))
+
+    def _attention_out(self, layer: Layer, context: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return self._norm(F.linear(context, *layer.attention_out) + hidden, layer.attention_norm)
 
     def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, x.shape[-1:], *weights, eps=self.eps)
 
-    def spans(self, lengths: Sequence[int]) -> Spans:
-        """What attention needs of a pass's lengths, once per pass: ``layer`` and ``stage`` take it."""
-        if self.kernel is None:
-            return Spans(lengths, part_scores=SCORES_PER_TOKEN * sum(lengths))
-        return Spans(lengths, to_device(attention.cu_seqlens(lengths), self.word.device, np.int32))
+
+def _fill(buffer: torch.Tensor | None, like: torch.Tensor, rows: slice, value: torch.Tensor,
+          whole: bool) -> torch.Tensor:
+    """``value`` as the rows ``rows`` of a [tokens, width] tensor made on the first chunk;
+    in one chunk, ``value`` itself."""
+    if whole:
+        return value
+    if buffer is None:
+        buffer = like.new_empty(like.shape[0], value.shape[1])
+    buffer[rows] = value
+    return buffer
 
 
 def _layer(layer: XLMRobertaLayer) -> Layer:

@@ -33,8 +33,13 @@ def packed(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(ids), np.array([len(x) for x in ids], dtype=np.int64)
 
 
-def run(model: M3Model, ids: np.ndarray, lengths: np.ndarray) -> Outputs:
-    return model.forward(ids, lengths, ALL, np.arange(len(lengths)))
+def run(model: M3Model, ids: np.ndarray, lengths: np.ndarray, step_tokens: int | None = None) -> Outputs:
+    if step_tokens is None:
+        return model.forward(ids, lengths, ALL, np.arange(len(lengths)))
+    running = model.start(ids, lengths, ALL, np.arange(len(lengths)), step_tokens)
+    while not running.step():
+        pass
+    return running.outputs()
 
 
 def assert_equal(got: Outputs, expected: Outputs) -> None:
@@ -42,24 +47,26 @@ def assert_equal(got: Outputs, expected: Outputs) -> None:
         np.testing.assert_array_equal(getattr(got, name), getattr(expected, name), err_msg=name)
 
 
-@pytest.mark.parametrize("scores_per_token", [ONE_PART, 3])
+@pytest.mark.parametrize("scores_per_token, step_tokens", [(ONE_PART, None), (3, None), (ONE_PART, 37)])
 def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenizer, reference, scores_per_token,
-                                                                  monkeypatch):
-    # 3 scores per token: attention in several parts, texts cut by query rows (as long texts are).
+                                                                  step_tokens, monkeypatch):
+    # 3 scores per token: attention in several parts, texts cut by query rows (as long texts
+    # are); 37 rows a step: every product in chunks, as a long text's bulk pass runs.
     monkeypatch.setattr(xlmr, "SCORES_PER_TOKEN", scores_per_token)
     bulk_ids, bulk_lengths = packed(tokenizer, TEXTS[:6])
     query_ids, query_lengths = packed(tokenizer, ["What is BGE-M3?", "hybrid retrieval"])
-    alone = run(model, bulk_ids, bulk_lengths)
+    alone = run(model, bulk_ids, bulk_lengths, step_tokens)
     query_alone = run(model, query_ids, query_lengths)
 
-    bulk = model.start(bulk_ids, bulk_lengths, ALL, np.arange(len(bulk_lengths)))
+    bulk = model.start(bulk_ids, bulk_lengths, ALL, np.arange(len(bulk_lengths)), step_tokens)
     interrupted = 0
     while not bulk.step():
         query = run(model, query_ids, query_lengths)  # a whole pass between two steps
         assert_equal(query, query_alone)
         interrupted += 1
     assert interrupted == bulk.steps - 1 == bulk.stages * model.layers - 1
-    assert (bulk.stages == 4) is (scores_per_token == ONE_PART)  # attention in one part, or more
+    assert (bulk.stages == 4) is (scores_per_token == ONE_PART and step_tokens is None)  # one part, one chunk
+    assert bulk.step_tokens <= (step_tokens or len(bulk_ids)) < 2 * bulk.step_tokens  # equal chunks
     assert_equal(bulk.outputs(), alone)
 
     # And both equal FlagEmbedding's (the same tolerance as the vector tests).

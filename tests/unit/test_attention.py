@@ -164,8 +164,8 @@ def test_a_pass_builds_its_spans_once(tiny_model):
     model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
     ids, lengths = _texts(model, [12, 12, 5])
     running = model.start(ids, lengths, Kind.DENSE, np.array([], dtype=np.int64))
-    assert isinstance(running._lengths, Spans)
-    assert running._lengths.parts == [[Block(0, 12, 2, (0, 12)), Block(24, 5, 1, (0, 5))]]
+    assert isinstance(running._plan.spans, Spans)
+    assert running._plan.spans.parts == [[Block(0, 12, 2, (0, 12)), Block(24, 5, 1, (0, 5))]]
 
 
 # -- on the GPU machine ------------------------------------------------------------

@@ -86,6 +86,13 @@ def test_the_budget_bounds_the_longest_kind_of_step_not_the_average():
     assert sizer.tokens_per_second() == pytest.approx(1000 / 0.9), "throughput: whole passes"
 
 
+def test_a_pass_in_row_chunks_is_sized_by_its_longest_steps_rows():
+    sizer = PassSizer(max_wait_s=0.1, max_tokens=16384)
+    # 8000 tokens in chunks of 1000 rows: the longest step, 0.2 s, was over 1000 rows, not 8000.
+    sizer.observe(tokens=8000, steps=400, seconds=40.0, longest_step_s=0.2, step_tokens=1000)
+    assert sizer.budget() == 500
+
+
 def test_unknown_step_times_count_as_the_average_step():
     sizer = PassSizer(max_wait_s=0.1, max_tokens=16384)
     sizer.observe(tokens=1000, steps=4, seconds=2.0, longest_step_s=0.0)
