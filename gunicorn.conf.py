@@ -36,5 +36,6 @@ logger_class = "embsvc.master.access_log.AccessLogger"
 on_starting = hooks.on_starting
 pre_fork = hooks.pre_fork
 post_fork = hooks.post_fork
+post_worker_init = hooks.post_worker_init
 child_exit = hooks.child_exit
 on_exit = hooks.on_exit

