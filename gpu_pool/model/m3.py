@@ -116,7 +116,7 @@ class Pass:
         self._plan = model.encoder.plan(lengths.tolist(), step_tokens)  # once per pass
         self.stages = len(self._plan.steps)  # steps per layer
         self.steps = model.layers * self.stages
-        self.step_tokens = max(end - first for first, end in self._plan.chunks)  # the most rows a step takes
+        self.step_tokens = self._plan.step_tokens
         self.done = 0  # steps run
 
     @torch.inference_mode()

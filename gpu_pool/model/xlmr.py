@@ -83,12 +83,21 @@ class Plan:
     chunks: tuple[tuple[int, int], ...]
     steps: tuple[tuple[str, int], ...]
 
+    @property
+    def step_tokens(self) -> int:
+        """The most rows one step takes."""
+        return widest(self.chunks)
+
 
 def row_chunks(tokens: int, step_tokens: int | None) -> tuple[tuple[int, int], ...]:
     """(first, end) rows of each chunk: equal chunks of at most ``step_tokens`` (None: one)."""
     count = 1 if not step_tokens or tokens <= step_tokens else -(-tokens // step_tokens)
     bounds = [tokens * i // count for i in range(count + 1)]
     return tuple(itertools.pairwise(bounds))
+
+
+def widest(chunks: tuple[tuple[int, int], ...]) -> int:
+    return max(end - first for first, end in chunks)
 
 
 def layer_steps(chunks: int, parts: int) -> tuple[tuple[str, int], ...]:
@@ -117,32 +126,16 @@ class PackedEncoder:
         self.layers = [_layer(cast("XLMRobertaLayer", layer)) for layer in model.encoder.layer]
         self.kernel = kernel
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """``ids``, ``positions``: [tokens], the texts one after another; returns [tokens, hidden]."""
-        hidden = self.embed(ids, positions)
-        plan = self.plan(lengths)
-        for index in range(len(self.layers)):
-            hidden = self.layer(index, hidden, plan)
-        return hidden
-
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The input of the first layer: [tokens, hidden]."""
         return self._norm(self.word[ids] + self.position[positions] + self.token_type, self.embedding_norm)
-
-    def layer(self, index: int, hidden: torch.Tensor, plan: Plan) -> torch.Tensor:
-        """Layer ``index`` over the packed hidden states."""
-        state = State(hidden)
-        for stage in range(len(plan.steps)):
-            state = self.stage(index, stage, state, plan)
-        return state.hidden
 
     def plan(self, lengths: Sequence[int], step_tokens: int | None = None) -> Plan:
         """What a pass's steps need of its lengths, once per pass; ``step_tokens``: the most
         rows a step's products take (None: all)."""
         chunks = row_chunks(sum(lengths), step_tokens)
         if self.kernel is None:
-            widest = max(end - first for first, end in chunks)
-            spans = Spans(lengths, part_scores=SCORES_PER_TOKEN * widest)
+            spans = Spans(lengths, part_scores=SCORES_PER_TOKEN * widest(chunks))
         else:
             spans = Spans(lengths, to_device(attention.cu_seqlens(lengths), self.word.device, np.int32))
         return Plan(spans, chunks, layer_steps(len(chunks), len(spans.parts)))
