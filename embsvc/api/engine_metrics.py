@@ -46,7 +46,7 @@ class EngineCollector(Collector):
                                              "Requests merged into one forward pass", labels=LABELS)
         batch_texts = SummaryMetricFamily("embsvc_engine_batch_texts", "Texts in one forward pass", labels=LABELS)
         batch_seconds = SummaryMetricFamily("embsvc_engine_batch_duration_seconds",
-                                            "Time to compute one batch and write its vectors", labels=LABELS)
+                                            "A forward pass's own time on the device", labels=LABELS)
         for engine in self.backend.snapshot():
             labels = [str(engine["index"]), str(engine["device"])]
             for name in STATES:

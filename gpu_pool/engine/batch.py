@@ -34,6 +34,18 @@ class Outputs:
     colbert: np.ndarray | None  # [rows, dim]: the ColBERT rows of the wanting texts, in their order
 
 
+class Pending(Protocol):
+    """A pass's outputs on their way to the host."""
+
+    def wait(self) -> Outputs:
+        """The outputs, once on the host."""
+        ...
+
+    def seconds(self) -> float:
+        """The pass's own time on its device (read after ``wait``)."""
+        ...
+
+
 class RunningPass(Protocol):
     steps: int  # the points between which another pass may run
     stages: int  # steps per layer, each a different part of it
@@ -47,7 +59,9 @@ class RunningPass(Protocol):
         """Wait until the device has run the steps queued so far (at once on a CPU)."""
         ...
 
-    def outputs(self) -> Outputs: ...
+    def outputs_async(self) -> Pending:
+        """Once the last step has run: the heads, queued, and their outputs on their way."""
+        ...
 
 
 class Model(Protocol):

@@ -1,6 +1,6 @@
 """The engine's loop: jobs in from the request pipe, batches through the model, answers out.
 
-Three threads, so that the device never waits on Python:
+Four threads, so that the device never waits on Python:
 
 - the reader takes jobs off the request pipe, attaches their shared memory and
   queues their inputs;
@@ -13,11 +13,15 @@ Three threads, so that the device never waits on Python:
   ``concurrency`` bulk batches are in hand: one running, the rest prepared. Jobs
   whose deadline has passed, or whose client left (``Cancel``), are dropped before
   their first pass;
-- the main thread runs the model a step (a part of a layer) at a time, computing only the heads some
-  job in the batch asked for, writes each input's vectors into its job's segment and
-  answers every job whose inputs are all done. Between the steps of a bulk pass it
-  runs a waiting interactive batch whole (``lanes.may_interleave``). A pass that runs
-  out of memory is split in two and retried, down to the one input that does not fit.
+- the main thread runs the model a step (a part of a layer) at a time, computing only the
+  heads some job in the batch asked for, and hands the pass to the answer thread. Between the
+  steps of a bulk pass it runs a waiting interactive batch whole (``lanes.may_interleave``).
+  A pass that runs out of memory is split in two and retried, down to the one input that
+  does not fit;
+- the answer thread (``answers.AnswerThread``) waits for a pass's outputs to reach the
+  host, writes each input's vectors into its job's segment and answers every job whose
+  inputs are all done, while the main thread runs the next pass. It alone answers or
+  fails a job once its first pass began.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import numpy as np
 
-from gpu_pool.engine.batch import Batch, Model, Outputs, pack, per_item
+from gpu_pool.engine.answers import AnswerThread
+from gpu_pool.engine.batch import Batch, Model, Pending, RunningPass, pack, per_item
 from gpu_pool.engine.batching import Item, plan_batch
 from gpu_pool.engine.jobs import ActiveJob
 from gpu_pool.engine.lanes import PassSizer, longest_step, may_interleave, next_lane
@@ -50,6 +56,23 @@ _ANY_TOKEN = 5  # an ordinary token id (0-3 are XLM-R's specials): warm-up passe
 _DONE_CHUNK = 256
 
 
+@dataclass(frozen=True)
+class Launched:
+    """A pass whose steps have all been queued (GPU) or run (CPU), its outputs on their way."""
+
+    batch: Batch
+    outputs: Pending
+    steps: int
+    stages: int  # steps per layer
+    step_tokens: int  # the most rows one step took
+    step_seconds: list[float]  # each step on the host's clock: its time on a CPU only
+    interleaved: float  # seconds of interactive passes run between its steps
+
+    def seconds(self) -> float:
+        """Its own time on the device, the interleaved passes left out (after ``outputs.wait``)."""
+        return max(0.0, self.outputs.seconds() - self.interleaved)
+
+
 class Engine:
     def __init__(self, spec: EngineSpec, model: Model, requests: Connection, slots: list[Connection],
                  shared: EngineShared) -> None:
@@ -64,6 +87,7 @@ class Engine:
         self.sizer = PassSizer(spec.interactive_max_wait_ms / 1000, spec.max_batch_tokens)
         self.last_lane: Lane | None = None
         self.ready = threading.Condition()
+        self.answers = AnswerThread()
         self.stopping = False
         self.planner_done = False
         self._seq = 0
@@ -75,7 +99,9 @@ class Engine:
         ids = np.full(tokens, _ANY_TOKEN, dtype=np.int32)
         batch = pack([Item(0, 0, tokens)], [ids], [Kind.DENSE])
         for _ in range(2):
-            self._compute(batch)
+            launched = self._launch(batch)
+            launched.outputs.wait()
+            self._learn(launched)
 
     # -- the reader thread ---------------------------------------------------------
 
@@ -235,6 +261,7 @@ class Engine:
                 with self.ready:
                     self.in_hand -= 1
                     self.ready.notify_all()
+        self.answers.close()
         for active in list(self.jobs.values()):
             self._fail([active], ErrorCode.GONE, "the engine is shutting down")
 
@@ -254,25 +281,13 @@ class Engine:
         batch = self._fresh(waiting)
         if batch is None:
             return
-        started = time.perf_counter()
         self._note_began(batch)
         try:
-            out = self._compute(batch)
+            launched = self._launch(batch)
         except Exception as exc:  # noqa: BLE001 - a failed pass fails its jobs, the engine goes on
             self._failed_pass(batch, exc)
             return
-        touched: dict[int, ActiveJob] = {}
-        for item, (dense, sparse, colbert) in zip(batch.items, per_item(batch, out), strict=True):
-            active = self.jobs.get(item.job_seq)
-            if active is None:
-                continue  # failed meanwhile
-            active.write(item.index, dense if active.wants(Kind.DENSE) else None,
-                         sparse if active.wants(Kind.SPARSE) else None, colbert)
-            touched[active.seq] = active
-        finished = [a for a in touched.values() if a.remaining == 0]
-        self._answer_done(finished)
-        self.shared.add_stats(batches=1, batched_requests=len(touched), batched_inputs=len(batch.items),
-                              tokens=len(batch.ids), processing_seconds=time.perf_counter() - started)
+        self.answers.submit(lambda: self._answer(launched))
 
     def _fresh(self, batch: Batch) -> Batch | None:
         """The batch without the jobs dropped, or expired, while it waited (None: nothing left)."""
@@ -287,7 +302,7 @@ class Engine:
                 return batch
             return self._prepare(alive, batch.lane) if alive else None
 
-    def _compute(self, batch: Batch) -> Outputs:
+    def _launch(self, batch: Batch) -> Launched:
         """The pass, a step at a time; between the steps of a bulk pass, waiting queries run."""
         # A bulk pass of one long text keeps its steps to the budget's rows; queries run whole.
         step_tokens = self.sizer.budget() if batch.lane == Lane.BULK else None
@@ -301,21 +316,24 @@ class Engine:
                 # On a GPU the steps queued so far finish first: the query then queues behind
                 # none of them, and the clock below measures the device, not the queueing.
                 running.sync()
-                interleaved += self._interleave(time.perf_counter() - began - interleaved, interleaved)
+                interleaved += self._interleave(running, time.perf_counter() - began - interleaved, interleaved)
             step_began = time.perf_counter()
         step_seconds.append(time.perf_counter() - step_began)
-        out = running.outputs()
-        if batch.lane == Lane.BULK:
-            # On a GPU the steps are only queued: their times are not the device's, and the
-            # average step (the whole pass, synchronized by ``outputs``) stands for them.
-            longest = longest_step(step_seconds, running.stages) if self.model.device_name == "cpu" else 0.0
-            self.sizer.observe(len(batch.ids), running.steps, time.perf_counter() - began - interleaved, longest,
-                               running.step_tokens)
-            rate = self.sizer.tokens_per_second()
-            self.shared.set_stats(tokens_per_second=rate or 0.0, bulk_pass_tokens=self.sizer.budget())
-        return out
+        return Launched(batch, running.outputs_async(), running.steps, running.stages, running.step_tokens,
+                        step_seconds, interleaved)
 
-    def _interleave(self, bulk_s: float, interactive_s: float) -> float:
+    def _learn(self, launched: Launched) -> None:
+        """A bulk pass's times, for the sizing of the next ones (after its outputs arrived)."""
+        # On a GPU the steps are only queued: their host times are not the device's, and the
+        # average step (the pass's device time) stands for them.
+        cpu = self.model.device_name == "cpu"
+        longest = longest_step(launched.step_seconds, launched.stages) if cpu else 0.0
+        self.sizer.observe(len(launched.batch.ids), launched.steps, launched.seconds(), longest,
+                           launched.step_tokens)
+        rate = self.sizer.tokens_per_second()
+        self.shared.set_stats(tokens_per_second=rate or 0.0, bulk_pass_tokens=self.sizer.budget())
+
+    def _interleave(self, running: RunningPass, bulk_s: float, interactive_s: float) -> float:
         """Run the waiting interactive batch now, if bulk has had its share; the time it took."""
         if not may_interleave(bulk_s, interactive_s, self.spec.bulk_share):
             return 0.0
@@ -326,6 +344,7 @@ class Engine:
             self.ready.notify_all()
         began = time.perf_counter()
         self._run(batch)
+        running.sync()  # on a GPU, until the query has run: the clock measures the device
         self.shared.add_stats(preemptions=1)
         return time.perf_counter() - began
 
@@ -342,14 +361,14 @@ class Engine:
         out_of_memory = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
         if not out_of_memory:
             log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
-            self._fail_jobs_of(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
+            self._fail_later(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
             return
         self.model.release_memory()
         if len(batch.items) == 1:
             item = batch.items[0]
             log.error("Out of memory on one input of %d tokens: %s", item.length, exc)
-            self._fail_jobs_of(batch.items, ErrorCode.OUT_OF_MEMORY,
-                               f"an input of {item.length} tokens needs more memory than the device has")
+            self._fail_later(batch.items, ErrorCode.OUT_OF_MEMORY,
+                             f"an input of {item.length} tokens needs more memory than the device has")
             return
         log.warning("Out of memory on %d inputs (%d tokens); retrying in two halves",
                     len(batch.items), len(batch.ids))
@@ -361,7 +380,37 @@ class Engine:
             if retry is not None:
                 self._run(retry)
 
-    # -- answers -------------------------------------------------------------------
+    def _fail_later(self, items: list[Item], code: ErrorCode, message: str) -> None:
+        """Fail the jobs of ``items`` on the answer thread, after the answers of earlier passes."""
+        self.answers.submit(lambda: self._fail_jobs_of(items, code, message))
+
+    # -- the answer thread ---------------------------------------------------------
+
+    def _answer(self, launched: Launched) -> None:
+        """Write a pass's outputs into its jobs' segments and answer the jobs it completes."""
+        batch = launched.batch
+        try:
+            self._deliver(launched)
+        except Exception as exc:  # a pass that failed on the device (or a bug here) fails its jobs
+            log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
+            self._fail_jobs_of(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
+
+    def _deliver(self, launched: Launched) -> None:
+        batch, out = launched.batch, launched.outputs.wait()
+        if batch.lane == Lane.BULK:
+            self._learn(launched)
+        touched: dict[int, ActiveJob] = {}
+        for item, (dense, sparse, colbert) in zip(batch.items, per_item(batch, out), strict=True):
+            active = self.jobs.get(item.job_seq)
+            if active is None:
+                continue  # failed meanwhile
+            active.write(item.index, dense if active.wants(Kind.DENSE) else None,
+                         sparse if active.wants(Kind.SPARSE) else None, colbert)
+            touched[active.seq] = active
+        finished = [a for a in touched.values() if a.remaining == 0]
+        self._answer_done(finished)
+        self.shared.add_stats(batches=1, batched_requests=len(touched), batched_inputs=len(batch.items),
+                              tokens=len(batch.ids), processing_seconds=launched.seconds())
 
     def _fail_jobs_of(self, items: list[Item], code: ErrorCode, message: str) -> None:
         with self.ready:

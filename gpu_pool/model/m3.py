@@ -20,7 +20,7 @@ from transformers import AutoModel
 
 from gpu_pool.engine.batch import Outputs
 from gpu_pool.model import attention
-from gpu_pool.model.transfer import HostCopy, to_device
+from gpu_pool.model.transfer import HostCopy, PassTimer, to_device
 from gpu_pool.model.xlmr import PackedEncoder, State
 from gpu_pool.wire import packing
 from gpu_pool.wire.protocol import Kind
@@ -65,23 +65,20 @@ class M3Model:
               step_tokens: int | None = None) -> Pass:
         """A pass that runs a part of a layer per ``step``, over at most ``step_tokens`` rows
         (None: all); its outputs once every step is done."""
+        timer = PassTimer(self.device)
         # XLM-R numbers each text's positions from pad_id + 1.
         positions = packing.positions(lengths, first=self.pad_id + 1)
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
-        return Pass(self, hidden, lengths, kinds, colbert_texts, step_tokens)
+        return Pass(self, timer, hidden, lengths, kinds, colbert_texts, step_tokens)
 
     def release_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def heads(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
-        """The requested heads over the last layer's hidden states."""
-        return self.heads_async(hidden, lengths, kinds, colbert_texts).wait()
-
     @torch.inference_mode()
-    def heads_async(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
-                    colbert_texts: np.ndarray) -> PendingOutputs:
-        """The requested heads, queued on the device and on their way to the host."""
+    def heads(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> HostCopy:
+        """The requested heads over the last layer's hidden states, queued on the device and on
+        their way to the host."""
         dense = sparse = colbert = None
         # Normalized in float32, then rounded once to what the answer carries.
         vector_type = torch.float16 if kinds & Kind.HALF else torch.float32
@@ -92,7 +89,7 @@ class M3Model:
         if kinds & Kind.COLBERT and len(colbert_texts):
             rows = self._tensor(packing.colbert_sources(lengths, colbert_texts))
             colbert = F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1).to(vector_type)
-        return PendingOutputs(HostCopy([dense, sparse, colbert], self.device))
+        return HostCopy([dense, sparse, colbert], self.device)
 
     def use_threads(self, tokens: int) -> None:
         """CPU threads for a pass of ``tokens`` tokens."""
@@ -109,9 +106,9 @@ class Pass:
     """One forward pass, a part of a layer per ``step`` (``PackedEncoder.stage``): between two
     steps the engine may run another pass whole, and this one goes on from the states it keeps."""
 
-    def __init__(self, model: M3Model, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
+    def __init__(self, model: M3Model, timer: PassTimer, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
                  colbert_texts: np.ndarray, step_tokens: int | None = None) -> None:
-        self.model, self.state, self.lengths = model, State(hidden), lengths
+        self.model, self.timer, self.state, self.lengths = model, timer, State(hidden), lengths
         self.kinds, self.colbert_texts = kinds, colbert_texts
         self._plan = model.encoder.plan(lengths.tolist(), step_tokens)  # once per pass
         self.stages = len(self._plan.steps)  # steps per layer
@@ -139,14 +136,16 @@ class Pass:
     def outputs_async(self) -> PendingOutputs:
         """The outputs on their way to the host: a caller that starts the next pass before it
         ``wait``s overlaps the copy with that pass's kernels."""
-        return self.model.heads_async(self.state.hidden, self.lengths, self.kinds, self.colbert_texts)
+        copy = self.model.heads(self.state.hidden, self.lengths, self.kinds, self.colbert_texts)
+        self.timer.stop()
+        return PendingOutputs(copy, self.timer)
 
 
 class PendingOutputs:
-    """A pass's outputs being copied to the host (at once on the CPU)."""
+    """A pass's outputs being copied to the host (at once on the CPU), and its time."""
 
-    def __init__(self, copy: HostCopy) -> None:
-        self._copy = copy
+    def __init__(self, copy: HostCopy, timer: PassTimer) -> None:
+        self._copy, self._timer = copy, timer
 
     def ready(self) -> bool:
         return self._copy.ready()
@@ -154,6 +153,10 @@ class PendingOutputs:
     def wait(self) -> Outputs:
         dense, sparse, colbert = self._copy.wait()
         return Outputs(dense, sparse, colbert)
+
+    def seconds(self) -> float:
+        """The pass's time on the device, from its start to its heads (after ``wait``)."""
+        return self._timer.seconds()
 
 
 def _load_linear(path: Path, n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> torch.nn.Linear:

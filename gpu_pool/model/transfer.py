@@ -9,10 +9,15 @@ host waits once, on one event, for all of them (``HostCopy.wait``), instead of o
 per tensor.
 
 On the CPU nothing moves: the tensors are the arrays, exactly as before.
+
+For the same reason the host's clock does not time a pass on CUDA (it says when the
+kernels were queued, not when they ran): ``PassTimer`` reads events recorded on the
+device's stream instead.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,6 +82,39 @@ class HostCopy:
             return self._arrays
         self._event.synchronize()
         return [None if t is None else t.numpy() for t in self._host]
+
+
+class PassTimer:
+    """A pass's time on its device, from ``PassTimer(device)`` to ``stop``; read ``seconds`` once
+    the pass's outputs have reached the host. On the CPU, where each operation has finished
+    when it returns, the host's clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._events: list[torch.cuda.Event] = []
+        self._began = time.perf_counter()
+        self._seconds = 0.0
+        if device.type == "cuda":
+            self._events.append(_timing_event(self._device))
+
+    def stop(self) -> None:
+        if self._events:
+            self._events.append(_timing_event(self._device))
+        else:
+            self._seconds = time.perf_counter() - self._began
+
+    def seconds(self) -> float:
+        if not self._events:
+            return self._seconds
+        began, ended = self._events
+        ended.synchronize()
+        return float(began.elapsed_time(ended)) / 1000
+
+
+def _timing_event(device: torch.device) -> torch.cuda.Event:
+    event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    event.record(torch.cuda.current_stream(device))  # behind the kernels queued so far
+    return event
 
 
 def copy_stream(device: torch.device) -> torch.cuda.Stream:

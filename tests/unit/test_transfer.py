@@ -4,12 +4,14 @@ back asynchronously, with the same numbers."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from gpu_pool.model.m3 import M3Model
-from gpu_pool.model.transfer import HostCopy, to_device, uses_pinned_memory
+from gpu_pool.model.transfer import HostCopy, PassTimer, to_device, uses_pinned_memory
 from gpu_pool.wire.protocol import Kind
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -69,6 +71,15 @@ def test_outputs_async_gives_the_outputs(tiny_model):
     for name in ("dense", "sparse", "colbert"):
         np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
     assert got.colbert.shape == (2, model.dim)
+    assert 0 < pending.seconds() < 10  # the pass's time, from its start to its heads
+
+
+def test_a_pass_timer_on_the_cpu_is_the_hosts_clock():
+    timer = PassTimer(torch.device("cpu"))
+    time.sleep(0.02)
+    timer.stop()
+    time.sleep(0.05)  # after the stop: not counted
+    assert 0.02 <= timer.seconds() < 0.05
 
 
 # -- on the GPU machine ------------------------------------------------------------
@@ -88,6 +99,24 @@ def test_cuda_copies_are_asynchronous_and_exact():
     assert copy.ready() and nothing is None
     assert got.dtype == np.float16  # float16 crosses as it is: half the bytes
     np.testing.assert_array_equal(got, source.cpu().numpy())
+
+
+@pytest.mark.gpu
+@CUDA
+def test_a_pass_timer_on_cuda_times_the_kernels_not_their_queueing():
+    device = torch.device("cuda:0")
+    a = torch.randn(8192, 8192, device=device, dtype=torch.float16)
+    b = a @ a  # cuBLAS's set-up, before the clocks
+    torch.cuda.synchronize()
+    timer = PassTimer(device)
+    queued = time.perf_counter()
+    for _ in range(20):
+        b = a @ a  # 22 TFLOP in all: tens of milliseconds even on an H200
+    queued = time.perf_counter() - queued
+    timer.stop()
+    seconds = timer.seconds()  # waits for the kernels
+    assert seconds > 2 * queued, (seconds, queued)
+    assert b.shape == a.shape
 
 
 @pytest.mark.gpu

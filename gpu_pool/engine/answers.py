@@ -1,0 +1,48 @@
+"""The engine's answer thread: what becomes of a pass once the device has run it.
+
+The main thread queues a pass's kernels (on a GPU) or computes it (on a CPU), hands the
+pass here and goes on to the next one, so that waiting for the outputs' copy to the host,
+writing the vectors into the jobs' shared memory and sending the answers overlap the next
+pass. Tasks run one at a time in the order given, so a job's failure never overtakes the
+writes of its earlier passes. ``submit`` waits while ``depth`` tasks are waiting or running:
+the main thread stays at most that many passes ahead of the answers (on a GPU, the
+queued work that a query arriving would wait behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger("gpu_pool.engine")
+
+Task = Callable[[], None]
+
+
+class AnswerThread:
+    def __init__(self, depth: int = 1) -> None:
+        self._room = threading.Semaphore(depth)
+        self._tasks: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="engine-answers", daemon=True)
+        self._thread.start()
+
+    def submit(self, task: Task) -> None:
+        """Queue ``task``, once fewer than ``depth`` are in hand."""
+        self._room.acquire()
+        self._tasks.put(task)
+
+    def close(self) -> None:
+        """Run the tasks queued so far, then stop."""
+        self._tasks.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            try:
+                task()
+            except Exception:  # a task fails its own jobs; this keeps every later answer coming
+                log.exception("An answer task failed")
+            finally:
+                self._room.release()

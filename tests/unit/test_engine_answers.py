@@ -1,0 +1,190 @@
+"""The engine answers a pass on a thread of its own while the next pass runs (gpu_pool/engine/answers.py).
+
+The loop runs in this process over a fake model whose outputs reach the host only when the test
+lets them, with real pipes and real shared-memory segments."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+from itertools import count
+
+import numpy as np
+import pytest
+
+from gpu_pool.engine.answers import AnswerThread
+from gpu_pool.engine.batch import Outputs
+from gpu_pool.engine.loop import Engine
+from gpu_pool.engine.spec import EngineSpec
+from gpu_pool.wire import protocol
+from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Job, Kind, Stop
+from gpu_pool.wire.segment import Layout, Segment
+from gpu_pool.wire.shared import EngineShared
+
+DIM = 4
+_names = count()
+
+
+def test_tasks_run_in_order_and_a_failing_one_stops_none_after_it():
+    answers = AnswerThread(depth=4)
+    ran: list[int] = []
+
+    def fail() -> None:
+        raise RuntimeError("a bug in one answer")
+
+    for task in (lambda: ran.append(1), fail, lambda: ran.append(2)):
+        answers.submit(task)
+    answers.close()  # runs what was queued first
+    assert ran == [1, 2]
+
+
+def test_submit_waits_while_depth_tasks_are_in_hand():
+    answers = AnswerThread(depth=1)
+    gate = threading.Event()
+    answers.submit(gate.wait)
+    second = threading.Thread(target=answers.submit, args=(lambda: None,))
+    second.start()
+    second.join(0.2)
+    assert second.is_alive(), "a second task is taken while the first runs"
+    gate.set()
+    second.join(5)
+    assert not second.is_alive()
+    answers.close()
+
+
+class Arriving:
+    """A pass's outputs that reach the host once ``gate`` is set (or fail to)."""
+
+    def __init__(self, outputs: Outputs, gate: threading.Event, error: Exception | None) -> None:
+        self.outputs, self.gate, self.error = outputs, gate, error
+
+    def wait(self) -> Outputs:
+        assert self.gate.wait(10), "the test never let these outputs arrive"
+        if self.error is not None:
+            raise self.error
+        return self.outputs
+
+    def seconds(self) -> float:
+        return 0.001
+
+
+class OnePass:
+    steps = stages = 1
+
+    def __init__(self, outputs: Arriving, tokens: int) -> None:
+        self.arriving, self.step_tokens = outputs, tokens
+
+    def step(self) -> bool:
+        return True
+
+    def sync(self) -> None:
+        pass
+
+    def outputs_async(self) -> Arriving:
+        return self.arriving
+
+
+class FakeModel:
+    """Dense vectors filled with the pass's first id; each pass's outputs wait for its gate."""
+
+    dim, device_name, dtype_name = DIM, "cpu", "float32"
+
+    def __init__(self) -> None:
+        self.started: list[int] = []  # each pass's first id, in order
+        self.gates: dict[int, threading.Event] = {}
+        self.errors: dict[int, Exception] = {}
+
+    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None) -> OnePass:
+        first = int(ids[0])
+        self.started.append(first)
+        dense = np.full((len(lengths), DIM), first, dtype=np.float32)
+        gate = self.gates.setdefault(first, threading.Event())
+        return OnePass(Arriving(Outputs(dense, None, None), gate, self.errors.get(first)), len(ids))
+
+    def release_memory(self) -> None:
+        pass
+
+
+@pytest.fixture
+def engine():
+    """An engine over ``FakeModel`` serving on a thread; the test talks to it through ``Harness``."""
+    harness = Harness()
+    yield harness
+    harness.stop()
+
+
+class Harness:
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.requests_in, self.requests_out = ctx.Pipe(duplex=False)
+        self.answers_in, self.answers_out = ctx.Pipe(duplex=False)
+        spec = EngineSpec(0, "cpu", "float32", "-", batch_size=1, max_batch_tokens=1024, batch_timeout_ms=0,
+                          concurrency=2, interactive_max_wait_ms=20, bulk_share=0.8, threads=1,
+                          log_level="INFO", log_format="text")
+        self.model = FakeModel()
+        self.engine = Engine(spec, self.model, self.requests_in, [self.answers_out], EngineShared(ctx, 1))
+        self.segments: list[Segment] = []
+        self.thread = threading.Thread(target=self.engine.serve, daemon=True)
+        self.thread.start()
+
+    def send(self, first_id: int) -> tuple[int, Segment]:
+        """A job of one input whose first id is ``first_id``: its id and segment."""
+        layout = Layout(1, 3, DIM, Kind.DENSE)
+        segment = Segment.create(f"bgem3-test-answers-{os.getpid()}-{next(_names)}", layout)
+        self.segments.append(segment)
+        segment.arrays["lengths"][:] = [3]
+        segment.arrays["ids"][:] = [first_id, 7, 2]
+        job_id = first_id
+        self.requests_out.send_bytes(protocol.encode(Job(job_id, 0, segment.name, 1, 3, Kind.DENSE)))
+        return job_id, segment
+
+    def let_through(self, first_id: int) -> None:
+        """Let the outputs of the pass whose first id is ``first_id`` arrive (before or after it starts)."""
+        self.model.gates.setdefault(first_id, threading.Event()).set()
+
+    def answer(self) -> Done | Failed:
+        assert self.answers_in.poll(10), "no answer came"
+        return protocol.decode(self.answers_in.recv_bytes())
+
+    def wait_started(self, n: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(self.model.started) < n:
+            assert time.monotonic() < deadline, f"passes started: {self.model.started}"
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        for gate in self.model.gates.values():
+            gate.set()
+        self.requests_out.send_bytes(protocol.encode(Stop()))
+        self.thread.join(10)
+        for segment in self.segments:
+            segment.close()
+
+
+def test_the_next_pass_runs_while_the_last_ones_outputs_are_on_their_way(engine):
+    first, first_segment = engine.send(11)
+    engine.wait_started(1)
+    second, second_segment = engine.send(12)
+    engine.wait_started(2)  # the first pass's outputs have not arrived yet
+    assert not engine.answers_in.poll(0.1), "an answer came before its outputs"
+    engine.let_through(11)
+    assert engine.answer() == Done((first,))
+    engine.let_through(12)
+    assert engine.answer() == Done((second,))
+    np.testing.assert_array_equal(first_segment.arrays["dense"], np.full((1, DIM), 11))
+    np.testing.assert_array_equal(second_segment.arrays["dense"], np.full((1, DIM), 12))
+
+
+def test_outputs_that_fail_on_their_way_fail_their_jobs_and_the_engine_goes_on(engine):
+    engine.model.errors[21] = RuntimeError("CUDA error: an illegal memory access was encountered")
+    engine.let_through(21)
+    failed, _ = engine.send(21)
+    answer = engine.answer()
+    assert isinstance(answer, Failed) and answer.job_id == failed
+    assert answer.code == ErrorCode.FORWARD_FAILED
+    engine.let_through(22)
+    served, segment = engine.send(22)
+    assert engine.answer() == Done((served,))
+    np.testing.assert_array_equal(segment.arrays["dense"], np.full((1, DIM), 22))
