@@ -21,6 +21,8 @@ the JSON says so):
              float32; varlen against per-length attention
   engine     the engine's model alone on the bulk texts at 8,192 to 65,536 tokens a pass
   gpu_tests  the tests marked ``gpu`` (tests/unit/test_attention.py, test_transfer.py)
+  two_engines  the short queries and the lone query with two engines on the one device
+             (``DEVICE=cuda:0,cuda:0``), where time is left
 
 The JSON (printed last, and written to OUT/gpu-check-DATE-GPU.json, ready for bench/results/)
 holds every part's figures, the issue's targets with met/not met, and the share of the
@@ -59,7 +61,7 @@ class Part:
 # Most important first: the headline figures before the checks that confirm choices.
 PARTS = (Part("env", 60, 60), Part("build", 150, 150), Part("peak", 60, 40), Part("server", 220, 110),
          Part("bare_app", 60, 40), Part("flag", 120, 60), Part("parity", 150, 90), Part("engine", 120, 60),
-         Part("gpu_tests", 120, 90))
+         Part("gpu_tests", 120, 90), Part("two_engines", 90, 50))
 MIN_PART_S = 20  # a part that cannot have this long is skipped
 
 
@@ -100,8 +102,8 @@ class Check:
             return self._gpu_tests(limit)
         base = ["--device", self.args.device, "--model", str(self.model), "--work", str(self.work)]
         base += ["--quick"] if self.args.quick else []
-        module = ["-m", "bench.gpu_server", "--only", name] if name in ("server", "bare_app") else [
-            "-m", "bench.gpu_parts", name]
+        in_server = name in ("server", "bare_app", "two_engines")
+        module = ["-m", "bench.gpu_server", "--only", name] if in_server else ["-m", "bench.gpu_parts", name]
         return run_json([sys.executable, *module, *base], limit)
 
     def _build(self) -> dict[str, Any]:

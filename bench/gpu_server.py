@@ -10,7 +10,8 @@ Loads, each measured after a warm-up over a fixed window (testkit/httpload.py):
   short_queries     one text of 8-16 tokens per request, dense only (base64), 64+ connections;
   lone_query        the same from one connection: the latency of a query on an idle server;
 and where the time goes under the short queries: the engine's busy share (from /stats)
-and the CPU the web workers and the engine used (from /proc).
+and the CPU the web workers and the engine used (from /proc). ``--only two_engines``: the
+short and lone queries again with two engines on the one device.
 """
 
 from __future__ import annotations
@@ -52,10 +53,14 @@ class Plan:
         self.bulk_connections = 16 if gpu else 2
         self.short_connections = 64 if gpu else 16
         self.client_processes = 4 if gpu else 2
-        cores = len(os.sched_getaffinity(0))
-        self.web_concurrency = default_workers(cores, 1 if gpu else 0)
+        self.gpu = gpu
+        self.web_concurrency = self.workers(1)
         # On a CPU the server's default queue (50) would refuse 64 clients; a GPU's (512) takes them.
         self.env = {} if gpu else {"MAX_QUEUE_SIZE": "1000"}
+
+    def workers(self, engines: int) -> int:
+        """WEB_CONCURRENCY as the server's default sizes it for ``engines`` engines."""
+        return default_workers(len(os.sched_getaffinity(0)), engines if self.gpu else 0)
 
 
 def bodies(texts: list[str], counts: list[int], per_request: int, extra: dict[str, Any]) -> list[httpload.Request]:
@@ -95,23 +100,24 @@ def cpu_seconds(pid: int) -> float:
 
 
 def where_time_goes(server: Server, run: Callable[[], dict[str, float]]) -> dict[str, Any]:
-    """``run``'s figures, with the engine's busy share and the cores the web workers and engine used."""
-    workers, engine = sorted(procs.worker_pids(server)), procs.engine_pid(server)
+    """``run``'s figures, with the engine's busy share and the cores the web workers and engine used
+    (with several engines, their sums)."""
+    workers, engines = sorted(procs.worker_pids(server)), procs.engine_pids(server)
     before = stats(server.url)["batching"]
-    cpu_before = [cpu_seconds(p) for p in (*workers, engine)]
+    cpu_before = [cpu_seconds(p) for p in (*workers, *engines)]
     started = time.monotonic()
     figures: dict[str, Any] = run()
     wall = time.monotonic() - started
     after = stats(server.url)["batching"]
-    cpu = [cpu_seconds(p) - c for p, c in zip((*workers, engine), cpu_before, strict=True)]
+    cpu = [cpu_seconds(p) - c for p, c in zip((*workers, *engines), cpu_before, strict=True)]
     batches = after["batches"] - before["batches"]
     busy = after["average_processing_time"] * after["batches"] - before["average_processing_time"] * before["batches"]
     figures["engine_busy_share"] = round(busy / wall, 3)
     figures["engine_batches_per_s"] = round(batches / wall, 1)
     figures["requests_per_batch"] = round((after["processed_requests"] - before["processed_requests"])
                                           / max(1, batches), 2)
-    figures["web_workers_cores"] = round(sum(cpu[:-1]) / wall, 2)
-    figures["engine_cores"] = round(cpu[-1] / wall, 2)
+    figures["web_workers_cores"] = round(sum(cpu[:len(workers)]) / wall, 2)
+    figures["engine_cores"] = round(sum(cpu[len(workers):]) / wall, 2)
     return figures
 
 
@@ -143,9 +149,10 @@ def shm_size() -> str | None:
     return "16g" if small and os.geteuid() == 0 and shutil.which("unshare") else None
 
 
-def serve(args: argparse.Namespace, plan: Plan, work: Path) -> Server:
-    server = Server(Path(args.model), work / "server.log", shm_size=shm_size(), API_TOKEN=TOKEN, DEVICE=args.device,
-                    DTYPE="auto", WEB_CONCURRENCY=str(plan.web_concurrency), LOG_FORMAT="json", **plan.env)
+def serve(args: argparse.Namespace, plan: Plan, work: Path, engines: int = 1) -> Server:
+    server = Server(Path(args.model), work / "server.log", shm_size=shm_size(), API_TOKEN=TOKEN,
+                    DEVICE=",".join([args.device] * engines), DTYPE="auto", WEB_CONCURRENCY=str(plan.workers(engines)),
+                    LOG_FORMAT="json", **plan.env)
     return server.start(timeout=300)
 
 
@@ -179,6 +186,21 @@ def measure_server(args: argparse.Namespace, plan: Plan, work: Path, texts: dict
     finally:
         server.stop()
     return out
+
+
+def measure_two_engines(args: argparse.Namespace, plan: Plan, work: Path, texts: dict[str, Any]) -> dict[str, Any]:
+    """The short queries again with two engines on the one device (``DEVICE=cuda:0,cuda:0``):
+    whether a second process's Python beside the first's kernels pays where one engine's host
+    side is the limit."""
+    asks = queries(texts["queries"]["texts"], texts["queries"]["tokens"])
+    server = serve(args, plan, work, engines=2)
+    try:
+        return {"web_concurrency": plan.workers(2), "short_queries": where_time_goes(server, lambda: load(
+                    server.port, asks, plan.short_connections, plan.client_processes, plan.short_window_s,
+                    plan.warmup_s)),
+                "lone_query": lone_query(server, asks, plan.lone_window_s), "gpu_memory_mib": gpu_memory_mib()}
+    finally:
+        server.stop()
 
 
 def _usage(server: Server, request: httpload.Request) -> int:
@@ -224,16 +246,18 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--work", required=True)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=("server", "bare_app"), help="one of the two halves")
+    parser.add_argument("--only", choices=("server", "bare_app", "two_engines"), help="one part")
     args = parser.parse_args()
     plan, work = Plan(args), Path(args.work)
     texts = json.loads((work / "texts.json").read_text())
     started = time.perf_counter()
     out: dict[str, Any] = {}
-    if args.only != "bare_app":
+    if args.only in (None, "server"):
         out["server"] = measure_server(args, plan, work, texts)
-    if args.only != "server":
+    if args.only in (None, "bare_app"):
         out["bare_app_short_queries"] = measure_bare_app(plan, work, texts)
+    if args.only == "two_engines":
+        out["two_engines"] = measure_two_engines(args, plan, work, texts)
     print(json.dumps({**out, "part_seconds": round(time.perf_counter() - started, 1)}), flush=True)
 
 

@@ -1,6 +1,6 @@
 """The engine's loop: jobs in from the request pipe, batches through the model, answers out.
 
-Four threads, so that the device never waits on Python:
+Three threads, four on a GPU, so that the device never waits on Python:
 
 - the reader takes jobs off the request pipe, attaches their shared memory and
   queues their inputs;
@@ -18,10 +18,11 @@ Four threads, so that the device never waits on Python:
   steps of a bulk pass it runs a waiting interactive batch whole (``lanes.may_interleave``).
   A pass that runs out of memory is split in two and retried, down to the one input that
   does not fit;
-- the answer thread (``answers.AnswerThread``) waits for a pass's outputs to reach the
-  host, writes each input's vectors into its job's segment and answers every job whose
-  inputs are all done, while the main thread runs the next pass. It alone answers or
-  fails a job once its first pass began.
+- on a GPU, the answer thread (``answers.AnswerThread``) waits for a pass's outputs to
+  reach the host, writes each input's vectors into its job's segment and answers every job
+  whose inputs are all done, while the main thread runs the next pass. It alone answers or
+  fails a job once its first pass began. On a CPU the main thread does this itself
+  between passes (``answers.Inline``): there the passes use every core.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from gpu_pool.engine.answers import AnswerThread
+from gpu_pool.engine import answers
 from gpu_pool.engine.batch import Batch, Model, Pending, RunningPass, pack, per_item
 from gpu_pool.engine.batching import Item, plan_batch
 from gpu_pool.engine.jobs import ActiveJob
@@ -87,7 +88,7 @@ class Engine:
         self.sizer = PassSizer(spec.interactive_max_wait_ms / 1000, spec.max_batch_tokens)
         self.last_lane: Lane | None = None
         self.ready = threading.Condition()
-        self.answers = AnswerThread()
+        self.answers = answers.for_device(model.device_name)
         self.stopping = False
         self.planner_done = False
         self._seq = 0

@@ -1,7 +1,8 @@
-"""The engine answers a pass on a thread of its own while the next pass runs (gpu_pool/engine/answers.py).
+"""On a GPU the engine answers a pass on a thread of its own while the next pass runs; on a CPU,
+between passes (gpu_pool/engine/answers.py).
 
-The loop runs in this process over a fake model whose outputs reach the host only when the test
-lets them, with real pipes and real shared-memory segments."""
+The loop runs in this process over a fake model (on "cuda:0") whose outputs reach the host only
+when the test lets them, with real pipes and real shared-memory segments."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from itertools import count
 import numpy as np
 import pytest
 
-from gpu_pool.engine.answers import AnswerThread
+from gpu_pool.engine.answers import AnswerThread, Inline, for_device
 from gpu_pool.engine.batch import Outputs
 from gpu_pool.engine.loop import Engine
 from gpu_pool.engine.spec import EngineSpec
@@ -25,6 +26,17 @@ from gpu_pool.wire.shared import EngineShared
 
 DIM = 4
 _names = count()
+
+
+def test_a_gpu_gets_the_answer_thread_a_cpu_answers_inline():
+    assert isinstance(for_device("cuda:0"), AnswerThread)
+    inline = for_device("cpu")
+    assert isinstance(inline, Inline)
+    ran: list[int] = []
+    inline.submit(lambda: ran.append(1))
+    assert ran == [1]  # at once, on this thread
+    inline.submit(lambda: 1 / 0)  # a failing task is logged, not raised into the device thread
+    inline.close()
 
 
 def test_tasks_run_in_order_and_a_failing_one_stops_none_after_it():
@@ -89,7 +101,7 @@ class OnePass:
 class FakeModel:
     """Dense vectors filled with the pass's first id; each pass's outputs wait for its gate."""
 
-    dim, device_name, dtype_name = DIM, "cpu", "float32"
+    dim, device_name, dtype_name = DIM, "cuda:0", "float16"  # a GPU's: the engine answers on its own thread
 
     def __init__(self) -> None:
         self.started: list[int] = []  # each pass's first id, in order
