@@ -26,7 +26,7 @@ Task = Callable[[], None]
 
 
 def for_device(device_name: str) -> AnswerThread | Inline:
-    return Inline() if device_name == "cpu" else AnswerThread()
+    return Inline() if device_name.startswith("cpu") else AnswerThread()
 
 
 class Inline:

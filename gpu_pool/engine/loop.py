@@ -327,7 +327,7 @@ class Engine:
         """A bulk pass's times, for the sizing of the next ones (after its outputs arrived)."""
         # On a GPU the steps are only queued: their host times are not the device's, and the
         # average step (the pass's device time) stands for them.
-        cpu = self.model.device_name == "cpu"
+        cpu = self.model.device_name.startswith("cpu")
         longest = longest_step(launched.step_seconds, launched.stages) if cpu else 0.0
         self.sizer.observe(len(launched.batch.ids), launched.steps, launched.seconds(), longest,
                            launched.step_tokens)

@@ -30,6 +30,7 @@ _names = count()
 
 def test_a_gpu_gets_the_answer_thread_a_cpu_answers_inline():
     assert isinstance(for_device("cuda:0"), AnswerThread)
+    assert isinstance(for_device("cpu:0"), Inline)
     inline = for_device("cpu")
     assert isinstance(inline, Inline)
     ran: list[int] = []
