@@ -126,10 +126,15 @@ def wants_varlen(device_type: str, dtype: torch.dtype) -> str:
 
 def per_length(qkv: torch.Tensor, spans: Spans, heads: int) -> torch.Tensor:
     """``qkv``: [tokens, 3 * hidden]; every part at once. Returns [tokens, hidden]."""
-    context = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
+    context = new_context(qkv)
     for blocks in spans.parts:
         attend(qkv, context, blocks, heads)
     return context
+
+
+def new_context(qkv: torch.Tensor) -> torch.Tensor:
+    """The [tokens, hidden] tensor that ``attend`` fills, for ``qkv`` [tokens, 3 * hidden]."""
+    return qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
 
 
 def attend(qkv: torch.Tensor, context: torch.Tensor, blocks: Sequence[Block], heads: int) -> None:

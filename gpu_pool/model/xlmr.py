@@ -170,7 +170,7 @@ class PackedEncoder:
         if self.kernel is not None:
             context = attention.varlen(qkv, spans, self.heads, self.kernel)
         else:
-            context = qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3) if state.context is None else state.context
+            context = attention.new_context(qkv) if state.context is None else state.context
             attention.attend(qkv, context, spans.parts[part], self.heads)
         if part + 1 < len(spans.parts) or len(plan.chunks) > 1:
             return State(state.hidden, qkv=qkv, context=context)
