@@ -38,12 +38,13 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from gpu_pool.engine import answers
-from gpu_pool.engine.batch import Batch, Model, Pending, RunningPass, pack, per_item
+from gpu_pool.engine.batch import Batch, pack, per_item
 from gpu_pool.engine.batching import Item, plan_batch
 from gpu_pool.engine.jobs import ActiveJob
 from gpu_pool.engine.lanes import PassSizer, longest_step, may_interleave, next_lane
 from gpu_pool.engine.score_job import ScoringJob
 from gpu_pool.engine.spec import EngineSpec
+from gpu_pool.model.port import Model, Pending, RunningPass
 from gpu_pool.wire import protocol
 from gpu_pool.wire.frames import FrameReader
 from gpu_pool.wire.protocol import Cancel, Done, ErrorCode, Failed, Job, Kind, Lane, ScoreJob, Stop

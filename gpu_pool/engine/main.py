@@ -13,9 +13,9 @@ import signal
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from gpu_pool.engine.batch import Model
 from gpu_pool.engine.loop import Engine
 from gpu_pool.engine.spec import EngineSpec
+from gpu_pool.model.port import Model
 from gpu_pool.wire.shared import EngineShared, EngineState
 from runtime import logs, malloc
 

@@ -1,7 +1,8 @@
 """BGE-M3 on a device: the only package that imports torch and transformers.
 
 Runs in:      the engine process only.
-May import:   torch, transformers, numpy, ``gpu_pool.wire``, ``gpu_pool.engine.batch`` (the port it implements).
-Owns:         the packed XLM-R encoder (``xlmr``), the three M3 heads (``m3``), DEVICE/DTYPE (``device``).
+May import:   torch, transformers, numpy, ``gpu_pool.wire``; never ``gpu_pool.engine``.
+Owns:         the packed XLM-R encoder (``xlmr``), the three M3 heads (``m3``), DEVICE/DTYPE (``device``),
+              the port the engine drives (``port``, torch-free).
 Entry points: ``load.load`` (called by ``gpu_pool.engine.main``).
 """

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from gpu_pool.engine.batch import Outputs
 from gpu_pool.model import attention
+from gpu_pool.model.port import Outputs
 from gpu_pool.model.transfer import HostCopy, PassTimer, to_device
 from gpu_pool.model.xlmr import PackedEncoder, State
 from gpu_pool.wire import packing

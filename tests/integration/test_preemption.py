@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_pool.engine.batch import Outputs
 from gpu_pool.model import xlmr
 from gpu_pool.model.m3 import M3Model
+from gpu_pool.model.port import Outputs
 from gpu_pool.wire.protocol import Kind
 from tests.integration.test_vectors_match_flagembedding import TEXTS
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from gpu_pool.engine.answers import AnswerThread, Inline, for_device
-from gpu_pool.engine.batch import Outputs
 from gpu_pool.engine.loop import Engine
 from gpu_pool.engine.spec import EngineSpec
+from gpu_pool.model.port import Outputs
 from gpu_pool.wire import protocol
 from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Job, Kind, Stop
 from gpu_pool.wire.segment import Layout, Segment

@@ -89,10 +89,23 @@ def test_core_knows_nothing_of_http():
 
 
 def test_the_engine_loads_the_model_only_in_its_entry_point():
-    """gpu_pool/engine reaches gpu_pool/model through engine/main.py alone, so the master,
-    which imports the engine's spec and entry, never loads torch."""
+    """gpu_pool/engine reaches gpu_pool/model through engine/main.py alone (and the torch-free
+    port it drives), so the master, which imports the engine's spec and entry, never loads torch."""
     wrong = [imp.where() for imp in imports("gpu_pool") if imp.under("gpu_pool.model")
+             and not imp.under("gpu_pool.model.port")
              and not in_package(imp, "gpu_pool/model") and imp.path != Path("gpu_pool/engine/main.py")]
+    assert not wrong
+
+
+def test_the_model_never_imports_the_engine():
+    """The engine drives the model through ``gpu_pool/model/port.py``; the model knows nothing of it."""
+    wrong = [imp.where() for imp in imports("gpu_pool/model") if imp.under("gpu_pool.engine")]
+    assert not wrong
+
+
+def test_the_port_is_torch_free():
+    wrong = [imp.where() for imp in imports("gpu_pool/model") if imp.path == Path("gpu_pool/model/port.py")
+             and (imp.under(*HEAVY) or (imp.under("gpu_pool") and not imp.under("gpu_pool.wire")))]
     assert not wrong
 
 
