@@ -10,14 +10,20 @@ import importlib.util
 import os
 import pwd
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from testkit.server import ROOT, free_port
+
+# A load generator is one client address to nginx: production's per-client limits would refuse
+# most of its requests. The tests of the limits themselves pass their own.
+LOAD_TEST_LIMITS = {"rate": 100000, "burst": 100000, "connections": 16384}
 
 
 def render_module() -> ModuleType:
@@ -29,10 +35,18 @@ def render_module() -> ModuleType:
     return module
 
 
-def start(prefix: Path, upstreams: Sequence[str]) -> tuple[subprocess.Popen[bytes], int]:
-    """nginx serving on a free loopback port; ``prefix`` must be a folder its user may enter."""
+def start(prefix: Path, upstreams: Sequence[str], *, limits: dict[str, int] | None = None,
+          tls: tuple[Path, Path] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx serving on a free loopback port; ``prefix`` must be a folder its user may enter.
+
+    ``limits``: render.Limits' fields (default LOAD_TEST_LIMITS); ``tls``: certificate and key
+    files, readable by nginx's user, to serve HTTPS on the port."""
     port = free_port()
-    conf = render_module().write_config(prefix, upstreams=list(upstreams), listen=f"127.0.0.1:{port}")
+    render = render_module()
+    options: dict[str, Any] = {"limits": render.Limits(**(limits or LOAD_TEST_LIMITS))}
+    if tls is not None:
+        options["tls"] = render.Tls(*tls)
+    conf = render.write_config(prefix, upstreams=list(upstreams), listen=f"127.0.0.1:{port}", **options)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     command = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "logs" / "error.log"),
                "-g", "daemon off;"]
@@ -45,7 +59,9 @@ def start(prefix: Path, upstreams: Sequence[str]) -> tuple[subprocess.Popen[byte
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=2,
+                                                context=ssl._create_unverified_context())
+                    if tls is not None else http.client.HTTPConnection("127.0.0.1", port, timeout=2))
             conn.request("GET", "/nginx-health")
             if conn.getresponse().status == 200:
                 return process, port
@@ -56,14 +72,21 @@ def start(prefix: Path, upstreams: Sequence[str]) -> tuple[subprocess.Popen[byte
 
 
 @contextlib.contextmanager
-def running(upstreams: Sequence[str]) -> Iterator[tuple[int, Path]]:
-    """nginx for the length of a ``with``: its port and its prefix folder (logs/access.log, ...)."""
+def running(upstreams: Sequence[str], **options: Any) -> Iterator[tuple[int, Path]]:
+    """nginx for the length of a ``with``: its port and its prefix folder (logs/access.log, ...).
+
+    ``options`` go to ``start``; a ``tls`` pair is copied into the prefix, where nginx may read it."""
     # Not under pytest's tmp_path, which is private to root: nginx runs as another user.
     prefix = Path(tempfile.mkdtemp(prefix="embsvc-nginx-"))
     os.chmod(prefix, 0o755)
     process = None
     try:
-        process, port = start(prefix, upstreams)
+        if options.get("tls") is not None:
+            copies = (prefix / "tls.crt", prefix / "tls.key")
+            for source, copy in zip(options["tls"], copies, strict=True):
+                shutil.copy(source, copy)
+            options["tls"] = copies
+        process, port = start(prefix, upstreams, **options)
         yield port, prefix
     finally:
         if process is not None:
