@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from gpu_pool.model import attention
+from gpu_pool.model.flops import flops_per_token
 from gpu_pool.model.port import Outputs
 from gpu_pool.model.transfer import HostCopy, PassTimer, to_device
 from gpu_pool.model.xlmr import PackedEncoder, State
@@ -49,9 +50,8 @@ class M3Model:
         self.sparse_linear = _load_linear(path / "sparse_linear.pt", hidden, 1, device, dtype)
         self.colbert_linear = _load_linear(path / "colbert_linear.pt", hidden, hidden, device, dtype)
         self.pad_id = int(model.config.pad_token_id)
-        # Matrix products per token: QKV and attention output 8·d², feed-forward 4·d·ffn.
         config = model.config
-        self.flops_per_token = config.num_hidden_layers * (8 * hidden**2 + 4 * hidden * config.intermediate_size)
+        self.flops_per_token = flops_per_token(config.num_hidden_layers, hidden, config.intermediate_size)
 
     def forward(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
         """Run the texts whose ids are concatenated in ``ids``; ``colbert_texts`` picks those that want ColBERT."""
@@ -69,7 +69,8 @@ class M3Model:
         # XLM-R numbers each text's positions from pad_id + 1.
         positions = packing.positions(lengths, first=self.pad_id + 1)
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
-        return Pass(self, timer, hidden, lengths, kinds, colbert_texts, step_tokens)
+        return Pass(self, timer, hidden, lengths=lengths, kinds=kinds, colbert_texts=colbert_texts,
+                    step_tokens=step_tokens)
 
     def release_memory(self) -> None:
         if self.device.type == "cuda":
@@ -103,13 +104,13 @@ class M3Model:
 
 
 class Pass:
-    """One forward pass, a part of a layer per ``step`` (``PackedEncoder.stage``): between two
-    steps the engine may run another pass whole, and this one goes on from the states it keeps."""
+    """One forward pass, a part of a layer per ``step`` (``PackedEncoder.run_step``): between two
+    steps the engine may run another pass whole, and this one goes on from the state it keeps."""
 
-    def __init__(self, model: M3Model, timer: PassTimer, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind,
+    def __init__(self, model: M3Model, timer: PassTimer, hidden: torch.Tensor, *, lengths: np.ndarray, kinds: Kind,
                  colbert_texts: np.ndarray, step_tokens: int | None = None) -> None:
-        self.model, self.timer, self.state, self.lengths = model, timer, State(hidden), lengths
-        self.kinds, self.colbert_texts = kinds, colbert_texts
+        self.model, self.timer, self.state, self.tokens = model, timer, State(hidden=hidden), len(hidden)
+        self.lengths, self.kinds, self.colbert_texts = lengths, kinds, colbert_texts
         self._plan = model.encoder.plan(lengths.tolist(), step_tokens)  # once per pass
         self.stages = len(self._plan.steps)  # steps per layer
         self.steps = model.layers * self.stages
@@ -120,9 +121,9 @@ class Pass:
     def step(self) -> bool:
         """Run the next step; True once the last one has run."""
         model = self.model
-        model.use_threads(len(self.state.hidden))  # another pass, of another size, may have run since
-        layer, stage = divmod(self.done, self.stages)
-        self.state = model.encoder.stage(layer, stage, self.state, self._plan)
+        model.use_threads(self.tokens)  # another pass, of another size, may have run since
+        layer, step = divmod(self.done, self.stages)
+        self.state = model.encoder.run_step(layer, step, self.state, self._plan)
         self.done += 1
         return self.done == self.steps
 
@@ -136,7 +137,10 @@ class Pass:
     def outputs_async(self) -> PendingOutputs:
         """The outputs on their way to the host: a caller that starts the next pass before it
         ``wait``s overlaps the copy with that pass's kernels."""
-        copy = self.model.heads(self.state.hidden, self.lengths, self.kinds, self.colbert_texts)
+        hidden = self.state.hidden
+        if hidden is None or self.done != self.steps:
+            raise RuntimeError(f"outputs asked for after {self.done} of the pass's {self.steps} steps")
+        copy = self.model.heads(hidden, self.lengths, self.kinds, self.colbert_texts)
         self.timer.stop()
         return PendingOutputs(copy, self.timer)
 
@@ -146,9 +150,6 @@ class PendingOutputs:
 
     def __init__(self, copy: HostCopy, timer: PassTimer) -> None:
         self._copy, self._timer = copy, timer
-
-    def ready(self) -> bool:
-        return self._copy.ready()
 
     def wait(self) -> Outputs:
         dense, sparse, colbert = self._copy.wait()

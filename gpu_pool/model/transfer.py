@@ -8,7 +8,7 @@ of their own, so that the copy engine can run beside the next pass's kernels, an
 host waits once, on one event, for all of them (``HostCopy.wait``), instead of once
 per tensor.
 
-On the CPU nothing moves: the tensors are the arrays, exactly as before.
+On the CPU nothing moves: the tensors are the arrays.
 
 For the same reason the host's clock does not time a pass on CUDA (it says when the
 kernels were queued, not when they ran): ``PassTimer`` reads events recorded on the
@@ -26,15 +26,10 @@ import torch
 _copy_streams: dict[torch.device, torch.cuda.Stream] = {}
 
 
-def uses_pinned_memory(device: torch.device) -> bool:
-    """Whether host arrays go through pinned memory for this device."""
-    return device.type == "cuda"
-
-
 def to_device(array: np.ndarray, device: torch.device, dtype: type[np.integer] = np.int64) -> torch.Tensor:
     """``array`` on ``device`` as ``dtype``: int64 for indices, int32 for cu_seqlens."""
     tensor = torch.from_numpy(array.astype(dtype, copy=False))
-    if device.type != "cuda":  # uses_pinned_memory, inlined: this runs a few times a pass
+    if device.type != "cuda":
         return tensor.to(device)
     # pin_memory() copies into a block of torch's caching host allocator, which records
     # the copy below and hands the block out again only once that copy is done.
@@ -48,7 +43,7 @@ class HostCopy:
     def __init__(self, tensors: Sequence[torch.Tensor | None], device: torch.device) -> None:
         """``tensors``: on ``device``, the ones a pass produced (None: a head not asked for)."""
         self._event: torch.cuda.Event | None = None
-        if device.type != "cuda":  # nothing to wait for: the arrays, as the CPU path always made them
+        if device.type != "cuda":  # nothing to wait for: the arrays, made now
             self._arrays = [None if t is None else _host_type(t).numpy() for t in tensors]
             return
         self._host = self._start(tensors, device)
@@ -72,10 +67,6 @@ class HostCopy:
             self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             self._event.record(stream)
         return host
-
-    def ready(self) -> bool:
-        """Whether ``wait`` would return at once."""
-        return self._event is None or bool(self._event.query())  # type: ignore[no-untyped-call]
 
     def wait(self) -> list[np.ndarray | None]:
         if self._event is None:

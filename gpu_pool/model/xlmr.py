@@ -10,38 +10,33 @@ The arithmetic is transformers' ``XLMRobertaModel`` in eval mode (post-LayerNorm
 layers, exact GELU), with the query, key and value projections fused into one product.
 Going around the ``nn.Module`` machinery also matters: for short texts its per-call
 overhead took longer than the arithmetic.
+
+A pass runs a layer in steps, each a frozen dataclass with one ``run`` (``QKVProjection``,
+``AttentionPart`` or ``VarlenAttention``, ``AttentionOutput``, ``FeedForwardUp``,
+``FeedForwardDown``), planned once per pass (``PackedEncoder.plan``) and run one at a
+time (``PackedEncoder.run_step``) over a ``State`` that carries the pass's tensors
+from one step to the next.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from gpu_pool.model import attention
-from gpu_pool.model.attention import Kernel, Spans
+from gpu_pool.model.attention import Block, Kernel, Spans
 from gpu_pool.model.transfer import to_device
 
 if TYPE_CHECKING:
     # For the checker only: these classes type the submodules read below, which
     # nn.Module's ``__getattr__`` would type as ``Tensor | Module``.
     from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaLayer, XLMRobertaModel
-
-
-@dataclass(frozen=True)
-class Layer:
-    qkv: tuple[torch.Tensor, torch.Tensor]  # weight [3 * hidden, hidden], bias
-    attention_out: tuple[torch.Tensor, torch.Tensor]
-    attention_norm: tuple[torch.Tensor, torch.Tensor]
-    intermediate: tuple[torch.Tensor, torch.Tensor]
-    output: tuple[torch.Tensor, torch.Tensor]
-    output_norm: tuple[torch.Tensor, torch.Tensor]
-
 
 # A layer runs in steps of at most about a quarter of its matrix products each (12·d² a
 # token): the query, key and value projection (3·d²), attention with its output projection
@@ -56,32 +51,170 @@ class Layer:
 # a small pass's.
 SCORES_PER_TOKEN = 512
 
-QKV, ATTEND, OUT, UP, DOWN = "qkv", "attend", "out", "up", "down"
+
+@dataclass(frozen=True, kw_only=True)
+class Layer:
+    """One layer's weights, each (weight, bias), and what its arithmetic needs of the config."""
+
+    qkv: tuple[torch.Tensor, torch.Tensor]  # weight [3 * hidden, hidden], bias
+    attention_out: tuple[torch.Tensor, torch.Tensor]
+    attention_norm: tuple[torch.Tensor, torch.Tensor]
+    intermediate: tuple[torch.Tensor, torch.Tensor]
+    output: tuple[torch.Tensor, torch.Tensor]
+    output_norm: tuple[torch.Tensor, torch.Tensor]
+    heads: int
+    eps: float
+
+    def norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], *weights, eps=self.eps)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class State:
-    """A pass's hidden states between two steps: ``hidden``, the layer's input, and what the
-    layer's steps have made of it so far (attention's inputs ``qkv``, its output ``context``,
-    the hidden states after attention ``attended``, the feed-forward's middle ``inner`` for
-    one chunk, and the layer's output ``out``), each filled chunk by chunk."""
+    """A pass's tensors between two steps, each [tokens, width], filled chunk by chunk; None
+    while the layer has not made it yet or no longer needs it."""
 
-    hidden: torch.Tensor
-    inner: torch.Tensor | None = None
-    qkv: torch.Tensor | None = None
-    context: torch.Tensor | None = None
-    attended: torch.Tensor | None = None
-    out: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # the layer's input; after the last layer, the encoder's output
+    qkv: torch.Tensor | None = None  # attention's queries, keys and values
+    context: torch.Tensor | None = None  # attention's output, before its projection
+    attended: torch.Tensor | None = None  # the hidden states after attention: the feed-forward's input
+    inner: torch.Tensor | None = None  # the feed-forward's middle, of one chunk's rows only
+    out: torch.Tensor | None = None  # the layer's output
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A pass's steps, worked out once per pass: attention's ``spans``, the row ``chunks`` of
-    the products, and one layer's ``steps`` in order, each (what, which chunk or part)."""
+@dataclass(frozen=True, kw_only=True)
+class Chunk:
+    """Rows ``first`` to ``end`` of a pass's ``tokens``: the rows one step's products take."""
+
+    first: int
+    end: int
+    tokens: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.first, self.end)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.first
+
+    @property
+    def last(self) -> bool:
+        return self.end == self.tokens
+
+    def fill(self, buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+        """``value`` as these rows of a [tokens, width] tensor, made by the first chunk; the
+        only chunk: ``value`` itself."""
+        if self.first == 0 and self.last:
+            return value
+        if buffer is None:
+            buffer = value.new_empty(self.tokens, value.shape[1])
+        buffer[self.rows] = value
+        return buffer
+
+
+class Step(Protocol):
+    def run(self, layer: Layer, state: State) -> State:
+        """This step of ``layer`` over ``state``; the state the next step starts from."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class QKVProjection:
+    """The queries, keys and values of one chunk's rows, in one product."""
+
+    chunk: Chunk
+
+    def run(self, layer: Layer, state: State) -> State:
+        hidden = _needs(state.hidden, "the projection reads the layer's input")
+        qkv = F.linear(hidden[self.chunk.rows], *layer.qkv)
+        return replace(state, qkv=self.chunk.fill(state.qkv, qkv))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionOutput:
+    """Attention's output projection, residual and norm over one chunk's rows."""
+
+    chunk: Chunk
+
+    def run(self, layer: Layer, state: State) -> State:
+        context = _needs(state.context, "the output projection follows attention")
+        hidden = _needs(state.hidden, "the output projection adds the layer's input")
+        rows = self.chunk.rows
+        value = layer.norm(F.linear(context[rows], *layer.attention_out) + hidden[rows], layer.attention_norm)
+        attended = self.chunk.fill(state.attended, value)
+        if self.chunk.last:  # the feed-forward needs nothing else of the layer
+            return State(attended=attended)
+        return replace(state, qkv=None, attended=attended)  # every attention part has run
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionPart:
+    """Attention of some texts' query rows (one of ``Spans.parts``: the per-length path); ``then``:
+    the output projection run in the same step (``layer_steps`` says when)."""
+
+    blocks: tuple[Block, ...]
+    then: AttentionOutput | None = None
+
+    def run(self, layer: Layer, state: State) -> State:
+        qkv = _needs(state.qkv, "attention follows the projection")
+        context = attention.new_context(qkv) if state.context is None else state.context
+        attention.attend(qkv, context, self.blocks, layer.heads)
+        return _then(self.then, layer, replace(state, context=context))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VarlenAttention:
+    """Attention of every text in one kernel call over ``cu_seqlens`` (the varlen path)."""
 
     spans: Spans
-    chunks: tuple[tuple[int, int], ...]
-    steps: tuple[tuple[str, int], ...]
+    kernel: Kernel
+    then: AttentionOutput | None = None
+
+    def run(self, layer: Layer, state: State) -> State:
+        qkv = _needs(state.qkv, "attention follows the projection")
+        context = attention.varlen(qkv, self.spans, layer.heads, self.kernel)
+        return _then(self.then, layer, replace(state, context=context))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedForwardUp:
+    """The feed-forward's first half over one chunk's rows: its middle, four times as wide."""
+
+    chunk: Chunk
+
+    def run(self, layer: Layer, state: State) -> State:
+        attended = _needs(state.attended, "the feed-forward follows attention")
+        return replace(state, inner=F.gelu(F.linear(attended[self.chunk.rows], *layer.intermediate)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedForwardDown:
+    """The feed-forward's second half, residual and norm over one chunk's rows: the layer's output."""
+
+    chunk: Chunk
+
+    def run(self, layer: Layer, state: State) -> State:
+        inner = _needs(state.inner, "the feed-forward's second half follows its first")
+        attended = _needs(state.attended, "the feed-forward adds attention's output")
+        value = layer.norm(F.linear(inner, *layer.output) + attended[self.chunk.rows], layer.output_norm)
+        out = self.chunk.fill(state.out, value)
+        if self.chunk.last:  # the next layer's input
+            return State(hidden=out)
+        return replace(state, inner=None, out=out)
+
+
+Attention = AttentionPart | VarlenAttention
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """A pass's steps, worked out once per pass: attention's ``spans``, the row ``chunks`` of
+    the products, and one layer's ``steps`` in order."""
+
+    spans: Spans
+    chunks: tuple[Chunk, ...]
+    steps: tuple[Step, ...]
 
     @property
     def step_tokens(self) -> int:
@@ -96,18 +229,21 @@ def row_chunks(tokens: int, step_tokens: int | None) -> tuple[tuple[int, int], .
     return tuple(itertools.pairwise(bounds))
 
 
-def widest(chunks: tuple[tuple[int, int], ...]) -> int:
-    return max(end - first for first, end in chunks)
+def widest(chunks: Sequence[Chunk]) -> int:
+    return max(chunk.size for chunk in chunks)
 
 
-def layer_steps(chunks: int, parts: int) -> tuple[tuple[str, int], ...]:
-    """One layer's steps. In one chunk, the last attention part also runs the output
-    projection (one step fewer); in several, each chunk has its own."""
-    attend = [(ATTEND, part) for part in range(parts)]
-    if chunks == 1:
-        return ((QKV, 0), *attend, (UP, 0), (DOWN, 0))
-    feed_forward = [step for chunk in range(chunks) for step in ((UP, chunk), (DOWN, chunk))]
-    return (*[(QKV, c) for c in range(chunks)], *attend, *[(OUT, c) for c in range(chunks)], *feed_forward)
+def layer_steps(chunks: Sequence[Chunk], parts: Sequence[Attention]) -> tuple[Step, ...]:
+    """One layer's steps: the projection, attention's parts, the output projection, then the
+    feed-forward chunk by chunk. The output projection of a chunk needs its rows from every
+    part; in one chunk, the last part runs it (one step fewer), in several each chunk has its own."""
+    qkv = [QKVProjection(chunk=chunk) for chunk in chunks]
+    outputs = [AttentionOutput(chunk=chunk) for chunk in chunks]
+    feed_forward = [step for chunk in chunks for step in (FeedForwardUp(chunk=chunk), FeedForwardDown(chunk=chunk))]
+    if len(chunks) == 1:
+        *first, last = parts
+        return (*qkv, *first, replace(last, then=outputs[0]), *feed_forward)
+    return (*qkv, *parts, *outputs, *feed_forward)
 
 
 class PackedEncoder:
@@ -117,85 +253,51 @@ class PackedEncoder:
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
                              f"position_embedding_type={config.position_embedding_type!r}")
-        self.heads, self.eps = config.num_attention_heads, config.layer_norm_eps
+        self.eps = config.layer_norm_eps
         emb = model.embeddings
         self.word, self.position = emb.word_embeddings.weight, emb.position_embeddings.weight
         self.token_type = emb.token_type_embeddings.weight[0]  # bge-m3 has one token type
         self.embedding_norm = (emb.LayerNorm.weight, emb.LayerNorm.bias)
         # nn.ModuleList is not generic: its items are typed Module, though each is an XLMRobertaLayer.
-        self.layers = [_layer(cast("XLMRobertaLayer", layer)) for layer in model.encoder.layer]
+        self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps)
+                       for layer in model.encoder.layer]
         self.kernel = kernel
 
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The input of the first layer: [tokens, hidden]."""
-        return self._norm(self.word[ids] + self.position[positions] + self.token_type, self.embedding_norm)
+        x = self.word[ids] + self.position[positions] + self.token_type
+        return F.layer_norm(x, x.shape[-1:], *self.embedding_norm, eps=self.eps)
 
     def plan(self, lengths: Sequence[int], step_tokens: int | None = None) -> Plan:
         """What a pass's steps need of its lengths, once per pass; ``step_tokens``: the most
         rows a step's products take (None: all)."""
-        chunks = row_chunks(sum(lengths), step_tokens)
+        tokens = sum(lengths)
+        chunks = tuple(Chunk(first=first, end=end, tokens=tokens) for first, end in row_chunks(tokens, step_tokens))
+        parts: tuple[Attention, ...]
         if self.kernel is None:
             spans = Spans(lengths, part_scores=SCORES_PER_TOKEN * widest(chunks))
+            parts = tuple(AttentionPart(blocks=tuple(blocks)) for blocks in spans.parts)
         else:
             spans = Spans(lengths, to_device(attention.cu_seqlens(lengths), self.word.device, np.int32))
-        return Plan(spans, chunks, layer_steps(len(chunks), len(spans.parts)))
+            parts = (VarlenAttention(spans=spans, kernel=self.kernel),)
+        return Plan(spans=spans, chunks=chunks, steps=layer_steps(chunks, parts))
 
-    def stage(self, index: int, stage: int, state: State, plan: Plan) -> State:
-        """Step ``stage`` of layer ``index`` (``len(plan.steps)`` of them): a pass can stop after
-        any and go on later from the state it returns."""
-        layer, (what, which) = self.layers[index], plan.steps[stage]
-        if what == ATTEND:
-            return self._attention_part(layer, which, state, plan)
-        rows, whole = slice(*plan.chunks[which]), len(plan.chunks) == 1
-        last = which == len(plan.chunks) - 1
-        hidden = state.hidden
-        if what == QKV:
-            qkv = _fill(state.qkv, hidden, rows, F.linear(hidden[rows], *layer.qkv), whole)
-            return State(hidden, qkv=qkv)
-        if what == OUT:
-            assert state.context is not None, "the output projection follows attention"
-            value = self._attention_out(layer, state.context[rows], hidden[rows])
-            attended = _fill(state.attended, hidden, rows, value, whole)
-            return State(attended) if last else State(hidden, context=state.context, attended=attended)
-        if what == UP:
-            return State(hidden, F.gelu(F.linear(hidden[rows], *layer.intermediate)), out=state.out)
-        assert state.inner is not None, "the feed-forward's second half follows its first"
-        out = _fill(state.out, hidden, rows,
-                    self._norm(F.linear(state.inner, *layer.output) + hidden[rows], layer.output_norm), whole)
-        return State(out) if last else State(hidden, out=out)
-
-    def _attention_part(self, layer: Layer, part: int, state: State, plan: Plan) -> State:
-        qkv, spans = state.qkv, plan.spans
-        assert qkv is not None, "attention follows the projection"
-        if self.kernel is not None:
-            context = attention.varlen(qkv, spans, self.heads, self.kernel)
-        else:
-            context = attention.new_context(qkv) if state.context is None else state.context
-            attention.attend(qkv, context, spans.parts[part], self.heads)
-        if part + 1 < len(spans.parts) or len(plan.chunks) > 1:
-            return State(state.hidden, qkv=qkv, context=context)
-        return State(self._attention_out(layer, context, state.hidden))
-
-    def _attention_out(self, layer: Layer, context: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return self._norm(F.linear(context, *layer.attention_out) + hidden, layer.attention_norm)
-
-    def _norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], *weights, eps=self.eps)
+    def run_step(self, layer: int, step: int, state: State, plan: Plan) -> State:
+        """Step ``step`` (of ``len(plan.steps)``) of layer ``layer``: a pass can stop after any
+        and go on later from the state it returns."""
+        return plan.steps[step].run(self.layers[layer], state)
 
 
-def _fill(buffer: torch.Tensor | None, like: torch.Tensor, rows: slice, value: torch.Tensor,
-          whole: bool) -> torch.Tensor:
-    """``value`` as the rows ``rows`` of a [tokens, width] tensor made on the first chunk;
-    in one chunk, ``value`` itself."""
-    if whole:
-        return value
-    if buffer is None:
-        buffer = like.new_empty(like.shape[0], value.shape[1])
-    buffer[rows] = value
-    return buffer
+def _then(output: AttentionOutput | None, layer: Layer, state: State) -> State:
+    return state if output is None else output.run(layer, state)
 
 
-def _layer(layer: XLMRobertaLayer) -> Layer:
+def _needs(tensor: torch.Tensor | None, why: str) -> torch.Tensor:
+    assert tensor is not None, why
+    return tensor
+
+
+def _layer(layer: XLMRobertaLayer, heads: int, eps: float) -> Layer:
     attention = layer.attention.self
     projections = (attention.query, attention.key, attention.value)
     return Layer(
@@ -205,6 +307,8 @@ def _layer(layer: XLMRobertaLayer) -> Layer:
         intermediate=_params(layer.intermediate.dense),
         output=_params(layer.output.dense),
         output_norm=_params(layer.output.LayerNorm),
+        heads=heads,
+        eps=eps,
     )
 
 

@@ -1,6 +1,7 @@
 """Attention over packed texts: the lengths-derived inputs, the path choice, and the varlen path's
 plumbing checked on the CPU with a reference kernel (the real flash kernel runs on CUDA only: the
-``gpu`` tests below, run by bench/gpu_check.sh on the GPU machine)."""
+``gpu`` tests below, run by bench/gpu/check.sh on the GPU machine). The encoder's use of both
+paths: tests/integration/test_model.py."""
 
 from __future__ import annotations
 
@@ -13,11 +14,8 @@ import torch.nn.functional as F
 
 from gpu_pool.model import attention
 from gpu_pool.model.attention import PER_LENGTH, VARLEN, Block, Spans
-from gpu_pool.model.m3 import M3Model
-from gpu_pool.wire.protocol import Kind
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
 
 
 def reference_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, longest: int) -> torch.Tensor:
@@ -144,30 +142,6 @@ def test_varlen_needs_cu_seqlens():
         attention.varlen(torch.zeros(3, 12), Spans([3]), 2, reference_kernel)
 
 
-def _texts(model: M3Model, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    ids = [np.concatenate(([0], rng.integers(4, 1000, n - 2), [2])) for n in lengths]
-    return np.concatenate(ids).astype(np.int64), np.array(lengths, dtype=np.int64)
-
-
-def test_the_encoder_with_a_varlen_kernel_gives_the_per_length_outputs(tiny_model):
-    model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
-    ids, lengths = _texts(model, [30, 30, 17, 9, 9, 4])
-    expected = model.forward(ids, lengths, ALL, np.arange(len(lengths)))
-    model.encoder.kernel = reference_kernel  # what select() installs on CUDA in half precision
-    got = model.forward(ids, lengths, ALL, np.arange(len(lengths)))
-    for name in ("dense", "sparse", "colbert"):
-        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), atol=1e-5)
-
-
-def test_a_pass_builds_its_spans_once(tiny_model):
-    model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
-    ids, lengths = _texts(model, [12, 12, 5])
-    running = model.start(ids, lengths, Kind.DENSE, np.array([], dtype=np.int64))
-    assert isinstance(running._plan.spans, Spans)
-    assert running._plan.spans.parts == [[Block(0, 12, 2, (0, 12)), Block(24, 5, 1, (0, 5))]]
-
-
 # -- on the GPU machine ------------------------------------------------------------
 
 
@@ -183,19 +157,3 @@ def test_cuda_chooses_a_varlen_kernel_that_matches_per_length(dtype):
     spans = Spans(lengths, torch.from_numpy(attention.cu_seqlens(lengths)).to(device))
     got = attention.varlen(qkv, spans, heads, kernel)
     torch.testing.assert_close(got, attention.per_length(qkv, spans, heads), atol=2e-2, rtol=2e-2)
-
-
-@pytest.mark.gpu
-@CUDA
-def test_cuda_float16_varlen_and_per_length_models_agree(tiny_model):
-    device = torch.device("cuda:0")
-    fast = M3Model(tiny_model, device, torch.float16)
-    assert fast.attention.path == VARLEN, fast.attention.reason
-    slow = M3Model(tiny_model, device, torch.float16, attention_path=PER_LENGTH)
-    ids, lengths = _texts(fast, [40, 40, 33, 9, 2])
-    a = fast.forward(ids, lengths, ALL, np.arange(len(lengths)))
-    b = slow.forward(ids, lengths, ALL, np.arange(len(lengths)))
-    cosine = (a.dense * b.dense).sum(-1)
-    assert cosine.min() >= 0.999
-    np.testing.assert_allclose(a.sparse, b.sparse, atol=2e-2)
-    assert (a.colbert * b.colbert).sum(-1).mean() >= 0.999

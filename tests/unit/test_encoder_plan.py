@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from gpu_pool.model.xlmr import ATTEND, DOWN, OUT, QKV, UP, layer_steps, row_chunks
+import torch
+
+from gpu_pool.model.attention import Block
+from gpu_pool.model.xlmr import (
+    AttentionOutput,
+    AttentionPart,
+    Chunk,
+    FeedForwardDown,
+    FeedForwardUp,
+    QKVProjection,
+    layer_steps,
+    row_chunks,
+)
+
+PARTS = (AttentionPart(blocks=(Block(0, 6, 1, (0, 3)),)), AttentionPart(blocks=(Block(0, 6, 1, (3, 6)),)))
 
 
 def test_rows_are_cut_into_equal_chunks_of_at_most_step_tokens():
@@ -13,9 +27,26 @@ def test_rows_are_cut_into_equal_chunks_of_at_most_step_tokens():
 
 
 def test_one_chunk_keeps_the_output_projection_in_the_last_attention_part():
-    assert layer_steps(1, 2) == ((QKV, 0), (ATTEND, 0), (ATTEND, 1), (UP, 0), (DOWN, 0))
+    whole = Chunk(first=0, end=6, tokens=6)
+    assert layer_steps([whole], PARTS) == (
+        QKVProjection(chunk=whole), PARTS[0], AttentionPart(blocks=PARTS[1].blocks, then=AttentionOutput(chunk=whole)),
+        FeedForwardUp(chunk=whole), FeedForwardDown(chunk=whole))
 
 
 def test_several_chunks_run_each_product_per_chunk_and_the_feed_forward_chunk_by_chunk():
-    assert layer_steps(2, 1) == ((QKV, 0), (QKV, 1), (ATTEND, 0), (OUT, 0), (OUT, 1),
-                                 (UP, 0), (DOWN, 0), (UP, 1), (DOWN, 1))
+    one, two = Chunk(first=0, end=3, tokens=6), Chunk(first=3, end=6, tokens=6)
+    assert layer_steps([one, two], PARTS[:1]) == (
+        QKVProjection(chunk=one), QKVProjection(chunk=two), PARTS[0], AttentionOutput(chunk=one),
+        AttentionOutput(chunk=two), FeedForwardUp(chunk=one), FeedForwardDown(chunk=one), FeedForwardUp(chunk=two),
+        FeedForwardDown(chunk=two))
+
+
+def test_a_chunk_fills_its_rows_of_one_buffer_and_the_only_chunk_is_its_value():
+    whole = Chunk(first=0, end=4, tokens=4)
+    value = torch.ones(4, 2)
+    assert whole.fill(None, value) is value
+    first, last = Chunk(first=0, end=1, tokens=4), Chunk(first=1, end=4, tokens=4)
+    buffer = first.fill(None, torch.zeros(1, 2))
+    assert buffer.shape == (4, 2) and not first.last
+    assert last.fill(buffer, torch.ones(3, 2)) is buffer and last.last
+    assert buffer.sum(dim=1).tolist() == [0, 2, 2, 2]
