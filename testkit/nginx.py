@@ -36,16 +36,19 @@ def render_module() -> ModuleType:
 
 
 def start(prefix: Path, upstreams: Sequence[str], *, limits: dict[str, int] | None = None,
-          tls: tuple[Path, Path] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+          tls: tuple[Path, Path] | None = None,
+          http_listen: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     """nginx serving on a free loopback port; ``prefix`` must be a folder its user may enter.
 
     ``limits``: render.Limits' fields (default LOAD_TEST_LIMITS); ``tls``: certificate and key
-    files, readable by nginx's user, to serve HTTPS on the port."""
+    files, readable by nginx's user, to serve HTTPS on the port; ``http_listen``: with ``tls``, the
+    address of the plain-HTTP server that redirects to it."""
     port = free_port()
     render = render_module()
     options: dict[str, Any] = {"limits": render.Limits(**(limits or LOAD_TEST_LIMITS))}
     if tls is not None:
         options["tls"] = render.Tls(*tls)
+        options["http_listen"] = http_listen
     conf = render.write_config(prefix, upstreams=list(upstreams), listen=f"127.0.0.1:{port}", **options)
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     command = [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "logs" / "error.log"),
