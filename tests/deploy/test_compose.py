@@ -46,6 +46,19 @@ def test_config_rejects_a_broken_file(tmp_path: Path) -> None:
     assert "restartt" in result.stderr
 
 
+def port_mapping(entry: str | dict[str, Any]) -> dict[str, Any]:
+    """A published port as compose v2 prints it (long form); compose v1 prints "[ip:]published:target"."""
+    if isinstance(entry, dict):
+        return entry
+    *host, target = str(entry).split(":")
+    mapping: dict[str, Any] = {"target": int(target.split("/")[0])}
+    if len(host) == 2:
+        mapping["host_ip"] = host[0]
+    if host:
+        mapping["published"] = host[-1]
+    return mapping
+
+
 def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
     return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
@@ -70,8 +83,16 @@ def test_dev_compose_builds_from_source_with_a_gpu(tmp_path: Path) -> None:
     assert service["build"]["context"] == str(tmp_path)
     assert "TORCH_INDEX_URL" in service["build"]["args"]
     assert gpu_devices(service) and gpu_devices(service)[0]["capabilities"] == ["gpu"]
-    assert service["ports"][0]["target"] == 8000
+    assert port_mapping(service["ports"][0])["target"] == 8000
     check_server_service(service)
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "cpu"]], ids=["gpu", "cpu"])
+def test_dev_compose_publishes_on_loopback_only(tmp_path: Path, profile: list[str]) -> None:
+    """The bare server (plain HTTP, no per-client limits) is for this machine, not the network."""
+    services = compose_config(tmp_path, "docker-compose.yaml", *profile)["services"]
+    for name, service in services.items():
+        assert [port_mapping(p).get("host_ip") for p in service["ports"]] == ["127.0.0.1"], (name, service["ports"])
 
 
 def test_dev_compose_cpu_profile(tmp_path: Path) -> None:
@@ -110,7 +131,11 @@ def test_prod_compose_runs_replicas_behind_nginx(tmp_path: Path) -> None:
     nginx = services["nginx"]
     assert nginx["restart"] in ("always", "unless-stopped")
     assert nginx["deploy"]["resources"]["limits"]["memory"]
-    assert nginx["ports"][0]["target"] == 80
+    assert sorted(port_mapping(p)["target"] for p in nginx["ports"]) == [80, 443], "HTTPS, and port 80 for its redirect"
+    tls_mounts = [v for v in nginx["volumes"] if v.split(":")[1] == "/etc/nginx/tls"]
+    assert len(tls_mounts) == 1 and tls_mounts[0].endswith(":ro"), nginx["volumes"]
+    conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    assert "ssl_certificate /etc/nginx/tls/tls.crt;" in conf and "ssl_certificate_key /etc/nginx/tls/tls.key;" in conf
     assert any(v.startswith(f"{tmp_path}/deploy/nginx/nginx.conf:/etc/nginx/nginx.conf") for v in nginx["volumes"])
     assert nginx["healthcheck"]["test"]
     assert set(nginx["depends_on"]) == set(replicas)
