@@ -112,8 +112,8 @@ class Pass:
         self.model, self.timer, self.state, self.tokens = model, timer, State(hidden=hidden), len(hidden)
         self.lengths, self.kinds, self.colbert_texts = lengths, kinds, colbert_texts
         self._plan = model.encoder.plan(lengths.tolist(), step_tokens)  # once per pass
-        self.stages = len(self._plan.steps)  # steps per layer
-        self.steps = model.layers * self.stages
+        self.steps_per_layer = len(self._plan.steps)
+        self.steps = model.layers * self.steps_per_layer
         self.step_tokens = self._plan.step_tokens
         self.done = 0  # steps run
 
@@ -122,7 +122,7 @@ class Pass:
         """Run the next step; True once the last one has run."""
         model = self.model
         model.use_threads(self.tokens)  # another pass, of another size, may have run since
-        layer, step = divmod(self.done, self.stages)
+        layer, step = divmod(self.done, self.steps_per_layer)
         self.state = model.encoder.run_step(layer, step, self.state, self._plan)
         self.done += 1
         return self.done == self.steps

@@ -35,8 +35,8 @@ class Pending(Protocol):
 
 
 class RunningPass(Protocol):
-    steps: int  # the points between which another pass may run
-    stages: int  # steps per layer, each a different part of it
+    steps: int  # the pass's steps, between any two of which another pass may run
+    steps_per_layer: int  # each a different part of the layer
     step_tokens: int  # the most rows one step takes
 
     def step(self) -> bool:
