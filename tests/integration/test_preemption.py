@@ -1,8 +1,8 @@
-"""A bulk pass interrupted between layers by another pass gives the vectors it gives
+"""A bulk pass interrupted between its steps by another pass gives the vectors it gives
 uninterrupted, and FlagEmbedding's: each pass keeps its own hidden states.
 
 The model is the engine's (``M3Model``, in this process, on the tiny model); the engine's
-loop does exactly this at a layer boundary (gpu_pool/engine/loop.py, ``_interleave``).
+device thread does exactly this between two steps (gpu_pool/engine/device_thread.py, ``_interleave``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gpu_pool.model import xlmr
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.model.port import Outputs
 from gpu_pool.wire.protocol import Kind
-from tests.integration.test_vectors_match_flagembedding import TEXTS
+from testkit.workload import MIXED_TEXTS
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
 ONE_PART = xlmr.SCORES_PER_TOKEN  # texts of up to 512 tokens: attention in one part
@@ -53,7 +53,7 @@ def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenize
     # 3 scores per token: attention in several parts, texts cut by query rows (as long texts
     # are); 37 rows a step: every product in chunks, as a long text's bulk pass runs.
     monkeypatch.setattr(xlmr, "SCORES_PER_TOKEN", scores_per_token)
-    bulk_ids, bulk_lengths = packed(tokenizer, TEXTS[:6])
+    bulk_ids, bulk_lengths = packed(tokenizer, MIXED_TEXTS[:6])
     query_ids, query_lengths = packed(tokenizer, ["What is BGE-M3?", "hybrid retrieval"])
     alone = run(model, bulk_ids, bulk_lengths, step_tokens)
     query_alone = run(model, query_ids, query_lengths)
@@ -64,13 +64,13 @@ def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenize
         query = run(model, query_ids, query_lengths)  # a whole pass between two steps
         assert_equal(query, query_alone)
         interrupted += 1
-    assert interrupted == bulk.steps - 1 == bulk.stages * model.layers - 1
-    assert (bulk.stages == 4) is (scores_per_token == ONE_PART and step_tokens is None)  # one part, one chunk
+    assert interrupted == bulk.steps - 1 == bulk.steps_per_layer * model.layers - 1
+    assert (bulk.steps_per_layer == 4) is (scores_per_token == ONE_PART and step_tokens is None)  # one part, one chunk
     assert bulk.step_tokens <= (step_tokens or len(bulk_ids)) < 2 * bulk.step_tokens  # equal chunks
     assert_equal(bulk.outputs(), alone)
 
     # And both equal FlagEmbedding's (the same tolerance as the vector tests).
-    ref = reference.encode(TEXTS[:6], max_length=512, return_dense=True, return_sparse=True,
+    ref = reference.encode(MIXED_TEXTS[:6], max_length=512, return_dense=True, return_sparse=True,
                            return_colbert_vecs=True)
     got = bulk.outputs()
     for i, dense in enumerate(got.dense):
@@ -81,8 +81,8 @@ def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenize
 
 
 def test_two_passes_stepped_in_turn_do_not_disturb_each_other(model, tokenizer):
-    first_ids, first_lengths = packed(tokenizer, TEXTS[:3])
-    second_ids, second_lengths = packed(tokenizer, TEXTS[3:7])
+    first_ids, first_lengths = packed(tokenizer, MIXED_TEXTS[:3])
+    second_ids, second_lengths = packed(tokenizer, MIXED_TEXTS[3:7])
     first = model.start(first_ids, first_lengths, ALL, np.arange(len(first_lengths)))
     second = model.start(second_ids, second_lengths, ALL, np.arange(len(second_lengths)))
     while not first.step():

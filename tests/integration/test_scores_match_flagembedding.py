@@ -11,12 +11,12 @@ import pytest
 from embsvc.core.serialize import embedding_items
 from embsvc.core.tokenizer import truncate
 from gpu_pool.wire.protocol import SCORE_MODES, Kind
-from tests.integration.test_vectors_match_flagembedding import PARAGRAPH, TEXTS
+from testkit.workload import MIXED_TEXTS, PARAGRAPH
 
 QUERIES = ["What is BGE-M3 hybrid retrieval?", "Как работает поиск по документам?", "检索"]
 # Short and long, several scripts; the longest runs in a pass of its own (max_batch_tokens 4096),
 # so some documents are done before the query and some after it.
-DOCUMENTS = TEXTS
+DOCUMENTS = MIXED_TEXTS
 
 
 
@@ -95,7 +95,7 @@ def test_score_jobs_share_passes_with_embedding_jobs(client, tokenizer, referenc
     for query, table in results:
         if query is not None:
             np.testing.assert_allclose(table, expected[query], atol=1e-4, rtol=0)
-    assert after["batched_requests"] - before["batched_requests"] > after["batches"] - before["batches"]
+    assert after.stats.batched_requests - before.stats.batched_requests > after.stats.batches - before.stats.batches
 
 
 @pytest.mark.slow  # seconds of its own: in make test, not test-fast

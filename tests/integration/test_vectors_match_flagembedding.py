@@ -10,22 +10,10 @@ import pytest
 from embsvc.core.serialize import embedding_items
 from embsvc.core.tokenizer import truncate
 from gpu_pool.wire.protocol import Kind
+from testkit.workload import MIXED_TEXTS, PARAGRAPH
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
-PARAGRAPH = ("Retrieval augmented generation combines search with language models. "
-             "Поиск по документам объединяет плотные и разреженные векторы. "
-             "检索增强生成结合了搜索与语言模型。 البحث الهجين يجمع بين المتجهات الكثيفة والمتفرقة. ")
-TEXTS = [
-    "hello",
-    "What is BGE-M3?",
-    "Привет, как дела? Это тест многоязычной модели.",
-    "北京是中国的首都，也是一座历史悠久的城市。",
-    "مرحبا بالعالم، هذا اختبار للنموذج",
-    "emoji 🚀🔥 and numbers 12345 and CamelCaseWords",
-    "Ein längerer deutscher Satz über Einbettungen, Vektoren und die Suche in großen Dokumentensammlungen.",
-    PARAGRAPH * 3,
-    PARAGRAPH * 40,  # well past 512 tokens
-]
+TEXTS = MIXED_TEXTS
 
 
 
@@ -102,5 +90,5 @@ def test_concurrent_jobs_with_mixed_kinds_each_get_their_own(client, tokenizer, 
     after = client.snapshot()[0]
     for (index, kinds), item in zip(jobs, results, strict=True):
         assert_same(item, ref, index, kinds)
-    batches = after["batches"] - before["batches"]
-    assert after["batched_requests"] - before["batched_requests"] > batches, "jobs shared forward passes"
+    batches = after.stats.batches - before.stats.batches
+    assert after.stats.batched_requests - before.stats.batched_requests > batches, "jobs shared forward passes"
