@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .helpers import DEPLOY, ROOT, shm_needed, size_bytes
+from .helpers import DEPLOY, ROOT, api_default, shm_needed, size_bytes
 
 K8S = DEPLOY / "k8s"
 # The oldest release still common in managed clusters, and the newest bundled.
@@ -164,3 +164,64 @@ def test_service_and_hpa_point_at_the_deployment() -> None:
         if metric["type"] == "Resource":
             name = metric["resource"]["name"]
             assert name in server["resources"]["requests"], f"a {name} target needs a {name} request"
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    return {f"{kind}/{name}": doc["spec"]["template"]["spec"] for (kind, name), doc in resources().items()
+            if kind in ("Deployment", "Job")}
+
+
+def test_no_pod_mounts_a_service_account_token() -> None:
+    """Nothing in these pods calls the Kubernetes API: a token there only helps an intruder."""
+    specs = pod_specs()
+    assert len(specs) == 2, specs.keys()
+    for name, pod in specs.items():
+        assert pod.get("automountServiceAccountToken") is False, name
+
+
+def test_the_network_policy_admits_only_the_ingress_controller_prometheus_and_labelled_clients() -> None:
+    """In a cluster nothing buffers in front of a pod but the ingress controller: no other pod may
+    reach the server unless it is labelled a trusted client (docs/operators.md, "Kubernetes")."""
+    found = resources()
+    policy = found[("NetworkPolicy", "embsvc")]["spec"]
+    labels = found[("Deployment", "embsvc")]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    peers = []
+    for rule in policy["ingress"]:
+        assert rule.get("from"), "a rule without 'from' admits everyone"
+        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}], rule["ports"]
+        peers += rule["from"]
+    namespaces = {p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in peers
+                  if "namespaceSelector" in p}
+    assert namespaces == {"ingress-nginx", "monitoring"}
+    for peer in peers:
+        if "namespaceSelector" not in peer:
+            assert peer["podSelector"]["matchLabels"] == {"embsvc-client": "true"}, peer
+        assert peer.get("namespaceSelector", {}).get("matchLabels") != {}, "an empty selector admits all namespaces"
+
+
+def test_the_ingress_terminates_tls_buffers_and_limits_each_client() -> None:
+    found = resources()
+    service = found[("Service", "embsvc")]
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    ingresses = [doc for (kind, _), doc in found.items() if kind == "Ingress"]
+    assert {i["metadata"]["name"] for i in ingresses} == {"embsvc", "embsvc-metrics"}
+    for ingress in ingresses:
+        spec = ingress["spec"]
+        hosts = {rule["host"] for rule in spec["rules"]}
+        assert spec["tls"] and all(t["secretName"] == "embsvc-tls" and set(t["hosts"]) == hosts for t in spec["tls"])
+        for rule in spec["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] == "embsvc" and backend["port"]["name"] in ports
+    main = found[("Ingress", "embsvc")]["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    mib = api_default("MAX_REQUEST_BYTES").split()[0]
+    assert main[prefix + "proxy-body-size"] == f"{mib}m"
+    assert float(main[prefix + "proxy-read-timeout"]) > float(api_default("REQUEST_TIMEOUT_S"))
+    assert main[prefix + "proxy-request-buffering"] == "on"
+    assert int(main[prefix + "limit-rps"]) > 0 and int(main[prefix + "limit-connections"]) > 0
+    metrics = found[("Ingress", "embsvc-metrics")]
+    assert [p["path"] for r in metrics["spec"]["rules"] for p in r["http"]["paths"]] == ["/metrics"]
+    assert metrics["metadata"]["annotations"][prefix + "denylist-source-range"] == "0.0.0.0/0,::/0"
