@@ -32,7 +32,7 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py embsvc.wsgi:app
 
-# Every test but those that need a CUDA device (bench/gpu_check.sh runs them on the GPU machine).
+# Every test but those that need a CUDA device (bench/gpu/check.sh runs them on the GPU machine).
 test: lint
 	$(PY) -m pytest -q -m "not gpu"
 
@@ -46,9 +46,9 @@ lint: install-test
 	$(VENV)/bin/mypy
 
 # The device check's first half: the wheels the GPU machine lacks into .whl/, and the one
-# command to run there (bench/gpu_check.sh; docs/performance.md, "On a GPU").
+# command to run there (bench/gpu/check.sh; docs/performance.md, "On a GPU").
 gpu-check:
-	bash bench/gpu_check.sh download
+	bash bench/gpu/check.sh download
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -20,10 +20,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.priority import TOKEN, bulk_alone, bulk_with_queries, mixed_all_kinds
+from bench.priority import bulk_alone, bulk_with_queries, mixed_all_kinds
 from testkit import server as testkit_server
 from testkit.model_builder import build_model
-from testkit.server import ROOT, Server
+from testkit.server import ROOT, TOKEN, Server
 
 
 def start(tree: Path, model: Path, log: Path) -> Server:

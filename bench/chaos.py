@@ -1,7 +1,10 @@
-"""Chaos soak: many clients through real nginx while the server's processes are killed, on a small /dev/shm.
+"""Soaks: many clients through real nginx for a long while, with the server's processes killed
+on a small /dev/shm (chaos), or left alone (``--soak``).
 
     .venv/bin/python -m bench.chaos                                   (64 clients, 5 min, 10 s warm-up)
     .venv/bin/python -m bench.chaos --clients 16 --seconds 30 --warmup 5     (faults scaled to the run)
+    .venv/bin/python -m bench.chaos --soak                            (no faults: 64 clients, 60 s)
+    .venv/bin/python -m bench.chaos --soak --clients 16 --seconds 10 --warmup 3
 
 The server runs as the tests start it (gunicorn, 2 web workers, one CPU engine on the tiny
 model) in a mount namespace whose /dev/shm is a 64 MiB tmpfs (Docker's default), behind
@@ -27,12 +30,19 @@ run (or the largest of a role) grew by more than 10 % (and 2 MiB). One loss is c
 web worker killed while it writes an answer cuts it (the client reads a status line and part
 of the body, ``unanswered_cut_by_a_worker_kill``); nginx has begun passing it on by then and
 cannot send the request to another worker. At most one per worker kill.
+
+``--soak`` drives no fault, sends the plain mix (no long all-kinds batches) and runs on the
+machine's /dev/shm: then only the deliberate errors are explained (503 overloaded_error when
+more clients than MAX_QUEUE_SIZE send at once, the 400s of the bad requests), and a restarted
+process fails the run too. Both print each process's peak memory under load beside the two
+idle figures; ``--rss-every S`` prints every process's memory to stderr that often.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import random
 import signal
@@ -40,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +63,11 @@ sys.path.insert(0, str(ROOT))
 
 from testkit import nginx as nginx_proxy  # noqa: E402 - after the path is set for "python bench/chaos.py"
 from testkit import procs  # noqa: E402
+from testkit.httpload import percentile  # noqa: E402
 from testkit.model_builder import build_model  # noqa: E402
-from testkit.server import Server  # noqa: E402
-from testkit.traffic import SOAK_MIX, Load, Tally, client, error_label, percentile, processes  # noqa: E402
+from testkit.server import AUTH, TOKEN, Server  # noqa: E402
+from testkit.traffic import SOAK_MIX, Load, Tally, client, error_label, processes  # noqa: E402
 
-TOKEN = "chaos-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MIX = {**SOAK_MIX, "long_all_kinds": 8}
 FULL_RUN_S = 300.0
 ENGINE_KILL_S, WORKER_KILL_S = 40.0, 25.0  # in a run of FULL_RUN_S; shorter runs scale them
@@ -72,6 +82,23 @@ GROWTH_FLOOR_MB = 2.0
 EXPLAINED = {"overloaded_error", "unavailable_error", "overloaded_error (shared memory)",
              "unavailable_error (nginx: upstream connection lost)", "invalid_request_error", "/health: loading",
              "/health: unavailable"}
+# Without faults: more clients than MAX_QUEUE_SIZE, and the bad requests sent on purpose.
+DELIBERATE = {"overloaded_error", "invalid_request_error"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run does: chaos (``CHAOS``) or a plain soak (``SOAK``)."""
+
+    faults: bool = True
+    mix: dict[str, int] = field(default_factory=lambda: MIX)
+    shm_size: str | None = "64m"  # None: the machine's /dev/shm
+    explained: frozenset[str] = frozenset(EXPLAINED)
+    rss_every: float = 0.0  # print every process's memory this often (0: never)
+
+
+CHAOS = Plan()
+SOAK = Plan(faults=False, mix=SOAK_MIX, shm_size=None, explained=frozenset(DELIBERATE))
 
 
 def label(status: int, data: bytes) -> str:
@@ -123,14 +150,20 @@ def strike(server: Server, what: str, faults: Faults, rng: random.Random) -> Non
             faults.worker_kills += 1
 
 
-def drive(server: Server, seconds: float, seed: int = 0) -> Faults:
-    """Strike on schedule for ``seconds``."""
+def drive(server: Server, seconds: float, plan: Plan, tick: Callable[[], None], seed: int = 0) -> Faults:
+    """Strike on schedule (with ``plan.faults``) for ``seconds``, calling ``tick`` every second."""
     faults, rng, started = Faults(), random.Random(seed), time.monotonic()
-    for at, what in schedule(seconds):
-        time.sleep(max(0.0, started + at - time.monotonic()))
+    for at, what in schedule(seconds) if plan.faults else []:
+        _wait_until(started + at, tick)
         strike(server, what, faults, rng)
-    time.sleep(max(0.0, started + seconds - time.monotonic()))
+    _wait_until(started + seconds, tick)
     return faults
+
+
+def _wait_until(moment: float, tick: Callable[[], None]) -> None:
+    while (now := time.monotonic()) < moment:
+        time.sleep(min(1.0, moment - now))
+        tick()
 
 
 # -- what is measured ------------------------------------------------------------------------------
@@ -140,17 +173,36 @@ def rss(roles: dict[int, str]) -> dict[int, float]:
     return {pid: procs.rss_mb(pid) for pid in roles}
 
 
+class Peaks:
+    """Each process's largest resident memory under load, sampled; printed every ``every`` seconds."""
+
+    def __init__(self, roles: dict[int, str], start: dict[int, float], every: float) -> None:
+        self.roles, self.peak, self.every = roles, dict(start), every
+        self.started = self.printed = time.monotonic()
+
+    def __call__(self) -> None:
+        now = rss(self.roles)
+        for pid, mb in now.items():
+            if mb == mb:  # not NaN: the process is still there
+                self.peak[pid] = max(self.peak[pid], mb)
+        if self.every and time.monotonic() - self.printed >= self.every:
+            self.printed = time.monotonic()
+            print(f"rss at {self.printed - self.started:5.0f} s:",
+                  ", ".join(f"{self.roles[pid]} {now[pid]:.1f}" for pid in sorted(now)), file=sys.stderr, flush=True)
+
+
 def memory(roles_start: dict[int, str], start: dict[int, float], roles_end: dict[int, str],
-           end: dict[int, float]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each process's resident MiB at start and end, and what grew by more than GROWTH_LIMIT
-    (and GROWTH_FLOOR_MB): a process alive at both, or the largest process of a role (engine,
-    web worker: replaced)."""
+           end: dict[int, float], peak: dict[int, float] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each process's resident MiB at start and end (and its peak under load), and what grew by more
+    than GROWTH_LIMIT (and GROWTH_FLOOR_MB): a process alive at both, or the largest process of a role
+    (engine, web worker: replaced)."""
     rows, grown = [], []
     for pid in sorted(set(roles_start) | set(roles_end)):
         before, after = start.get(pid), end.get(pid)
         growth = (after - before) / before if before and after else None
         rows.append({"role": roles_start.get(pid) or roles_end[pid], "pid": pid, "start_mb": before,
-                     "end_mb": after, "growth": None if growth is None else round(growth, 3)})
+                     "end_mb": after, "growth": None if growth is None else round(growth, 3),
+                     **({"peak_mb": peak[pid]} if peak and pid in peak else {})})
         if before and after and grew(before, after):
             grown.append(f"{rows[-1]['role']} {pid}")
     for role in sorted(set(roles_start.values())):
@@ -195,34 +247,36 @@ class Run:
     retried: dict[str, int]
     memory: list[dict[str, Any]]
     grown: list[str]
+    new_processes: list[int]
     sigbus: int = 0
     shm_left: list[str] = field(default_factory=list)
     exit_code: int = 0
 
 
-def run(clients: int, seconds: float, warmup: float, workdir: Path, shm_size: str = "64m") -> dict[str, Any]:
-    """Run the chaos soak; returns the report (also printed as one JSON line)."""
+def run(clients: int, seconds: float, warmup: float, workdir: Path, plan: Plan = CHAOS) -> dict[str, Any]:
+    """Run the soak; returns the report (also printed as one JSON line)."""
     model = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
-    server = Server(model, workdir / "server.log", shm_size=shm_size, API_TOKEN=TOKEN, LOG_LEVEL="WARNING").start()
+    server = Server(model, workdir / "server.log", shm_size=plan.shm_size, API_TOKEN=TOKEN,
+                    LOG_LEVEL="WARNING").start()
     nginx = None
     try:
         nginx, port = nginx_proxy.start(workdir / "nginx", [f"127.0.0.1:{server.port}"])
-        found = _under_faults(server, nginx.pid, port, clients, seconds, warmup, workdir / "nginx" / "logs")
+        found = _under_load(server, nginx.pid, port, (clients, seconds, warmup), plan, workdir / "nginx" / "logs")
     finally:
         if nginx is not None:
             nginx.terminate()
             nginx.wait(10)
         found_exit = server.stop()
     found.exit_code, found.shm_left, found.sigbus = found_exit, server.shm_left or [], sigbus_lines(server.log())
-    result = report(found, clients, seconds, warmup, shm_size)
+    result = report(found, (clients, seconds, warmup), plan)
     print(orjson.dumps(result).decode(), flush=True)
     return result
 
 
-def _under_faults(server: Server, nginx_pid: int, port: int, clients: int, seconds: float, warmup: float,
-                  logs: Path) -> Run:
-    tally, load = Tally(), Load()
-    threads = [threading.Thread(target=client, args=(port, seed, tally, load, TOKEN, MIX, label), daemon=True)
+def _under_load(server: Server, nginx_pid: int, port: int, shape: tuple[int, float, float], plan: Plan,
+                logs: Path) -> Run:
+    (clients, seconds, warmup), tally, load = shape, Tally(), Load()
+    threads = [threading.Thread(target=client, args=(port, seed, tally, load, TOKEN, plan.mix, label), daemon=True)
                for seed in range(clients)]
     for thread in threads:
         thread.start()
@@ -234,7 +288,8 @@ def _under_faults(server: Server, nginx_pid: int, port: int, clients: int, secon
     offset = (logs / "access.log").stat().st_size
     tally.measuring = True
     load.gate.set()
-    faults = drive(server, seconds)
+    peaks = Peaks(roles_start, start, plan.rss_every)
+    faults = drive(server, seconds, plan, peaks)
     load.quiesce()  # every request sent is answered (or not) and counted
     tally.measuring = False
     procs.wait_for(lambda: _healthy(server), 120, interval=0.2, what="the server to be ready again")
@@ -244,9 +299,9 @@ def _under_faults(server: Server, nginx_pid: int, port: int, clients: int, secon
     load.finish()
     for thread in threads:
         thread.join(140)
-    rows, grown = memory(roles_start, start, roles_end, end)
+    rows, grown = memory(roles_start, start, roles_end, end, peaks.peak)
     return Run(tally, faults, procs.engine_restarts(server, AUTH), nginx_retries(logs / "access.log", offset),
-               rows, grown)
+               rows, grown, sorted(set(roles_end) - set(roles_start)))
 
 
 def _healthy(server: Server) -> bool:
@@ -256,15 +311,16 @@ def _healthy(server: Server) -> bool:
         return False
 
 
-def report(found: Run, clients: int, seconds: float, warmup: float, shm_size: str) -> dict[str, Any]:
-    tally = found.tally
+def report(found: Run, shape: tuple[int, float, float], plan: Plan) -> dict[str, Any]:
+    (clients, seconds, warmup), tally = shape, found.tally
     answers = sorted(tally.answers.items())
     by_status = {(f"{s} {name}".strip() if s else f"no answer: {name}"): n for (s, name), n in answers}
     unanswered = sum(n for (s, _), n in answers if s == 0)
     # A status line and part of the body, then the end: the web worker was killed while it wrote
     # the answer, which nginx had begun passing on and so cannot send to another worker.
     cut = tally.answers[(0, "IncompleteRead")]
-    unexplained = {f"{s} {name}": n for (s, name), n in answers if s not in (0, 200) and name not in EXPLAINED}
+    unexplained = {f"{s} {name}": n for (s, name), n in answers if s not in (0, 200) and name not in plan.explained}
+    restarted = not plan.faults and (found.restarts or found.new_processes)
     failures = [what for what, bad in [
         (f"{unanswered - cut} requests without an answer", unanswered - cut),
         (f"{cut} answers cut, more than the {found.faults.worker_kills} worker kills explain",
@@ -274,11 +330,14 @@ def report(found: Run, clients: int, seconds: float, warmup: float, shm_size: st
         (f"left in /dev/shm after exit: {found.shm_left}", found.shm_left),
         (f"grew by more than {GROWTH_LIMIT:.0%}: {found.grown}", found.grown),
         (f"the server exited with {found.exit_code}", found.exit_code),
+        (f"a process was restarted: {found.restarts} engine restarts, new {found.new_processes}", restarted),
     ] if bad]
     return {
-        "run": {"clients": clients, "seconds": seconds, "warmup_s": warmup, "shm": shm_size, "web_workers": 2,
-                "engine": "cpu, tiny model", "through": "nginx"},
+        "run": {"clients": clients, "seconds": seconds, "warmup_s": warmup, "faults": plan.faults,
+                "shm": plan.shm_size or "the machine's", "web_workers": 2, "engine": "cpu, tiny model",
+                "through": "nginx"},
         "requests": sum(tally.answers.values()),
+        "requests_per_s": round(sum(tally.answers.values()) / seconds, 1),
         "by_status": by_status,
         "unanswered": unanswered,
         "unanswered_cut_by_a_worker_kill": cut,
@@ -287,6 +346,7 @@ def report(found: Run, clients: int, seconds: float, warmup: float, shm_size: st
         "faults": {"engine_kills": found.faults.engine_kills, "worker_kills": found.faults.worker_kills,
                    "sighups": found.faults.sighups, "skipped": found.faults.skipped},
         "engine_restarts": found.restarts,
+        "new_processes": found.new_processes,
         "nginx_sent_again_by_final_status": found.retried,
         "sigbus": found.sigbus,
         "rss_mb": found.memory,
@@ -298,14 +358,20 @@ def report(found: Run, clients: int, seconds: float, warmup: float, shm_size: st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--soak", action="store_true", help="no faults, the plain mix, the machine's /dev/shm")
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=FULL_RUN_S)
+    parser.add_argument("--seconds", type=float, help=f"{FULL_RUN_S:.0f}; with --soak 60")
     parser.add_argument("--warmup", type=float, default=10)
-    parser.add_argument("--shm-size", default="64m", help="the namespace's /dev/shm (tmpfs size=)")
+    parser.add_argument("--shm-size", help="the namespace's /dev/shm (tmpfs size=; 64m, with --soak none)")
+    parser.add_argument("--rss-every", type=float, default=0, help="print every process's memory this often")
     args = parser.parse_args()
+    plan = dataclasses.replace(SOAK if args.soak else CHAOS, rss_every=args.rss_every)
+    if args.shm_size:
+        plan = dataclasses.replace(plan, shm_size=args.shm_size)
+    seconds = args.seconds or (60.0 if args.soak else FULL_RUN_S)
     with tempfile.TemporaryDirectory(prefix="embsvc-chaos-") as workdir:
         os.chmod(workdir, 0o755)  # nginx, as another user, walks into it
-        result = run(args.clients, args.seconds, args.warmup, Path(workdir), args.shm_size)
+        result = run(args.clients, seconds, args.warmup, Path(workdir), plan)
     sys.exit(0 if result["verdict"] == "PASS" else 1)
 
 

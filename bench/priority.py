@@ -1,18 +1,22 @@
 """Queries under bulk indexing, the lone query, and the per-request cost, in one run.
 
     .venv/bin/python -m bench.priority [--seconds 60] [--tiny-seconds 15]
+    .venv/bin/python -m bench.priority --bare-forward MODEL_FOLDER "text"     (that alone: one JSON line)
 
 On the full-size random bge-m3 (the real model's compute), DTYPE=auto, default settings:
   1.-2. the server's lone short query (dense), end to end, timed in turns with its reference,
-     a bare transformers forward of the same text in this process (bench/bare_forward.py);
+     a bare transformers forward of the same text in this process (``BareForward``), so that
+     both see the machine in the same state (a shared machine's speed drifts by a quarter
+     between minutes);
   3. bulk alone: four clients in a closed loop, each sending eight 150-400-word texts (all
      kinds) per request: bulk tokens/s;
   4. the same bulk load with one client sending a five-word query (dense) every 1.5 s: the
      query's p50/p99/max, and the bulk tokens/s beside it;
   5. mixed all-kinds throughput alone (bench.run's workload: 1 to 8 texts per request);
-then on the tiny model, one short text per request from 16 connections, with wrk and with a
-Python client (bench/load.py), against a bare Falcon app (testkit/bare_app.py) on the same
-gunicorn settings with the same clients. Prints one JSON line of figures and ratios.
+then on the tiny model, one short text per request from 16 connections, with wrk and with
+testkit's load generator (testkit/httpload.py), against a bare Falcon app (testkit/bare_app.py)
+on the same gunicorn settings with the same clients. Prints one JSON line of figures and ratios.
+The bulk loads count every request sent in their window, however late its answer.
 """
 
 from __future__ import annotations
@@ -23,33 +27,57 @@ import statistics
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import requests
+import torch
+from transformers import AutoModel, AutoTokenizer
 
-from bench import load
-from bench.bare_forward import BareForward
+from bench.gpu.server import embedding_requests
+from bench.gpu.server import lone_query as timed_lone_query
+from testkit import httpload
 from testkit.model_builder import build_model
-from testkit.server import GUNICORN, Server, free_port
+from testkit.server import AUTH, GUNICORN, TOKEN, Server, free_port
 from testkit.workload import requests_of, texts, texts_of_words
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token"
 QUERY = "where do rivers meet the sea"  # five words, dense only
 ALL_KINDS = {"return_dense": True, "return_sparse": True, "return_colbert": True, "encoding_format": "base64"}
 
 
-def lone_query(server: Server, bare: BareForward, rounds: int = 6, per_round: int = 10) -> dict:
+class BareForward:
+    """The lone query's reference: a bare transformers forward of the same text, with transformers'
+    and torch's defaults (what a user of the library gets)."""
+
+    def __init__(self, model: Path, text: str, dtype: str = "bfloat16") -> None:
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+        self.model = AutoModel.from_pretrained(str(model), dtype=getattr(torch, dtype), add_pooling_layer=False)
+        self.model.eval()
+        self.inputs = tokenizer([text], return_tensors="pt")
+        self.tokens = int(self.inputs["input_ids"].shape[1])
+        self.times(3)  # the first passes pay for allocations
+
+    def times(self, count: int) -> list[float]:
+        out = []
+        with torch.inference_mode():
+            for _ in range(count):
+                started = time.perf_counter()
+                self.model(**self.inputs)
+                out.append(time.perf_counter() - started)
+        return out
+
+
+def lone_query(server: Server, bare: BareForward, rounds: int = 6, round_s: float = 1.5) -> dict:
     """The server's lone query and the bare forward of the same text, timed in turns."""
-    body = {"input": QUERY, "return_sparse": False, "return_colbert": False}
-    load.run(server.url, TOKEN, [body] * 3, 1)  # warm-up
+    work = embedding_requests(server, [{"input": QUERY, "return_sparse": False, "return_colbert": False}])
     served: list[float] = []
     reference: list[float] = []
     for _ in range(rounds):
-        served += load.run(server.url, TOKEN, [body] * per_round, 1).latencies
-        reference += bare.times(per_round)
+        served += timed_lone_query(server, work, round_s)[0].latencies
+        reference += bare.times(10)
     return {"tokens": bare.tokens, "end_to_end_p50_ms": _ms(statistics.median(served)),
-            "end_to_end_p99_ms": _ms(load.percentile(sorted(served), 99)),
+            "end_to_end_p99_ms": _ms(httpload.percentile(served, 99)),
             "bare_forward_p50_ms": _ms(statistics.median(reference))}
 
 
@@ -62,45 +90,43 @@ def bulk_bodies() -> list[dict]:
     return [{"input": documents[i : i + 8], **ALL_KINDS} for i in range(0, len(documents), 8)]
 
 
-def tokens_of(server: Server, bodies: list[dict]) -> list[int]:
-    """Each body's tokens, from /tokenize: the bulk clients then need not parse their answers."""
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    return [requests.post(f"{server.url}/tokenize", json={"input": b["input"]}, headers=headers,
-                          timeout=60).json()["usage"]["total_tokens"] for b in bodies]
+def closed_loop(port: int, work: list[httpload.Request], clients: int, seconds: float) -> dict:
+    """``clients`` sending the next of ``work`` as soon as their last answer came, for ``seconds``."""
+    return httpload.run("127.0.0.1", port, work, clients, 1, seconds, drain=True).figures("tokens")
 
 
 def bulk_alone(server: Server, seconds: float) -> dict:
-    bodies = bulk_bodies()
-    tokens = tokens_of(server, bodies)
-    load.closed_loop(server.url, TOKEN, bodies, 4, min(20.0, seconds / 3), tokens)  # warm-up, and the rate
-    return load.closed_loop(server.url, TOKEN, bodies, 4, seconds, tokens).figures()
+    work = embedding_requests(server, bulk_bodies())
+    closed_loop(server.port, work, 4, min(20.0, seconds / 3))  # warm-up, and the rate
+    return closed_loop(server.port, work, 4, seconds)
 
 
 def bulk_with_queries(server: Server, seconds: float) -> dict:
     """The bulk load, and a query every 1.5 s from the moment the bulk load runs."""
     result: dict = {}
-    bodies = bulk_bodies()
-    tokens = tokens_of(server, bodies)
-    bulk = threading.Thread(target=lambda: result.update(
-        bulk=load.closed_loop(server.url, TOKEN, bodies, 4, seconds, tokens).figures()))
+    work = embedding_requests(server, bulk_bodies())
+    query = embedding_requests(server, [{"input": QUERY, "return_sparse": False, "return_colbert": False}])
+    bulk = threading.Thread(target=lambda: result.update(bulk=closed_loop(server.port, work, 4, seconds)))
     bulk.start()
-    query = {"input": QUERY, "return_sparse": False, "return_colbert": False}
-    result["queries"] = load.paced(server.url, TOKEN, query, 1.5, seconds - 3).figures()
+    result["queries"] = httpload.run("127.0.0.1", server.port, query, 1, 1, seconds - 3, drain=True,
+                                     pace_s=1.5).figures("tokens")
     bulk.join()
     return result
 
 
 def mixed_all_kinds(server: Server) -> dict:
     bodies = [{"input": batch, "max_length": 512, **ALL_KINDS} for batch in requests_of(texts(96), 32)]
-    load.run(server.url, TOKEN, bodies[:4], 8)  # warm-up
-    return load.run(server.url, TOKEN, bodies, 8).figures()
+    work = embedding_requests(server, bodies)
+    httpload.run("127.0.0.1", server.port, work[:4], 8, 1, once=True)  # warm-up
+    return httpload.run("127.0.0.1", server.port, work, 8, 1, once=True).figures("tokens")
 
 
-def tiny_clients(url: str, seconds: int, workdir: Path) -> dict:
+def tiny_clients(url: str, port: int, seconds: int, workdir: Path) -> dict:
     body = {"input": "what is the capital of France?", "return_sparse": False, "return_colbert": False}
-    load.wrk(url, TOKEN, body, 16, 3, workdir)  # warm-up
-    figures = {"wrk": load.wrk(url, TOKEN, body, 16, seconds, workdir)}
-    figures["python"] = load.closed_loop(url, TOKEN, [body], 16, seconds).figures()
+    httpload.wrk(url, TOKEN, body, 16, 3, workdir)  # warm-up
+    figures = {"wrk": httpload.wrk(url, TOKEN, body, 16, seconds, workdir)}
+    work = [httpload.Request(httpload.post("/v1/embeddings", json.dumps(body).encode(), AUTH))]
+    figures["python"] = httpload.run("127.0.0.1", port, work, 16, 2, seconds, warmup_s=1.0).figures()
     return figures
 
 
@@ -112,11 +138,17 @@ def bare_falcon(seconds: int, workdir: Path) -> dict:
                                 "-b", f"127.0.0.1:{port}", "--log-level", "warning", "testkit.bare_app:app"],
                                cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
-        load.wait_listening(f"http://127.0.0.1:{port}")
-        return tiny_clients(f"http://127.0.0.1:{port}", seconds, workdir)
+        httpload.wait_listening(port)
+        return tiny_clients(f"http://127.0.0.1:{port}", port, seconds, workdir)
     finally:
         process.terminate()
         process.wait(30)
+
+
+def bare_forward_alone(model: Path, text: str, repeats: int = 30) -> None:
+    bare = BareForward(model, text)
+    p50 = statistics.median(bare.times(repeats))
+    print(json.dumps({"tokens": bare.tokens, "threads": torch.get_num_threads(), "p50_ms": _ms(p50)}))
 
 
 def ratio(a: float, b: float) -> float:
@@ -127,7 +159,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=120, help="of each bulk run (its last requests finish after)")
     parser.add_argument("--tiny-seconds", type=int, default=15)
+    parser.add_argument("--bare-forward", nargs=2, metavar=("MODEL_FOLDER", "TEXT"),
+                        help="only time the bare forward of TEXT (30 times: its p50)")
     args = parser.parse_args()
+    if args.bare_forward:
+        bare_forward_alone(Path(args.bare_forward[0]), args.bare_forward[1])
+        return
     full = build_model(ROOT / "models" / "bge-m3-full", "full")
     tiny = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
     report: dict = {}
@@ -149,7 +186,7 @@ def main() -> None:
             server.stop()
         server = Server(tiny, workdir / "tiny.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000").start()
         try:
-            report["tiny_server"] = tiny_clients(server.url, args.tiny_seconds, workdir)
+            report["tiny_server"] = tiny_clients(server.url, server.port, args.tiny_seconds, workdir)
         finally:
             server.stop()
         report["tiny_bare_falcon"] = bare_falcon(args.tiny_seconds, workdir)

@@ -4,14 +4,15 @@
 
 Builds the full-size random bge-m3 (same compute as the real model) once, then
 measures, each with the machine to itself:
-  1. the machine's bfloat16 matrix-product peak (bench/peak.py);
-  2. FlagEmbedding's BGEM3FlagModel.encode in-process, its CPU defaults (float32, batch 256);
+  1. the machine's bfloat16 matrix-product peak (bench.gpu.parts peak, on the CPU);
+  2. FlagEmbedding's BGEM3FlagModel.encode in-process, its CPU defaults (float32, batch 256:
+     bench.gpu.parts flag);
   3. the server (DTYPE=auto, then float32): 8 concurrent clients, 1 to 8 multilingual texts
      per request, all three kinds; then dense only; then a lone short query;
      and one input of 8,192 tokens (time and memory);
   4. the server on the tiny model: one short text per request from 16 connections (wrk),
      for the per-request overhead;
-  5. how close the bfloat16 vectors stay to the float32 ones (bench/precision.py);
+  5. how close the bfloat16 vectors stay to the float32 ones (bench.gpu.parts precision);
 and prints one JSON line of figures and ratios. Max length is 512 tokens on both sides.
 """
 
@@ -28,28 +29,26 @@ from pathlib import Path
 
 import requests
 
-from bench import load
-from testkit import procs
+from bench.gpu.server import embedding_requests
+from bench.gpu.server import lone_query as timed_lone_query
+from gpu_pool.model.flops import flops_per_token
+from testkit import httpload, procs
 from testkit.model_builder import build_model
-from testkit.server import Server
+from testkit.server import TOKEN, Server
 from testkit.workload import requests_of, texts
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-token"
 HIDDEN, LAYERS = 1024, 24
-# Matrix-product FLOPs per token of the encoder (QKV and output projections 8d², FFN 16d²)
-# plus the ColBERT head (2d²); attention scores add about 2% at these lengths and are left out.
-FLOPS_PER_TOKEN = LAYERS * 24 * HIDDEN**2 + 2 * HIDDEN**2
+# The encoder's matrix-product FLOPs per token plus the ColBERT head's (2d²).
+FLOPS_PER_TOKEN = flops_per_token(LAYERS, HIDDEN, 4 * HIDDEN) + 2 * HIDDEN**2
 ALL_KINDS = {"return_dense": True, "return_sparse": True, "return_colbert": True}
 
 
-def python_json(*args: str) -> dict:
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+def part(name: str, *args: str) -> dict:
+    """A part of the device check (bench/gpu/parts.py) on the CPU, in a process of its own."""
+    command = [sys.executable, "-m", "bench.gpu.parts", name, "--device", "cpu", *args]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
-
-
-def stats(server: Server) -> dict:
-    return requests.get(f"{server.url}/stats", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
 
 
 def memory(server: Server) -> dict:
@@ -60,22 +59,17 @@ def memory(server: Server) -> dict:
 
 
 def mixed(server: Server, bodies: list[dict], concurrency: int) -> dict:
-    load.run(server.url, TOKEN, bodies[:4], concurrency)  # warm-up
-    return load.run(server.url, TOKEN, bodies, concurrency).figures()
+    """Every body once from ``concurrency`` clients: tokens/s."""
+    work = embedding_requests(server, bodies)
+    httpload.run("127.0.0.1", server.port, work[:4], concurrency, 1, once=True)  # warm-up
+    return httpload.run("127.0.0.1", server.port, work, concurrency, 1, once=True).figures("tokens")
 
 
-def lone_query(server: Server, count: int) -> dict:
-    body = {"input": "what is the capital of France?", "max_length": 512}
-    load.run(server.url, TOKEN, [body] * 3, 1)
-    before = stats(server)["batching"]
-    result = load.run(server.url, TOKEN, [body] * count, 1)
-    after = stats(server)["batching"]
-    busy_s = (after["average_processing_time"] * after["batches"]
-              - before["average_processing_time"] * before["batches"])
-    engine_ms = 1000 * busy_s / (after["batches"] - before["batches"])
+def lone_query(server: Server, seconds: float) -> dict:
+    work = embedding_requests(server, [{"input": "what is the capital of France?", "max_length": 512}])
+    result, engine_ms = timed_lone_query(server, work, seconds, warmup_s=1.0)
     p50 = result.figures()["p50_ms"]
-    return {"end_to_end_p50_ms": p50, "engine_forward_ms": round(engine_ms, 2),
-            "overhead_ms": round(p50 - engine_ms, 2)}
+    return {"end_to_end_p50_ms": p50, "engine_forward_ms": engine_ms, "overhead_ms": round(p50 - engine_ms, 2)}
 
 
 def long_input(server: Server, tokens: int = 8192) -> dict:
@@ -113,8 +107,8 @@ def main() -> None:
     bodies = [{"input": batch, "max_length": 512, "encoding_format": "base64", **ALL_KINDS}
               for batch in requests_of(pool, args.requests)]
     dense_bodies = [{**b, "return_sparse": False, "return_colbert": False} for b in bodies]
-    report: dict = {"machine": {"cores": len(os.sched_getaffinity(0)), **python_json("-m", "bench.peak")}}
-    report["flagembedding_fp32"] = python_json("-m", "bench.flag_baseline", str(full), "--texts", str(args.texts))
+    report: dict = {"machine": {"cores": len(os.sched_getaffinity(0)), **part("peak")}}
+    report["flagembedding_fp32"] = part("flag", "--model", str(full), "--texts", str(args.texts))
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -125,7 +119,7 @@ def main() -> None:
                 run["mixed_all_kinds"] = mixed(server, bodies, args.concurrency)
                 if dtype == "auto":
                     run["dense_only"] = mixed(server, dense_bodies, args.concurrency)
-                    run["lone_query"] = lone_query(server, 30)
+                    run["lone_query"] = lone_query(server, 10)
                     run["long_input"] = long_input(server)
                     run["memory"] = memory(server)
                 report[f"server_{dtype}"] = run
@@ -134,22 +128,22 @@ def main() -> None:
         server = Server(tiny, workdir / "server-tiny.log", API_TOKEN=TOKEN, MAX_QUEUE_SIZE="1000").start()
         try:
             body = {"input": "what is the capital of France?"}
-            load.wrk(server.url, TOKEN, body, 16, 3, workdir)  # warm-up
-            report["tiny_one_text_16_connections"] = load.wrk(server.url, TOKEN, body, 16, args.tiny_seconds,
-                                                               workdir)
+            httpload.wrk(server.url, TOKEN, body, 16, 3, workdir)  # warm-up
+            report["tiny_one_text_16_connections"] = httpload.wrk(server.url, TOKEN, body, 16, args.tiny_seconds,
+                                                                  workdir)
             report["tiny_one_text_16_connections"]["memory"] = memory(server)
         finally:
             server.stop()
 
-    report["bfloat16_vs_float32"] = python_json("-m", "bench.precision", str(full), "--texts", "48")
+    report["bfloat16_vs_float32"] = part("precision", "--model", str(full), "--texts", "48")
 
-    flag = report["flagembedding_fp32"]["tokens_per_s"]
+    flag = report["flagembedding_fp32"]["all_kinds"]["tokens_per_s"]
     auto = report["server_auto"]["mixed_all_kinds"]["tokens_per_s"]
     fp32 = report["server_float32"]["mixed_all_kinds"]["tokens_per_s"]
     report["ratios"] = {
         "auto_vs_flagembedding": round(auto / flag, 2),
         "float32_vs_flagembedding": round(fp32 / flag, 2),
-        "share_of_bf16_peak": round(auto * FLOPS_PER_TOKEN / 1e9 / report["machine"]["bf16_peak_gflops"], 3),
+        "share_of_bf16_peak": round(auto * FLOPS_PER_TOKEN / 1e12 / report["machine"]["bfloat16_tflops"], 3),
     }
     report["when"] = time.strftime("%Y-%m-%d %H:%M:%S")
     print(json.dumps(report))

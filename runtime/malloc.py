@@ -1,6 +1,6 @@
 """Keeping glibc's malloc from holding on to memory in long-running, many-threaded processes.
 
-Two habits of glibc made resident memory creep up under load (bench/soak.py
+Two habits of glibc made resident memory creep up under load (the soak, bench/chaos.py --soak,
 measured +15 to +40 % over a minute), without any leak:
 
 - each thread may get a malloc arena of its own (up to 8 per core), and memory

@@ -10,16 +10,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 GUNICORN = Path(sys.executable).parent / "gunicorn"
+# The API token of the servers that tests and benchmarks start, and its header.
+TOKEN = "testkit-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def gunicorn_command() -> list[str]:
     """gunicorn beside this Python, or run as a module where it was installed without its
-    script (``pip install --target``, as on the GPU machine: bench/gpu_check.sh)."""
+    script (``pip install --target``, as on the GPU machine: bench/gpu/check.sh)."""
     return [str(GUNICORN)] if GUNICORN.is_file() else [sys.executable, "-m", "gunicorn"]
 _PR_SET_PDEATHSIG = 1
 
@@ -52,7 +56,7 @@ class Server:
         self.env = {
             **os.environ,
             "MODEL_PATH": str(model_path), "BIND": f"127.0.0.1:{self.port}", "DEVICE": "cpu",
-            "DTYPE": "float32", "WEB_CONCURRENCY": "2", "LOG_FORMAT": "text", **env,
+            "DTYPE": "float32", "WEB_CONCURRENCY": "2", "LOG_FORMAT": "text", "API_TOKEN": TOKEN, **env,
         }
         self.process: subprocess.Popen | None = None
 
@@ -86,6 +90,23 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header of the server's (first) API token."""
+        return {"Authorization": f"Bearer {self.env['API_TOKEN'].split(',')[0]}"}
+
+    def stats(self) -> dict[str, Any]:
+        answer: dict[str, Any] = requests.get(f"{self.url}/stats", headers=self.auth, timeout=30).json()
+        return answer
+
+    def tokens(self, body: dict[str, Any]) -> int:
+        """The tokens an embedding request's ``body`` costs, from /tokenize (no model pass): a load
+        generator then need not parse the answers."""
+        asked = {key: body[key] for key in ("input", "max_length") if key in body}
+        answer = requests.post(f"{self.url}/tokenize", json=asked, headers=self.auth, timeout=60)
+        answer.raise_for_status()
+        return int(answer.json()["usage"]["total_tokens"])
 
     def _hold_namespace(self) -> None:
         if self.shm_size and self._namespace is None:

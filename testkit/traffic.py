@@ -1,4 +1,4 @@
-"""The clients of the soaks (bench/soak.py, bench/chaos.py): a mix of requests, many client
+"""The clients of the soaks (bench/chaos.py, with and without faults): a mix of requests, many client
 threads that send them one after another, and a tally of what came back.
 
 Each client keeps one HTTP/1.1 connection (a new one after an error) and sends a request
@@ -160,11 +160,6 @@ def client(port: int, seed: int, tally: Tally, load: Load, token: str, mix: dict
         tally.record(call, response.status, name, seconds)
         if response.status == 503:
             load.stop.wait(min(float(response.getheader("Retry-After", "1")), 1.0))
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def processes(server: Server, nginx_pid: int) -> dict[int, str]:

@@ -1,9 +1,25 @@
-"""A deterministic multilingual workload: texts of long-tailed lengths (5 to 200 words)."""
+"""A deterministic multilingual workload: texts of long-tailed lengths (5 to 200 words), and a
+fixed set of mixed scripts and lengths that the parity tests and the device check compare on."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+
+PARAGRAPH = ("Retrieval augmented generation combines search with language models. "
+             "Поиск по документам объединяет плотные и разреженные векторы. "
+             "检索增强生成结合了搜索与语言模型。 البحث الهجين يجمع بين المتجهات الكثيفة والمتفرقة. ")
+MIXED_TEXTS = [
+    "hello",
+    "What is BGE-M3?",
+    "Привет, как дела? Это тест многоязычной модели.",
+    "北京是中国的首都，也是一座历史悠久的城市。",
+    "مرحبا بالعالم، هذا اختبار للنموذج",
+    "emoji 🚀🔥 and numbers 12345 and CamelCaseWords",
+    "Ein längerer deutscher Satz über Einbettungen, Vektoren und die Suche in großen Dokumentensammlungen.",
+    PARAGRAPH * 3,
+    PARAGRAPH * 40,  # well past 512 tokens
+]
 
 _WORDS = {
     "en": [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.precision import compare
+from bench.gpu.parts import compare
 
 
 def test_bfloat16_vectors_stay_close_to_float32(tiny_model):

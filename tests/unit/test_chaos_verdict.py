@@ -17,3 +17,15 @@ def test_the_largest_of_a_replaced_role_is_compared_too():
                                {3: "engine", 2: "nginx worker"}, {3: 460.0, 2: 7.0})
     assert grown == ["largest engine"]
     assert [row["growth"] for row in rows] == [None, 0.148, None]
+
+
+def test_a_soak_without_faults_explains_only_the_deliberate_errors():
+    assert chaos.SOAK.explained == {"overloaded_error", "invalid_request_error"} and not chaos.SOAK.faults
+    assert chaos.SOAK.shm_size is None and "long_all_kinds" not in chaos.SOAK.mix
+    assert chaos.CHAOS.explained >= chaos.SOAK.explained and "long_all_kinds" in chaos.CHAOS.mix
+
+
+def test_a_restart_fails_a_soak_but_not_a_chaos_run():
+    found = chaos.Run(chaos.Tally(), chaos.Faults(), restarts=1, retried={}, memory=[], grown=[], new_processes=[7])
+    assert "restarted" in chaos.report(found, (1, 10.0, 1.0), chaos.SOAK)["verdict"]
+    assert chaos.report(found, (1, 10.0, 1.0), chaos.CHAOS)["verdict"] == "PASS"

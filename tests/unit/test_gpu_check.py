@@ -1,6 +1,6 @@
 """The device check's own logic, on the CPU: how passes are packed, how a part's failure is kept,
 how the targets are judged and the file named, and how the clients are sized
-(the whole check runs end to end with ``python -m bench.gpu_check --device cpu --model tiny --quick``)."""
+(the whole check runs end to end with ``python -m bench.gpu.check --device cpu --model tiny --quick``)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 
-from bench import gpu_check, gpu_parts, gpu_server
+from bench.gpu import check as gpu_check
+from bench.gpu import parts as gpu_parts
+from bench.gpu import server as gpu_server
 from embsvc.config import default_workers
+from gpu_pool.model.port import Outputs
+from testkit.workload import texts
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
@@ -30,6 +35,25 @@ def test_passes_are_longest_first_and_under_the_budget():
 
 def test_flops_per_token_is_the_encoders_matrix_work():
     assert gpu_check.flops_per_token(FULL) == 24 * 24 * 1024**2  # bench/run.py's figure without the ColBERT head
+
+
+def test_parts_take_testkits_texts_where_the_check_wrote_none():
+    args = argparse.Namespace(work=None, texts=5)
+    assert gpu_parts._bulk_texts(args, 100) == texts(5)
+    assert len(gpu_parts._bulk_texts(argparse.Namespace(work=None, texts=0), 7)) == 7
+
+
+def test_closeness_compares_each_texts_sparse_weights_alone():
+    dense = np.array([[1.0, 0.0], [0.0, 1.0]])
+    colbert = np.ones((3, 2))
+    want = Outputs(dense, np.array([1.0, 2.0, 3.0, 4.0, 5.0]), colbert)
+    got = Outputs(dense, np.array([1.0, 2.0, 3.0, 4.0, 5.5]), colbert)
+    ids = [np.zeros(2, dtype=np.int64), np.zeros(3, dtype=np.int64)]  # two texts: 2 and 3 tokens
+    close = gpu_parts._closeness(got, want, ids)
+    assert close["dense_cosine_min"] == 1.0 and close["colbert_cosine_min"] == 1.0
+    assert close["sparse_max_abs_diff"] == 0.5
+    second = float(gpu_parts.cosine_rows(np.array([3.0, 4.0, 5.5]), np.array([3.0, 4.0, 5.0])))
+    assert close["sparse_cosine_min"] == round(second, 6) < 1.0
 
 
 def parts(bulk: float, short: float, p99: float, lone: float, parity: bool, flag: float) -> dict:
@@ -101,5 +125,5 @@ def test_bulk_bodies_carry_their_tokens():
 
 
 def test_the_shell_script_says_how_it_is_used():
-    done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, check=False)
+    done = subprocess.run(["bash", "bench/gpu/check.sh"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "download" in done.stdout and "run [ARGS]" in done.stdout

@@ -1,8 +1,9 @@
-"""testkit/httpload.py, the load generator of the device check, against a small local HTTP/1.1 server."""
+"""testkit/httpload.py, the benchmarks' load generator, against a small local HTTP/1.1 server."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +17,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/slow":
+            time.sleep(0.3)
         status = 503 if self.path == "/busy" else 200
         answer = b"x" * (1 << 20) if self.path == "/big" else b'{"n": %d}' % len(body)
         self.send_response(status)
@@ -78,3 +81,32 @@ def test_request_bytes_and_response_heads():
     head = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nConnection: close\r\n\r\nab"
     assert httpload._response_size(bytearray(head)) == (len(head) - 2 + 5, True)
     assert httpload.percentile([1.0, 2.0, 3.0], 50) == 2.0
+
+
+def test_once_sends_each_request_once_and_waits_for_every_answer(port):
+    result = httpload.run("127.0.0.1", port, requests("/slow") * 5, connections=2, processes=1, once=True)
+    assert result.figures()["requests"] == 5 and result.weight == 15
+    assert result.seconds >= 0.9  # three rounds of 0.3 s on two connections
+
+
+def test_drain_counts_the_answers_that_come_after_the_window(port):
+    plain = httpload.run("127.0.0.1", port, requests("/slow"), connections=2, processes=1, seconds=0.1)
+    drained = httpload.run("127.0.0.1", port, requests("/slow"), connections=2, processes=1, seconds=0.1,
+                           drain=True)
+    assert plain.figures()["requests"] == 0
+    assert drained.figures()["requests"] == 2 and drained.seconds >= 0.3
+
+
+def test_a_paced_connection_waits_between_its_requests(port):
+    result = httpload.run("127.0.0.1", port, requests("/ok"), connections=1, processes=1, seconds=0.7, pace_s=0.2)
+    assert 2 <= result.figures()["requests"] <= 4  # at 0, 0.2, 0.4 and 0.6 s; unpaced, hundreds
+
+
+def test_a_load_that_never_ends_is_refused():
+    with pytest.raises(ValueError, match="seconds"):
+        httpload.run("127.0.0.1", 1, requests("/ok"), connections=1, processes=1)
+
+
+def test_figures_name_the_weight(port):
+    result = httpload.run("127.0.0.1", port, requests("/ok"), connections=1, processes=1, seconds=0.2)
+    assert "tokens_per_s" in result.figures("tokens") and "weight_per_s" not in result.figures("tokens")

@@ -2,13 +2,14 @@
 concurrent clients, then a bare Falcon app on the same gunicorn settings (the ceiling of the
 load generator and gunicorn on this machine). Prints one JSON line.
 
-    python -m bench.gpu_server --device cuda:0 --model FOLDER --work DIR [--quick]
+    python -m bench.gpu.server --device cuda:0 --model FOLDER --work DIR [--quick]
 
 Loads, each measured after a warm-up over a fixed window (testkit/httpload.py):
   bulk_dense        64 texts of 200-500 tokens per request, dense only (JSON floats);
   bulk_all_kinds    the same with dense, sparse and ColBERT, base64 float16 payloads;
   short_queries     one text of 8-16 tokens per request, dense only (base64), 64+ connections;
-  lone_query        the same from one connection: the latency of a query on an idle server;
+  lone_query        the same from one connection: the latency of a query on an idle server
+                    (``lone_query`` here times it for bench.run and bench.priority too);
 and where the time goes under the short queries: the engine's busy share (from /stats)
 and the CPU the web workers and the engine used (from /proc). ``--only two_engines``: the
 short and lone queries again with two engines on the one device.
@@ -31,10 +32,8 @@ import requests
 
 from embsvc.config import default_workers
 from testkit import httpload, procs
-from testkit.server import ROOT, Server, free_port, gunicorn_command
+from testkit.server import AUTH, ROOT, TOKEN, Server, free_port, gunicorn_command
 
-TOKEN = "gpu-check-token"
-HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 DENSE_ONLY = {"return_sparse": False, "return_colbert": False}
 ALL_KINDS_HALF = {"return_dense": True, "return_sparse": True, "return_colbert": True, "encoding_format": "base64",
                   "embedding_dtype": "float16"}
@@ -67,27 +66,31 @@ def bodies(texts: list[str], counts: list[int], per_request: int, extra: dict[st
     out = []
     for start in range(0, len(texts) - per_request + 1, per_request):
         body = orjson.dumps({"input": texts[start:start + per_request], **extra})
-        out.append(httpload.Request(httpload.post("/v1/embeddings", body, HEADERS),
+        out.append(httpload.Request(httpload.post("/v1/embeddings", body, AUTH),
                                     sum(counts[start:start + per_request])))
     return out
 
 
 def queries(texts: list[str], counts: list[int]) -> list[httpload.Request]:
     extra = {**DENSE_ONLY, "encoding_format": "base64"}
-    return [httpload.Request(httpload.post("/v1/embeddings", orjson.dumps({"input": text, **extra}), HEADERS), n)
+    return [httpload.Request(httpload.post("/v1/embeddings", orjson.dumps({"input": text, **extra}), AUTH), n)
             for text, n in zip(texts, counts, strict=True)]
+
+
+def embedding_requests(server: Server, bodies: list[dict[str, Any]]) -> list[httpload.Request]:
+    """``/v1/embeddings`` requests of ``bodies``, each weighed by its tokens."""
+    return [httpload.Request(httpload.post("/v1/embeddings", orjson.dumps(body), server.auth), server.tokens(body))
+            for body in bodies]
 
 
 def load(port: int, work: list[httpload.Request], connections: int, processes: int, seconds: float,
          warmup_s: float) -> dict[str, float]:
-    figures = httpload.run("127.0.0.1", port, work, connections, processes, seconds, warmup_s).figures()
-    figures["tokens_per_s"] = figures.pop("weight_per_s")
-    return figures
+    return httpload.run("127.0.0.1", port, work, connections, processes, seconds, warmup_s).figures("tokens")
 
 
-def stats(url: str) -> dict[str, Any]:
-    answer: dict[str, Any] = requests.get(f"{url}/stats", headers=HEADERS, timeout=30).json()
-    return answer
+def engine_busy_s(batching: dict[str, Any]) -> float:
+    """The engine's busy seconds so far, from /stats' batching figures."""
+    return float(batching["average_processing_time"] * batching["batches"])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -103,15 +106,15 @@ def where_time_goes(server: Server, run: Callable[[], dict[str, float]]) -> dict
     """``run``'s figures, with the engine's busy share and the cores the web workers and engine used
     (with several engines, their sums)."""
     workers, engines = sorted(procs.worker_pids(server)), procs.engine_pids(server)
-    before = stats(server.url)["batching"]
+    before = server.stats()["batching"]
     cpu_before = [cpu_seconds(p) for p in (*workers, *engines)]
     started = time.monotonic()
     figures: dict[str, Any] = run()
     wall = time.monotonic() - started
-    after = stats(server.url)["batching"]
+    after = server.stats()["batching"]
     cpu = [cpu_seconds(p) - c for p, c in zip((*workers, *engines), cpu_before, strict=True)]
     batches = after["batches"] - before["batches"]
-    busy = after["average_processing_time"] * after["batches"] - before["average_processing_time"] * before["batches"]
+    busy = engine_busy_s(after) - engine_busy_s(before)
     figures["engine_busy_share"] = round(busy / wall, 3)
     figures["engine_batches_per_s"] = round(batches / wall, 1)
     figures["requests_per_batch"] = round((after["processed_requests"] - before["processed_requests"])
@@ -121,14 +124,20 @@ def where_time_goes(server: Server, run: Callable[[], dict[str, float]]) -> dict
     return figures
 
 
-def lone_query(server: Server, work: list[httpload.Request], seconds: float) -> dict[str, float]:
-    before = stats(server.url)["batching"]
-    figures = load(server.port, work, 1, 1, seconds, 0.5)
-    after = stats(server.url)["batching"]
+def lone_query(server: Server, work: list[httpload.Request], seconds: float,
+               warmup_s: float = 0.5) -> tuple[httpload.Result, float]:
+    """Queries from one connection, each sent when the last is answered, for ``seconds``: what a
+    query takes on an idle server; and the engine's milliseconds per batch meanwhile."""
+    before = server.stats()["batching"]
+    result = httpload.run("127.0.0.1", server.port, work, 1, 1, seconds, warmup_s)
+    after = server.stats()["batching"]
     batches = after["batches"] - before["batches"]
-    busy = after["average_processing_time"] * after["batches"] - before["average_processing_time"] * before["batches"]
-    figures["engine_ms_per_batch"] = round(1000 * busy / max(1, batches), 2)
-    return figures
+    return result, round(1000 * (engine_busy_s(after) - engine_busy_s(before)) / max(1, batches), 2)
+
+
+def lone_query_figures(server: Server, work: list[httpload.Request], seconds: float) -> dict[str, float]:
+    result, engine_ms = lone_query(server, work, seconds)
+    return {**result.figures("tokens"), "engine_ms_per_batch": engine_ms}
 
 
 def gpu_memory_mib() -> dict[str, int]:
@@ -173,8 +182,8 @@ def measure_server(args: argparse.Namespace, plan: Plan, work: Path, texts: dict
         "gpu_memory_mib": gpu_memory_mib,
         "short_queries": lambda: where_time_goes(server, lambda: load(
             server.port, asks, plan.short_connections, plan.client_processes, plan.short_window_s, plan.warmup_s)),
-        "lone_query": lambda: lone_query(server, asks, plan.lone_window_s),
-        "stats_config": lambda: stats(server.url)["config"],
+        "lone_query": lambda: lone_query_figures(server, asks, plan.lone_window_s),
+        "stats_config": lambda: server.stats()["config"],
         "web_worker_rss_mb": lambda: [procs.rss_mb(p) for p in sorted(procs.worker_pids(server))],
     }
     try:
@@ -198,7 +207,8 @@ def measure_two_engines(args: argparse.Namespace, plan: Plan, work: Path, texts:
         return {"web_concurrency": plan.workers(2), "short_queries": where_time_goes(server, lambda: load(
                     server.port, asks, plan.short_connections, plan.client_processes, plan.short_window_s,
                     plan.warmup_s)),
-                "lone_query": lone_query(server, asks, plan.lone_window_s), "gpu_memory_mib": gpu_memory_mib()}
+                "lone_query": lone_query_figures(server, asks, plan.lone_window_s),
+                "gpu_memory_mib": gpu_memory_mib()}
     finally:
         server.stop()
 
@@ -206,7 +216,7 @@ def measure_two_engines(args: argparse.Namespace, plan: Plan, work: Path, texts:
 def _usage(server: Server, request: httpload.Request) -> int:
     body = request.data.split(b"\r\n\r\n", 1)[1]
     answer = requests.post(f"{server.url}/v1/embeddings", data=body, timeout=300,
-                           headers={**HEADERS, "Content-Type": "application/json"})
+                           headers={**AUTH, "Content-Type": "application/json"})
     answer.raise_for_status()
     return int(answer.json()["usage"]["total_tokens"])
 
@@ -221,23 +231,12 @@ def measure_bare_app(plan: Plan, work: Path, texts: dict[str, Any]) -> dict[str,
     with open(work / "bare_app.log", "ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_listening(port)
+        httpload.wait_listening(port)
         asks = queries(texts["queries"]["texts"], texts["queries"]["tokens"])
         return load(port, asks, plan.short_connections, plan.client_processes, plan.short_window_s, plan.warmup_s)
     finally:
         process.terminate()
         process.wait(30)
-
-
-def _wait_listening(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.post(f"http://127.0.0.1:{port}/v1/embeddings", data=b"{}", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def main() -> None:

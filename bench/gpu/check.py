@@ -1,8 +1,8 @@
-"""The device check of issue 11: what the GPU path does, measured in one run, as one JSON line.
+"""The device check: what the GPU path does, measured in one run, as one JSON line.
 
-    python -m bench.gpu_check [--device cuda:0] [--model full|tiny|FOLDER] [--quick] [--out DIR]
+    python -m bench.gpu.check [--device cuda:0] [--model full|tiny|FOLDER] [--quick] [--out DIR]
 
-bench/gpu_check.sh runs it on the GPU machine after installing the wheels it carries; here,
+bench/gpu/check.sh runs it on the GPU machine after installing the wheels it carries; here,
 ``--device cpu --model tiny --quick`` runs every part end to end on the CPU. Parts, in
 order, each in a process of its own under a time limit, so that a failure or a hang in one
 still leaves the others' figures (a part that finds too little time left is skipped, and
@@ -20,12 +20,13 @@ the JSON says so):
              kinds, mixed lengths and scripts, single and batched; float16/bfloat16 against
              float32; varlen against per-length attention
   engine     the engine's model alone on the bulk texts at 8,192 to 65,536 tokens a pass
-  gpu_tests  the tests marked ``gpu`` (tests/unit/test_attention.py, test_transfer.py)
+  gpu_tests  the tests marked ``gpu`` (tests/unit/test_attention.py, test_transfer.py,
+             tests/integration/test_model.py)
   two_engines  the short queries and the lone query with two engines on the one device
              (``DEVICE=cuda:0,cuda:0``), where time is left
 
 The JSON (printed last, and written to OUT/gpu-check-DATE-GPU.json, ready for bench/results/)
-holds every part's figures, the issue's targets with met/not met, and the share of the
+holds every part's figures, the GPU path's targets with met/not met, and the share of the
 measured matrix peak that the server's bulk throughput is.
 """
 
@@ -45,10 +46,11 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
+from gpu_pool.model.flops import flops_per_token as encoder_flops_per_token
 from testkit.model_builder import build_model
 from testkit.workload import texts_of_tokens
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class Check:
         base = ["--device", self.args.device, "--model", str(self.model), "--work", str(self.work)]
         base += ["--quick"] if self.args.quick else []
         in_server = name in ("server", "bare_app", "two_engines")
-        module = ["-m", "bench.gpu_server", "--only", name] if in_server else ["-m", "bench.gpu_parts", name]
+        module = ["-m", "bench.gpu.server", "--only", name] if in_server else ["-m", "bench.gpu.parts", name]
         return run_json([sys.executable, *module, *base], limit)
 
     def _build(self) -> dict[str, Any]:
@@ -118,7 +120,7 @@ class Check:
 
     def _gpu_tests(self, limit: float) -> dict[str, Any]:
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                   "tests/unit/test_attention.py", "tests/unit/test_transfer.py"]
+                   "tests/unit/test_attention.py", "tests/unit/test_transfer.py", "tests/integration/test_model.py"]
         try:
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=limit, check=False)
         except subprocess.TimeoutExpired:
@@ -148,7 +150,7 @@ def _text(data: bytes | str) -> str:
 
 
 def _progress(line: str) -> None:
-    print(f"[gpu_check {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+    print(f"[gpu.check {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
 
 
 def _config(model: Path) -> dict[str, int]:
@@ -174,9 +176,8 @@ def write_texts(model: Path, path: Path, bulk: int) -> None:
 
 
 def flops_per_token(config: dict[str, int]) -> int:
-    """Matrix-product FLOPs per token of the encoder (QKV and output 8d², feed-forward 4·d·ffn per layer)."""
-    d = config["hidden_size"]
-    return config["num_hidden_layers"] * (8 * d * d + 4 * d * config["intermediate_size"])
+    """The encoder's matrix-product FLOPs per token for a model's config.json."""
+    return encoder_flops_per_token(config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"])
 
 
 def _get(parts: dict[str, Any], *path: str) -> Any:
@@ -204,7 +205,7 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def summary(parts: dict[str, Any], device: str) -> dict[str, Any]:
-    """The issue's targets (met, not met, or not measured) and the derived ratios."""
+    """The targets (met, not met, or not measured) and the derived ratios."""
     out: dict[str, Any] = {"targets": {}}
     for name, path, op, target in TARGETS:
         value = _get(parts, *path)

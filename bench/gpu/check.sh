@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The device check of issue 11 in one command, in two halves (docs/performance.md, "On a GPU").
+# The device check in one command, in two halves (docs/performance.md, "On a GPU").
 #
-#   bench/gpu_check.sh download    here, where PyPI is reachable: the wheels that the GPU machine
+#   bench/gpu/check.sh download    here, where PyPI is reachable: the wheels that the GPU machine
 #                                  lacks (CPython 3.12, x86-64) into .whl/ (ignored by git; the
 #                                  device tool carries it), then the one command to run there
-#   bench/gpu_check.sh run [ARGS]  there: installs them offline, prints nvidia-smi and the
-#                                  torch/CUDA versions, runs python3 -m bench.gpu_check ARGS
+#   bench/gpu/check.sh run [ARGS]  there: installs them offline, prints nvidia-smi and the
+#                                  torch/CUDA versions, runs python3 -m bench.gpu.check ARGS
 #                                  (--quick: about half as long); the JSON, this log and the
 #                                  server log's tail go to $OUT
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 WHEELS=.whl
 SITE=/tmp/site
@@ -42,10 +42,10 @@ download() {
   cat <<EOF
 
 Now, on the GPU machine, one call of the device tool's run:
-  command:   bash bench/gpu_check.sh run
+  command:   bash bench/gpu/check.sh run
   carry:     ["$WHEELS"]
   timeout_s: $DEVICE_TIMEOUT_S
-(bash bench/gpu_check.sh run --quick: the same in about half the time, for a rerun.)
+(bash bench/gpu/check.sh run --quick: the same in about half the time, for a rerun.)
 Then copy the returned gpu-check-DATE-GPU.json into bench/results/ and commit it.
 EOF
 }
@@ -54,7 +54,7 @@ run() {
   local out=${OUT:-bench/out}
   mkdir -p "$out" "$WORK"
   {
-    ls "$WHEELS"/*.whl >/dev/null || { echo "no wheels in $WHEELS: run bench/gpu_check.sh download first"; exit 1; }
+    ls "$WHEELS"/*.whl >/dev/null || { echo "no wheels in $WHEELS: run bench/gpu/check.sh download first"; exit 1; }
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
       "$WHEELS"/*.whl
     export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
@@ -63,8 +63,8 @@ run() {
       "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")'
     df -h /dev/shm /tmp . | cat
-    PYTHONUNBUFFERED=1 timeout "$CHECK_LIMIT_S" "$PYTHON" -m bench.gpu_check --out "$out" --work "$WORK" "$@" \
-      || echo "bench.gpu_check ended with $?"
+    PYTHONUNBUFFERED=1 timeout "$CHECK_LIMIT_S" "$PYTHON" -m bench.gpu.check --out "$out" --work "$WORK" "$@" \
+      || echo "bench.gpu.check ended with $?"
   } 2>&1 | tee "$out/gpu-check.log"
   if [ -f "$WORK/server.log" ]; then tail -c 400000 "$WORK/server.log" > "$out/server-log-tail.txt"; fi
 }

@@ -1,11 +1,14 @@
 """The device check's parts that run the model in-process, each in a process of its own.
 
-    python -m bench.gpu_parts PART --device cuda:0|cpu --model FOLDER --work DIR [--quick]
+    python -m bench.gpu.parts PART --device cuda:0|cpu [--model FOLDER] [--work DIR] [--texts N] [--quick]
 
-PART is one of: env, peak, parity, engine, flag. Each prints one JSON line (its figures).
-bench/gpu_check.py runs them one after another with a time budget each, so that one
-failure or hang still leaves the others' figures; the texts come from DIR/texts.json,
-written once by gpu_check.py.
+PART is one of: env, peak, parity, engine, flag, precision. Each prints one JSON line (its
+figures). bench/gpu/check.py runs them one after another with a time budget each, so that
+one failure or hang still leaves the others' figures; the texts come from DIR/texts.json,
+written once by check.py. bench.run runs three on the CPU, each with the machine to itself:
+``peak`` (the bfloat16 matrix-product peak), ``flag`` (FlagEmbedding's encode on ``--texts N``
+of testkit's texts, where no DIR is given) and ``precision`` (how close bfloat16 vectors stay
+to float32 ones on the same texts: ``compare``).
 """
 
 from __future__ import annotations
@@ -29,23 +32,17 @@ import torch
 from embsvc.core.tokenizer import TextTokenizer, truncate
 from gpu_pool.m3math import lexical_weights
 from gpu_pool.model import attention
-from gpu_pool.model.m3 import M3Model, Outputs
+from gpu_pool.model.m3 import M3Model
+from gpu_pool.model.port import Outputs
 from gpu_pool.wire.protocol import Kind
+from testkit.passes import forward
+from testkit.workload import MIXED_TEXTS, PARAGRAPH
+from testkit.workload import texts as testkit_texts
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
 PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "safetensors", "huggingface_hub", "FlagEmbedding",
             "datasets", "falcon", "gunicorn", "orjson", "python-dotenv", "prometheus-client")
-# Mixed scripts and lengths, as tests/integration/test_vectors_match_flagembedding.py uses.
-PARAGRAPH = ("Retrieval augmented generation combines search with language models. "
-             "Поиск по документам объединяет плотные и разреженные векторы. "
-             "检索增强生成结合了搜索与语言模型。 البحث الهجين يجمع بين المتجهات الكثيفة والمتفرقة. ")
-PARITY_TEXTS = [
-    "hello", "What is BGE-M3?", "Привет, как дела? Это тест многоязычной модели.",
-    "北京是中国的首都，也是一座历史悠久的城市。", "مرحبا بالعالم، هذا اختبار للنموذج",
-    "emoji 🚀🔥 and numbers 12345 and CamelCaseWords",
-    "Ein längerer deutscher Satz über Einbettungen, Vektoren und die Suche in großen Dokumentensammlungen.",
-    PARAGRAPH * 3, PARAGRAPH * 40, PARAGRAPH * 200,  # past 512 tokens; past 8,192
-]
+PARITY_TEXTS = [*MIXED_TEXTS, PARAGRAPH * 200]  # and one past 8,192 tokens
 # The CPU tests' tolerances (tests/integration/test_vectors_match_flagembedding.py).
 DENSE_COSINE_MIN, SPARSE_DIFF_MAX, COLBERT_DIFF_MAX = 0.99999, 1e-4, 1e-4
 
@@ -90,11 +87,13 @@ def _versions() -> dict[str, str]:
 
 
 def peak(args: argparse.Namespace) -> dict[str, Any]:
-    """The device's half-precision matrix-product peak, measured here (as bench/peak.py does on a CPU)."""
+    """The device's half-precision matrix-product peak, measured here (on a CPU with every core)."""
     device = torch.device(args.device)
     # A CPU has no fast float16 products (torch emulates them): there, bfloat16 and float32.
     size, dtypes = (8192, (torch.bfloat16, torch.float16)) if device.type == "cuda" else (
-        1024, (torch.bfloat16, torch.float32))
+        1024 if args.quick else 4096, (torch.bfloat16, torch.float32))
+    if device.type == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
     return {f"{str(dtype).removeprefix('torch.')}_tflops": round(_matmul_flops(device, dtype, size) / 1e12, 3)
             for dtype in dtypes} | {"size": size}
 
@@ -126,19 +125,18 @@ def parity(args: argparse.Namespace) -> dict[str, Any]:
     full = M3Model(model, device, torch.float32)
     out: dict[str, Any] = {"attention_float32": full.attention.path}
     out["flagembedding"] = _against_flagembedding(full, model, tokenizer, device, lengths)
-    bulk = _bulk_texts(args, 64 if args.quick else 256)
-    reference = _forward_sorted(full, [truncate(x, 512) for x in tokenizer.encode(bulk)])
+    ids = [truncate(x, 512) for x in tokenizer.encode(_bulk_texts(args, 64 if args.quick else 256))]
+    reference = _forward_sorted(full, ids)
     del full
     for dtype in (torch.float16, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
         half = M3Model(model, device, dtype)
-        ids = [truncate(x, 512) for x in tokenizer.encode(bulk)]
         out[f"{name}_vs_float32"] = {"attention": half.attention.path,
-                                     **_closeness(_forward_sorted(half, ids), reference)}
+                                     **_closeness(_forward_sorted(half, ids), reference, ids)}
         if half.attention.path == attention.VARLEN:
             per_length = M3Model(model, device, dtype, attention_path=attention.PER_LENGTH)
             out[f"{name}_varlen_vs_per_length"] = _closeness(_forward_sorted(half, ids),
-                                                             _forward_sorted(per_length, ids))
+                                                             _forward_sorted(per_length, ids), ids)
             del per_length
         del half
     out["float16_dense_cosine_ok"] = out["float16_vs_float32"]["dense_cosine_min"] >= 0.999
@@ -171,7 +169,7 @@ def _forward_sorted(model: M3Model, ids: list[np.ndarray]) -> Outputs:
     """One pass, longest first as the planner packs them; the outputs back in the texts' order."""
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     lengths = np.array([len(ids[i]) for i in order], dtype=np.int64)
-    out = model.forward(np.concatenate([ids[i] for i in order]), lengths, ALL, np.arange(len(ids)))
+    out = forward(model, np.concatenate([ids[i] for i in order]), lengths, ALL, np.arange(len(ids)))
     return _reorder(out, lengths, order)
 
 
@@ -201,8 +199,7 @@ def _items(model: M3Model, tokenizer: TextTokenizer, ids: list[np.ndarray], out:
 
 def _worst(worst: dict[str, float], items: list[dict[str, Any]], expected: dict[str, Any]) -> None:
     for i, item in enumerate(items):
-        ref_dense = expected["dense_vecs"][i]
-        cosine = float(item["dense"] @ ref_dense / np.linalg.norm(item["dense"]) / np.linalg.norm(ref_dense))
+        cosine = float(cosine_rows(item["dense"], expected["dense_vecs"][i]))
         worst["dense_cosine_min"] = min(worst["dense_cosine_min"], cosine)
         ref_sparse = {k: float(v) for k, v in expected["lexical_weights"][i].items()}
         keys = set(ref_sparse) | set(item["sparse"])
@@ -215,19 +212,44 @@ def _worst(worst: dict[str, float], items: list[dict[str, Any]], expected: dict[
         worst["colbert_max_abs_diff"] = max(worst["colbert_max_abs_diff"], diff)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine of each row of ``a`` with the same row of ``b`` (of two vectors: one number)."""
     result: np.ndarray = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
     return result
 
 
-def _closeness(got: Outputs, want: Outputs) -> dict[str, float]:
+def _closeness(got: Outputs, want: Outputs, ids: list[np.ndarray]) -> dict[str, float]:
+    """How close ``got`` is to ``want`` for the texts ``ids``: the smallest dense cosine; the smallest
+    cosine of a text's sparse weights (one per token) and their largest absolute difference; the
+    smallest and mean cosine of ColBERT rows."""
     assert got.dense is not None and got.sparse is not None and got.colbert is not None
     assert want.dense is not None and want.sparse is not None and want.colbert is not None
-    colbert = _cosine(got.colbert, want.colbert)
-    return {"dense_cosine_min": round(float(_cosine(got.dense, want.dense).min()), 6),
+    ends = np.cumsum([len(x) for x in ids])[:-1]
+    sparse = [cosine_rows(g, w) for g, w in zip(np.split(got.sparse, ends), np.split(want.sparse, ends), strict=True)]
+    colbert = cosine_rows(got.colbert, want.colbert)
+    return {"dense_cosine_min": round(float(cosine_rows(got.dense, want.dense).min()), 6),
+            "sparse_cosine_min": round(float(min(sparse)), 6),
             "sparse_max_abs_diff": round(float(np.abs(got.sparse - want.sparse).max()), 5),
             "colbert_cosine_min": round(float(colbert.min()), 6),
             "colbert_cosine_mean": round(float(colbert.mean()), 6)}
+
+
+# -- precision ---------------------------------------------------------------------
+
+
+def compare(model: Path, count: int, max_length: int = 512, device: str = "cpu") -> dict[str, float]:
+    """The engine's model in bfloat16 against float32 on ``count`` of testkit's texts."""
+    ids = [truncate(x, max_length) for x in TextTokenizer(model).encode(testkit_texts(count))]
+    out = {dtype: _forward_sorted(M3Model(model, torch.device(device), dtype, torch.get_num_threads()), ids)
+           for dtype in (torch.float32, torch.bfloat16)}
+    reference = out[torch.float32]
+    assert reference.sparse is not None
+    return {"texts": len(ids), **_closeness(out[torch.bfloat16], reference, ids),
+            "sparse_max_weight": round(float(reference.sparse.max()), 5)}
+
+
+def precision(args: argparse.Namespace) -> dict[str, Any]:
+    return compare(Path(args.model), args.texts or 48, device=args.device)
 
 
 # -- engine ------------------------------------------------------------------------
@@ -278,13 +300,13 @@ def _throughput(model: M3Model, ids: list[np.ndarray], budget: int, kinds: Kind,
         lengths = np.array([len(ids[i]) for i in members], dtype=np.int64)
         batches.append((np.concatenate([ids[i] for i in members]), lengths))
     colbert = np.arange(0)
-    model.forward(*batches[0], kinds, colbert if kinds == Kind.DENSE else np.arange(len(batches[0][1])))  # warm-up
+    forward(model, *batches[0], kinds, colbert if kinds == Kind.DENSE else np.arange(len(batches[0][1])))  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     started = time.perf_counter()
     for flat, lengths in batches:
-        model.forward(flat, lengths, kinds, colbert if kinds == Kind.DENSE else np.arange(len(lengths)))
+        forward(model, flat, lengths, kinds, colbert if kinds == Kind.DENSE else np.arange(len(lengths)))
     seconds = time.perf_counter() - started
     tokens = sum(len(flat) for flat, _ in batches)
     result = {"passes": len(batches), "tokens": tokens, "seconds": round(seconds, 3),
@@ -302,7 +324,7 @@ def flag(args: argparse.Namespace) -> dict[str, Any]:
     device (float16 on CUDA, float32 on a CPU; batch 256, max_length 512 here as in the requests)."""
     device = torch.device(args.device)
     texts = _bulk_texts(args, 512 if args.quick else 1024)
-    tokens = sum(len(x) for x in TextTokenizer(Path(args.model)).encode(texts))
+    tokens = sum(len(truncate(x, 512)) for x in TextTokenizer(Path(args.model)).encode(texts))
     flag_model, note = flag_model_class()
     model = flag_model(args.model, use_fp16=device.type == "cuda", devices=str(device))
     model.encode(texts[:8], max_length=512)  # warm-up
@@ -337,20 +359,25 @@ def flag_model_class() -> tuple[Any, str]:
 
 
 def _bulk_texts(args: argparse.Namespace, count: int) -> list[str]:
+    """``count`` (or ``--texts``) of the check's bulk texts, or of testkit's where no --work is given."""
+    count = args.texts or count
+    if not args.work:
+        return testkit_texts(count)
     texts: list[str] = json.loads((Path(args.work) / "texts.json").read_text())["bulk"]["texts"]
     return (texts * (count // len(texts) + 1))[:count]
 
 
 PARTS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "env": env, "peak": peak, "parity": parity, "engine": engine, "flag": flag}
+    "env": env, "peak": peak, "parity": parity, "engine": engine, "flag": flag, "precision": precision}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=sorted(PARTS))
     parser.add_argument("--device", default="cuda:0")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--work", required=True)
+    parser.add_argument("--model", help="a bge-m3 folder (every part but env and peak)")
+    parser.add_argument("--work", help="where check.py wrote texts.json")
+    parser.add_argument("--texts", type=int, default=0, help="how many texts (default: the part's own)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--budgets", type=lambda s: tuple(int(x) for x in s.split(",")), default=())
     args = parser.parse_args()
