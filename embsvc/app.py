@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,22 +52,24 @@ def create_app(settings: Settings, backend: Backend,
     embeddings = EmbeddingService(settings.model_name, backend, tokenizer)
     tokens = TokenizeService(settings.model_name, tokenizer)
     tei_service = TEIService(embeddings, scores, tokens)
-    app.add_route("/v1/embeddings", JsonPost(settings, parse_embedding_request, embeddings.embed))
-    app.add_route("/v1/score", JsonPost(settings, parse_score_request, scores.score))
+    routes = _Routes(app)
+    route = routes.add
+    route("/v1/embeddings", JsonPost(settings, parse_embedding_request, embeddings.embed), "embeddings")
+    route("/v1/score", JsonPost(settings, parse_score_request, scores.score), "score")
     rerank = JsonPost(settings, parse_rerank_request, scores.rerank)
-    app.add_route("/v1/rerank", rerank)
-    app.add_route("/v2/rerank", rerank)  # where Cohere's v2 clients (LangChain's) send it
-    app.add_route("/tokenize", Tokenize(settings, tokens, tei_service))
-    _add_tei_routes(app, settings, backend, tei_service)
-    app.add_route("/health", info.Health(settings, backend))
-    app.add_route("/health/detailed", info.HealthDetailed(settings, backend))
-    app.add_route("/docs", Docs(settings.model_name))
-    app.add_route("/docs/{name}", DocsAsset())
-    app.add_route("/stats", info.Stats(settings, backend))
-    app.add_route("/v1/models", info.Models(settings))
-    app.add_route("/v1/models/{model_id:path}", info.Model(settings))
-    app.add_route("/metrics", metrics.MetricsResource(registry))
-    app.add_route("/openapi.json", info.OpenAPI(build_openapi(settings)))
+    route("/v1/rerank", rerank, "rerank")
+    route("/v2/rerank", rerank, "rerank_v2")  # where Cohere's v2 clients (LangChain's) send it
+    route("/tokenize", Tokenize(settings, tokens, tei_service), "tokenize")
+    _add_tei_routes(routes, settings, backend, tei_service, info.Root(settings, routes.endpoints))
+    route("/health", info.Health(settings, backend), "health")
+    route("/health/detailed", info.HealthDetailed(settings, backend), "health_detailed")
+    route("/docs", Docs(settings.model_name), "docs")
+    route("/docs/{name}", DocsAsset())
+    route("/stats", info.Stats(settings, backend), "stats")
+    route("/v1/models", info.Models(settings), "models")
+    route("/v1/models/{model_id:path}", info.Model(settings), "model")
+    route("/metrics", metrics.MetricsResource(registry), "metrics")
+    route("/openapi.json", info.OpenAPI(build_openapi(settings)), "openapi")
     errors.register(app)
     return app
 
@@ -81,15 +84,37 @@ def _cors(settings: Settings) -> list[falcon.CORSMiddleware[falcon.asgi.Request,
     return [falcon.CORSMiddleware(allow_origins=origins, expose_headers=["X-Request-ID", "Retry-After"])]
 
 
-def _add_tei_routes(app: App, settings: Settings, backend: Backend, service: TEIService) -> None:
+class _Routes:
+    """Adds the app's routes, and lists the named ones for ``GET /`` with the methods their
+    resources answer (a path's field converter left out: ``{model_id}``)."""
+
+    _CONVERTER = re.compile(r"\{(\w+):\w+\}")
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.endpoints: dict[str, str] = {}
+
+    def add(self, path: str, resource: object, name: str | None = None) -> None:
+        self.app.add_route(path, resource)
+        if name is not None:
+            methods = ",".join(m for m in ("GET", "POST") if hasattr(resource, f"on_{m.lower()}"))
+            shown = self._CONVERTER.sub(r"{\1}", path)
+            self.endpoints[name] = f"{methods} {shown}"
+
+
+def _add_tei_routes(routes: _Routes, settings: Settings, backend: Backend, service: TEIService,
+                    root: info.Root) -> None:
     """Text-embeddings-inference's API (TEI's /tokenize shares this server's route)."""
     def embed(kind: Kind) -> JsonPost[EmbeddingRequest]:
         return JsonPost(settings, functools.partial(tei.parse_embed, kind=kind), service.embed, tei_shape=True)
+    route = routes.add
 
-    app.add_route("/embed", embed(Kind.DENSE))
-    app.add_route("/", tei.EmbedAtRoot(info.Root(settings), embed(Kind.DENSE)))  # GET: this server's own information
-    app.add_route("/embed_sparse", embed(Kind.SPARSE))
-    app.add_route("/embed_all", embed(Kind.COLBERT))
-    app.add_route("/rerank", JsonPost(settings, tei.parse_rerank, service.rerank, tei_shape=True))
-    app.add_route("/decode", JsonPost(settings, tei.parse_decode, lambda ids: service.decode(*ids), tei_shape=True))
-    app.add_route("/info", tei.Info(settings, backend))
+
+    route("/embed", embed(Kind.DENSE), "tei_embed")
+    route("/", tei.EmbedAtRoot(root, embed(Kind.DENSE)))  # GET: this server's own information
+    route("/embed_sparse", embed(Kind.SPARSE), "tei_embed_sparse")
+    route("/embed_all", embed(Kind.COLBERT), "tei_embed_all")
+    route("/rerank", JsonPost(settings, tei.parse_rerank, service.rerank, tei_shape=True), "tei_rerank")
+    route("/decode", JsonPost(settings, tei.parse_decode, lambda ids: service.decode(*ids), tei_shape=True),
+          "tei_decode")
+    route("/info", tei.Info(settings, backend), "tei_info")

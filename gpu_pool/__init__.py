@@ -8,12 +8,15 @@ Entry points: ``EnginePool`` (master), ``EngineClient`` (web worker), ``engine.m
 
 Data flow (one engine shown; a pool has one per device)::
 
-    web worker (slot k)                          engine process
-    ───────────────────                          ──────────────
+    web worker (slot k)                        engine process
+    ───────────────────                        ──────────────
     tokenize, create Segment ──Job──> requests ──> reader thread: attach Segment,
-      (ids in shared memory)          (pipe)        split into Items
-                                                    main loop: plan_batch -> forward
-                                                    -> write vectors into Segment
+      (ids in shared memory)          (pipe)        queue its inputs (JobTable)
+                                                   planner thread: choose a batch, pack it
+                                                   device thread: run the pass a step at a
+                                                    time (queries between the steps of bulk)
+                                                   answer thread (device thread on a CPU):
+                                                    write vectors into Segment
     listener thread <──Done/Failed── slot k pipe <─ (one small message per job)
     read vectors, unlink Segment
 
@@ -28,7 +31,8 @@ the pipes and shared counters, starts, supervises and stops the engines.
 The web side uses only the names in ``__all__`` (tests/unit/test_layout.py checks it).
 """
 
-from gpu_pool.client import NO_ASK, Ask, EngineClient
+from gpu_pool.client import DEFAULT_OPTIONS, EngineClient, JobOptions
+from gpu_pool.devices import is_cpu
 from gpu_pool.engine.spec import EngineSpec, engine_specs
 from gpu_pool.errors import (
     ClientGone,
@@ -41,16 +45,15 @@ from gpu_pool.errors import (
 )
 from gpu_pool.pool import EnginePool, NoFreeSlot
 from gpu_pool.results import EmbeddingResult
+from gpu_pool.stats import EngineSnapshot, batching_stats, lane_stats
 from gpu_pool.wire.protocol import SCORE_MODES, Kind, Lane
-from gpu_pool.wire.segment import Space as SharedMemorySpace
 from gpu_pool.wire.segment import space as shared_memory_space
 from gpu_pool.wire.segment_pool import bytes_needed as shared_memory_needed
-from gpu_pool.wire.shared import EngineState
+from gpu_pool.wire.shared import EngineState, EngineStats
 
 __all__ = [
-    "NO_ASK",
+    "DEFAULT_OPTIONS",
     "SCORE_MODES",
-    "Ask",
     "ClientGone",
     "EmbeddingResult",
     "EngineClient",
@@ -58,16 +61,21 @@ __all__ = [
     "EngineFailed",
     "EngineOverloaded",
     "EnginePool",
+    "EngineSnapshot",
     "EngineSpec",
     "EngineState",
+    "EngineStats",
     "EngineTimeout",
     "EngineUnavailable",
+    "JobOptions",
     "Kind",
     "Lane",
     "NoFreeSlot",
     "SharedMemoryFull",
-    "SharedMemorySpace",
+    "batching_stats",
     "engine_specs",
+    "is_cpu",
+    "lane_stats",
     "shared_memory_needed",
     "shared_memory_space",
 ]

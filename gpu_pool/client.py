@@ -34,6 +34,7 @@ from gpu_pool.errors import (
 )
 from gpu_pool.pool import EngineHandle, EnginePool
 from gpu_pool.results import EmbeddingResult
+from gpu_pool.stats import EngineSnapshot
 from gpu_pool.wire import protocol
 from gpu_pool.wire.frames import FrameReader
 from gpu_pool.wire.protocol import SCORE_KINDS, Cancel, Done, ErrorCode, Failed, Job, Kind, Lane, ScoreJob, choose_lane
@@ -47,7 +48,7 @@ _INTERACTIVE_ROOM = 0.2  # of MAX_QUEUE_SIZE, kept for interactive requests beyo
 
 
 @dataclass(frozen=True)
-class Ask:
+class JobOptions:
     """How a request wants its job run: its lane (None: its size decides), and a check
     whether its client is gone (None: not known)."""
 
@@ -55,7 +56,7 @@ class Ask:
     gone: Callable[[], bool] | None = None
 
 
-NO_ASK = Ask()
+DEFAULT_OPTIONS = JobOptions()
 
 
 class _Signal:
@@ -110,11 +111,11 @@ class EngineClient:
     def states(self) -> list[EngineState]:
         return [EngineState(h.shared.state.value) for h in self.pool.engines]
 
-    def snapshot(self) -> list[dict[str, object]]:
-        """Per engine: state, queue, restarts and the engine's own counters."""
+    def snapshot(self) -> list[EngineSnapshot]:
+        """Per engine: state, queue, restarts and the engine's own figures."""
         return [
-            {"index": h.spec.index, "device": h.spec.device, "state": EngineState(h.shared.state.value).name.lower(),
-             "queue_size": h.shared.pending(), "restarts": h.shared.restarts.value, **h.shared.stats_dict()}
+            EngineSnapshot(h.spec.index, h.spec.device, EngineState(h.shared.state.value),
+                           h.shared.requests_in_flight(), h.shared.restarts.value, h.shared.read_stats())
             for h in self.pool.engines
         ]
 
@@ -132,28 +133,29 @@ class EngineClient:
 
     # -- submitting -----------------------------------------------------------------
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray, ask: Ask = NO_ASK) -> EmbeddingResult:
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray,
+              options: JobOptions = DEFAULT_OPTIONS) -> EmbeddingResult:
         """Run the inputs through an engine; close the result once it is read.
 
         ``unused_ids``: the special tokens that the sparse weights leave out.
         """
-        return EmbeddingResult(self._run(ids, kinds, ask), ids, unused_ids)
+        return EmbeddingResult(self._run(ids, kinds, options), ids, unused_ids)
 
     def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
-              unused_ids: np.ndarray, ask: Ask = NO_ASK) -> np.ndarray:
+              unused_ids: np.ndarray, options: JobOptions = DEFAULT_OPTIONS) -> np.ndarray:
         """Scores of inputs 1.. against input 0 (the query): [documents, len(SCORE_MODES)]."""
         unused = tuple(unused_ids.tolist())
-        with self._run(ids, SCORE_KINDS, ask, ScoreJob, weights=weights, unused_ids=unused) as seg:
+        with self._run(ids, SCORE_KINDS, options, ScoreJob, weights=weights, unused_ids=unused) as seg:
             return seg.arrays["scores"].copy()
 
-    def _run(self, ids: list[np.ndarray], kinds: Kind, ask: Ask, job_type: type[Job] = Job,
+    def _run(self, ids: list[np.ndarray], kinds: Kind, options: JobOptions, job_type: type[Job] = Job,
              **fields: object) -> Segment:
         """Write the ids into a segment, hand the job to an engine and wait; returns the filled segment.
 
         ``fields``: the job type's own fields beyond ``Job``'s.
         """
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-        lane = choose_lane(ask.priority, int(lengths.sum()), self.interactive_max_tokens)
+        lane = choose_lane(options.priority, int(lengths.sum()), self.interactive_max_tokens)
         engine, generation = self._reserve(lane)
         try:
             layout = Layout(len(ids), int(lengths.sum()), engine.shared.dim.value, kinds)
@@ -167,7 +169,7 @@ class EngineClient:
                 job = job_type(self._id_base + next(self._seq), self.slot, seg.name, layout.n_inputs,
                                layout.n_tokens, kinds, lane=lane, deadline=time.monotonic() + self.timeout_s,
                                **fields)
-                self._submit(engine, generation, job, ask.gone)
+                self._submit(engine, generation, job, options.gone)
                 return seg
             except BaseException:
                 seg.discard()  # never reused: the engine may still write into it
@@ -190,7 +192,7 @@ class EngineClient:
         if not ready:
             loading = any(h.shared.state.value == EngineState.LOADING for h in self.pool.engines)
             raise EngineUnavailable("the model is loading" if loading else "the engine is restarting")
-        engine, generation = min(ready, key=lambda pair: pair[0].shared.pending())
+        engine, generation = min(ready, key=lambda pair: pair[0].shared.requests_in_flight())
         with self._lock:
             # Take the place first, then count: two workers racing for the last
             # place may both be refused, but the queue never exceeds its bound.
@@ -198,7 +200,7 @@ class EngineClient:
             room = self.max_queue_size
             if lane == Lane.INTERACTIVE:
                 room += max(1, math.ceil(self.max_queue_size * _INTERACTIVE_ROOM))
-            if engine.shared.pending() > room:
+            if engine.shared.requests_in_flight() > room:
                 engine.shared.in_flight[self.slot] -= 1
                 raise EngineOverloaded("too many requests are waiting for the model", retry_after_s=1.0)
         return engine, generation

@@ -15,7 +15,7 @@ import orjson
 
 from embsvc.config import Settings
 from embsvc.errors import EmptyInput, InvalidRequest, NotFound, PayloadTooLarge
-from gpu_pool import Ask, Lane
+from gpu_pool import JobOptions, Lane
 
 
 @dataclass(frozen=True)
@@ -139,9 +139,9 @@ PRIORITY_HEADER = "X-Priority"
 _LANES = {"interactive": Lane.INTERACTIVE, "bulk": Lane.BULK}
 
 
-def ask_of(req: falcon.Request, body: dict[str, Any]) -> Ask:
+def options_of(req: falcon.Request, body: dict[str, Any]) -> JobOptions:
     """How the request wants its job run: its lane, and a check that its client is still there."""
-    return Ask(priority(body, req.get_header(PRIORITY_HEADER)), client_gone(req))
+    return JobOptions(priority(body, req.get_header(PRIORITY_HEADER)), client_gone(req))
 
 
 def priority(body: dict[str, Any], header: str | None) -> Lane | None:

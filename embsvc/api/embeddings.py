@@ -8,12 +8,13 @@ from embsvc.api.body import boolean, check_model, max_length, optional_str, text
 from embsvc.config import Settings
 from embsvc.core.embedding import EmbeddingRequest
 from embsvc.errors import InvalidRequest
-from gpu_pool import NO_ASK, Ask, Kind
+from gpu_pool import DEFAULT_OPTIONS, JobOptions, Kind
 
 _KIND_FLAGS = {"dense": Kind.DENSE, "sparse": Kind.SPARSE, "colbert": Kind.COLBERT}
 
 
-def parse_embedding_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> EmbeddingRequest:
+def parse_embedding_request(body: dict[str, Any], settings: Settings,
+                            options: JobOptions = DEFAULT_OPTIONS) -> EmbeddingRequest:
     check_model(body, settings)
     optional_str(body, "user")
     kinds = Kind(0)
@@ -35,7 +36,7 @@ def parse_embedding_request(body: dict[str, Any], settings: Settings, ask: Ask =
         truncate=boolean(body, "truncate", True),
         embedding_dtype=embedding_dtype(body, encoding_format),
         sparse_tokens=sparse_tokens(body, kinds),
-        ask=ask,
+        options=options,
     )
 
 

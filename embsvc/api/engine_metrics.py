@@ -1,6 +1,6 @@
 """The engines' figures as Prometheus metrics, read from shared memory at scrape time.
 
-The engines already count what they do in shared memory (``gpu_pool.wire.shared``),
+The engines already count what they do in shared memory (``gpu_pool.EngineStats``),
 and every web worker sees the same counters. So no engine writes metrics: the
 worker that answers ``/metrics`` reads the counters when Prometheus asks, which
 gives the same answer whichever worker that is.
@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from embsvc.core.backend import Backend
-from gpu_pool import EngineState
+from gpu_pool import EngineState, Lane
 
 LABELS = ("engine", "device")
 STATES = [state.name.lower() for state in EngineState]
@@ -48,19 +48,19 @@ class EngineCollector(Collector):
         batch_seconds = SummaryMetricFamily("embsvc_engine_batch_duration_seconds",
                                             "A forward pass's own time on the device", labels=LABELS)
         for engine in self.backend.snapshot():
-            labels = [str(engine["index"]), str(engine["device"])]
+            labels, stats = [str(engine.index), engine.device], engine.stats
             for name in STATES:
-                state.add_metric([*labels, name], 1.0 if engine["state"] == name else 0.0)
-            queue.add_metric(labels, engine["queue_size"])
-            restarts.add_metric(labels, engine["restarts"])
-            requests.add_metric([*labels, "ok"], engine["processed_requests"])
-            requests.add_metric([*labels, "failed"], engine["failed_requests"])
-            requests.add_metric([*labels, "dropped"], engine["dropped_requests"])
-            texts.add_metric(labels, engine["batched_inputs"])
-            tokens.add_metric(labels, engine["tokens"])
-            batch_requests.add_metric(labels, engine["batches"], engine["batched_requests"])
-            batch_texts.add_metric(labels, engine["batches"], engine["batched_inputs"])
-            batch_seconds.add_metric(labels, engine["batches"], engine["processing_seconds"])
+                state.add_metric([*labels, name], 1.0 if engine.state.name.lower() == name else 0.0)
+            queue.add_metric(labels, engine.queue_size)
+            restarts.add_metric(labels, engine.restarts)
+            requests.add_metric([*labels, "ok"], stats.processed_requests)
+            requests.add_metric([*labels, "failed"], stats.failed_requests)
+            requests.add_metric([*labels, "dropped"], stats.dropped_requests)
+            texts.add_metric(labels, stats.batched_inputs)
+            tokens.add_metric(labels, stats.tokens)
+            batch_requests.add_metric(labels, stats.batches, stats.batched_requests)
+            batch_texts.add_metric(labels, stats.batches, stats.batched_inputs)
+            batch_seconds.add_metric(labels, stats.batches, stats.processing_seconds)
         yield from (state, queue, restarts, requests, texts, tokens, batch_requests, batch_texts, batch_seconds)
         yield from self._lanes()
 
@@ -79,12 +79,12 @@ class EngineCollector(Collector):
                                         "Tokens a bulk pass may hold now: sized so that a step takes at most "
                                         "INTERACTIVE_MAX_WAIT_MS", labels=LABELS)
         for engine in self.backend.snapshot():
-            engine_labels = [str(engine["index"]), str(engine["device"])]
-            for lane in ("interactive", "bulk"):
-                queue.add_metric([*engine_labels, lane], engine[f"{lane}_queue"])
-                wait.add_metric([*engine_labels, lane], engine[f"{lane}_requests"], engine[f"{lane}_wait_seconds"])
-                latency.add_metric([*engine_labels, lane], engine[f"{lane}_requests"],
-                                   engine[f"{lane}_latency_seconds"])
-            preemptions.add_metric(engine_labels, engine["preemptions"])
-            pass_tokens.add_metric(engine_labels, engine["bulk_pass_tokens"])
+            engine_labels = [str(engine.index), engine.device]
+            for lane in (Lane.INTERACTIVE, Lane.BULK):
+                figures, lane_labels = engine.stats.lane(lane), [*engine_labels, lane.name.lower()]
+                queue.add_metric(lane_labels, figures.queue)
+                wait.add_metric(lane_labels, figures.requests, figures.wait_seconds)
+                latency.add_metric(lane_labels, figures.requests, figures.latency_seconds)
+            preemptions.add_metric(engine_labels, engine.stats.preemptions)
+            pass_tokens.add_metric(engine_labels, engine.stats.bulk_pass_tokens)
         yield from (queue, wait, latency, preemptions, pass_tokens)

@@ -13,7 +13,7 @@ from embsvc.config import Settings
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import dumps
 from embsvc.errors import NotFound
-from gpu_pool import EngineState
+from gpu_pool import EngineState, batching_stats, lane_stats
 
 _STARTED = int(time.time())
 
@@ -42,42 +42,6 @@ class Health:
             status = "loading" if EngineState.LOADING in states else "unavailable"
             _json(resp, {"status": status}, status=503)
             resp.set_header("Retry-After", "1")
-
-
-def batching_stats(engines: list[dict[str, Any]]) -> dict[str, object]:
-    """The batching counters of all engines together (their snapshots)."""
-    total = {key: sum(e[key] for e in engines) for key in
-             ("queue_size", "processed_requests", "failed_requests", "batches", "batched_requests",
-              "batched_inputs", "tokens", "processing_seconds")}
-    batches = total["batches"] or 1
-    return {
-        "queue_size": total["queue_size"],
-        "processed_requests": int(total["processed_requests"]),
-        "failed_requests": int(total["failed_requests"]),
-        "batches": int(total["batches"]),
-        "average_batch_size": total["batched_requests"] / batches,
-        "average_batch_inputs": total["batched_inputs"] / batches,
-        "average_processing_time": total["processing_seconds"] / batches,
-        "tokens_processed": int(total["tokens"]),
-        "dropped_requests": int(sum(e["dropped_requests"] for e in engines)),
-        "preemptions": int(sum(e["preemptions"] for e in engines)),
-        "bulk_pass_tokens": int(max((e["bulk_pass_tokens"] for e in engines), default=0)),
-    }
-
-
-def lane_stats(engines: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per lane, all engines together: jobs waiting for their first pass, requests answered,
-    and their mean wait (arrival in the engine to first pass) and latency (to the answer)."""
-    lanes = {}
-    for lane in ("interactive", "bulk"):
-        count = sum(e[f"{lane}_requests"] for e in engines)
-        lanes[lane] = {
-            "queue_size": sum(e[f"{lane}_queue"] for e in engines),
-            "requests": int(count),
-            "average_wait_s": sum(e[f"{lane}_wait_seconds"] for e in engines) / (count or 1),
-            "average_latency_s": sum(e[f"{lane}_latency_seconds"] for e in engines) / (count or 1),
-        }
-    return lanes
 
 
 class HealthDetailed:
@@ -121,12 +85,12 @@ class Stats:
             "lanes": lane_stats(engines),
             "config": {
                 "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms, "max_queue_size": s.max_queue_size,
-                "max_batch_tokens": s.max_batch_tokens or None, "processing_concurrency": s.processing_concurrency,
+                "max_batch_tokens": s.batch_tokens(), "processing_concurrency": s.processing_concurrency,
                 "max_tokens": s.max_tokens, "max_inputs": s.max_inputs, "devices": list(s.devices),
                 "dtype": s.dtype, "interactive_max_tokens": s.interactive_max_tokens,
                 "interactive_max_wait_ms": s.interactive_max_wait_ms, "bulk_share": s.bulk_share,
             },
-            "engines": engines,
+            "engines": [engine.as_dict() for engine in engines],
             "shared_memory": self.backend.shared_memory(),
         })
 
@@ -161,8 +125,9 @@ class Model:
 class Root:
     auth_required = False
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, endpoints: dict[str, str]) -> None:
+        """``endpoints``: by name, the method and path of each route listed (``embsvc.app`` fills it)."""
+        self.settings, self.endpoints = settings, endpoints
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         s = self.settings
@@ -171,20 +136,10 @@ class Root:
             "version": __version__,
             "model": s.model_name,
             "supported_vectors": ["dense", "sparse", "colbert"],
-            "endpoints": {
-                "embeddings": "POST /v1/embeddings", "health": "GET /health", "stats": "GET /stats",
-                "models": "GET /v1/models", "model": "GET /v1/models/{id}",
-                "metrics": "GET /metrics", "openapi": "GET /openapi.json",
-                "score": "POST /v1/score", "rerank": "POST /v1/rerank", "tokenize": "POST /tokenize",
-                "health_detailed": "GET /health/detailed", "docs": "GET /docs",
-                # text-embeddings-inference's API (docs/api.md)
-                "tei_embed": "POST /embed", "tei_embed_sparse": "POST /embed_sparse",
-                "tei_embed_all": "POST /embed_all", "tei_rerank": "POST /rerank", "tei_decode": "POST /decode",
-                "tei_info": "GET /info",
-            },
+            "endpoints": self.endpoints,
             "docs_url": "/docs",
             "batching": {"batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
-                         "max_queue_size": s.max_queue_size, "max_batch_tokens": s.max_batch_tokens or None},
+                         "max_queue_size": s.max_queue_size, "max_batch_tokens": s.batch_tokens()},
         })
 
 

@@ -15,10 +15,11 @@ from embsvc.api.body import boolean, check_model, max_length, optional_str
 from embsvc.config import Settings
 from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest
 from embsvc.errors import InvalidRequest, PayloadTooLarge
-from gpu_pool import NO_ASK, SCORE_MODES, Ask
+from gpu_pool import DEFAULT_OPTIONS, SCORE_MODES, JobOptions
 
 
-def parse_score_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> ScoreRequest:
+def parse_score_request(body: dict[str, Any], settings: Settings,
+                        options: JobOptions = DEFAULT_OPTIONS) -> ScoreRequest:
     check_model(body, settings)
     optional_str(body, "user")
     return ScoreRequest(
@@ -27,16 +28,17 @@ def parse_score_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_
         weights=weights(body),
         max_length=max_length(body, settings.max_tokens),
         truncate=boolean(body, "truncate", True),
-        ask=ask,
+        options=options,
     )
 
 
-def parse_rerank_request(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> RerankRequest:
+def parse_rerank_request(body: dict[str, Any], settings: Settings,
+                         options: JobOptions = DEFAULT_OPTIONS) -> RerankRequest:
     body = {key: value for key, value in body.items() if value is not None}
     if "max_tokens_per_doc" in body:  # checked also when max_length, which wins, is there
         per_doc = max_length(body, settings.max_tokens, "max_tokens_per_doc")
         body.setdefault("max_length", per_doc)  # Cohere v2's name; here it bounds the query too
-    scoring = parse_score_request(body, settings, ask)
+    scoring = parse_score_request(body, settings, options)
     mode = body.get("mode", DEFAULT_MODE)
     if mode not in SCORE_MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(SCORE_MODES)}", param="mode")

@@ -23,7 +23,7 @@ from embsvc.core.embedding import EmbeddingRequest
 from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest
 from embsvc.core.serialize import dumps
 from embsvc.errors import EmptyInput, InvalidRequest, PayloadTooLarge
-from gpu_pool import NO_ASK, Ask, Kind
+from gpu_pool import DEFAULT_OPTIONS, JobOptions, Kind
 
 # TEI accepts both spellings (serde aliases in its types.rs).
 _DIRECTIONS = {"right": "right", "Right": "right", "left": "left", "Left": "left"}
@@ -64,7 +64,8 @@ def _dense_options(body: dict[str, Any]) -> None:
                              "leave it out for the full vector", param="dimensions")
 
 
-def parse_embed(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK, *, kind: Kind) -> EmbeddingRequest:
+def parse_embed(body: dict[str, Any], settings: Settings,
+                options: JobOptions = DEFAULT_OPTIONS, *, kind: Kind) -> EmbeddingRequest:
     """``kind``: dense for /embed, sparse for /embed_sparse, ColBERT for /embed_all."""
     _no_prompt(body, settings)
     if kind == Kind.DENSE:
@@ -72,10 +73,10 @@ def parse_embed(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK, *, 
     truncate, direction = _truncation(body)
     return EmbeddingRequest(texts=texts(body, "inputs", settings.max_inputs, TEI_WORDS), kinds=kind,
                             encoding_format="float", max_length=settings.max_tokens, truncate=truncate,
-                            truncation_direction=direction, field="inputs", ask=ask)
+                            truncation_direction=direction, field="inputs", options=options)
 
 
-def parse_rerank(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> RerankRequest:
+def parse_rerank(body: dict[str, Any], settings: Settings, options: JobOptions = DEFAULT_OPTIONS) -> RerankRequest:
     query = body.get("query")
     if not isinstance(query, str):
         raise InvalidRequest("query is required: a string", param="query")
@@ -86,7 +87,8 @@ def parse_rerank(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) ->
     documents = texts(body, "texts", settings.max_inputs, TEI_WORDS)
     boolean(body, "raw_scores", False)  # checked, and the same either way: see docs/api.md
     truncate, direction = _truncation(body)
-    scoring = ScoreRequest(query, documents, DEFAULT_WEIGHTS, settings.max_tokens, truncate, direction, "texts", ask)
+    scoring = ScoreRequest(query, documents, DEFAULT_WEIGHTS, settings.max_tokens, truncate, direction, "texts",
+                           options)
     return RerankRequest(scoring, DEFAULT_MODE, len(documents), boolean(body, "return_text", False))
 
 
@@ -110,8 +112,9 @@ def _ids(row: list[Any], where: str) -> list[int]:
     return ids
 
 
-def parse_decode(body: dict[str, Any], settings: Settings, ask: Ask = NO_ASK) -> tuple[list[list[int]], bool]:
-    """The ids to decode, and ``skip_special_tokens``; no model is involved (``ask`` goes unused)."""
+def parse_decode(body: dict[str, Any], settings: Settings,
+                 options: JobOptions = DEFAULT_OPTIONS) -> tuple[list[list[int]], bool]:
+    """The ids to decode, and ``skip_special_tokens``; no model is involved (``options`` go unused)."""
     value = body.get("ids")
     if not isinstance(value, list):
         raise InvalidRequest("ids is required: a list of token ids, or a list of such lists", param="ids")

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from gpu_pool import NO_ASK, Ask, EmbeddingResult, EngineState, Kind
+from gpu_pool import DEFAULT_OPTIONS, EmbeddingResult, EngineSnapshot, EngineState, JobOptions, Kind
 
 
 class Backend(Protocol):
@@ -24,18 +24,17 @@ class Backend(Protocol):
         (what this server's segments hold), for /health and /stats."""
         ...
 
-    # Any: ``index``, ``device`` and ``state`` name the engine, the rest are numbers
-    # that /stats adds up and /metrics exports.
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Per engine: state, queue, restarts and counters, for /stats and /metrics."""
+    def snapshot(self) -> list[EngineSnapshot]:
+        """Per engine: state, queue, restarts and figures, for /stats and /metrics."""
         ...
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray, ask: Ask = NO_ASK) -> EmbeddingResult:
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray,
+              options: JobOptions = DEFAULT_OPTIONS) -> EmbeddingResult:
         """The inputs' vectors; raises ``gpu_pool.EngineError`` when they cannot be had.
-        ``ask``: the request's lane, and how to tell that its client has left."""
+        ``options``: the request's lane, and how to tell that its client has left."""
         ...
 
     def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
-              unused_ids: np.ndarray, ask: Ask = NO_ASK) -> np.ndarray:
+              unused_ids: np.ndarray, options: JobOptions = DEFAULT_OPTIONS) -> np.ndarray:
         """[documents, len(SCORE_MODES)] scores of inputs 1.. against input 0."""
         ...

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import Decode, dumps_items, embedding_items
 from embsvc.core.tokenizer import LazyTokenizer, cut
-from gpu_pool import NO_ASK, Ask, EmbeddingResult, Kind
+from gpu_pool import DEFAULT_OPTIONS, EmbeddingResult, JobOptions, Kind
 
 KIND_NAMES = (("dense", Kind.DENSE), ("sparse", Kind.SPARSE), ("colbert", Kind.COLBERT))
 
@@ -27,7 +27,7 @@ class EmbeddingRequest:
     sparse_tokens: bool = False  # add the token texts beside the sparse ids
     truncation_direction: str = "right"  # "left": a long text loses its start instead of its end
     field: str = "input"  # the body field that holds the texts, to name a too-long one
-    ask: Ask = NO_ASK  # its lane, and whether its client is still there
+    options: JobOptions = DEFAULT_OPTIONS  # its lane, and whether its client is still there
 
 
 class EmbeddingService:
@@ -47,7 +47,7 @@ class EmbeddingService:
                   request.truncation_direction)
         # float16 payloads: the engine sends float16 vectors (half the bytes), nothing to convert here.
         kinds = (request.kinds | Kind.HALF) if request.embedding_dtype == "float16" else request.kinds
-        with self.backend.embed(ids, kinds, tokenizer.unused_ids, request.ask) as result:
+        with self.backend.embed(ids, kinds, tokenizer.unused_ids, request.options) as result:
             return body(result)
 
     def _body(self, result: EmbeddingResult, request: EmbeddingRequest, decode: Decode | None) -> bytes:

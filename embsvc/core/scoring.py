@@ -12,7 +12,7 @@ import numpy as np
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import dumps
 from embsvc.core.tokenizer import LazyTokenizer, cut
-from gpu_pool import NO_ASK, SCORE_MODES, Ask
+from gpu_pool import DEFAULT_OPTIONS, SCORE_MODES, JobOptions
 
 DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # dense, sparse, colbert: what BGE-M3's authors recommend
 DEFAULT_MODE = "colbert+sparse+dense"
@@ -27,7 +27,7 @@ class ScoreRequest:
     truncate: bool
     truncation_direction: str = "right"  # "left": a long text loses its start instead of its end
     documents_field: str = "documents"  # the body field that holds the documents, to name a too-long one
-    ask: Ask = NO_ASK  # its lane, and whether its client is still there
+    options: JobOptions = DEFAULT_OPTIONS  # its lane, and whether its client is still there
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ScoreService:
             return ("query", "query") if i == 0 else (f"{field}[{i - 1}]", field)
 
         ids = cut(encoded, request.max_length, request.truncate, name, request.truncation_direction)
-        table = self.backend.score(ids, request.weights, tokenizer.unused_ids, request.ask)
+        table = self.backend.score(ids, request.weights, tokenizer.unused_ids, request.options)
         return Scores(table, sum(len(x) for x in ids))
 
     def score(self, request: ScoreRequest) -> bytes:

@@ -23,7 +23,7 @@ from embsvc.config import ConfigError, Settings, load_settings
 from embsvc.master import metrics_dir as metrics_folder
 from embsvc.master import shared_memory
 from embsvc.master.model_files import ModelFilesError, ensure_model
-from gpu_pool import EngineClient, EnginePool, EngineSpec, NoFreeSlot, engine_specs
+from gpu_pool import EngineClient, EnginePool, EngineSpec, NoFreeSlot, engine_specs, is_cpu
 from runtime import logs, malloc
 
 log = logging.getLogger("embsvc.master.hooks")
@@ -83,7 +83,7 @@ def _engine_template(s: Settings) -> EngineSpec:
 
 def _cpu_threads(devices: tuple[str, ...]) -> int:
     """Torch threads per CPU engine: the cores shared out among the CPU engines (0: all of them)."""
-    cpu_engines = sum(d == "cpu" for d in devices)
+    cpu_engines = sum(is_cpu(d) for d in devices)
     return max(1, len(os.sched_getaffinity(0)) // cpu_engines) if cpu_engines > 1 else 0
 
 

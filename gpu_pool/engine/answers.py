@@ -1,16 +1,22 @@
-"""What becomes of a pass once the device has run it: its answers, beside the next pass on a GPU.
+"""What becomes of a pass once the device has run it: its outputs written, its jobs answered.
 
-On a GPU the main thread queues a pass's kernels, hands the pass to the answer thread and
-queues the next one, so that waiting for the outputs' copy to the host, writing the vectors
-into the jobs' shared memory and sending the answers overlap the next pass's kernels. Tasks
-run one at a time in the order given, so a job's failure never overtakes the writes of its
-earlier passes. ``submit`` waits while ``depth`` tasks are waiting or running: the main
-thread stays at most that many passes ahead of the answers (the queued work that a query
-arriving would wait behind).
+``Answerer`` writes each input's vectors into its job's segment, answers every job whose
+inputs are all done, fails the jobs of a pass that failed, and learns the pass's time for
+the sizing of the next ones. Which thread runs it depends on the device (``for_device``):
 
-On a CPU the passes use every core, so an answer beside the next pass only takes cores from
-it: the mixed load of bench/priority.py gave 0.94 of its tokens/s with the answer thread (six
-alternating turns, bench/ab.py). There the main thread answers each pass itself (``Inline``).
+- on a GPU, the answer thread (``AnswerThread``): the device thread queues a pass's
+  kernels, hands the pass over and queues the next one, so that waiting for the outputs'
+  copy to the host, writing the vectors into the jobs' shared memory and sending the
+  answers overlap the next pass's kernels. Tasks run one at a time in the order given, so
+  a job's failure never overtakes the writes of its earlier passes. ``submit`` waits while
+  ``depth`` tasks are waiting or running: the device thread stays at most that many passes
+  ahead of the answers (the queued work that a query arriving would wait behind);
+- on a CPU, the device thread itself, between passes (``Inline``): there the passes use
+  every core, so an answer beside the next pass only takes cores from it (the mixed load of
+  bench/priority.py gave 0.94 of its tokens/s with the answer thread; six alternating
+  turns, bench/ab.py).
+
+Once a job's first pass began, the answerer alone answers or fails it.
 """
 
 from __future__ import annotations
@@ -18,19 +24,158 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from gpu_pool.devices import is_cpu
+from gpu_pool.engine.choosing import Item
+from gpu_pool.engine.jobs import ActiveJob, JobTable
+from gpu_pool.engine.lanes import PassSizer, longest_step
+from gpu_pool.engine.packed import Batch, per_item
+from gpu_pool.model.port import Pending
+from gpu_pool.wire import protocol
+from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Kind, Lane
+from gpu_pool.wire.shared import EngineShared, EngineStats
 
 log = logging.getLogger("gpu_pool.engine")
 
 Task = Callable[[], None]
 
+_DONE_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A pass whose steps have all been queued (GPU) or run (CPU), its outputs on their way."""
+
+    batch: Batch
+    outputs: Pending
+    steps: int
+    steps_per_layer: int
+    step_tokens: int  # the most rows one step took
+    step_seconds: list[float]  # each step on the host's clock: its time on a CPU only
+    interleaved: float  # seconds of interactive passes run between its steps
+
+    def seconds(self) -> float:
+        """Its own time on the device, the interleaved passes left out (after ``outputs.wait``)."""
+        return max(0.0, self.outputs.seconds() - self.interleaved)
+
 
 def for_device(device_name: str) -> AnswerThread | Inline:
-    return Inline() if device_name.startswith("cpu") else AnswerThread()
+    return Inline() if is_cpu(device_name) else AnswerThread()
+
+
+class Answerer:
+    """Answers the passes, on the thread ``for_device`` chose; ``answer`` and ``fail`` queue the work there."""
+
+    def __init__(self, device_name: str, table: JobTable, ready: threading.Condition, slots: list[Connection],
+                 shared: EngineShared, sizer: PassSizer) -> None:
+        self._table, self._ready, self._slots, self._shared, self._sizer = table, ready, slots, shared, sizer
+        self._cpu = is_cpu(device_name)
+        self._runner = for_device(device_name)
+
+    def answer(self, launched: Launched) -> None:
+        self._runner.submit(lambda: self._answer(launched))
+
+    def fail(self, items: list[Item], code: ErrorCode, message: str) -> None:
+        """Fail the jobs of ``items``, after the answers of earlier passes."""
+        self._runner.submit(lambda: self._fail_jobs_of(items, code, message))
+
+    def close(self, message: str) -> None:
+        """Answer the passes handed over so far, then fail every job still held."""
+        self._runner.close()
+        with self._ready:
+            left = self._table.all()
+        self._fail(left, ErrorCode.GONE, message)
+
+    def learn(self, launched: Launched) -> None:
+        """A bulk pass's times, for the sizing of the next ones (after its outputs arrived)."""
+        # On a GPU the steps are only queued: their host times are not the device's, and the
+        # average step (the pass's device time) stands for them.
+        longest = longest_step(launched.step_seconds, launched.steps_per_layer) if self._cpu else 0.0
+        self._sizer.observe(len(launched.batch.ids), launched.steps, launched.seconds(), longest,
+                            launched.step_tokens)
+        self._shared.set_sizing(self._sizer.tokens_per_second() or 0.0, self._sizer.budget())
+
+    def _answer(self, launched: Launched) -> None:
+        batch = launched.batch
+        try:
+            self._deliver(launched)
+        except Exception as exc:  # a pass that failed on the device (or a bug here) fails its jobs
+            log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
+            self._fail_jobs_of(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
+
+    def _deliver(self, launched: Launched) -> None:
+        """Write a pass's outputs into its jobs' segments and answer the jobs it completes."""
+        batch, out = launched.batch, launched.outputs.wait()
+        if batch.lane == Lane.BULK:
+            self.learn(launched)
+        touched: dict[int, ActiveJob] = {}
+        for item, (dense, sparse, colbert) in zip(batch.items, per_item(batch, out), strict=True):
+            active = self._table.get(item.job_seq)
+            if active is None:
+                continue  # failed meanwhile
+            active.write(item.index, dense if active.wants(Kind.DENSE) else None,
+                         sparse if active.wants(Kind.SPARSE) else None, colbert)
+            touched[active.seq] = active
+        self._answer_done([a for a in touched.values() if a.remaining == 0])
+        self._shared.add_stats(EngineStats(batches=1, batched_requests=len(touched), batched_inputs=len(batch.items),
+                                           tokens=len(batch.ids), processing_seconds=launched.seconds()))
+
+    def _fail_jobs_of(self, items: list[Item], code: ErrorCode, message: str) -> None:
+        seqs = {item.job_seq for item in items}
+        with self._ready:
+            self._table.unqueue(seqs)
+            failed = [active for seq in seqs if (active := self._table.get(seq)) is not None]
+        self._fail(failed, code, message)
+
+    def _fail(self, actives: list[ActiveJob], code: ErrorCode, message: str) -> None:
+        for active in actives:
+            self._forget(active)
+            self._send(active.job.slot, Failed(active.job.job_id, code, message))
+        self._shared.add_stats(EngineStats(failed_requests=len(actives)))
+
+    def _answer_done(self, actives: list[ActiveJob]) -> None:
+        by_slot: dict[int, list[int]] = {}
+        for active in actives:
+            self._forget(active)
+            by_slot.setdefault(active.job.slot, []).append(active.job.job_id)
+        for slot, job_ids in by_slot.items():
+            # One message per slot and batch; chunks keep each write atomic.
+            for start in range(0, len(job_ids), _DONE_CHUNK):
+                self._send(slot, Done(tuple(job_ids[start : start + _DONE_CHUNK])))
+        self._shared.add_stats(_answered(actives, time.monotonic()))
+
+    def _forget(self, active: ActiveJob) -> None:
+        with self._ready:
+            self._table.forget(active)
+
+    def _send(self, slot: int, message: Done | Failed) -> None:
+        try:
+            self._slots[slot].send_bytes(protocol.encode(message))
+        except (BlockingIOError, BrokenPipeError):
+            log.warning("Dropped an answer to web worker slot %d: it is not reading", slot)
+
+
+def _answered(actives: list[ActiveJob], now: float) -> EngineStats:
+    """The counts of jobs answered at ``now``: per lane, their waits and latencies summed."""
+    interactive = [a for a in actives if a.job.lane == Lane.INTERACTIVE]
+    bulk = [a for a in actives if a.job.lane == Lane.BULK]
+    return EngineStats(
+        processed_requests=len(actives),
+        interactive_requests=len(interactive),
+        interactive_wait_seconds=sum((a.began or now) - a.arrived for a in interactive),
+        interactive_latency_seconds=sum(now - a.arrived for a in interactive),
+        bulk_requests=len(bulk),
+        bulk_wait_seconds=sum((a.began or now) - a.arrived for a in bulk),
+        bulk_latency_seconds=sum(now - a.arrived for a in bulk),
+    )
 
 
 class Inline:
-    """Each task runs at once, on the thread that submits it."""
+    """Each task runs at once, on the thread that submits it: the device thread, on a CPU."""
 
     def submit(self, task: Task) -> None:
         _run_guarded(task)
@@ -47,7 +192,7 @@ class AnswerThread:
         self._thread.start()
 
     def submit(self, task: Task) -> None:
-        """Queue ``task``, once fewer than ``depth`` are in hand."""
+        """Queue ``task``, once fewer than ``depth`` are waiting or running."""
         self._room.acquire()
         self._tasks.put(task)
 

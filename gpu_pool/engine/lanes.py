@@ -34,12 +34,12 @@ def may_interleave(bulk_s: float, interactive_s: float, bulk_share: float) -> bo
     return interactive_s < bulk_s * (1.0 - bulk_share) / bulk_share
 
 
-def longest_step(step_seconds: Sequence[float], stages: int) -> float:
+def longest_step(step_seconds: Sequence[float], steps_per_layer: int) -> float:
     """The time of a pass's longest kind of step: the steps of a layer differ (on a CPU the
     query, key and value projection takes three quarters of a feed-forward half), and a query
     waits for the step under way, whichever it is. Each kind's median, so that a step slowed once by
     another process does not count as the kind's cost."""
-    kinds = [step_seconds[stage::stages] for stage in range(stages)]
+    kinds = [step_seconds[kind::steps_per_layer] for kind in range(steps_per_layer)]
     return max((statistics.median(times) for times in kinds if times), default=0.0)
 
 

@@ -22,7 +22,7 @@ from gpu_pool.wire.protocol import ScoreJob
 
 
 @dataclass
-class ScoringJob(ActiveJob):
+class ActiveScoreJob(ActiveJob):
     query: Vectors | None = field(default=None, init=False)
     waiting: dict[int, Vectors] = field(default_factory=dict, init=False)  # documents done before the query
     raw: np.ndarray = field(init=False)  # [documents, 3]: dense, sparse, colbert
@@ -32,7 +32,7 @@ class ScoringJob(ActiveJob):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.job, ScoreJob):
-            raise TypeError("a ScoringJob is made from a ScoreJob")
+            raise TypeError("an ActiveScoreJob is made from a ScoreJob")
         self.raw = np.zeros((len(self.packing) - 1, 3))
         self.unused_ids = np.array(self.job.unused_ids, dtype=np.int32)
         self.weights = self.job.weights

@@ -38,7 +38,7 @@ SCORE_KINDS = Kind.DENSE | Kind.SPARSE | Kind.COLBERT | Kind.SCORE
 class Lane(enum.IntEnum):
     """Who waits for a job: a person (a query) or a program (an indexer).
 
-    Interactive jobs go first, and may run between the layers of a bulk pass;
+    Interactive jobs go first, and may run between the steps of a bulk pass;
     bulk passes keep a share of the device (gpu_pool/engine/lanes.py).
     """
 
@@ -58,7 +58,7 @@ class ErrorCode(enum.Enum):
 
     FORWARD_FAILED = "forward_failed"
     OUT_OF_MEMORY = "out_of_memory"
-    GONE = "gone"  # the request's shared memory vanished (client gone or timed out)
+    GONE = "gone"  # the engine is stopping: it holds the job but computes no more (503, retry)
 
 
 @dataclass(frozen=True, slots=True)

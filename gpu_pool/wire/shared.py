@@ -7,39 +7,72 @@ Each value has exactly one writer at a time, so no cross-process lock is needed
   supervisor while it is dead;
 - ``in_flight[slot]``: the web worker in that slot (the master zeroes it when
   the worker dies);
-- ``stats``: the engine.
+- ``stats``: the engine, read back by the web side as one ``EngineStats``.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from dataclasses import dataclass, fields
 from multiprocessing.context import BaseContext
 
-STAT_FIELDS = (
-    "processed_requests",
-    "failed_requests",
-    "dropped_requests",  # timed out or cancelled before their pass began
-    "batches",
-    "batched_requests",
-    "batched_inputs",
-    "tokens",
-    "processing_seconds",
-    "preemptions",  # interactive passes run between the layers of a bulk pass
-    # Per lane: requests answered, and the sums of their waits (arrival to first pass) and latencies.
-    "interactive_requests",
-    "interactive_wait_seconds",
-    "interactive_latency_seconds",
-    "bulk_requests",
-    "bulk_wait_seconds",
-    "bulk_latency_seconds",
-    # Gauges, set rather than added: jobs waiting for their first pass, and the pass sizing.
-    "interactive_queue",
-    "bulk_queue",
-    "tokens_per_second",
-    "bulk_pass_tokens",
-)
+from gpu_pool.wire.protocol import Lane
+
 _INFO_BYTES = 512
+
+
+@dataclass(frozen=True)
+class LaneStats:
+    """One lane's figures out of ``EngineStats``."""
+
+    queue: int  # jobs waiting for their first pass
+    requests: int  # answered
+    wait_seconds: float  # summed: arrival in the engine to first pass
+    latency_seconds: float  # summed: arrival in the engine to the answer
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """An engine's figures: counters (totals since it started, which it adds to with
+    ``EngineShared.add_stats``) and gauges (now, set with ``set_queues`` and ``set_sizing``)."""
+
+    processed_requests: int = 0
+    failed_requests: int = 0
+    dropped_requests: int = 0  # timed out or cancelled before their pass began
+    batches: int = 0
+    batched_requests: int = 0
+    batched_inputs: int = 0
+    tokens: int = 0
+    processing_seconds: float = 0.0
+    preemptions: int = 0  # interactive passes run between the steps of a bulk pass
+    # Per lane: requests answered, and the sums of their waits (arrival to first pass) and latencies.
+    interactive_requests: int = 0
+    interactive_wait_seconds: float = 0.0
+    interactive_latency_seconds: float = 0.0
+    bulk_requests: int = 0
+    bulk_wait_seconds: float = 0.0
+    bulk_latency_seconds: float = 0.0
+    # Gauges: jobs waiting for their first pass, and the pass sizing.
+    interactive_queue: int = 0
+    bulk_queue: int = 0
+    tokens_per_second: float = 0.0
+    bulk_pass_tokens: int = 0
+
+    def lane(self, lane: Lane) -> LaneStats:
+        if lane == Lane.INTERACTIVE:
+            return LaneStats(self.interactive_queue, self.interactive_requests, self.interactive_wait_seconds,
+                             self.interactive_latency_seconds)
+        return LaneStats(self.bulk_queue, self.bulk_requests, self.bulk_wait_seconds, self.bulk_latency_seconds)
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name)) for name in STAT_FIELDS}
+
+
+STAT_FIELDS = tuple(f.name for f in fields(EngineStats))
+_COUNTS = frozenset(f.name for f in fields(EngineStats) if f.type == "int")  # kept as doubles in the array
+_GAUGES = ("interactive_queue", "bulk_queue", "tokens_per_second", "bulk_pass_tokens")
+_COUNTERS = tuple((i, name) for i, name in enumerate(STAT_FIELDS) if name not in _GAUGES)
 
 
 class EngineState(enum.IntEnum):
@@ -59,19 +92,27 @@ class EngineShared:
         self.stats = ctx.RawArray("d", len(STAT_FIELDS))
         self._info = ctx.RawArray("c", _INFO_BYTES)
 
-    def pending(self) -> int:
+    def requests_in_flight(self) -> int:
+        """Requests handed to this engine by every web worker and not answered yet."""
         return sum(self.in_flight)
 
-    def add_stats(self, **deltas: float) -> None:
-        for name, delta in deltas.items():
-            self.stats[STAT_FIELDS.index(name)] += delta
+    def add_stats(self, delta: EngineStats) -> None:
+        """Add ``delta``'s counters (its gauges are left alone)."""
+        for i, name in _COUNTERS:
+            if value := getattr(delta, name):
+                self.stats[i] += value
 
-    def set_stats(self, **values: float) -> None:
-        for name, value in values.items():
-            self.stats[STAT_FIELDS.index(name)] = value
+    def set_queues(self, interactive: int, bulk: int) -> None:
+        self._set("interactive_queue", interactive)
+        self._set("bulk_queue", bulk)
 
-    def stats_dict(self) -> dict[str, float]:
-        return dict(zip(STAT_FIELDS, self.stats[:], strict=True))
+    def set_sizing(self, tokens_per_second: float, bulk_pass_tokens: int) -> None:
+        self._set("tokens_per_second", tokens_per_second)
+        self._set("bulk_pass_tokens", bulk_pass_tokens)
+
+    def read_stats(self) -> EngineStats:
+        values = zip(STAT_FIELDS, self.stats[:], strict=True)
+        return EngineStats(**{name: round(value) if name in _COUNTS else value for name, value in values})
 
     def set_info(self, info: dict[str, object]) -> None:
         data = json.dumps(info).encode()[: _INFO_BYTES - 1]
@@ -80,3 +121,6 @@ class EngineShared:
     def info(self) -> dict[str, object]:
         raw = self._info.value
         return json.loads(raw) if raw else {}
+
+    def _set(self, name: str, value: float) -> None:
+        self.stats[STAT_FIELDS.index(name)] = value

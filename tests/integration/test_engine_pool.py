@@ -38,7 +38,7 @@ def test_load_is_spread_and_a_dead_engine_leaves_the_other_serving(two_engines):
         results = list(executor.map(lambda _: embed_one(client, 40), range(64)))
     for result in results:
         np.testing.assert_allclose(result, reference, atol=1e-5)
-    served = [int(e["processed_requests"]) for e in client.snapshot()]
+    served = [e.stats.processed_requests for e in client.snapshot()]
     assert all(n > 0 for n in served), f"both engines took work: {served}"
 
     victim = two_engines.engines[0]

@@ -7,9 +7,18 @@ import os
 
 import numpy as np
 
-from gpu_pool import NO_ASK, Ask, EmbeddingResult, EngineError, EngineState, Kind, m3math
+from gpu_pool import (
+    DEFAULT_OPTIONS,
+    EmbeddingResult,
+    EngineError,
+    EngineSnapshot,
+    EngineState,
+    EngineStats,
+    JobOptions,
+    Kind,
+    m3math,
+)
 from gpu_pool.wire.segment import Layout, Segment
-from gpu_pool.wire.shared import STAT_FIELDS
 
 DIM = 32
 
@@ -22,7 +31,7 @@ class FakeEngine:
         self.fail_with: EngineError | None = None
         self.calls: list[tuple[list[np.ndarray], Kind]] = []
         self.score_calls: list[tuple[list[np.ndarray], tuple[float, float, float], tuple[int, ...]]] = []
-        self.asks: list[Ask] = []  # how each call asked to be run
+        self.options: list[JobOptions] = []  # how each call asked to be run
         self._ids = itertools.count()
 
     def states(self) -> list[EngineState]:
@@ -35,17 +44,17 @@ class FakeEngine:
         return {"path": "/dev/shm", "size_bytes": 64 << 20, "used_bytes": 1 << 20, "free_bytes": 63 << 20,
                 "server_bytes": 1 << 20}
 
-    def snapshot(self) -> list[dict[str, object]]:
-        counters = dict.fromkeys(STAT_FIELDS, 0.0)  # every counter the real engine keeps
-        counters.update(processed_requests=len(self.calls), batches=len(self.calls), batched_requests=len(self.calls))
-        return [{"index": 0, "device": "cpu", "state": self.state.name.lower(), "queue_size": 0, "restarts": 0,
-                 **counters}]
+    def snapshot(self) -> list[EngineSnapshot]:
+        calls = len(self.calls)
+        stats = EngineStats(processed_requests=calls, batches=calls, batched_requests=calls)
+        return [EngineSnapshot(0, "cpu", self.state, queue_size=0, restarts=0, stats=stats)]
 
-    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray, ask: Ask = NO_ASK) -> EmbeddingResult:
+    def embed(self, ids: list[np.ndarray], kinds: Kind, unused_ids: np.ndarray,
+              options: JobOptions = DEFAULT_OPTIONS) -> EmbeddingResult:
         if self.fail_with is not None:
             raise self.fail_with
         self.calls.append((ids, kinds))
-        self.asks.append(ask)
+        self.options.append(options)
         seg = self._segment(ids, kinds)
         a = seg.arrays
         if "dense" in a:
@@ -57,13 +66,13 @@ class FakeEngine:
         return EmbeddingResult(seg, ids, unused_ids)
 
     def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
-              unused_ids: np.ndarray, ask: Ask = NO_ASK) -> np.ndarray:
+              unused_ids: np.ndarray, options: JobOptions = DEFAULT_OPTIONS) -> np.ndarray:
         """Raw scores derived from each document's length (dense = tokens / 100, sparse = 1 / tokens,
         colbert = 0.5), mixed by the real ``m3math.combine``."""
         if self.fail_with is not None:
             raise self.fail_with
         self.calls.append((ids, Kind.DENSE | Kind.SPARSE | Kind.COLBERT | Kind.SCORE))
-        self.asks.append(ask)
+        self.options.append(options)
         self.score_calls.append((ids, weights, tuple(unused_ids.tolist())))
         raw = np.array([[len(x) / 100, 1 / len(x), 0.5] for x in ids[1:]])
         return m3math.combine(raw, weights)

@@ -1,7 +1,7 @@
 import numpy as np
 
-from gpu_pool.engine.batch import pack
-from gpu_pool.engine.batching import Item, plan_batch
+from gpu_pool.engine.choosing import Item, choose_batch
+from gpu_pool.engine.packed import pack
 from gpu_pool.wire.protocol import Kind
 
 
@@ -11,32 +11,32 @@ def items(job_seq: int, *lengths: int) -> list[Item]:
 
 def test_lone_request_runs_whole():
     pending = items(1, 5, 7)
-    assert plan_batch(pending, max_jobs=8, max_tokens=1000) == [Item(1, 1, 7), Item(1, 0, 5)]
+    assert choose_batch(pending, max_jobs=8, max_tokens=1000) == [Item(1, 1, 7), Item(1, 0, 5)]
 
 
 def test_longest_first_and_token_budget_respected():
     pending = items(1, 10, 50, 20) + items(2, 45, 5)
-    batch = plan_batch(pending, max_jobs=8, max_tokens=100)
+    batch = choose_batch(pending, max_jobs=8, max_tokens=100)
     # 50 + 45 = 95; 20 and 10 would overflow 100, the 5 still fits.
     assert [i.length for i in batch] == [50, 45, 5]
 
 
 def test_only_oldest_jobs_are_candidates():
     pending = items(1, 3) + items(2, 3) + items(3, 90)
-    batch = plan_batch(pending, max_jobs=2, max_tokens=1000)
+    batch = choose_batch(pending, max_jobs=2, max_tokens=1000)
     assert {i.job_seq for i in batch} == {1, 2}
 
 
 def test_input_longer_than_budget_runs_alone():
     pending = items(1, 500, 10)
-    assert plan_batch(pending, max_jobs=8, max_tokens=100) == [Item(1, 0, 500)]
+    assert choose_batch(pending, max_jobs=8, max_tokens=100) == [Item(1, 0, 500)]
 
 
 def test_every_item_is_eventually_planned_once():
     pending = items(1, *range(2, 40)) + items(2, 300, 2) + items(3, *([7] * 30))
     seen: list[Item] = []
     while pending:
-        batch = plan_batch(pending, max_jobs=2, max_tokens=128)
+        batch = choose_batch(pending, max_jobs=2, max_tokens=128)
         assert batch, "a non-empty queue always yields a batch"
         assert len(batch) == 1 or sum(i.length for i in batch) <= 128
         seen += batch

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from embsvc.master import hooks
 from gpu_pool import client as client_module
 from gpu_pool.client import EngineClient
 from gpu_pool.errors import EngineOverloaded, EngineTimeout, EngineUnavailable
@@ -111,12 +112,12 @@ def test_max_queue_size_waiting_requests_refuse_the_next_at_once(fake_pool, monk
     with ThreadPoolExecutor(2) as executor:
         waiting = [executor.submit(client.embed, IDS, Kind.DENSE, UNUSED) for _ in range(2)]
         jobs = [fake_pool.next_job(), fake_pool.next_job()]
-        assert fake_pool.engines[0].shared.pending() == 3
+        assert fake_pool.engines[0].shared.requests_in_flight() == 3
         started = time.monotonic()
         with pytest.raises(EngineOverloaded):
             client.embed(IDS, Kind.DENSE, UNUSED)
         assert time.monotonic() - started < 0.1
-        assert fake_pool.engines[0].shared.pending() == 3, "a refused request takes no place"
+        assert fake_pool.engines[0].shared.requests_in_flight() == 3, "a refused request takes no place"
         fake_pool.answer(0, *(j.job_id for j in jobs))
         for future in waiting:
             future.result(timeout=5).close()
@@ -142,7 +143,7 @@ def test_concurrent_requests_never_overfill_the_queue(fake_pool, monkeypatch):
         thread.start()
     jobs = [fake_pool.next_job() for _ in range(5)]
     time.sleep(0.3)
-    assert fake_pool.engines[0].shared.pending() == 5
+    assert fake_pool.engines[0].shared.requests_in_flight() == 5
     fake_pool.answer(0, *(j.job_id for j in jobs))
     for thread in threads:
         thread.join(5)
@@ -171,7 +172,7 @@ def test_an_engine_not_ready_is_refused_without_a_segment(fake_pool, monkeypatch
     fake_pool.engines[0].shared.state.value = EngineState.UNAVAILABLE
     with pytest.raises(EngineUnavailable, match="restarting"):
         client.embed(IDS, Kind.DENSE, UNUSED)
-    assert fake_pool.engines[0].shared.pending() == 0
+    assert fake_pool.engines[0].shared.requests_in_flight() == 0
     assert not [n for n in os.listdir(segment.SHM_DIR) if n.startswith(fake_pool.shm_prefix)]
 
 
@@ -220,3 +221,11 @@ def test_a_dead_engines_queued_jobs_are_dropped_before_its_successor_starts(pool
     assert not handle.requests_in.poll(0), "the next engine must start on an empty pipe"
     handle.process = SimpleNamespace(pid=2, exitcode=1, join=lambda: None)
     assert pool._on_death(handle) == 1, "dying before it was ready backs off longer"
+
+
+def test_cpu_engines_share_the_cores_whatever_their_device_names(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert hooks._cpu_threads(("cpu:0", "cpu:1")) == 4
+    assert hooks._cpu_threads(("cpu", "cpu")) == 4
+    assert hooks._cpu_threads(("cpu:0",)) == 0, "a lone CPU engine takes every core"
+    assert hooks._cpu_threads(("cpu", "cuda:0")) == 0

@@ -15,6 +15,7 @@ from itertools import count
 import numpy as np
 import pytest
 
+from gpu_pool.devices import is_cpu
 from gpu_pool.engine.answers import AnswerThread, Inline, for_device
 from gpu_pool.engine.loop import Engine
 from gpu_pool.engine.spec import EngineSpec
@@ -26,6 +27,12 @@ from gpu_pool.wire.shared import EngineShared
 
 DIM = 4
 _names = count()
+
+
+@pytest.mark.parametrize("device, cpu", [("cpu", True), ("cpu:0", True), ("cpu:1", True), ("cuda:0", False),
+                                         ("cuda", False), ("auto", False)])
+def test_a_device_name_is_a_cpu_with_or_without_its_index(device, cpu):
+    assert is_cpu(device) is cpu
 
 
 def test_a_gpu_gets_the_answer_thread_a_cpu_answers_inline():
@@ -84,7 +91,7 @@ class Arriving:
 
 
 class OnePass:
-    steps = stages = 1
+    steps = steps_per_layer = 1
 
     def __init__(self, outputs: Arriving, tokens: int) -> None:
         self.arriving, self.step_tokens = outputs, tokens

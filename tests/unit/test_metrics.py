@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from embsvc.app import create_app
 from embsvc.master import metrics_dir
-from gpu_pool.wire.shared import STAT_FIELDS, EngineState
+from gpu_pool import EngineSnapshot, EngineState, EngineStats
 from tests.unit.conftest import AUTH
 
 
@@ -74,15 +74,14 @@ def test_the_scrape_counts_itself_on_the_next_scrape(client):
 
 
 def test_engine_figures_come_from_the_engine_snapshot(client, engine, monkeypatch):
-    figures = {**dict.fromkeys(STAT_FIELDS, 0.0), "queue_size": 5, "restarts": 3, "processed_requests": 40.0,
-               "failed_requests": 2.0, "dropped_requests": 4.0, "batches": 10.0, "batched_requests": 25.0,
-               "batched_inputs": 60.0, "tokens": 900.0, "processing_seconds": 1.5, "preemptions": 6.0,
-               "interactive_requests": 30.0, "interactive_wait_seconds": 0.3, "interactive_latency_seconds": 0.9,
-               "bulk_requests": 10.0, "bulk_wait_seconds": 8.0, "bulk_latency_seconds": 20.0,
-               "interactive_queue": 1.0, "bulk_queue": 3.0, "bulk_pass_tokens": 2048.0}
+    figures = {"processed_requests": 40, "failed_requests": 2, "dropped_requests": 4, "batches": 10,
+               "batched_requests": 25, "batched_inputs": 60, "tokens": 900, "processing_seconds": 1.5,
+               "preemptions": 6, "interactive_requests": 30, "interactive_wait_seconds": 0.3,
+               "interactive_latency_seconds": 0.9, "bulk_requests": 10, "bulk_wait_seconds": 8.0,
+               "bulk_latency_seconds": 20.0, "interactive_queue": 1, "bulk_queue": 3, "bulk_pass_tokens": 2048}
     monkeypatch.setattr(engine, "snapshot", lambda: [
-        {"index": 0, "device": "cuda:0", "state": "ready", **figures},
-        {"index": 1, "device": "cuda:1", "state": "unavailable", **figures, "restarts": 7},
+        EngineSnapshot(0, "cuda:0", EngineState.READY, queue_size=5, restarts=3, stats=EngineStats(**figures)),
+        EngineSnapshot(1, "cuda:1", EngineState.UNAVAILABLE, queue_size=5, restarts=7, stats=EngineStats(**figures)),
     ])
     samples = scrape(client)
     first = {"engine": "0", "device": "cuda:0"}
@@ -112,7 +111,7 @@ def test_engine_figures_come_from_the_engine_snapshot(client, engine, monkeypatc
     assert value(samples, "embsvc_engine_lane_wait_seconds_sum", **first, lane="interactive") == 0.3
     assert value(samples, "embsvc_engine_lane_latency_seconds_sum", **first, lane="bulk") == 20
     # Read at scrape time: a change in the engine shows at once.
-    figures["tokens"] = 1000.0
+    figures["tokens"] = 1000
     assert value(scrape(client), "embsvc_engine_tokens_total", **first) == 1000
 
 

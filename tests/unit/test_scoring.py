@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gpu_pool import m3math as scoring
-from gpu_pool.engine.score_job import ScoringJob
+from gpu_pool.engine.score_job import ActiveScoreJob
 from gpu_pool.m3math import Vectors
 from gpu_pool.wire import protocol
 from gpu_pool.wire.protocol import SCORE_KINDS, SCORE_MODES, ScoreJob
@@ -123,7 +123,7 @@ def test_score_job_gives_the_same_scores_whatever_the_order_of_its_inputs(order)
         owner.arrays["lengths"][:] = LENGTHS
         owner.arrays["ids"][:] = np.concatenate(IDS)
         job = ScoreJob(1, 0, name, len(IDS), sum(LENGTHS), SCORE_KINDS, weights, tuple(UNUSED.tolist()))
-        active = ScoringJob.attach(job, 1, DIM, EngineMappings())
+        active = ActiveScoreJob.attach(job, 1, DIM, EngineMappings())
         for index in order:
             active.write(index, *outputs(index))
         assert active.remaining == 0 and not active.waiting

@@ -1,4 +1,5 @@
-"""A batch as the engine packs it for a pass, and each item's outputs cut back out of the pass's."""
+"""Packing the chosen inputs (``choosing``) into one row for a pass, and cutting each input's
+outputs back out of the pass's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpu_pool.engine.batching import Item
+from gpu_pool.engine.choosing import Item
 from gpu_pool.model.port import Outputs
 from gpu_pool.wire.packing import Packing
 from gpu_pool.wire.protocol import Kind, Lane

@@ -1,4 +1,5 @@
-"""Choosing the next forward pass: a pure function, tested on its own.
+"""Choosing the inputs of the next forward pass (``packed`` then packs them): a pure function,
+tested on its own.
 
 Fairness comes first: only the inputs of the oldest ``max_jobs`` waiting jobs are
 candidates, so a job is never overtaken indefinitely. Among those, the longest
@@ -15,21 +16,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One input of a job waiting for the model."""
+    """One input of a job, queued for the model."""
 
     job_seq: int  # arrival order of its job
     index: int  # position of the input in its job
     length: int  # tokens, special tokens included
 
 
-def plan_batch(pending: Sequence[Item], max_jobs: int, max_tokens: int) -> list[Item]:
+def choose_batch(queued: Sequence[Item], max_jobs: int, max_tokens: int) -> list[Item]:
     """The items of the next forward pass, longest first.
 
-    ``pending`` is in arrival order, the items of a job contiguous.
+    ``queued`` is in arrival order, the items of a job contiguous.
     """
     candidates: list[Item] = []
     jobs: set[int] = set()
-    for item in pending:
+    for item in queued:
         if item.job_seq not in jobs:
             if len(jobs) == max_jobs:
                 break

@@ -1,0 +1,153 @@
+"""The device thread (the engine process's main thread): runs the model on the batches the
+planner prepared, a step at a time, and hands each pass to the ``Answerer``. Between the steps
+of a bulk pass it runs a waiting interactive batch whole (``lanes.may_interleave``). A pass
+that runs out of memory is split in two and retried, down to the one input that does not fit.
+On a CPU the answering runs on this thread too, between passes (``answers.Inline``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from gpu_pool.engine.answers import Answerer, Launched
+from gpu_pool.engine.choosing import Item
+from gpu_pool.engine.jobs import JobTable
+from gpu_pool.engine.lanes import PassSizer, may_interleave, next_lane
+from gpu_pool.engine.packed import Batch, pack
+from gpu_pool.engine.planner import POLL_S, Handoff, batch_of
+from gpu_pool.engine.spec import EngineSpec
+from gpu_pool.model.port import Model, RunningPass
+from gpu_pool.wire.protocol import ErrorCode, Kind, Lane
+from gpu_pool.wire.shared import EngineShared, EngineStats
+
+log = logging.getLogger("gpu_pool.engine")
+
+_ANY_TOKEN = 5  # an ordinary token id (0-3 are XLM-R's specials): warm-up passes need no real text
+
+
+class DeviceThread:
+    def __init__(self, spec: EngineSpec, model: Model, table: JobTable, handoff: Handoff, sizer: PassSizer,
+                 answerer: Answerer, shared: EngineShared) -> None:
+        self._spec, self._model, self._table, self._handoff = spec, model, table, handoff
+        self._sizer, self._answerer, self._shared = sizer, answerer, shared
+        self._last_lane: Lane | None = None
+
+    def warm_up(self, tokens: int = 256) -> None:
+        """Two passes before the first request: the first pays for allocations and kernel
+        choices, the second gives the pass sizer the device's rate."""
+        ids = np.full(tokens, _ANY_TOKEN, dtype=np.int32)
+        batch = pack([Item(0, 0, tokens)], [ids], [Kind.DENSE])
+        for _ in range(2):
+            launched = self._launch(batch)
+            launched.outputs.wait()
+            self._answerer.learn(launched)
+
+    def run(self) -> None:
+        """Until the planner has finished: each prepared batch in turn."""
+        while (batch := self._next_batch()) is not None:
+            self._run(batch)
+            self._last_lane = batch.lane
+            if batch.lane == Lane.BULK:
+                with self._handoff.ready:
+                    self._handoff.bulk_in_progress -= 1
+                    self._handoff.ready.notify_all()
+
+    def _next_batch(self) -> Batch | None:
+        handoff = self._handoff
+        with handoff.ready:
+            while True:
+                lane = next_lane(bool(handoff.interactive), bool(handoff.bulk), self._last_lane)
+                if lane is not None:
+                    batch = (handoff.interactive if lane == Lane.INTERACTIVE else handoff.bulk).popleft()
+                    handoff.ready.notify_all()  # the planner may prepare the next one
+                    return batch
+                if handoff.planner_done:
+                    return None  # stopping, and nothing left prepared
+                handoff.ready.wait(POLL_S)
+
+    def _run(self, prepared: Batch) -> None:
+        batch = self._still_wanted(prepared)
+        if batch is None:
+            return
+        with self._handoff.ready:
+            self._table.mark_began(batch.items, time.monotonic())
+        try:
+            launched = self._launch(batch)
+        except Exception as exc:  # noqa: BLE001 - a failed pass fails its jobs, the engine goes on
+            self._failed_pass(batch, exc)
+            return
+        self._answerer.answer(launched)
+
+    def _still_wanted(self, batch: Batch) -> Batch | None:
+        """The batch without the jobs dropped, or expired, while it waited (None: nothing left)."""
+        with self._handoff.ready:
+            self._table.drop_expired({item.job_seq for item in batch.items})
+            return self._repacked(batch, batch.items)
+
+    def _repacked(self, batch: Batch, items: list[Item]) -> Batch | None:
+        """A batch of those of ``items`` whose job is still held (under ``ready``; None: none is)."""
+        held = self._table.held(items)
+        if held == batch.items:
+            return batch
+        return batch_of(self._table, held, batch.lane) if held else None
+
+    def _launch(self, batch: Batch) -> Launched:
+        """The pass, a step at a time; between the steps of a bulk pass, waiting queries run."""
+        # A bulk pass of one long text keeps its steps to the budget's rows; queries run whole.
+        step_tokens = self._sizer.budget() if batch.lane == Lane.BULK else None
+        running = self._model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts, step_tokens)
+        began, interleaved = time.perf_counter(), 0.0
+        step_seconds: list[float] = []  # each step's own time, the interleaved passes left out
+        step_began = began
+        while not running.step():
+            step_seconds.append(time.perf_counter() - step_began)
+            if batch.lane == Lane.BULK and self._handoff.interactive:  # a deque's truth is safe to read unlocked
+                # On a GPU the steps queued so far finish first: the query then queues behind
+                # none of them, and the clock below measures the device, not the queueing.
+                running.sync()
+                interleaved += self._interleave(running, time.perf_counter() - began - interleaved, interleaved)
+            step_began = time.perf_counter()
+        step_seconds.append(time.perf_counter() - step_began)
+        return Launched(batch, running.outputs_async(), running.steps, running.steps_per_layer, running.step_tokens,
+                        step_seconds, interleaved)
+
+    def _interleave(self, running: RunningPass, bulk_s: float, interactive_s: float) -> float:
+        """Run the waiting interactive batch now, if bulk has had its share; the time it took."""
+        if not may_interleave(bulk_s, interactive_s, self._spec.bulk_share):
+            return 0.0
+        with self._handoff.ready:
+            if not self._handoff.interactive:
+                return 0.0
+            batch = self._handoff.interactive.popleft()
+            self._handoff.ready.notify_all()
+        began = time.perf_counter()
+        self._run(batch)
+        running.sync()  # on a GPU, until the query has run: the clock measures the device
+        self._shared.add_stats(EngineStats(preemptions=1))
+        return time.perf_counter() - began
+
+    def _failed_pass(self, batch: Batch, exc: Exception) -> None:
+        """Out of memory: split the batch and retry the halves, so that only the input that does
+        not fit alone fails. Any other error fails the batch's jobs."""
+        out_of_memory = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+        if not out_of_memory:
+            log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
+            self._answerer.fail(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
+            return
+        self._model.release_memory()
+        if len(batch.items) == 1:
+            item = batch.items[0]
+            log.error("Out of memory on one input of %d tokens: %s", item.length, exc)
+            self._answerer.fail(batch.items, ErrorCode.OUT_OF_MEMORY,
+                                f"an input of {item.length} tokens needs more memory than the device has")
+            return
+        log.warning("Out of memory on %d inputs (%d tokens); retrying in two halves",
+                    len(batch.items), len(batch.ids))
+        half = len(batch.items) // 2
+        for items in (batch.items[:half], batch.items[half:]):
+            with self._handoff.ready:
+                retry = self._repacked(batch, items)
+            if retry is not None:
+                self._run(retry)

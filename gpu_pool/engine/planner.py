@@ -1,0 +1,95 @@
+"""The planner thread: chooses each lane's next batch and packs it while the device runs the
+current one; and ``Handoff``, what the engine's threads tell each other."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from gpu_pool.engine.choosing import Item
+from gpu_pool.engine.jobs import JobTable
+from gpu_pool.engine.lanes import PassSizer
+from gpu_pool.engine.packed import Batch, pack
+from gpu_pool.engine.spec import EngineSpec
+from gpu_pool.wire.protocol import Lane
+
+POLL_S = 0.25
+
+
+@dataclass
+class Handoff:
+    """The state the threads share, read and written under ``ready`` (with the ``JobTable``): the
+    reader says that the engine stops, the planner hands over its batches and says when it has
+    finished, the device thread says when a bulk batch is done."""
+
+    ready: threading.Condition = field(default_factory=threading.Condition)
+    interactive: deque[Batch] = field(default_factory=deque)  # at most one prepared interactive batch
+    bulk: deque[Batch] = field(default_factory=deque)  # prepared bulk batches
+    bulk_in_progress: int = 0  # bulk batches prepared or running: at most ``concurrency``
+    stopping: bool = False
+    planner_done: bool = False  # stopping, and every queued item is in a batch
+
+
+def batch_of(table: JobTable, items: list[Item], lane: Lane) -> Batch:
+    """The items packed for a pass (under ``ready``, so that no job is forgotten in the middle of the copy)."""
+    actives = [table[item.job_seq] for item in items]
+    return pack(items, [active.ids(item.index) for item, active in zip(items, actives, strict=True)],
+                [active.job.kinds for active in actives], lane)
+
+
+class Planner:
+    """An interactive batch is made at once (one waits at a time; later queries gather into the
+    next). A bulk batch is made at once for an idle device; while the device is busy it keeps
+    filling until it is full (``batch_size`` jobs or its token budget, sized by time:
+    ``lanes.PassSizer``) or its oldest job has waited ``batch_timeout_ms``. Jobs whose deadline
+    has passed are dropped before their first pass."""
+
+    def __init__(self, spec: EngineSpec, table: JobTable, handoff: Handoff, sizer: PassSizer) -> None:
+        self._spec, self._table, self._handoff, self._sizer = spec, table, handoff, sizer
+
+    def run(self) -> None:
+        handoff = self._handoff
+        while True:
+            with handoff.ready:
+                work = self._gather()
+                if work is None:
+                    handoff.planner_done = True
+                    handoff.ready.notify_all()
+                    return
+                lane, items = work
+                batch = batch_of(self._table, items, lane)
+                if lane == Lane.INTERACTIVE:
+                    handoff.interactive.append(batch)
+                else:
+                    handoff.bulk.append(batch)
+                    handoff.bulk_in_progress += 1
+                handoff.ready.notify_all()
+
+    def _gather(self) -> tuple[Lane, list[Item]] | None:
+        """The next batch's lane and items, once it may be made; None when stopping with nothing left."""
+        handoff, queued = self._handoff, self._table.queued
+        while True:
+            self._table.drop_expired()
+            if queued[Lane.INTERACTIVE] and not handoff.interactive:
+                return Lane.INTERACTIVE, self._table.take(Lane.INTERACTIVE, self._spec.batch_size,
+                                                          self._spec.max_batch_tokens)
+            wait_s = POLL_S
+            if queued[Lane.BULK] and handoff.bulk_in_progress < self._spec.concurrency:
+                wait_s = self._fill_time_left()
+                if wait_s <= 0:
+                    return Lane.BULK, self._table.take(Lane.BULK, self._spec.batch_size, self._sizer.budget())
+            elif handoff.stopping and not any(queued.values()):
+                return None
+            handoff.ready.wait(min(wait_s, POLL_S))
+
+    def _fill_time_left(self) -> float:
+        """How much longer the next bulk batch may keep filling; 0 or less: make it now."""
+        if self._handoff.bulk_in_progress == 0 or self._handoff.stopping:
+            return 0.0  # an idle device never waits
+        queued = self._table.queued[Lane.BULK]
+        jobs = {item.job_seq for item in queued}
+        if len(jobs) >= self._spec.batch_size or sum(i.length for i in queued) >= self._sizer.budget():
+            return 0.0
+        return self._table.oldest_arrival(Lane.BULK) + self._spec.batch_timeout_ms / 1000 - time.monotonic()
