@@ -53,13 +53,6 @@ class M3Model:
         config = model.config
         self.flops_per_token = flops_per_token(config.num_hidden_layers, hidden, config.intermediate_size)
 
-    def forward(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> Outputs:
-        """Run the texts whose ids are concatenated in ``ids``; ``colbert_texts`` picks those that want ColBERT."""
-        running = self.start(ids, lengths, kinds, colbert_texts)
-        while not running.step():
-            pass
-        return running.outputs()
-
     @torch.inference_mode()
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
               step_tokens: int | None = None) -> Pass:
@@ -130,9 +123,6 @@ class Pass:
     def sync(self) -> None:
         if self.model.device.type == "cuda":
             torch.cuda.current_stream(self.model.device).synchronize()
-
-    def outputs(self) -> Outputs:
-        return self.outputs_async().wait()
 
     def outputs_async(self) -> PendingOutputs:
         """The outputs on their way to the host: a caller that starts the next pass before it

@@ -14,6 +14,7 @@ from gpu_pool.model import attention
 from gpu_pool.model.attention import PER_LENGTH, VARLEN, Block, Spans
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.wire.protocol import Kind
+from testkit.passes import forward
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
@@ -40,10 +41,7 @@ def per_length_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: tor
 
 
 def run(model: M3Model, ids: np.ndarray, lengths: np.ndarray, step_tokens: int | None) -> dict[str, np.ndarray]:
-    running = model.start(ids, lengths, ALL, np.arange(len(lengths)), step_tokens)
-    while not running.step():
-        pass
-    got = running.outputs()
+    got = forward(model, ids, lengths, ALL, np.arange(len(lengths)), step_tokens)
     return {"dense": got.dense, "sparse": got.sparse, "colbert": got.colbert}
 
 
@@ -66,8 +64,8 @@ def test_a_pass_builds_its_spans_once(model):
 
 
 def test_half_outputs_are_the_float32_vectors_rounded_once(model):
-    full = model.forward(IDS, LENGTHS, ALL, np.array([0, 1]))
-    half = model.forward(IDS, LENGTHS, ALL | Kind.HALF, np.array([0, 1]))
+    full = forward(model, IDS, LENGTHS, ALL, np.array([0, 1]))
+    half = forward(model, IDS, LENGTHS, ALL | Kind.HALF, np.array([0, 1]))
     assert half.dense.dtype == half.colbert.dtype == np.float16
     np.testing.assert_array_equal(half.dense, full.dense.astype(np.float16))
     np.testing.assert_array_equal(half.colbert, full.colbert.astype(np.float16))
@@ -75,12 +73,12 @@ def test_half_outputs_are_the_float32_vectors_rounded_once(model):
 
 
 def test_outputs_async_gives_the_outputs_when_the_next_pass_ran_before_the_wait(model):
-    expected = model.forward(IDS, LENGTHS, ALL, np.array([1]))
+    expected = forward(model, IDS, LENGTHS, ALL, np.array([1]))
     running = model.start(IDS, LENGTHS, ALL, np.array([1]))
     while not running.step():
         pass
     pending = running.outputs_async()
-    model.forward(IDS[::-1].copy(), LENGTHS[::-1].copy(), ALL, np.array([0, 1]))  # as the engine runs the next pass
+    forward(model, IDS[::-1].copy(), LENGTHS[::-1].copy(), ALL, np.array([0, 1]))  # as the engine runs the next pass
     got = pending.wait()
     for name in ("dense", "sparse", "colbert"):
         np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
@@ -101,8 +99,8 @@ def test_outputs_before_the_last_step_are_refused(model):
 @pytest.mark.gpu
 @CUDA
 def test_cuda_pass_outputs_equal_the_cpu_pass_in_float32(tiny_model, model):
-    cpu = model.forward(IDS, LENGTHS, ALL, np.array([0, 1]))
-    cuda = M3Model(tiny_model, torch.device("cuda:0"), torch.float32).forward(IDS, LENGTHS, ALL, np.array([0, 1]))
+    cpu = forward(model, IDS, LENGTHS, ALL, np.array([0, 1]))
+    cuda = forward(M3Model(tiny_model, torch.device("cuda:0"), torch.float32), IDS, LENGTHS, ALL, np.array([0, 1]))
     for name in ("dense", "sparse", "colbert"):
         np.testing.assert_allclose(getattr(cuda, name), getattr(cpu, name), atol=1e-4)
 
@@ -115,8 +113,8 @@ def test_cuda_float16_varlen_and_per_length_models_agree(tiny_model):
     assert fast.attention.path == VARLEN, fast.attention.reason
     slow = M3Model(tiny_model, device, torch.float16, attention_path=PER_LENGTH)
     ids, lengths = texts([40, 40, 33, 9, 2])
-    a = fast.forward(ids, lengths, ALL, np.arange(len(lengths)))
-    b = slow.forward(ids, lengths, ALL, np.arange(len(lengths)))
+    a = forward(fast, ids, lengths, ALL, np.arange(len(lengths)))
+    b = forward(slow, ids, lengths, ALL, np.arange(len(lengths)))
     cosine = (a.dense * b.dense).sum(-1)
     assert cosine.min() >= 0.999
     np.testing.assert_allclose(a.sparse, b.sparse, atol=2e-2)

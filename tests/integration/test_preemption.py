@@ -17,6 +17,7 @@ from gpu_pool.model import xlmr
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.model.port import Outputs
 from gpu_pool.wire.protocol import Kind
+from testkit.passes import forward
 from testkit.workload import MIXED_TEXTS
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
@@ -34,12 +35,7 @@ def packed(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(model: M3Model, ids: np.ndarray, lengths: np.ndarray, step_tokens: int | None = None) -> Outputs:
-    if step_tokens is None:
-        return model.forward(ids, lengths, ALL, np.arange(len(lengths)))
-    running = model.start(ids, lengths, ALL, np.arange(len(lengths)), step_tokens)
-    while not running.step():
-        pass
-    return running.outputs()
+    return forward(model, ids, lengths, ALL, np.arange(len(lengths)), step_tokens)
 
 
 def assert_equal(got: Outputs, expected: Outputs) -> None:
@@ -67,12 +63,12 @@ def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenize
     assert interrupted == bulk.steps - 1 == bulk.steps_per_layer * model.layers - 1
     assert (bulk.steps_per_layer == 4) is (scores_per_token == ONE_PART and step_tokens is None)  # one part, one chunk
     assert bulk.step_tokens <= (step_tokens or len(bulk_ids)) < 2 * bulk.step_tokens  # equal chunks
-    assert_equal(bulk.outputs(), alone)
+    assert_equal(bulk.outputs_async().wait(), alone)
 
     # And both equal FlagEmbedding's (the same tolerance as the vector tests).
     ref = reference.encode(MIXED_TEXTS[:6], max_length=512, return_dense=True, return_sparse=True,
                            return_colbert_vecs=True)
-    got = bulk.outputs()
+    got = bulk.outputs_async().wait()
     for i, dense in enumerate(got.dense):
         assert dense @ ref["dense_vecs"][i] / np.linalg.norm(ref["dense_vecs"][i]) >= 0.99999
     rows = np.cumsum(bulk_lengths - 1)
@@ -89,5 +85,5 @@ def test_two_passes_stepped_in_turn_do_not_disturb_each_other(model, tokenizer):
         second.step()
     while not second.step():
         pass
-    assert_equal(first.outputs(), run(model, first_ids, first_lengths))
-    assert_equal(second.outputs(), run(model, second_ids, second_lengths))
+    assert_equal(first.outputs_async().wait(), run(model, first_ids, first_lengths))
+    assert_equal(second.outputs_async().wait(), run(model, second_ids, second_lengths))
