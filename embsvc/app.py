@@ -105,10 +105,10 @@ class _Routes:
 def _add_tei_routes(routes: _Routes, settings: Settings, backend: Backend, service: TEIService,
                     root: info.Root) -> None:
     """Text-embeddings-inference's API (TEI's /tokenize shares this server's route)."""
-    def embed(kind: Kind) -> JsonPost[EmbeddingRequest]:
-        return JsonPost(settings, functools.partial(tei.parse_embed, kind=kind), service.embed, tei_shape=True)
     route = routes.add
 
+    def embed(kind: Kind) -> JsonPost[EmbeddingRequest]:
+        return JsonPost(settings, functools.partial(tei.parse_embed, kind=kind), service.embed, tei_shape=True)
 
     route("/embed", embed(Kind.DENSE), "tei_embed")
     route("/", tei.EmbedAtRoot(root, embed(Kind.DENSE)))  # GET: this server's own information
