@@ -149,7 +149,7 @@ class EnginePool:
             self.stop()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Let each engine finish the batch in hand, then make sure it is gone."""
+        """Let each engine finish the batches it holds, then make sure it is gone."""
         if self._stopped:
             return
         self._stopping.set()

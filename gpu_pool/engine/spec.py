@@ -14,8 +14,8 @@ class EngineSpec:
     batch_size: int  # most jobs merged into one forward pass
     max_batch_tokens: int  # tokens in one forward pass
     batch_timeout_ms: int  # longest a batch keeps filling while the device is busy
-    concurrency: int  # bulk batches in hand: one running, the others prepared
-    interactive_max_wait_ms: int  # the longest a layer of a bulk pass may take: a query's wait for its turn
+    concurrency: int  # bulk batches in progress: one running, the others prepared
+    interactive_max_wait_ms: int  # the longest a step of a bulk pass may take: a query's wait for its turn
     bulk_share: float  # of the device's time, kept for bulk passes while queries keep coming
     threads: int  # torch CPU threads; 0 = the cores this process may use
     log_level: str
