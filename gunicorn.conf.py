@@ -5,8 +5,9 @@ The hooks start the engine processes with the master and stop them with it
 declares; the engines are started once, in on_starting.
 """
 
-from embsvc.config import ConfigError, load_settings
+from embsvc.config import DRAIN_FACTOR, ConfigError, load_settings
 from embsvc.master import hooks
+from embsvc.master.buffered_worker import BufferedThreadWorker
 from runtime import logs
 
 try:
@@ -19,8 +20,16 @@ workers = _settings.web_concurrency
 # Threads wait on the engine, not on the CPU: many per worker keep the engine's
 # batches full while each worker stays a single small process. 32 suits a GPU host
 # too, where WEB_CONCURRENCY grows with the cores instead (embsvc/config.py).
-worker_class = "gthread"
+# gthread, with each request read whole on the worker's event loop before a thread takes it:
+# a slow client holds no thread, so /health answers beside any number of them (up to
+# worker_connections each; more wait in the kernel's backlog), and READ_TIMEOUT_S and
+# READ_DEADLINE_S end the ones that stall or crawl with a 408.
 threads = 32
+# A body is read here up to what the app drains of one it refuses (body_drain.py), and at most
+# as many bytes of bodies at once as the threads held when they read them themselves.
+worker_class = BufferedThreadWorker.with_limits(
+    _settings.read_timeout_s, _settings.read_deadline_s, max_body=DRAIN_FACTOR * _settings.max_request_bytes,
+    buffer_budget=threads * _settings.max_request_bytes)
 timeout = 60
 graceful_timeout = int(_settings.request_timeout_s) + 5
 keepalive = 5

@@ -13,6 +13,7 @@ from embsvc import errors
 from embsvc.api import head, info, metrics, tei
 from embsvc.api.auth import BearerAuth
 from embsvc.api.body_drain import DrainUnreadBody
+from embsvc.api.cors import VaryOrigin
 from embsvc.api.docs import Docs, DocsAsset
 from embsvc.api.embeddings import parse_embedding_request
 from embsvc.api.json_post import JsonPost
@@ -74,14 +75,15 @@ def create_app(settings: Settings, backend: Backend,
     return app
 
 
-def _cors(settings: Settings) -> list[falcon.CORSMiddleware[falcon.asgi.Request, falcon.asgi.Response]]:
+def _cors(settings: Settings) -> list[falcon.CORSMiddleware[falcon.asgi.Request, falcon.asgi.Response] | VaryOrigin]:
     """Browser clients of ALLOWED_ORIGINS: a browser lets a page read an answer (an error
     too) only with these headers; preflights (OPTIONS) get theirs here."""
     if not settings.allowed_origins:
         return []
     origins = "*" if settings.allowed_origins == ("*",) else settings.allowed_origins
     # (falcon types the middleware by its ASGI side; its WSGI side serves this WSGI app.)
-    return [falcon.CORSMiddleware(allow_origins=origins, expose_headers=["X-Request-ID", "Retry-After"])]
+    vary = [] if origins == "*" else [VaryOrigin()]
+    return [falcon.CORSMiddleware(allow_origins=origins, expose_headers=["X-Request-ID", "Retry-After"]), *vary]
 
 
 class _Routes:

@@ -36,6 +36,9 @@ GPU_BATCH_SIZE = 64
 # max_concurrent_requests: at thousands of answers a second, 50 in flight is a few
 # milliseconds of work, and 64 clients with one request each would be refused.
 GPU_MAX_QUEUE_SIZE = 512
+# A body refused before it was read is read and dropped up to this many times MAX_REQUEST_BYTES
+# (embsvc/api/body_drain.py); the web workers read a request whole up to that size too.
+DRAIN_FACTOR = 4
 # Where the NVIDIA driver shows its GPUs: DEVICE=auto means CUDA on such a host.
 _NVIDIA_GPUS = (Path("/proc/driver/nvidia/gpus"), Path("/dev/nvidia0"))
 # An origin as browsers send it: scheme://host[:port], no path (the Origin header's form).
@@ -61,6 +64,10 @@ class Settings:
     max_inputs: int
     max_request_bytes: int
     request_timeout_s: float
+    # A request being read that brings no byte for read_timeout_s, or is not whole read_deadline_s
+    # after its first byte, is answered 408 (embsvc/master/buffered_worker.py).
+    read_timeout_s: float
+    read_deadline_s: float
     devices: tuple[str, ...]
     dtype: str
     default_return: tuple[str, ...]
@@ -111,6 +118,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         max_inputs=get.int("MAX_INPUTS", 256, 1),
         max_request_bytes=get.int("MAX_REQUEST_BYTES", 8 * 1024 * 1024, 1024),
         request_timeout_s=get.float("REQUEST_TIMEOUT_S", 120.0),
+        read_timeout_s=get.float("READ_TIMEOUT_S", 5.0),
+        read_deadline_s=get.float("READ_DEADLINE_S", 60.0),
         devices=devices,
         dtype=get.choice("DTYPE", "auto", DTYPES),
         default_return=_kinds(get.list("DEFAULT_RETURN", ",".join(KINDS))),

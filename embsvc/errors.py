@@ -16,6 +16,7 @@ from typing import Any
 
 import falcon
 import orjson
+from gunicorn.http.errors import ParseException
 
 from gpu_pool import (
     ClientGone,
@@ -201,6 +202,16 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
     _respond(req, resp, error)
 
 
+def handle_malformed_body(req: falcon.Request, resp: falcon.Response, exc: ParseException,
+                          params: dict[str, Any]) -> None:
+    """gunicorn's parser refused the body as the app read it (a malformed chunk, say): the
+    client's fault, logged as such. The rest of the stream cannot be framed: the connection closes."""
+    log.warning("Malformed request body on %s %s: %s", req.method, req.path, exc)
+    req.context.body_broken = True
+    _respond(req, resp, InvalidRequest(f"request body is malformed: {exc}"))
+    resp.set_header("Connection", "close")
+
+
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict[str, Any]) -> None:
     log.exception("Unexpected error on %s %s", req.method, req.path)
     _respond(req, resp, ServerError("internal server error"))
@@ -212,3 +223,4 @@ def register(app: falcon.App[falcon.Request, falcon.Response]) -> None:
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(EngineError, handle_engine_error)
     app.add_error_handler(APIError, handle_api_error)
+    app.add_error_handler(ParseException, handle_malformed_body)

@@ -20,7 +20,8 @@ from typing import Protocol
 
 import falcon
 
-DRAIN_FACTOR = 4
+from embsvc.config import DRAIN_FACTOR
+
 DRAIN_S = 10.0  # a slow client must not hold a worker thread for long
 _CHUNK = 64 * 1024
 
@@ -37,13 +38,19 @@ class DrainUnreadBody:
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
+        if req.context.get("body_broken", False):
+            return  # nothing more of it can be read: the connection closes instead
         length = req.content_length
+        drained = True
         if length is not None:
-            if length <= self.limit and not req.bounded_stream.eof:
-                _discard(req, req.bounded_stream, length)
+            if not req.bounded_stream.eof:
+                drained = length <= self.limit and _discard(req, req.bounded_stream, length)
         elif "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
             # gunicorn's reader of a chunked body ends with the body: at its end a read gives b"" at once.
-            _discard(req, req.stream, self.chunked_limit)
+            drained = _discard(req, req.stream, self.chunked_limit)
+        if not drained:
+            # Else gunicorn would read on for the next request, a thread held by however slow a client.
+            resp.set_header("Connection", "close")
 
 
 def _discard(req: falcon.Request, stream: _Readable, most: int) -> bool:

@@ -38,7 +38,7 @@ window.ui = SwaggerUIBundle({{
   dom_id: "#swagger-ui",
   layout: "BaseLayout",
   deepLinking: true,
-  persistAuthorization: true,
+  persistAuthorization: false,  // the token stays in the page, never in the browser's storage
   presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset]
 }});
 </script>

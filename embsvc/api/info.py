@@ -33,11 +33,9 @@ class Health:
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         states = self.backend.states()
         if EngineState.READY in states:
-            info = self.backend.info()
-            _json(resp, {"status": "ok", "model": self.settings.model_name,
-                         "device": info.get("device"), "dtype": info.get("dtype"),
-                         "engines": [s.name.lower() for s in states],
-                         "shared_memory": self.backend.shared_memory()})
+            # Status and model only: where it runs and its shared memory are for callers
+            # with a token (/health/detailed, /stats), not for whoever reaches the port.
+            _json(resp, {"status": "ok", "model": self.settings.model_name})
         else:
             status = "loading" if EngineState.LOADING in states else "unavailable"
             _json(resp, {"status": status}, status=503)
@@ -65,6 +63,7 @@ class HealthDetailed:
             "model": {"name": s.model_name, "status": "loaded" if ready else "not_loaded",
                       "device": engine.get("device"), "dtype": engine.get("dtype")},
             "engines": [state.name.lower() for state in states],
+            "shared_memory": self.backend.shared_memory(),
             "batching": {"enabled": True, "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
                          "max_queue_size": s.max_queue_size, "max_batch_tokens": s.batch_tokens(),
                          "stats": batching_stats(self.backend.snapshot())},

@@ -4,7 +4,7 @@ gunicorn formats its access line from ``access_log_format``, a printf string
 with quotes escaped its own way, which no JSON shipper can parse. This logger
 hands the same facts to the logging set-up of ``runtime.logs`` as fields, so
 that ``LOG_FORMAT=json`` gives ``{"status": 200, "duration_ms": 3.1, ...}`` and
-``LOG_FORMAT=text`` a classic line. The request id comes from the response's
+``LOG_FORMAT=text`` a classic line, query values redacted. The request id comes from the response's
 ``X-Request-ID`` header: the app's middleware has finished, and reset the
 request's context, by the time gunicorn logs.
 
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from gunicorn.http.wsgi import Response
 
 
+REDACTED = "***"
+
+
 class AccessLogger(Logger):
     # ``resp``: the WSGI workers' Response, or the ASGI worker's ASGIResponseInfo (whose status may be an int).
     def access(self, resp: Response | ASGIResponseInfo, req: object, environ: Mapping[str, Any],
@@ -35,7 +38,8 @@ class AccessLogger(Logger):
         code = int(status.split(None, 1)[0]) if isinstance(status, str) else int(status)
         duration_ms = request_time.total_seconds() * 1000
         method = environ.get("REQUEST_METHOD", "-")
-        uri = environ.get("RAW_URI") or environ.get("PATH_INFO", "")
+        path, _, query = (environ.get("RAW_URI") or environ.get("PATH_INFO", "")).partition("?")
+        uri = f"{path}?{redact(query)}" if query else path
         protocol = environ.get("SERVER_PROTOCOL", "-")
         remote = environ.get("REMOTE_ADDR", "-")
         sent = getattr(resp, "sent", None)
@@ -44,7 +48,7 @@ class AccessLogger(Logger):
             "remote_addr": remote,
             "method": method,
             "path": environ.get("PATH_INFO", ""),
-            "query": environ.get("QUERY_STRING") or None,
+            "query": redact(environ.get("QUERY_STRING") or "") or None,
             "protocol": protocol,
             "status": code,
             "bytes": sent,
@@ -54,6 +58,13 @@ class AccessLogger(Logger):
         }
         self.access_log.info('%s "%s %s %s" %s %s %.1fms', remote, method, uri, protocol, code,
                              "-" if sent is None else sent, duration_ms, extra=fields)
+
+
+def redact(query: str) -> str:
+    """The query with each value replaced by ``***``: a client may put a secret there (a token
+    where the Authorization header belongs), and a log keeps it for anyone who reads it."""
+    names = (part.partition("=") for part in query.split("&"))
+    return "&".join(f"{name}={REDACTED}" if sep and value else f"{name}{sep}" for name, sep, value in names)
 
 
 def _header(resp: object, name: str) -> str | None:

@@ -61,7 +61,11 @@ def test_protected_endpoints_refuse_missing_or_wrong_tokens(server):
 def test_public_endpoints_and_health(server):
     health = requests.get(f"{server.url}/health", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    assert health.json()["device"] == "cpu" and health.json()["dtype"] == "float32"
+    # Anyone may ask /health: it tells status and model; where the model runs needs a token.
+    assert health.json() == {"status": "ok", "model": "BAAI/bge-m3"}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    detailed = requests.get(f"{server.url}/health/detailed", headers=auth, timeout=10).json()
+    assert detailed["model"]["device"] == "cpu" and detailed["model"]["dtype"] == "float32"
     assert requests.get(f"{server.url}/openapi.json", timeout=10).json()["openapi"].startswith("3.1")
     assert requests.get(f"{server.url}/", timeout=10).json()["model"] == "BAAI/bge-m3"
 

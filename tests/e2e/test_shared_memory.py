@@ -52,7 +52,7 @@ def assert_refusal(status: int, message: str, retry_after: str | None) -> None:
 
 def test_a_full_small_shm_refuses_requests_and_kills_nothing(small):
     workers, engine = procs.worker_pids(small), procs.engine_pid(small)
-    health = requests.get(f"{small.url}/health", timeout=5).json()["shared_memory"]
+    health = requests.get(f"{small.url}/health/detailed", headers=AUTH, timeout=5).json()["shared_memory"]
     assert health["size_bytes"] == 4 << 20 and health["path"] == "/dev/shm"
     rng = random.Random(12)
     # 32 at once, each of eight long texts and all kinds: about 1.2 MiB of /dev/shm each, so three

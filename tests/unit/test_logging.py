@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from gunicorn.config import Config
 
-from embsvc.master.access_log import AccessLogger
+from embsvc.master.access_log import AccessLogger, redact
 from runtime import logs
 from tests.unit.conftest import AUTH
 
@@ -134,8 +134,8 @@ class _Response:
 
 
 def _environ(**extra: str) -> dict[str, str]:
-    return {"REQUEST_METHOD": "POST", "RAW_URI": "/v1/embeddings?x=1", "PATH_INFO": "/v1/embeddings",
-            "QUERY_STRING": "x=1", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.7",
+    return {"REQUEST_METHOD": "POST", "RAW_URI": "/v1/embeddings?x=1&token=s3cret", "PATH_INFO": "/v1/embeddings",
+            "QUERY_STRING": "x=1&token=s3cret", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.7",
             "HTTP_USER_AGENT": 'curl/8 "quoted"', **extra}
 
 
@@ -154,11 +154,12 @@ def test_access_log_is_one_json_record_with_fields(captured):
     entry = json.loads(stream.getvalue().splitlines()[-1])
     assert entry["logger"] == "gunicorn.access" and entry["event"] == "access"
     assert {k: entry[k] for k in ("method", "path", "query", "status", "bytes", "remote_addr", "request_id")} == {
-        "method": "POST", "path": "/v1/embeddings", "query": "x=1", "status": 201, "bytes": 1234,
+        "method": "POST", "path": "/v1/embeddings", "query": "x=***&token=***", "status": 201, "bytes": 1234,
         "remote_addr": "10.0.0.7", "request_id": "rid-77"}
     assert entry["duration_ms"] == 12.5
     assert entry["user_agent"] == 'curl/8 "quoted"'  # kept as sent, not escaped twice
-    assert entry["message"] == '10.0.0.7 "POST /v1/embeddings?x=1 HTTP/1.1" 201 1234 12.5ms'
+    assert entry["message"] == '10.0.0.7 "POST /v1/embeddings?x=***&token=*** HTTP/1.1" 201 1234 12.5ms'
+    assert "s3cret" not in stream.getvalue()  # a token sent in the query never reaches the log
     # gunicorn's own handlers are gone: one line per event, in one format, not two.
     assert logging.getLogger("gunicorn.access").handlers == [] == logging.getLogger("gunicorn.error").handlers
 
@@ -171,7 +172,7 @@ def test_access_log_text_line_and_level(captured):
     logger.access(_Response(), None, _environ(), timedelta(milliseconds=3))
     logger.info("Booting worker with pid: %s", 99)
     access, error_log = stream.getvalue().splitlines()
-    assert access.endswith('gunicorn.access: 10.0.0.7 "POST /v1/embeddings?x=1 HTTP/1.1" 201 1234 3.0ms '
+    assert access.endswith('gunicorn.access: 10.0.0.7 "POST /v1/embeddings?x=***&token=*** HTTP/1.1" 201 1234 3.0ms '
                            "request_id=rid-77")
     assert error_log.endswith("gunicorn.error: Booting worker with pid: 99")
 
@@ -180,6 +181,12 @@ def test_access_log_text_line_and_level(captured):
     logging.getLogger().handlers[0].setStream(stream)
     quiet.access(_Response(), None, _environ(), timedelta(milliseconds=3))
     assert stream.getvalue() == "", "LOG_LEVEL=WARNING silences the access log"
+
+
+@pytest.mark.parametrize("query, logged", [
+    ("api_key=abc&x=", "api_key=***&x="), ("flag", "flag"), ("a=1=2&&b", "a=***&&b")])
+def test_query_values_are_redacted_names_kept(query, logged):
+    assert redact(query) == logged
 
 
 def test_transformers_warnings_can_join_our_format(captured):

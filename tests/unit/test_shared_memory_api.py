@@ -34,8 +34,9 @@ def test_tei_clients_get_their_overloaded_shape(client, engine):
     assert "--shm-size" in result.json["error"]
 
 
-def test_health_and_stats_show_the_shared_memory(client, engine):
+def test_detailed_health_and_stats_show_the_shared_memory_and_health_does_not(client, engine):
     expected = engine.shared_memory()
     assert set(expected) == {"path", "size_bytes", "used_bytes", "free_bytes", "server_bytes"}
-    assert client.simulate_get("/health").json["shared_memory"] == expected
+    assert client.simulate_get("/health/detailed", headers=AUTH).json["shared_memory"] == expected
+    assert "shared_memory" not in client.simulate_get("/health").json
     assert client.simulate_get("/stats", headers=AUTH).json["shared_memory"] == expected

@@ -278,6 +278,7 @@ def test_docs_page_and_its_files_need_no_token(client):
     page = client.simulate_get("/docs")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert 'url: "/openapi.json"' in page.text and "https://" not in page.text  # nothing from another host
+    assert "persistAuthorization: false" in page.text  # a token typed in leaves with the tab
     for name, kind in (("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")):
         asset = client.simulate_get(f"/docs/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
@@ -304,9 +305,12 @@ def test_cors_only_for_allowed_origins(make_settings, engine):
     assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "http://localhost:3000"
     other = app.simulate_options("/v1/embeddings", headers={**preflight, "Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+    # The answer depends on Origin: a cache must keep one per origin (and one for none).
+    for response in (result, answer, refused, other, app.simulate_get("/health")):
+        assert "Origin" in response.headers["vary"]
     everyone = testing.TestClient(create_app(make_settings(ALLOWED_ORIGINS="*"), engine))
-    assert everyone.simulate_get("/health", headers={"Origin": "https://x.example"}).headers[
-        "access-control-allow-origin"] == "*"
+    anyone = everyone.simulate_get("/health", headers={"Origin": "https://x.example"})
+    assert anyone.headers["access-control-allow-origin"] == "*" and "vary" not in anyone.headers
 
 
 @pytest.mark.parametrize("value, origins", [

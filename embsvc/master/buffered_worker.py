@@ -1,0 +1,186 @@
+"""gunicorn's threaded worker, with each request read whole before a thread takes it.
+
+gthread hands a connection to a thread as soon as it is readable, and the thread then
+blocks on the socket until the head and the body are in: a client that sends a byte
+every few seconds (or a chunked body that never ends) holds a thread for as long as it
+likes, and some dozens of them leave none for ``/health``. Here the worker's event loop
+reads each request, without blocking, until ``framing.RequestFrame`` says the parser
+can go on without waiting (as nginx buffers a request before passing it on); only then
+does a thread take it, its bytes put back in front of gunicorn's parser. A slow client
+costs a file descriptor and its buffer, never a thread.
+
+The bounds (READ_TIMEOUT_S, READ_DEADLINE_S): a request that brings no byte for
+``read_timeout_s``, or is not whole ``read_deadline_s`` after its first byte, is answered
+408 and closed; a connection that never sends a byte is closed after ``read_timeout_s``.
+Connections past ``worker_connections`` wait in the kernel's backlog. The bodies held at
+once are bounded too (``buffer_budget``: what the threads held when they read them):
+past it, a connection with a large body waits, unread, for room (its deadline still runs),
+while small requests such as ``/health`` are read as ever.
+
+Over TLS the bytes on the socket are not the request's: gthread's own reading applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import selectors
+import socket
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn.http.parser import Parser, RequestParser
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from embsvc.master.framing import RequestFrame
+
+_RECV = 64 * 1024
+_SMALL = 64 * 1024  # a request this small is read whatever the budget: probes and queries are
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TIMEOUT_ANSWER = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s")
+_TIMEOUT_BODY = (b'{"error": {"message": "the request did not arrive in time", "type": "invalid_request_error", '
+                 b'"param": null, "code": null}, "detail": "the request did not arrive in time"}')
+
+
+class _Reading:
+    """A connection whose next request is being read on the event loop."""
+
+    def __init__(self, conn: TConn, frame: RequestFrame, data: bytes, read_timeout_s: float) -> None:
+        self.conn, self.frame, self.buf = conn, frame, bytearray(data)
+        self.read_timeout_s = read_timeout_s
+        self.started = time.monotonic()
+        self.idle_until = self.started + read_timeout_s
+        self.continued = False
+
+    def got(self, data: bytes) -> None:
+        self.buf += data
+        self.idle_until = time.monotonic() + self.read_timeout_s
+
+
+class BufferedThreadWorker(ThreadWorker):
+    read_timeout_s = 5.0
+    read_deadline_s = 60.0
+    max_body = 32 * 1024 * 1024  # the most of a body read here; past it the app answers (413) at once
+    buffer_budget = 256 * 1024 * 1024  # the most of all bodies held at once
+
+    @classmethod
+    def with_limits(cls, read_timeout_s: float, read_deadline_s: float, max_body: int,
+                    buffer_budget: int) -> type[BufferedThreadWorker]:
+        """The worker class with these bounds (gunicorn.conf.py hands gunicorn the class)."""
+        limits = {"read_timeout_s": read_timeout_s, "read_deadline_s": read_deadline_s, "max_body": max_body,
+                  "buffer_budget": buffer_budget}
+        return type(cls.__name__, (cls,), {**limits, "__module__": cls.__module__})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reading: dict[int, _Reading] = {}  # by socket file number
+        self.whole: set[TConn] = set()  # read here, on their way to a thread
+        self.paused: list[_Reading] = []  # waiting for room in the budget, unread
+        self.buffered = 0  # bytes held by the connections being read
+        cfg = self.cfg
+        # The longest head gunicorn's parser takes: a longer one is refused without waiting.
+        self.max_head = cfg.limit_request_line + 2 + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 2
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+
+    def enqueue_req(self, conn: TConn) -> None:
+        """Every connection with a request to come (new, kept alive, pipelined) is read here first."""
+        parser = conn.parser
+        if self.cfg.is_ssl or conn.is_http2 or conn in self.whole or not isinstance(parser, (Parser, type(None))):
+            self.whole.discard(conn)
+            super().enqueue_req(conn)
+            return
+        held = parser.unreader.take_buffered() if parser is not None else b""
+        reading = _Reading(conn, RequestFrame(self.max_head, self.max_body), held, self.read_timeout_s)
+        if held and reading.frame.feed(reading.buf):
+            self._hand_over(reading)
+            return
+        conn.sock.setblocking(False)
+        self.reading[conn.sock.fileno()] = reading
+        self.buffered += len(reading.buf)
+        self._listen(reading)
+
+    def _listen(self, reading: _Reading) -> None:
+        self.poller.register(reading.conn.sock, selectors.EVENT_READ, partial(self._on_readable, reading))
+
+    def _on_readable(self, reading: _Reading, sock: socket.socket) -> None:
+        if len(reading.buf) >= _SMALL and self.buffered >= self.buffer_budget:
+            self.poller.unregister(sock)  # level-triggered: left registered, it would wake the loop at once again
+            self.paused.append(reading)
+            return
+        try:
+            data = sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client closed it
+            self._drop(reading)
+            return
+        reading.got(data)
+        self.buffered += len(data)
+        if reading.frame.feed(reading.buf):
+            self._stop_reading(reading)
+            self._hand_over(reading)
+        elif reading.frame.expects_continue and reading.frame.head_end is not None and not reading.continued:
+            # The client waits for this before it sends the body (gunicorn would send it from the thread).
+            reading.continued = True
+            with contextlib.suppress(OSError):
+                sock.send(_CONTINUE)
+
+    def _hand_over(self, reading: _Reading) -> None:
+        conn = reading.conn
+        parser = conn.parser or RequestParser(self.cfg, conn.sock, conn.client)
+        assert isinstance(parser, Parser)  # enqueue_req reads only connections that speak HTTP/1
+        parser.unreader.unread(bytes(reading.buf))
+        conn.parser = parser
+        conn.data_ready = True  # no wait in the thread: the request is here
+        self.whole.add(conn)
+        self.enqueue_req(conn)
+
+    def _stop_reading(self, reading: _Reading) -> None:
+        if self.reading.pop(reading.conn.sock.fileno(), None) is not None:
+            self.buffered -= len(reading.buf)
+        if reading in self.paused:
+            self.paused.remove(reading)
+        else:
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self.poller.unregister(reading.conn.sock)
+
+    def _drop(self, reading: _Reading, answer: bytes = b"") -> None:
+        self._stop_reading(reading)
+        if answer:
+            with contextlib.suppress(OSError):
+                reading.conn.sock.send(answer)  # best effort: a full send buffer means the client is not reading
+        self.nr_conns -= 1
+        reading.conn.close()
+
+    def murder_pending(self) -> None:
+        """Also ends the requests that stalled or ran past their deadline (called about once a second)."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.paused and self.buffered < self.buffer_budget:
+            resumed = self.paused.pop(0)
+            resumed.idle_until = now + self.read_timeout_s  # its wait was the server's, not the client's
+            self._listen(resumed)
+        late: list[tuple[_Reading, bytes]] = []
+        for reading in self.reading.values():
+            stalled = now >= reading.idle_until and reading not in self.paused
+            overdue = now - reading.started >= self.read_deadline_s
+            if stalled or overdue:
+                # A connection that sent nothing of a request gets no answer, as with nginx.
+                late.append((reading, _TIMEOUT_ANSWER % (len(_TIMEOUT_BODY), _TIMEOUT_BODY) if reading.buf else b""))
+        for reading, answer in late:
+            self._drop(reading, answer)
+        if late:
+            self.log.info("Closed %d connections that were too slow to send their request", len(late))
