@@ -65,6 +65,8 @@ PARTS = (Part("env", 60, 60), Part("build", 150, 150), Part("peak", 60, 40), Par
          Part("bare_app", 60, 40), Part("flag", 120, 60), Part("parity", 150, 90), Part("engine", 120, 60),
          Part("gpu_tests", 120, 90), Part("two_engines", 90, 50))
 MIN_PART_S = 20  # a part that cannot have this long is skipped
+# The test files with tests marked ``gpu``.
+GPU_TESTS = ("tests/unit/test_attention.py", "tests/unit/test_transfer.py", "tests/integration/test_model.py")
 
 
 class Check:
@@ -120,7 +122,7 @@ class Check:
 
     def _gpu_tests(self, limit: float) -> dict[str, Any]:
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                   "tests/unit/test_attention.py", "tests/unit/test_transfer.py", "tests/integration/test_model.py"]
+                   *GPU_TESTS]
         try:
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=limit, check=False)
         except subprocess.TimeoutExpired:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,10 @@ def test_bulk_bodies_carry_their_tokens():
 def test_the_shell_script_says_how_it_is_used():
     done = subprocess.run(["bash", "bench/gpu/check.sh"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "download" in done.stdout and "run [ARGS]" in done.stdout
+
+
+def test_the_gpu_tests_part_runs_every_file_with_gpu_tests():
+    gpu_mark = re.compile(r"^@pytest\.mark\.gpu$", re.MULTILINE)
+    marked = {str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py")
+              if gpu_mark.search(path.read_text(encoding="utf-8"))}
+    assert marked == set(gpu_check.GPU_TESTS)
