@@ -151,6 +151,7 @@ class Answerer:
     def _forget(self, active: ActiveJob) -> None:
         with self._ready:
             self._table.forget(active)
+        active.segment.close()  # outside the lock: the device thread may be waiting for it
 
     def _send(self, slot: int, message: Done | Failed) -> None:
         try:

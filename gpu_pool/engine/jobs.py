@@ -116,10 +116,9 @@ class JobTable:
         self._count_queues()
 
     def forget(self, active: ActiveJob) -> None:
-        """Let go of a job answered, failed or dropped, and of its segment."""
+        """Let go of a job answered, failed or dropped (its caller closes its segment)."""
         self._by_seq.pop(active.seq, None)
         self._seq_of.pop(active.job.job_id, None)
-        active.segment.close()
 
     def drop(self, actives: Collection[ActiveJob]) -> None:
         """Forget jobs that never began: no pass, no answer (nobody waits for them). Their items
@@ -127,6 +126,7 @@ class JobTable:
         self.unqueue({active.seq for active in actives})
         for active in actives:
             self.forget(active)
+            active.segment.close()
         self._shared.add_stats(EngineStats(dropped_requests=len(actives)))
 
     def drop_expired(self, seqs: Iterable[int] | None = None) -> None:

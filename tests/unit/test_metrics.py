@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from embsvc.app import create_app
 from embsvc.master import metrics_dir
-from gpu_pool import EngineSnapshot, EngineState, EngineStats
+from gpu_pool import EngineSnapshot, EngineState, EngineStats, batching_stats, lane_stats
 from tests.unit.conftest import AUTH
 
 
@@ -175,3 +175,25 @@ def test_dead_worker_loses_its_live_gauges_only(tmp_path: Path):
     metrics_dir.mark_dead(tmp_path, 111)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["counter_111.db", "gauge_livesum_222.db",
                                                           "histogram_111.db"]
+
+
+def test_stats_add_the_engines_up():
+    one = EngineSnapshot(0, "cuda:0", EngineState.READY, queue_size=2, restarts=0, stats=EngineStats(
+        processed_requests=3, batches=2, batched_requests=4, batched_inputs=6, tokens=100, processing_seconds=0.5,
+        interactive_requests=2, interactive_wait_seconds=0.2, interactive_latency_seconds=0.4, bulk_queue=1,
+        bulk_pass_tokens=512))
+    two = EngineSnapshot(1, "cuda:1", EngineState.READY, queue_size=1, restarts=0, stats=EngineStats(
+        processed_requests=1, batches=2, batched_requests=2, batched_inputs=2, tokens=50, processing_seconds=0.3,
+        interactive_requests=2, interactive_wait_seconds=0.6, interactive_latency_seconds=1.2, bulk_queue=2,
+        bulk_pass_tokens=1024, dropped_requests=1))
+    batching = batching_stats([one, two])
+    assert batching["queue_size"] == 3 and batching["processed_requests"] == 4 and batching["batches"] == 4
+    assert batching["average_batch_size"] == 1.5 and batching["average_batch_inputs"] == 2
+    assert batching["average_processing_time"] == pytest.approx(0.2)
+    assert batching["tokens_processed"] == 150 and batching["dropped_requests"] == 1
+    assert batching["bulk_pass_tokens"] == 1024, "the largest engine's"
+    lanes = lane_stats([one, two])
+    assert lanes["interactive"] == {"queue_size": 0, "requests": 4, "average_wait_s": pytest.approx(0.2),
+                                    "average_latency_s": pytest.approx(0.4)}
+    assert lanes["bulk"] == {"queue_size": 3, "requests": 0, "average_wait_s": 0, "average_latency_s": 0}
+    assert one.as_dict()["state"] == "ready" and one.as_dict()["tokens"] == 100
