@@ -1,6 +1,6 @@
 """The engine pool: the processes that own the model, and how web workers reach them.
 
-Runs in:      the gunicorn master (``pool``), web workers (``client``, ``results``),
+Runs in:      the gunicorn master (``pool``), web workers (``client``, ``results``, ``stats``),
               engine processes (``engine/``, ``model/``); ``wire/`` on both sides of the pipes.
 May import:   numpy and the standard library, ``runtime``; torch only in ``model/``; never embsvc or falcon.
 Owns:         the model, batching, shared memory, the protocol between worker and engine.
@@ -26,7 +26,10 @@ the request, read back through ``results.EmbeddingResult``. A score job
 (``ScoreJob``: a query and its documents) takes the same path, but the engine keeps
 its vectors (``engine/score_job``) and writes only a table of scores (``m3math``),
 a row per document. The master process (``pool``) creates
-the pipes and shared counters, starts, supervises and stops the engines.
+the pipes and shared counters, starts, supervises and stops the engines. The engines
+count what they do in shared memory (``wire/shared.EngineStats``); the web side reads
+them back per engine (``stats.EngineSnapshot``) and adds them up (``stats``).
+``devices.is_cpu`` is the one reading of a DEVICE name as the CPU (``cpu``, ``cpu:1``).
 
 The web side uses only the names in ``__all__`` (tests/unit/test_layout.py checks it).
 """

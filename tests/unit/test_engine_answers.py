@@ -60,7 +60,7 @@ def test_tasks_run_in_order_and_a_failing_one_stops_none_after_it():
     assert ran == [1, 2]
 
 
-def test_submit_waits_while_depth_tasks_are_in_hand():
+def test_submit_waits_while_depth_tasks_are_waiting_or_running():
     answers = AnswerThread(depth=1)
     gate = threading.Event()
     answers.submit(gate.wait)
