@@ -3,21 +3,27 @@
 # BGE-M3 embedding server: gunicorn + Falcon web workers, one torch engine per device.
 #
 #   docker build -t embsvc:cuda .                                   # CUDA build of torch (default)
-#   docker build -t embsvc:cpu --build-arg TORCH_INDEX_URL=<CPU wheel index> .
+#   docker build -t embsvc:cpu --build-arg TORCH_INDEX_URL=<CPU wheel index> \
+#       --build-arg REQUIREMENTS_LOCK=requirements-cpu.lock .       # after make lock-cpu
 #
 # The CUDA image needs only the NVIDIA driver on the host (the torch wheel
 # brings its own CUDA libraries) and a GPU given to the container
 # (--gpus / compose device reservation / nvidia.com/gpu in Kubernetes).
 # See the README (Deployment).
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The base image by digest, so that a rebuild gets the same bytes: python:3.11-slim-bookworm as
+# published for 3.11.15 (a multi-platform index). Move it on with the tag's new digest
+# (docker buildx imagetools inspect python:3.11-slim-bookworm) and rebuild; docs/operators.md, Image.
+ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3
 
 # ---------------------------------------------------------------- build stage
 FROM ${PYTHON_IMAGE} AS build
 
 # Empty: torch from the default index (on Linux x86_64 that is the CUDA build).
-# A CPU image passes the index of the CPU wheels here.
+# A CPU image passes the index of the CPU wheels here, and the lock made for it.
 ARG TORCH_INDEX_URL=""
+# Every package and every file's sha256, written by make lock from requirements.txt.
+ARG REQUIREMENTS_LOCK=requirements.lock
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -28,13 +34,26 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-COPY requirements.txt /tmp/requirements.txt
+COPY requirements.txt requirements*.lock deploy/docker/check_lock.py /tmp/
 
-# torch first, on its own and at the version requirements.txt pins, so that the
-# index choice applies to torch alone; then the rest, which finds torch in place.
-RUN grep -E '^torch==' /tmp/requirements.txt > /tmp/torch.txt \
-    && pip install --no-cache-dir ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} -r /tmp/torch.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
+# Only what the lock names, each file checked against its hash (pip refuses a
+# package without one, transitive ones included); a lock that lacks a pin of
+# requirements.txt stops the build. torch first, on its own, so that the index
+# choice applies to torch alone; then the rest, which finds torch in place.
+# The CPU wheel index needs its own lock (its torch files differ); pip takes
+# from either index only the files whose hashes the lock holds.
+RUN if [ -n "$TORCH_INDEX_URL" ] && [ "$REQUIREMENTS_LOCK" = "requirements.lock" ]; then \
+        echo "TORCH_INDEX_URL needs --build-arg REQUIREMENTS_LOCK=requirements-cpu.lock (make lock-cpu)" >&2; \
+        exit 1; \
+    fi \
+    && python /tmp/check_lock.py /tmp/requirements.txt "/tmp/${REQUIREMENTS_LOCK}" \
+    && awk '/^torch==/ {keep = 1; print; next} keep && /^[[:space:]]/ {print; next} {keep = 0}' \
+        "/tmp/${REQUIREMENTS_LOCK}" > /tmp/torch.lock \
+    && pip install --no-cache-dir --require-hashes --no-deps --only-binary :all: \
+        ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} -r /tmp/torch.lock \
+    && pip install --no-cache-dir --require-hashes --only-binary :all: \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} -r "/tmp/${REQUIREMENTS_LOCK}" \
+    && pip check \
     && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 # ---------------------------------------------------------------- final stage

@@ -3,6 +3,8 @@
 #   make test    installs what the tests need (Debian's nginx and docker-compose too, as root),
 #                builds the tiny test model, lints (ruff, mypy) and runs every test
 #   make test-fast  unit and integration tests only, in under a minute
+#   make audit   checks requirements.lock (what the image installs) for known vulnerabilities
+#   make lock    rewrites requirements.lock from requirements.txt, with every file's hash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +13,14 @@ PIP    := $(VENV)/bin/pip
 # resolves it to the CPU build; set TORCH_PIP_ARGS (e.g. an --index-url) to choose another build.
 TORCH_PIP_ARGS ?=
 
-.PHONY: install install-test serve test test-fast lint clean gpu-check
+# uv and pip-audit (requirements-tools.txt) in a venv of their own.
+TOOLS  := $(VENV)/tools
+# The image's platform: CPython 3.11 on x86_64 Debian bookworm (glibc 2.36), torch from PyPI
+# (the CUDA build). make lock-cpu TORCH_INDEX_URL=<CPU wheel index> writes the CPU image's lock.
+LOCK_ARGS := --python-version 3.11 --python-platform x86_64-manylinux_2_36 --generate-hashes \
+	--index-url https://pypi.org/simple --custom-compile-command "make lock" --quiet
+
+.PHONY: install install-test serve test test-fast lint clean gpu-check tools lock lock-cpu audit audit-if-reachable
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +42,7 @@ serve: install
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py embsvc.wsgi:app
 
 # Every test but those that need a CUDA device (bench/gpu/check.sh runs them on the GPU machine).
-test: lint
+test: lint audit-if-reachable
 	$(PY) -m pytest -q -m "not gpu"
 
 # Unit and integration tests without the slow ones, no lint: under a minute, for every edit.
@@ -49,6 +58,32 @@ lint: install-test
 # command to run there (bench/gpu/check.sh; docs/performance.md, "On a GPU").
 gpu-check:
 	bash bench/gpu/check.sh download
+
+$(TOOLS)/.installed: requirements-tools.txt
+	rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q -r requirements-tools.txt
+	touch $@
+
+tools: $(TOOLS)/.installed
+
+lock: tools
+	$(TOOLS)/bin/uv pip compile requirements.txt $(LOCK_ARGS) -o requirements.lock
+	$(PYTHON) deploy/docker/check_lock.py requirements.txt requirements.lock
+
+lock-cpu: tools
+	@test -n "$(TORCH_INDEX_URL)" || { echo "make lock-cpu TORCH_INDEX_URL=<CPU wheel index>" >&2; exit 2; }
+	$(TOOLS)/bin/uv pip compile requirements.txt $(LOCK_ARGS) --extra-index-url "$(TORCH_INDEX_URL)" \
+		-o requirements-cpu.lock
+	$(PYTHON) deploy/docker/check_lock.py requirements.txt requirements-cpu.lock
+
+# Known vulnerabilities in the locked set: fails on one, and on a package it could not check.
+audit: tools
+	bash deploy/audit.sh
+
+# In make test: the same where the advisory data can be reached; where it cannot, it says so and passes.
+audit-if-reachable: tools
+	bash deploy/audit.sh --if-reachable
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -144,6 +144,7 @@ def test_prod_compose_runs_replicas_behind_nginx(tmp_path: Path) -> None:
     assert version and (int(version[1]), int(version[2])) >= (1, 27), (
         f"{image}: the 'resolve' upstream servers need nginx 1.27.3 or newer"
     )
+    assert re.search(r"@sha256:[0-9a-f]{64}$", image), f"{image}: pin the default image by digest"
 
     # Every replica is an upstream server of nginx, and nothing else is.
     assert sorted(s.rsplit(":", 1)[0] for s in upstream_servers()) == sorted(replicas)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import fnmatch
 import http.server
+import importlib.util
 import json
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +188,120 @@ def test_container_health_check_follows_bind_and_status(
     server.shutdown()
     server.server_close()
     assert run([sys.executable, str(HEALTHCHECK)], env=env).returncode == 1
+
+
+# -- supply chain: the base image by digest, the packages by hash ---------------------------------
+
+LOCK = ROOT / "requirements.lock"
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def load_check_lock() -> Any:
+    spec = importlib.util.spec_from_file_location("embsvc_check_lock", ROOT / "deploy" / "docker" / "check_lock.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_base_image_is_pinned_by_digest() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    defaults = dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.MULTILINE))
+    bases = [args.split()[0] for stage in stages() for word, args in stage if word == "FROM"]
+    assert bases
+    for base in bases:
+        image = defaults.get(base.strip("${}"), base) if base.startswith("$") else base
+        assert DIGEST.search(image), f"FROM {base} ({image}) is not pinned by digest"
+        assert image.startswith("python:3.11"), f"{image}: the lock is made for CPython 3.11"
+
+
+def test_the_image_installs_only_the_hashed_lock() -> None:
+    runs = " ".join(args for stage in stages() for word, args in stage if word == "RUN")
+    assert "--require-hashes" in runs and "${REQUIREMENTS_LOCK}" in runs
+    assert "check_lock.py /tmp/requirements.txt" in runs, "a stale lock stops the build"
+    installs = re.findall(r"pip install[^&]*", runs)
+    assert installs and all("--require-hashes" in i for i in installs), installs
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert re.search(r"^ARG REQUIREMENTS_LOCK=requirements\.lock$", text, re.MULTILINE)
+
+
+def test_the_lock_holds_every_pin_with_hashes() -> None:
+    check_lock = load_check_lock()
+    requirements = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    lock = LOCK.read_text(encoding="utf-8")
+    assert check_lock.problems(requirements, lock) == []
+    entries = check_lock.locked(lock)
+    # Transitive dependencies too: torch's CUDA libraries, transformers' own needs.
+    assert {"torch", "triton", "nvidia-cublas", "regex", "pyyaml"} <= entries.keys()
+    assert len(entries) > len(check_lock.pins(requirements))
+    for path in ROOT.glob("requirements*.lock"):
+        assert check_lock.problems(requirements, path.read_text(encoding="utf-8")) == [], path.name
+
+
+def test_check_lock_refuses_a_stale_or_unhashed_lock(tmp_path: Path) -> None:
+    """The check above can fail: a pin moved on, a package left out, an entry without a hash."""
+    check_lock = load_check_lock()
+    requirements = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    lock = LOCK.read_text(encoding="utf-8")
+    assert check_lock.problems(requirements.replace("falcon==4.4.0", "falcon==4.5.0"), lock) == [
+        "falcon==4.5.0 is locked at 4.4.0"]
+    assert check_lock.problems(requirements + "left-pad==1.0\n", lock) == ["left-pad==1.0 is not in the lock"]
+    unhashed = re.sub(r"(?m)^(orjson==\S+) \\\n(    --hash=\S+( \\)?\n)+", r"\1\n", lock)
+    assert check_lock.problems(requirements, unhashed) == ["orjson has no sha256 hash"]
+    # torch from the CPU wheel index carries a local label.
+    cpu = lock.replace("torch==2.13.0 \\", "torch==2.13.0+cpu \\")
+    assert check_lock.problems(requirements, cpu) == []
+    # From the command line, as the image's build runs it.
+    (tmp_path / "stale.lock").write_text(lock.replace("falcon==4.4.0", "falcon==4.3.0"))
+    result = run([sys.executable, str(ROOT / "deploy" / "docker" / "check_lock.py"),
+                  str(ROOT / "requirements.txt"), str(tmp_path / "stale.lock")])
+    assert result.returncode == 1 and "falcon==4.4.0 is locked at 4.3.0" in result.stderr
+
+
+# -- make audit -------------------------------------------------------------------------------------
+
+FAKE_AUDIT = """#!/usr/bin/env bash
+# Stands in for pip-audit: says what the advisory service would (FAKE_REACHABLE, FAKE_VULNERABLE).
+echo "$@" >> "$FAKE_LOG"
+lock="${@: -1}"
+if [ "$FAKE_REACHABLE" != 1 ]; then
+    echo "ERROR: Dependency not found on PyPI and could not be audited" >&2; exit 1
+fi
+if grep -q '^requests==2.19.0' "$lock" || [ "$FAKE_VULNERABLE" = 1 ]; then
+    echo "requests 2.19.0 PYSEC-2018-28 2.20.0"; exit 1
+fi
+echo "No known vulnerabilities found"
+"""
+
+
+def audit(tmp_path: Path, *args: str, reachable: bool, vulnerable: bool = False) -> tuple[int, str, list[str]]:
+    fake = tmp_path / "pip-audit"
+    fake.write_text(FAKE_AUDIT)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    env = {"PATH": "/usr/bin:/bin", "PIP_AUDIT": str(fake), "FAKE_LOG": str(log),
+           "FAKE_REACHABLE": "1" if reachable else "0", "FAKE_VULNERABLE": "1" if vulnerable else "0"}
+    result = run(["bash", str(ROOT / "deploy" / "audit.sh"), *args], env=env)
+    return result.returncode, result.stdout + result.stderr, log.read_text().splitlines()
+
+
+def test_make_audit_fails_on_a_vulnerability_and_on_unreachable_advisories(tmp_path: Path) -> None:
+    code, output, calls = audit(tmp_path, reachable=True)
+    assert code == 0, output
+    assert any("--strict" in c and c.endswith("requirements.lock") for c in calls), calls
+    assert audit(tmp_path, reachable=True, vulnerable=True)[0] == 1
+    assert audit(tmp_path, reachable=False)[0] == 1, "an audit that checked nothing is no pass"
+
+
+def test_make_test_audits_only_where_the_advisories_answer(tmp_path: Path) -> None:
+    code, output, calls = audit(tmp_path, "--if-reachable", reachable=False)
+    assert code == 0 and "SKIPPED" in output and "cannot be reached" in output, output
+    assert not any(c.endswith("requirements.lock") for c in calls), "no audit of the lock without advisories"
+    code, output, calls = audit(tmp_path, "--if-reachable", reachable=True, vulnerable=True)
+    assert code == 1 and "SKIPPED" not in output, output
+    code, output, calls = audit(tmp_path, "--if-reachable", reachable=True)
+    assert code == 0 and any(c.endswith("requirements.lock") for c in calls), (output, calls)
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^test: .*\baudit-if-reachable\b", makefile, re.MULTILINE)
+    assert re.search(r"^audit: ", makefile, re.MULTILINE)
