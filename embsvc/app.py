@@ -51,7 +51,7 @@ def create_app(settings: Settings, backend: Backend,
     tokenizer = LazyTokenizer(settings.model_path, lambda: EngineState.READY in backend.states())
     scores = ScoreService(settings.model_name, backend, tokenizer)
     embeddings = EmbeddingService(settings.model_name, backend, tokenizer)
-    tokens = TokenizeService(settings.model_name, tokenizer)
+    tokens = TokenizeService(settings.model_name, tokenizer, settings.max_tokens)
     tei_service = TEIService(embeddings, scores, tokens)
     routes = _Routes(app)
     route = routes.add

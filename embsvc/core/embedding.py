@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import Decode, dumps_items, embedding_items
-from embsvc.core.tokenizer import LazyTokenizer, cut
+from embsvc.core.tokenizer import LazyTokenizer, cut, within_chars
 from gpu_pool import DEFAULT_OPTIONS, EmbeddingResult, JobOptions, Kind
 
 KIND_NAMES = (("dense", Kind.DENSE), ("sparse", Kind.SPARSE), ("colbert", Kind.COLBERT))
@@ -42,9 +42,11 @@ class EmbeddingService:
         """Tokenize, embed, and answer with ``body(result)``: the other APIs' shapes
         (TEI's) come from the same tokenizing, truncation and batching."""
         tokenizer = self.tokenizer.get()
-        encoded = tokenizer.encode(request.texts)
-        ids = cut(encoded, request.max_length, request.truncate, lambda i: (f"{request.field}[{i}]", request.field),
-                  request.truncation_direction)
+        def name(i: int) -> tuple[str, str]:
+            return f"{request.field}[{i}]", request.field
+
+        texts = within_chars(request.texts, request.max_length, request.truncate, name, request.truncation_direction)
+        ids = cut(tokenizer.encode(texts), request.max_length, request.truncate, name, request.truncation_direction)
         # float16 payloads: the engine sends float16 vectors (half the bytes), nothing to convert here.
         kinds = (request.kinds | Kind.HALF) if request.embedding_dtype == "float16" else request.kinds
         with self.backend.embed(ids, kinds, tokenizer.unused_ids, request.options) as result:

@@ -11,7 +11,7 @@ import numpy as np
 
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import dumps
-from embsvc.core.tokenizer import LazyTokenizer, cut
+from embsvc.core.tokenizer import LazyTokenizer, cut, within_chars
 from gpu_pool import DEFAULT_OPTIONS, SCORE_MODES, JobOptions
 
 DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # dense, sparse, colbert: what BGE-M3's authors recommend
@@ -57,13 +57,14 @@ class ScoreService:
 
     def scores(self, request: ScoreRequest) -> Scores:
         tokenizer = self.tokenizer.get()
-        encoded = tokenizer.encode([request.query, *request.documents])
         field = request.documents_field
 
         def name(i: int) -> tuple[str, str]:  # how a too-long input is named: input 0 is the query
             return ("query", "query") if i == 0 else (f"{field}[{i - 1}]", field)
 
-        ids = cut(encoded, request.max_length, request.truncate, name, request.truncation_direction)
+        texts = within_chars([request.query, *request.documents], request.max_length, request.truncate, name,
+                             request.truncation_direction)
+        ids = cut(tokenizer.encode(texts), request.max_length, request.truncate, name, request.truncation_direction)
         table = self.backend.score(ids, request.weights, tokenizer.unused_ids, request.options)
         return Scores(table, sum(len(x) for x in ids))
 

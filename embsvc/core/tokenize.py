@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from embsvc.core.serialize import dumps
-from embsvc.core.tokenizer import LazyTokenizer, Token, cut
+from embsvc.core.tokenizer import CHARS_PER_TOKEN, LazyTokenizer, Token, check_answer_tokens, cut, within_chars
+from embsvc.errors import PayloadTooLarge
 
 
 @dataclass(frozen=True)
@@ -20,13 +21,16 @@ class TokenizeRequest:
 
 
 class TokenizeService:
-    def __init__(self, model_name: str, tokenizer: LazyTokenizer) -> None:
-        self.model_name, self.tokenizer = model_name, tokenizer
+    def __init__(self, model_name: str, tokenizer: LazyTokenizer, max_tokens: int) -> None:
+        self.model_name, self.tokenizer, self.max_tokens = model_name, tokenizer, max_tokens
 
     def tokenize(self, request: TokenizeRequest) -> bytes:
+        """``untruncated_count``: of the text as tokenized, cut first past CHARS_PER_TOKEN × max_length
+        characters (tokenizer.py says why that keeps the tokens truncation keeps)."""
         tokenizer = self.tokenizer.get()
-        full = tokenizer.encode(request.texts)
+        full = tokenizer.encode(within_chars(request.texts, request.max_length, request.truncate))
         kept = cut(full, request.max_length, request.truncate)
+        check_answer_tokens(sum(len(ids) for ids in kept), self.max_tokens)
         data = [_item(i, whole, ids, tokenizer.tokens(ids))
                 for i, (whole, ids) in enumerate(zip(full, kept, strict=True))]
         total = sum(len(ids) for ids in kept)
@@ -34,8 +38,16 @@ class TokenizeService:
                       "usage": {"prompt_tokens": total, "total_tokens": total}})
 
     def spans(self, texts: list[str], add_special_tokens: bool) -> list[list[Token]]:
-        """Each text's tokens with their character offsets, uncut (TEI's /tokenize)."""
-        return self.tokenizer.get().spans(texts, add_special_tokens)
+        """Each text's tokens with their character offsets, uncut (TEI's /tokenize): so a text
+        may have at most CHARS_PER_TOKEN × MAX_TOKENS characters."""
+        limit = CHARS_PER_TOKEN * self.max_tokens
+        for i, text in enumerate(texts):
+            if len(text) > limit:
+                raise PayloadTooLarge(f"inputs[{i}] has {len(text)} characters, more than /tokenize's limit of "
+                                      f"{limit} ({CHARS_PER_TOKEN} × MAX_TOKENS)", param="inputs")
+        spans = self.tokenizer.get().spans(texts, add_special_tokens)
+        check_answer_tokens(sum(len(tokens) for tokens in spans), self.max_tokens)
+        return spans
 
     def decode(self, ids: list[list[int]], skip_special_tokens: bool) -> list[str]:
         return self.tokenizer.get().decode(ids, skip_special_tokens)

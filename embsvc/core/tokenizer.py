@@ -17,13 +17,24 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from embsvc.errors import InvalidRequest, Unavailable
+from embsvc.errors import InvalidRequest, PayloadTooLarge, Unavailable
 
 # The web workers are forked; tokenizers' thread pool must not be shared across forks.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # FlagEmbedding drops the cls, eos, pad and unk ids from the sparse weights.
 _UNUSED_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
+
+# The most characters of a text tokenized per token of its max_length. A token of bge-m3's
+# tokenizer covers about 4 characters of English and 1 or 2 of Chinese or Japanese; even a word
+# the vocabulary spells in long pieces stays far below 32 a token. So a text cut at 32 × max_length
+# characters still holds more than max_length tokens, and the ones truncation keeps are the whole
+# text's (only runs of white space, which make no tokens, could fall short): the cut spares
+# tokenizing megabytes that truncation would throw away.
+CHARS_PER_TOKEN = 32
+# The most tokens in one /tokenize answer, in MAX_TOKENS: each is some 20 bytes of JSON in this
+# server's shape and 60 in TEI's, so a body of a few megabytes must not make an answer of hundreds.
+TOKENIZE_ANSWER_TOKENS = 32
 
 
 class TextTokenizer:
@@ -75,6 +86,37 @@ def _token(text: str, token_id: int, token: str, special: int, offsets: tuple[in
     return Token(token_id, text[start:stop], False, start, stop)
 
 
+def _name_input(i: int) -> tuple[str, str]:
+    return f"input[{i}]", "input"
+
+
+def within_chars(texts: list[str], max_length: int, allow_truncation: bool,
+                 name: Callable[[int], tuple[str, str]] = _name_input, direction: str = "right") -> list[str]:
+    """The texts as they are tokenized: one longer than ``CHARS_PER_TOKEN`` × ``max_length``
+    characters is cut there first, keeping the end that truncation keeps (its start, or with
+    ``left`` its end); with truncation off it is too long, a 400 as when its tokens are counted."""
+    limit = CHARS_PER_TOKEN * max_length
+    bounded = []
+    for i, text in enumerate(texts):
+        if len(text) > limit:
+            if not allow_truncation:
+                where, param = name(i)
+                raise InvalidRequest(f"{where} has {len(text)} characters, more than the limit of {limit} "
+                                     f"({CHARS_PER_TOKEN} per token of max_length {max_length}), and truncate is "
+                                     "false", param=param)
+            text = text[-limit:] if direction == "left" else text[:limit]
+        bounded.append(text)
+    return bounded
+
+
+def check_answer_tokens(count: int, max_tokens: int) -> None:
+    """A /tokenize answer holds at most ``TOKENIZE_ANSWER_TOKENS`` × MAX_TOKENS tokens."""
+    limit = TOKENIZE_ANSWER_TOKENS * max_tokens
+    if count > limit:
+        raise PayloadTooLarge(f"the answer would hold {count} tokens, more than /tokenize's limit of {limit} "
+                              f"({TOKENIZE_ANSWER_TOKENS} × MAX_TOKENS): send fewer or shorter texts")
+
+
 def truncate(ids: np.ndarray, max_length: int, direction: str = "right") -> np.ndarray:
     """Cut to ``max_length`` ids, keeping the opening ``<s>`` and the closing ``</s>``:
     the text's tokens are cut at its end (``right``) or at its start (``left``)."""
@@ -86,8 +128,7 @@ def truncate(ids: np.ndarray, max_length: int, direction: str = "right") -> np.n
 
 
 def cut(encoded: list[np.ndarray], max_length: int, allow_truncation: bool,
-        name: Callable[[int], tuple[str, str]] = lambda i: (f"input[{i}]", "input"),
-        direction: str = "right") -> list[np.ndarray]:
+        name: Callable[[int], tuple[str, str]] = _name_input, direction: str = "right") -> list[np.ndarray]:
     """Each input cut to ``max_length`` ids; with ``allow_truncation`` false a longer one is a 400.
 
     ``name(i)``: how the error names input ``i`` and which field it blames.
