@@ -239,3 +239,102 @@ def test_a_replica_answering_503_stays_in_the_rotation_and_its_answer_reaches_th
     assert busy.hits == len(refused) and fine.hits == len(answers) - len(refused)
     # Never marked down: it kept getting its share of the 30 (at most 3 if its 503s had counted).
     assert busy.hits >= 10, (busy.hits, fine.hits)
+
+
+# -- TLS, per-client limits, /metrics, headers ------------------------------------------------------
+
+SECURITY_HEADERS = ("add_header X-Content-Type-Options nosniff always;",
+                    """add_header Content-Security-Policy "frame-ancestors 'none'" always;""")
+
+
+def blocks_with_add_header(text: str) -> list[str]:
+    """Each location that sets a header of its own (nginx then drops the inherited ones)."""
+    locations = re.findall(r"^([ \t]*)location [^\n]*\{\n(.*?)^\1\}", text, re.MULTILINE | re.DOTALL)
+    assert len(locations) >= 5, locations
+    return [body for _, body in locations if "add_header" in body]
+
+
+def test_every_block_with_its_own_headers_repeats_the_security_headers() -> None:
+    """add_header in a location replaces every add_header of the levels above it."""
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    http_level = text.split("upstream embsvc", 1)[0]
+    assert all(h in http_level for h in SECURITY_HEADERS), "set for every answer at the http level"
+    own = blocks_with_add_header(text.split("upstream embsvc", 1)[1])
+    assert own, "the named error locations set Retry-After and X-Request-ID"
+    for body in own:
+        assert all(h in body for h in SECURITY_HEADERS), body
+
+
+def test_metrics_is_refused_by_prefix_without_an_address_list() -> None:
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    assert "location = /metrics" not in text, "an exact match lets /metrics/ and /metrics%2F through"
+    block = re.search(r"location \^~ /metrics \{([^}]*)\}", text)
+    assert block and block[1].split() == ["deny", "all;"], block
+
+
+def test_production_listens_with_tls_and_redirects_port_80() -> None:
+    text = NGINX_CONF.read_text(encoding="utf-8")
+    assert re.search(r"^\s*listen 443 ssl;$", text, re.MULTILINE)
+    assert "ssl_certificate /etc/nginx/tls/tls.crt;" in text
+    redirect = re.search(r"# BEGIN http-redirect.*?# END http-redirect", text, re.DOTALL)
+    assert redirect and "listen 80;" in redirect[0] and "return 308 https://$host$request_uri;" in redirect[0]
+    assert "location = /nginx-health" in redirect[0], "the container's health check uses port 80"
+    assert re.search(r"ssl_protocols TLSv1\.2 TLSv1\.3;", text)
+
+
+def test_render_with_tls_limits_and_redirect(render: ModuleType, tmp_path: Path) -> None:
+    template = NGINX_CONF.read_text(encoding="utf-8")
+    plain = render.render(template, upstreams=["127.0.0.1:1"], listen="127.0.0.1:9000")
+    assert "ssl_certificate" not in plain.replace("ssl_certificate_key", "") and "return 308" not in plain
+    assert re.search(r"^\s*listen 127\.0\.0\.1:9000;$", plain, re.MULTILINE)
+    assert render.template_limits(plain) == render.template_limits(template) == render.Limits(50, 100, 32)
+    tls = render.Tls(tmp_path / "c.pem", tmp_path / "k.pem")
+    text = render.render(template, upstreams=["127.0.0.1:1"], listen="127.0.0.1:9443", tls=tls,
+                         http_listen="127.0.0.1:9080", limits=render.Limits(3, 0, 2))
+    assert re.search(r"^\s*listen 127\.0\.0\.1:9443 ssl;$", text, re.MULTILINE)
+    assert f"ssl_certificate {tmp_path}/c.pem;" in text and f"ssl_certificate_key {tmp_path}/k.pem;" in text
+    assert re.search(r"^\s*listen 127\.0\.0\.1:9080;$", text, re.MULTILINE) and "return 308 https://" in text
+    assert "rate=3r/s;" in text and "burst=0 nodelay;" in text and "limit_conn embsvc_conn 2;" in text
+    assert render.template_limits(text) == render.Limits(3, 0, 2)
+    with pytest.raises(ValueError):
+        render.render(template, upstreams=["a:1"], listen="9000", http_listen="9080")  # a redirect needs TLS
+    with pytest.raises(ValueError):
+        render.render(template, upstreams=["a:1"], listen="9000", limits=render.Limits(0, 1, 1))
+    with pytest.raises(ValueError):
+        render.render(template, upstreams=["a:1"], listen="9000", tls=render.Tls(Path("/x; evil"), Path("/k")))
+
+
+def test_limits_from_the_environment(render: ModuleType) -> None:
+    base = render.Limits(50, 100, 32)
+    assert render.limits_from_env({}, base) == base
+    env = {"NGINX_RATE_LIMIT": "7", "NGINX_CONN_LIMIT": " 4 "}
+    assert render.limits_from_env(env, base) == render.Limits(7, 100, 4)
+    with pytest.raises(ValueError, match="NGINX_RATE_BURST"):
+        render.limits_from_env({"NGINX_RATE_BURST": "lots"}, base)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    result = run([tool("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                  "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)])
+    assert result.returncode == 0, result.stderr
+    return cert, key
+
+
+def test_the_command_line_renders_tls_and_limits_that_nginx_accepts(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    cert, key = self_signed(tmp_path)
+    env = {**os.environ, "NGINX_RATE_LIMIT": "9", "NGINX_CONN_LIMIT": "5"}
+    result = run([sys.executable, str(DEPLOY / "nginx" / "render.py"), "--prefix", str(tmp_path / "p"),
+                  "--listen", "127.0.0.1:18443", "--http-listen", "127.0.0.1:18080", "--upstream", "127.0.0.1:18001",
+                  "--tls-cert", str(cert), "--tls-key", str(key), "--burst", "4"], env=env)
+    assert result.returncode == 0, result.stderr
+    text = Path(result.stdout.strip()).read_text()
+    assert "rate=9r/s;" in text and "burst=4 nodelay;" in text and "limit_conn embsvc_conn 5;" in text
+    code, stderr = nginx_t(Path(result.stdout.strip()))
+    assert code == 0 and "[warn]" not in stderr, stderr
+    missing_key = run([sys.executable, str(DEPLOY / "nginx" / "render.py"), "--prefix", str(tmp_path / "q"),
+                       "--listen", "9000", "--upstream", "a:1", "--tls-cert", str(cert)])
+    assert missing_key.returncode == 2 and "--tls-key" in missing_key.stderr
