@@ -4,7 +4,9 @@
   requests; no test stops, breaks or reconfigures it.
 - ``start_server(**env)``: a server of the test's own (other settings, or one the test breaks),
   stopped when the test ends; ``serving(...)`` gives a module its own server the same way.
-- ``post``, ``ok``, ``embed``, ``dense``, ``dense_vectors``, ``assert_error``: one of each, for every module.
+- ``post``, ``ok``, ``embed``, ``dense``, ``dense_vectors``, ``assert_error``: one of each, for every module
+  (``assert_error`` checks the error shape with tests/conftest.py's ``check_error``, as the unit harness does).
+- ``browser``: headless Chromium for the /docs page (tests/e2e/swagger_page.py).
 """
 
 from __future__ import annotations
@@ -17,18 +19,18 @@ from typing import Any
 import pytest
 import requests
 
-from testkit.server import Server
+from testkit.server import AUTH, TOKEN, Server
+from tests.conftest import ANY, check_error
 
-TOKEN = "e2e-secret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-_ANY = object()
+# TOKEN and AUTH: the servers' token (testkit's, which Server starts them with) and its header.
+__all__ = ["AUTH", "TOKEN", "assert_error", "dense", "dense_vectors", "embed", "ok", "post", "serving"]
 
 
 @contextlib.contextmanager
 def serving(model: Path, folder: Path, *, clean_exit: bool = True, **env: str) -> Iterator[Server]:
     """A started server with ``env`` over the defaults (``API_TOKEN=TOKEN``); stopped on the way out,
     and with ``clean_exit`` its exit code must be 0."""
-    server = Server(model, folder / "server.log", **{"API_TOKEN": TOKEN, **env}).start()
+    server = Server(model, folder / "server.log", **env).start()
     try:
         yield server
     finally:
@@ -56,6 +58,15 @@ def start_server(tiny_model: Path, tmp_path: Path) -> Iterator[Callable[..., Ser
             return stack.enter_context(serving(model or tiny_model, folder, clean_exit=clean_exit, **env))
 
         yield start
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Headless Chromium for the /docs page (tests/e2e/swagger_page.py), closed when the test ends."""
+    from tests.e2e.swagger_page import chromium  # selenium: only for the tests that ask for a browser
+
+    with chromium(tmp_path) as driver:
+        yield driver
 
 
 @pytest.fixture
@@ -95,13 +106,6 @@ def dense_vectors(server: Server, texts: list[str], **body: object) -> dict[str,
 
 
 def assert_error(response: requests.Response, status: int, error_type: str | None = None,
-                 param: object = _ANY) -> dict:
+                 param: object = ANY) -> dict:
     """The error body of ``status``, in the API's shape; returns it."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["detail"] == body["error"]["message"]
-    if error_type is not None:
-        assert body["error"]["type"] == error_type, body
-    if param is not _ANY:
-        assert body["error"]["param"] == param, body
-    return body
+    return check_error(response.status_code, response.text, response.json, status, error_type, param)

@@ -63,7 +63,7 @@ def test_a_query_queued_behind_bulk_jobs_is_answered_first(server, auth, referen
     assert all(finished["query"] < finished[f"bulk {i}"] for i in range(3)), finished
 
 
-def test_a_query_runs_between_the_layers_of_a_bulk_pass(server, auth, reference):
+def test_a_query_runs_between_the_steps_of_a_bulk_pass(server, auth, reference):
     before = engine_stats(server, auth)
     with ThreadPoolExecutor(1) as pool:
         bulk = pool.submit(post, server, "/v1/embeddings", {"input": [bulk_text(i)["input"] for i in range(3)],
@@ -81,6 +81,9 @@ def test_a_query_runs_between_the_layers_of_a_bulk_pass(server, auth, reference)
 
 
 def test_stats_and_metrics_show_the_lanes(server, auth):
+    # One request in each lane of its own, whatever ran before: a short query, and a bulk request.
+    assert dense(post(server, "/v1/embeddings", {"input": QUERIES[2]}))
+    assert dense(post(server, "/v1/embeddings", {"input": "a document", "priority": "bulk"}))
     stats = requests.get(f"{server.url}/stats", headers=auth, timeout=5).json()
     lanes = stats["lanes"]
     assert set(lanes) == {"interactive", "bulk"}

@@ -21,12 +21,10 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from testkit import nginx as nginx_proxy
 from testkit.server import Server, free_port
 from tests.deploy.helpers import tool
-from tests.e2e import test_docs_page
 from tests.e2e.conftest import AUTH, TOKEN
-from tests.e2e.test_docs_page import authorize, documented_operations, listed_operations, try_embeddings, wait_for
+from tests.e2e.swagger_page import authorize, documented_operations, listed_operations, try_embeddings, wait_for
 
 pytestmark = pytest.mark.slow
-browser = test_docs_page.browser  # the headless Chromium fixture
 
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "frame-ancestors 'none'"}
 # Spellings of /metrics that reach the server's /metrics route when nginx passes them on: the

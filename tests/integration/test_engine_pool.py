@@ -12,7 +12,7 @@ from gpu_pool.client import EngineClient
 from gpu_pool.pool import EnginePool
 from gpu_pool.wire.protocol import Kind
 from gpu_pool.wire.shared import EngineState
-from tests.integration.conftest import engine_spec, wait_ready
+from testkit.engines import engine_spec, wait_ready
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from gpu_pool.pool import EnginePool
-from tests.integration.conftest import engine_spec, wait_ready
+from testkit.engines import engine_spec, wait_ready
 pool = EnginePool([engine_spec(Path({model!r}))], n_slots=1)
 pool.start()
 wait_ready(pool)

@@ -11,13 +11,13 @@ from falcon import testing
 
 from embsvc.app import create_app
 from embsvc.config import Settings, load_settings
+from testkit.server import AUTH, TOKEN
+from tests.conftest import ANY, check_error
 from tests.unit.fake_engine import FakeEngine
 
-TOKEN = "test-token-1"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
+__all__ = ["AUTH", "LIMITS", "TOKEN", "assert_error", "post"]
 # Small limits, so that the tests reach them with small bodies.
 LIMITS = {"MAX_INPUTS": "4", "MAX_REQUEST_BYTES": "4096", "MAX_TOKENS": "64"}
-_ANY = object()
 
 
 @pytest.fixture
@@ -45,12 +45,6 @@ def post(client: testing.TestClient, path: str, body: object, headers: dict[str,
 
 
 def assert_error(result: testing.Result, status: int, error_type: str = "invalid_request_error",
-                 param: object = _ANY) -> dict:
+                 param: object = ANY) -> dict:
     """The error body of ``status``, in the API's shape; ``param`` is checked when given."""
-    assert result.status_code == status, result.text
-    body = result.json
-    assert body["error"]["type"] == error_type, body
-    assert body["detail"] == body["error"]["message"]
-    if param is not _ANY:
-        assert body["error"]["param"] == param, body
-    return body
+    return check_error(result.status_code, result.text, lambda: result.json, status, error_type, param)

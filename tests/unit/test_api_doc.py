@@ -1,5 +1,5 @@
-"""docs/api.md's table of endpoints names every operation of the OpenAPI document, which the
-app builds from its routes, and nothing else."""
+"""docs/api.md's table of endpoints names every operation of the OpenAPI document that
+/openapi.json serves (written out in embsvc/openapi/), and nothing else."""
 
 from __future__ import annotations
 

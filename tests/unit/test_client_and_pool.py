@@ -23,7 +23,7 @@ from gpu_pool.wire import protocol, segment
 from gpu_pool.wire.frames import FrameReader
 from gpu_pool.wire.protocol import Done, Job, Kind
 from gpu_pool.wire.shared import EngineShared, EngineState
-from tests.integration.conftest import engine_spec
+from testkit.engines import engine_spec
 
 IDS = [np.array([0, 10, 11, 2], dtype=np.int32)]
 UNUSED = np.array([0, 1, 2, 3], dtype=np.int32)

@@ -1,9 +1,12 @@
 """The rules of the tree, read from the imports (as httpx's test_exported_members does).
 
 Each package's ``__init__`` says what it may import; these tests hold the code to it:
-the web side uses only ``gpu_pool.__all__``, torch lives in ``gpu_pool/model`` alone,
-the engine side never reaches into the web side, and tests and benchmarks share
-``testkit`` instead of importing each other.
+the web side uses only ``gpu_pool.__all__`` and never loads torch, torch lives in
+``gpu_pool/model`` alone, the engine side never reaches into the web side, the engine
+drives the model through its torch-free port and loads it in its entry point only, the
+wire format and process set-up import no other part, the client library imports only
+its three packages, and tests and benchmarks share ``testkit`` instead of importing each
+other (nor does one test module import another).
 """
 
 from __future__ import annotations
@@ -124,6 +127,13 @@ def test_the_client_imports_only_httpx_numpy_tqdm_and_the_standard_library():
 def test_bench_and_testkit_never_import_tests():
     wrong = [imp.where() for imp in imports("bench", "testkit") if imp.under("tests")]
     assert not wrong, "shared helpers belong in testkit/"
+
+
+def test_no_test_module_imports_another():
+    """Each runs alone: what tests share lives in their layer's conftest.py, a helper module or testkit."""
+    wrong = [imp.where() for imp in imports("tests") if imp.under("tests")
+             and imp.module.rsplit(".", 1)[-1].startswith("test_")]
+    assert not wrong, "shared helpers belong in a conftest.py or testkit/"
 
 
 @pytest.mark.parametrize("package", sorted({p.parent for p in ROOT.glob("*/**/__init__.py")
