@@ -133,6 +133,23 @@ def test_public_endpoints(client, engine):
     assert client.simulate_get("/health").json == {"status": "unavailable"}
 
 
+def test_root_lists_the_routes_and_the_one_batch_token_limit(client):
+    root = client.simulate_get("/").json
+    endpoints = root["endpoints"]
+    assert endpoints["rerank"] == "POST /v1/rerank" and endpoints["rerank_v2"] == "POST /v2/rerank"
+    assert endpoints["model"] == "GET /v1/models/{model_id}" and endpoints["tei_info"] == "GET /info"
+    for listed in endpoints.values():
+        method, path = listed.split(" ")
+        if "{" not in path:
+            assert client.simulate_request(method, path).status_code != 404, listed
+    stats = client.simulate_get("/stats", headers=AUTH).json
+    detailed = client.simulate_get("/health/detailed", headers=AUTH).json
+    tei_info = client.simulate_get("/info", headers=AUTH).json
+    limits = {root["batching"]["max_batch_tokens"], stats["config"]["max_batch_tokens"],
+              detailed["batching"]["max_batch_tokens"], tei_info["max_batch_tokens"]}
+    assert len(limits) == 1 and isinstance(limits.pop(), int), "MAX_BATCH_TOKENS unset: the engines' value, everywhere"
+
+
 def test_models(client):
     listing = client.simulate_get("/v1/models", headers=AUTH).json
     assert listing["object"] == "list" and listing["data"][0]["id"] == "BAAI/bge-m3"
