@@ -27,10 +27,12 @@ from tests.e2e.swagger_page import authorize, documented_operations, listed_oper
 pytestmark = pytest.mark.slow
 
 SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "frame-ancestors 'none'"}
-# Spellings of /metrics that reach the server's /metrics route when nginx passes them on: the
-# server drops a trailing slash and its WSGI path is percent-decoded.
+# Spellings of /metrics an attacker tries. Most reach the server's /metrics route when nginx passes
+# them on (the server drops a trailing slash and its WSGI path is percent-decoded); the server's
+# routes are case-sensitive, and nginx refuses a path above the root.
 METRICS_SPELLINGS = ["/metrics", "/metrics/", "/metrics%2F", "/metrics%2f", "//metrics", "/./metrics",
-                     "/%6Detrics", "/v1/../metrics", "/metrics?format=text", "/metrics/.", "/%2Fmetrics"]
+                     "/%6Detrics", "/v1/../metrics", "/metrics?format=text", "/metrics/.", "/%2Fmetrics",
+                     "/Metrics", "/../metrics"]
 
 
 @pytest.fixture(scope="module")
