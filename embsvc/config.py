@@ -24,7 +24,7 @@ DEFAULT_MAX_BATCH_TOKENS = 16384  # tokens in one forward pass when MAX_BATCH_TO
 # what the host does between two passes (answering the last one, starting the next)
 # stays about fixed: a longer pass halves the share of time the GPU idles through
 # it. Activations cost about 20 kB a token in float16 (0.7 GB at 32,768 tokens),
-# little beside the model on any GPU it fits on. bench/gpu_check.py measures the
+# little beside the model on any GPU it fits on. bench/gpu/check.py measures the
 # engine at 8,192 to 65,536 tokens a pass, to confirm the choice on the device.
 CUDA_MAX_BATCH_TOKENS = 32768
 # Requests in one pass (BATCH_SIZE) with a GPU engine. A pass of a few short queries
