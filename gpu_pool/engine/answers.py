@@ -2,21 +2,17 @@
 
 ``Answerer`` writes each input's vectors into its job's segment, answers every job whose
 inputs are all done, fails the jobs of a pass that failed, and learns the pass's time for
-the sizing of the next ones. Which thread runs it depends on the device (``for_device``):
+the sizing of the next ones. Once a job's first pass began, it alone answers or fails it.
 
-- on a GPU, the answer thread (``AnswerThread``): the device thread queues a pass's
-  kernels, hands the pass over and queues the next one, so that waiting for the outputs'
-  copy to the host, writing the vectors into the jobs' shared memory and sending the
-  answers overlap the next pass's kernels. Tasks run one at a time in the order given, so
-  a job's failure never overtakes the writes of its earlier passes. ``submit`` waits while
-  ``depth`` tasks are waiting or running: the device thread stays at most that many passes
-  ahead of the answers (the queued work that a query arriving would wait behind);
-- on a CPU, the device thread itself, between passes (``Inline``): there the passes use
-  every core, so an answer beside the next pass only takes cores from it (the mixed load of
-  bench/priority.py gave 0.94 of its tokens/s with the answer thread; six alternating
-  turns, bench/ab.py).
-
-Once a job's first pass began, the answerer alone answers or fails it.
+Which thread runs it depends on the device (``device_thread.for_device``). On a GPU it is
+the answer thread (``AnswerThread``): the device thread queues a pass's kernels, hands the
+pass over and queues the next one, so that waiting for the outputs' copy to the host,
+writing the vectors into the jobs' shared memory and sending the answers overlap the next
+pass's kernels. Tasks run one at a time in the order given, so a job's failure never
+overtakes the writes of its earlier passes. ``submit`` waits while ``depth`` tasks are
+waiting or running: the device thread stays at most that many passes ahead of the answers
+(the queued work that a query arriving would wait behind). On a CPU the device thread runs
+it itself, between passes (``device_thread.Inline``).
 """
 
 from __future__ import annotations
@@ -63,29 +59,33 @@ class Launched:
         return max(0.0, self.outputs.seconds() - self.interleaved)
 
 
-def for_device(device_name: str) -> AnswerThread | Inline:
-    return Inline() if is_cpu(device_name) else AnswerThread()
-
-
 class Answerer:
-    """Answers the passes, on the thread ``for_device`` chose; ``answer`` and ``fail`` queue the work there."""
+    """Answers passes and fails jobs, on the thread the device thread hands them to."""
 
     def __init__(self, device_name: str, table: JobTable, ready: threading.Condition, slots: list[Connection],
                  shared: EngineShared, sizer: PassSizer) -> None:
         self._table, self._ready, self._slots, self._shared, self._sizer = table, ready, slots, shared, sizer
         self._cpu = is_cpu(device_name)
-        self._runner = for_device(device_name)
 
     def answer(self, launched: Launched) -> None:
-        self._runner.submit(lambda: self._answer(launched))
+        """Write a pass's outputs into its jobs' segments and answer the jobs it completes."""
+        batch = launched.batch
+        try:
+            self._deliver(launched)
+        except Exception as exc:  # a pass that failed on the device (or a bug here) fails its jobs
+            log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
+            self.fail(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
 
     def fail(self, items: list[Item], code: ErrorCode, message: str) -> None:
-        """Fail the jobs of ``items``, after the answers of earlier passes."""
-        self._runner.submit(lambda: self._fail_jobs_of(items, code, message))
+        """Fail the jobs of ``items``."""
+        seqs = {item.job_seq for item in items}
+        with self._ready:
+            self._table.unqueue(seqs)
+            failed = [active for seq in seqs if (active := self._table.get(seq)) is not None]
+        self._fail(failed, code, message)
 
-    def close(self, message: str) -> None:
-        """Answer the passes handed over so far, then fail every job still held."""
-        self._runner.close()
+    def fail_all(self, message: str) -> None:
+        """Fail every job still held (the engine stops)."""
         with self._ready:
             left = self._table.all()
         self._fail(left, ErrorCode.GONE, message)
@@ -99,16 +99,7 @@ class Answerer:
                             launched.step_tokens)
         self._shared.set_sizing(self._sizer.tokens_per_second() or 0.0, self._sizer.budget())
 
-    def _answer(self, launched: Launched) -> None:
-        batch = launched.batch
-        try:
-            self._deliver(launched)
-        except Exception as exc:  # a pass that failed on the device (or a bug here) fails its jobs
-            log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
-            self._fail_jobs_of(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
-
     def _deliver(self, launched: Launched) -> None:
-        """Write a pass's outputs into its jobs' segments and answer the jobs it completes."""
         batch, out = launched.batch, launched.outputs.wait()
         if batch.lane == Lane.BULK:
             self.learn(launched)
@@ -123,13 +114,6 @@ class Answerer:
         self._answer_done([a for a in touched.values() if a.remaining == 0])
         self._shared.add_stats(EngineStats(batches=1, batched_requests=len(touched), batched_inputs=len(batch.items),
                                            tokens=len(batch.ids), processing_seconds=launched.seconds()))
-
-    def _fail_jobs_of(self, items: list[Item], code: ErrorCode, message: str) -> None:
-        seqs = {item.job_seq for item in items}
-        with self._ready:
-            self._table.unqueue(seqs)
-            failed = [active for seq in seqs if (active := self._table.get(seq)) is not None]
-        self._fail(failed, code, message)
 
     def _fail(self, actives: list[ActiveJob], code: ErrorCode, message: str) -> None:
         for active in actives:
@@ -175,17 +159,9 @@ def _answered(actives: list[ActiveJob], now: float) -> EngineStats:
     )
 
 
-class Inline:
-    """Each task runs at once, on the thread that submits it: the device thread, on a CPU."""
-
-    def submit(self, task: Task) -> None:
-        _run_guarded(task)
-
-    def close(self) -> None:
-        pass
-
-
 class AnswerThread:
+    """On a GPU: runs the answer tasks one at a time, in order, beside the device thread."""
+
     def __init__(self, depth: int = 1) -> None:
         self._room = threading.Semaphore(depth)
         self._tasks: queue.SimpleQueue[Task | None] = queue.SimpleQueue()
@@ -205,12 +181,12 @@ class AnswerThread:
     def _run(self) -> None:
         while (task := self._tasks.get()) is not None:
             try:
-                _run_guarded(task)
+                run_guarded(task)
             finally:
                 self._room.release()
 
 
-def _run_guarded(task: Task) -> None:
+def run_guarded(task: Task) -> None:
     try:
         task()
     except Exception:  # a task fails its own jobs; this keeps every later answer coming

@@ -1,8 +1,9 @@
 """The device thread (the engine process's main thread): runs the model on the batches the
-planner prepared, a step at a time, and hands each pass to the ``Answerer``. Between the steps
-of a bulk pass it runs a waiting interactive batch whole (``lanes.may_interleave``). A pass
-that runs out of memory is split in two and retried, down to the one input that does not fit.
-On a CPU the answering runs on this thread too, between passes (``answers.Inline``)."""
+planner prepared, a step at a time. Between the steps of a bulk pass it runs a waiting
+interactive batch whole (``lanes.may_interleave``). A pass that runs out of memory is split in
+two and retried, down to the one input that does not fit. It hands each pass to the
+``Answerer`` through the answer thread on a GPU; on a CPU it runs the answering itself,
+between passes (``Inline``, below)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import time
 
 import numpy as np
 
-from gpu_pool.engine.answers import Answerer, Launched
+from gpu_pool.devices import is_cpu
+from gpu_pool.engine.answers import Answerer, AnswerThread, Launched, Task, run_guarded
 from gpu_pool.engine.choosing import Item
 from gpu_pool.engine.jobs import JobTable
 from gpu_pool.engine.lanes import PassSizer, may_interleave, next_lane
@@ -27,11 +29,30 @@ log = logging.getLogger("gpu_pool.engine")
 _ANY_TOKEN = 5  # an ordinary token id (0-3 are XLM-R's specials): warm-up passes need no real text
 
 
+class Inline:
+    """On a CPU the passes use every core, so an answer beside the next pass would only take
+    cores from it (the mixed load of bench/priority.py gave 0.94 of its tokens/s with the
+    answer thread; six alternating turns, bench/ab.py): the device thread answers each pass
+    itself, between passes. Each task runs at once, on the thread that submits it."""
+
+    def submit(self, task: Task) -> None:
+        run_guarded(task)
+
+    def close(self) -> None:
+        pass
+
+
+def for_device(device_name: str) -> AnswerThread | Inline:
+    """Where the answering runs: beside the device thread on a GPU, on it on a CPU."""
+    return Inline() if is_cpu(device_name) else AnswerThread()
+
+
 class DeviceThread:
     def __init__(self, spec: EngineSpec, model: Model, table: JobTable, handoff: Handoff, sizer: PassSizer,
                  answerer: Answerer, shared: EngineShared) -> None:
         self._spec, self._model, self._table, self._handoff = spec, model, table, handoff
         self._sizer, self._answerer, self._shared = sizer, answerer, shared
+        self._answers = for_device(model.device_name)
         self._last_lane: Lane | None = None
 
     def warm_up(self, tokens: int = 256) -> None:
@@ -45,7 +66,7 @@ class DeviceThread:
             self._answerer.learn(launched)
 
     def run(self) -> None:
-        """Until the planner has finished: each prepared batch in turn."""
+        """Until the planner has finished: each prepared batch in turn; then the answers of the last passes."""
         while (batch := self._next_batch()) is not None:
             self._run(batch)
             self._last_lane = batch.lane
@@ -53,6 +74,7 @@ class DeviceThread:
                 with self._handoff.ready:
                     self._handoff.bulk_in_progress -= 1
                     self._handoff.ready.notify_all()
+        self._answers.close()
 
     def _next_batch(self) -> Batch | None:
         handoff = self._handoff
@@ -78,7 +100,7 @@ class DeviceThread:
         except Exception as exc:  # noqa: BLE001 - a failed pass fails its jobs, the engine goes on
             self._failed_pass(batch, exc)
             return
-        self._answerer.answer(launched)
+        self._answers.submit(lambda: self._answerer.answer(launched))
 
     def _still_wanted(self, batch: Batch) -> Batch | None:
         """The batch without the jobs dropped, or expired, while it waited (None: nothing left)."""
@@ -134,14 +156,14 @@ class DeviceThread:
         out_of_memory = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
         if not out_of_memory:
             log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
-            self._answerer.fail(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
+            self._fail_later(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
             return
         self._model.release_memory()
         if len(batch.items) == 1:
             item = batch.items[0]
             log.error("Out of memory on one input of %d tokens: %s", item.length, exc)
-            self._answerer.fail(batch.items, ErrorCode.OUT_OF_MEMORY,
-                                f"an input of {item.length} tokens needs more memory than the device has")
+            self._fail_later(batch.items, ErrorCode.OUT_OF_MEMORY,
+                             f"an input of {item.length} tokens needs more memory than the device has")
             return
         log.warning("Out of memory on %d inputs (%d tokens); retrying in two halves",
                     len(batch.items), len(batch.ids))
@@ -151,3 +173,7 @@ class DeviceThread:
                 retry = self._repacked(batch, items)
             if retry is not None:
                 self._run(retry)
+
+    def _fail_later(self, items: list[Item], code: ErrorCode, message: str) -> None:
+        """Fail the jobs of ``items`` where the answers run, after the answers of earlier passes."""
+        self._answers.submit(lambda: self._answerer.fail(items, code, message))

@@ -21,9 +21,10 @@ its own, and they share a ``JobTable`` and a ``Handoff`` under one condition:
   is split in two and retried, down to the one input that does not fit;
 - the answerer (``answers.Answerer``) waits for a pass's outputs to reach the host, writes
   each input's vectors into its job's segment and answers every job whose inputs are all
-  done. On a GPU it runs on the answer thread, while the device thread runs the next pass;
-  on a CPU the device thread runs it between passes (the passes use every core there). It
-  alone answers or fails a job once its first pass began.
+  done. On a GPU it runs on the answer thread (``answers.AnswerThread``), while the device
+  thread runs the next pass; on a CPU the device thread runs it between passes
+  (``device_thread.Inline``: the passes use every core there). It alone answers or fails a
+  job once its first pass began.
 """
 
 from __future__ import annotations
@@ -62,4 +63,4 @@ class Engine:
         threading.Thread(target=self._reader.run, name="engine-reader", daemon=True).start()
         threading.Thread(target=self._planner.run, name="engine-planner", daemon=True).start()
         self._device.run()
-        self._answerer.close("the engine is shutting down")
+        self._answerer.fail_all("the engine is shutting down")

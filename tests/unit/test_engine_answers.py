@@ -1,5 +1,5 @@
 """On a GPU the engine answers a pass on a thread of its own while the next pass runs; on a CPU,
-between passes (gpu_pool/engine/answers.py).
+between passes (gpu_pool/engine/answers.py, device_thread.py).
 
 The loop runs in this process over a fake model (on "cuda:0") whose outputs reach the host only
 when the test lets them, with real pipes and real shared-memory segments."""
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from gpu_pool.devices import is_cpu
-from gpu_pool.engine.answers import AnswerThread, Inline, for_device
+from gpu_pool.engine.answers import AnswerThread
+from gpu_pool.engine.device_thread import Inline, for_device
 from gpu_pool.engine.loop import Engine
 from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.model.port import Outputs
