@@ -12,8 +12,8 @@
 # See the README (Deployment).
 
 # The base image by digest, so that a rebuild gets the same bytes: python:3.11-slim-bookworm as
-# published for 3.11.15 (a multi-platform index). Move it on with the tag's new digest
-# (docker buildx imagetools inspect python:3.11-slim-bookworm) and rebuild; docs/operators.md, Image.
+# it was published for 3.11.15. Move it on with the tag's new digest (docker buildx imagetools
+# inspect python:3.11-slim-bookworm) and rebuild; docs/operators.md, Supply chain.
 ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm@sha256:d29f48a31a8b408ed19272ca1e7b10ebae13b240a27e862d3d4217c528e2e0c3
 
 # ---------------------------------------------------------------- build stage
