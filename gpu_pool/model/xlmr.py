@@ -91,10 +91,6 @@ class Chunk:
     tokens: int
 
     @property
-    def rows(self) -> slice:
-        return slice(self.first, self.end)
-
-    @property
     def size(self) -> int:
         return self.end - self.first
 
@@ -102,20 +98,30 @@ class Chunk:
     def last(self) -> bool:
         return self.end == self.tokens
 
+    @property
+    def whole(self) -> bool:
+        return self.first == 0 and self.end == self.tokens
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """These rows of a [tokens, width] ``tensor``; the only chunk: ``tensor`` itself (a view
+        costs a few microseconds, and a short pass has a hundred steps)."""
+        return tensor if self.whole else tensor[self.first:self.end]
+
     def fill(self, buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
         """``value`` as these rows of a [tokens, width] tensor, made by the first chunk; the
         only chunk: ``value`` itself."""
-        if self.first == 0 and self.last:
+        if self.whole:
             return value
         if buffer is None:
             buffer = value.new_empty(self.tokens, value.shape[1])
-        buffer[self.rows] = value
+        buffer[self.first:self.end] = value
         return buffer
 
 
 class Step(Protocol):
     def run(self, layer: Layer, state: State) -> State:
-        """This step of ``layer`` over ``state``; the state the next step starts from."""
+        """This step of ``layer`` over ``state``; the state the next step starts from: what the
+        layer's later steps still need."""
         ...
 
 
@@ -126,9 +132,10 @@ class QKVProjection:
     chunk: Chunk
 
     def run(self, layer: Layer, state: State) -> State:
-        hidden = _needs(state.hidden, "the projection reads the layer's input")
-        qkv = F.linear(hidden[self.chunk.rows], *layer.qkv)
-        return replace(state, qkv=self.chunk.fill(state.qkv, qkv))
+        hidden = state.hidden
+        assert hidden is not None, "the projection reads the layer's input"
+        qkv = F.linear(self.chunk.of(hidden), *layer.qkv)
+        return State(hidden=hidden, qkv=self.chunk.fill(state.qkv, qkv))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,14 +145,16 @@ class AttentionOutput:
     chunk: Chunk
 
     def run(self, layer: Layer, state: State) -> State:
-        context = _needs(state.context, "the output projection follows attention")
-        hidden = _needs(state.hidden, "the output projection adds the layer's input")
-        rows = self.chunk.rows
-        value = layer.norm(F.linear(context[rows], *layer.attention_out) + hidden[rows], layer.attention_norm)
-        attended = self.chunk.fill(state.attended, value)
-        if self.chunk.last:  # the feed-forward needs nothing else of the layer
+        context = state.context
+        assert context is not None, "the output projection follows attention"
+        hidden = state.hidden
+        assert hidden is not None, "the output projection adds the layer's input"
+        chunk = self.chunk
+        value = layer.norm(F.linear(chunk.of(context), *layer.attention_out) + chunk.of(hidden), layer.attention_norm)
+        attended = chunk.fill(state.attended, value)
+        if chunk.last:  # the feed-forward needs nothing else of the layer
             return State(attended=attended)
-        return replace(state, qkv=None, attended=attended)  # every attention part has run
+        return State(hidden=hidden, context=context, attended=attended)  # every attention part has run
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,10 +166,12 @@ class AttentionPart:
     then: AttentionOutput | None = None
 
     def run(self, layer: Layer, state: State) -> State:
-        qkv = _needs(state.qkv, "attention follows the projection")
+        qkv = state.qkv
+        assert qkv is not None, "attention follows the projection"
         context = attention.new_context(qkv) if state.context is None else state.context
         attention.attend(qkv, context, self.blocks, layer.heads)
-        return _then(self.then, layer, replace(state, context=context))
+        state = State(hidden=state.hidden, qkv=qkv, context=context)
+        return state if self.then is None else self.then.run(layer, state)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,9 +183,11 @@ class VarlenAttention:
     then: AttentionOutput | None = None
 
     def run(self, layer: Layer, state: State) -> State:
-        qkv = _needs(state.qkv, "attention follows the projection")
+        qkv = state.qkv
+        assert qkv is not None, "attention follows the projection"
         context = attention.varlen(qkv, self.spans, layer.heads, self.kernel)
-        return _then(self.then, layer, replace(state, context=context))
+        state = State(hidden=state.hidden, qkv=qkv, context=context)
+        return state if self.then is None else self.then.run(layer, state)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,8 +197,10 @@ class FeedForwardUp:
     chunk: Chunk
 
     def run(self, layer: Layer, state: State) -> State:
-        attended = _needs(state.attended, "the feed-forward follows attention")
-        return replace(state, inner=F.gelu(F.linear(attended[self.chunk.rows], *layer.intermediate)))
+        attended = state.attended
+        assert attended is not None, "the feed-forward follows attention"
+        inner = F.gelu(F.linear(self.chunk.of(attended), *layer.intermediate))
+        return State(attended=attended, inner=inner, out=state.out)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,13 +210,15 @@ class FeedForwardDown:
     chunk: Chunk
 
     def run(self, layer: Layer, state: State) -> State:
-        inner = _needs(state.inner, "the feed-forward's second half follows its first")
-        attended = _needs(state.attended, "the feed-forward adds attention's output")
-        value = layer.norm(F.linear(inner, *layer.output) + attended[self.chunk.rows], layer.output_norm)
+        inner = state.inner
+        assert inner is not None, "the feed-forward's second half follows its first"
+        attended = state.attended
+        assert attended is not None, "the feed-forward adds attention's output"
+        value = layer.norm(F.linear(inner, *layer.output) + self.chunk.of(attended), layer.output_norm)
         out = self.chunk.fill(state.out, value)
         if self.chunk.last:  # the next layer's input
             return State(hidden=out)
-        return replace(state, inner=None, out=out)
+        return State(attended=attended, out=out)
 
 
 Attention = AttentionPart | VarlenAttention
@@ -286,15 +303,6 @@ class PackedEncoder:
         """Step ``step`` (of ``len(plan.steps)``) of layer ``layer``: a pass can stop after any
         and go on later from the state it returns."""
         return plan.steps[step].run(self.layers[layer], state)
-
-
-def _then(output: AttentionOutput | None, layer: Layer, state: State) -> State:
-    return state if output is None else output.run(layer, state)
-
-
-def _needs(tensor: torch.Tensor | None, why: str) -> torch.Tensor:
-    assert tensor is not None, why
-    return tensor
 
 
 def _layer(layer: XLMRobertaLayer, heads: int, eps: float) -> Layer:

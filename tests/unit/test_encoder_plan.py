@@ -41,7 +41,7 @@ def test_several_chunks_run_each_product_per_chunk_and_the_feed_forward_chunk_by
         FeedForwardDown(chunk=two))
 
 
-def test_a_chunk_fills_its_rows_of_one_buffer_and_the_only_chunk_is_its_value():
+def test_a_chunk_fills_and_reads_its_rows_of_one_buffer_and_the_only_chunk_is_the_tensor():
     whole = Chunk(first=0, end=4, tokens=4)
     value = torch.ones(4, 2)
     assert whole.fill(None, value) is value
@@ -50,3 +50,4 @@ def test_a_chunk_fills_its_rows_of_one_buffer_and_the_only_chunk_is_its_value():
     assert buffer.shape == (4, 2) and not first.last
     assert last.fill(buffer, torch.ones(3, 2)) is buffer and last.last
     assert buffer.sum(dim=1).tolist() == [0, 2, 2, 2]
+    assert whole.of(value) is value and last.of(buffer).sum(dim=1).tolist() == [2, 2, 2]
