@@ -115,8 +115,11 @@ class BufferedThreadWorker(ThreadWorker):
 
     def _on_readable(self, reading: _Reading, sock: socket.socket) -> None:
         if len(reading.buf) >= _SMALL and self.buffered >= self.buffer_budget:
-            self.poller.unregister(sock)  # level-triggered: left registered, it would wake the loop at once again
-            self.paused.append(reading)
+            if _hung_up(sock):
+                self._drop(reading)
+            else:
+                self.poller.unregister(sock)  # level-triggered: left registered, it would wake the loop again
+                self.paused.append(reading)
             return
         try:
             data = sock.recv(_RECV)
@@ -168,6 +171,8 @@ class BufferedThreadWorker(ThreadWorker):
     def murder_pending(self) -> None:
         """Also ends the requests that stalled or ran past their deadline (called about once a second)."""
         super().murder_pending()
+        for gone in [reading for reading in self.paused if _hung_up(reading.conn.sock)]:
+            self._drop(gone)  # its bytes go back to the budget
         now = time.monotonic()
         while self.paused and self.buffered < self.buffer_budget:
             resumed = self.paused.pop(0)
@@ -184,3 +189,13 @@ class BufferedThreadWorker(ThreadWorker):
             self._drop(reading, answer)
         if late:
             self.log.info("Closed %d connections that were too slow to send their request", len(late))
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Whether the client closed its side (or the connection broke), without taking a byte."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
