@@ -175,7 +175,8 @@ def main() -> None:
         server = Server(full, workdir / "full.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
                         REQUEST_TIMEOUT_S="900").start(timeout=600)
         try:
-            report["dtype"] = requests.get(f"{server.url}/health", timeout=10).json()["dtype"]
+            report["dtype"] = requests.get(f"{server.url}/health/detailed", timeout=10,
+                                           headers={"Authorization": f"Bearer {TOKEN}"}).json()["model"]["dtype"]
             report["lone_query"] = lone_query(server, bare)
             report["bulk_alone"] = bulk_alone(server, args.seconds)
             report["bulk_with_queries"] = bulk_with_queries(server, args.seconds)

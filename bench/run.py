@@ -115,7 +115,8 @@ def main() -> None:
         for dtype in ("auto", "float32"):
             server = serve(full, workdir, dtype)
             try:
-                run = {"dtype": requests.get(f"{server.url}/health", timeout=10).json()["dtype"]}
+                run = {"dtype": requests.get(f"{server.url}/health/detailed", timeout=10,
+                                             headers={"Authorization": f"Bearer {TOKEN}"}).json()["model"]["dtype"]}
                 run["mixed_all_kinds"] = mixed(server, bodies, args.concurrency)
                 if dtype == "auto":
                     run["dense_only"] = mixed(server, dense_bodies, args.concurrency)
