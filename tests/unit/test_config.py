@@ -28,10 +28,16 @@ def test_refuses_to_start_without_a_real_token(env):
 
 @pytest.mark.parametrize("name, value", [("BATCH_SIZE", "0"), ("BATCH_SIZE", "eight"), ("DTYPE", "int8"),
                                          ("DEFAULT_RETURN", "dense,bogus"), ("REQUEST_TIMEOUT_S", "-1"),
-                                         ("LOG_FORMAT", "xml")])
+                                         ("LOG_FORMAT", "xml"), ("READ_TIMEOUT_S", "0"), ("READ_DEADLINE_S", "soon")])
 def test_malformed_settings_are_refused(name, value):
     with pytest.raises(ConfigError, match=name):
         load_settings({**BASE, name: value}, env_file=None)
+
+
+def test_read_bounds_default_to_a_few_seconds_and_a_minute():
+    s = load_settings(BASE, env_file=None)
+    assert (s.read_timeout_s, s.read_deadline_s) == (5.0, 60.0)
+    assert load_settings({**BASE, "READ_TIMEOUT_S": "1.5"}, env_file=None).read_timeout_s == 1.5
 
 
 def test_lists_and_env_file(tmp_path):
