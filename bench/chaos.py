@@ -34,7 +34,8 @@ cannot send the request to another worker. At most one per worker kill.
 ``--soak`` drives no fault, sends the plain mix (no long all-kinds batches) and runs on the
 machine's /dev/shm: then only the deliberate errors are explained (503 overloaded_error when
 more clients than MAX_QUEUE_SIZE send at once, the 400s of the bad requests), and a restarted
-process fails the run too. Both print each process's peak memory under load beside the two
+process or an answer other than the one its request expects (``unexpected_answers``) fails
+the run too. Both print each process's peak memory under load beside the two
 idle figures; ``--rss-every S`` prints every process's memory to stderr that often.
 """
 
@@ -321,6 +322,8 @@ def report(found: Run, shape: tuple[int, float, float], plan: Plan) -> dict[str,
     cut = tally.answers[(0, "IncompleteRead")]
     unexplained = {f"{s} {name}": n for (s, name), n in answers if s not in (0, 200) and name not in plan.explained}
     restarted = not plan.faults and (found.restarts or found.new_processes)
+    # Without faults, also a 200 to a bad request or a 4xx to a good one (the status each expects).
+    unexpected = {} if plan.faults else dict(tally.errors)
     failures = [what for what, bad in [
         (f"{unanswered - cut} requests without an answer", unanswered - cut),
         (f"{cut} answers cut, more than the {found.faults.worker_kills} worker kills explain",
@@ -331,6 +334,7 @@ def report(found: Run, shape: tuple[int, float, float], plan: Plan) -> dict[str,
         (f"grew by more than {GROWTH_LIMIT:.0%}: {found.grown}", found.grown),
         (f"the server exited with {found.exit_code}", found.exit_code),
         (f"a process was restarted: {found.restarts} engine restarts, new {found.new_processes}", restarted),
+        (f"answers other than the expected: {unexpected}", unexpected),
     ] if bad]
     return {
         "run": {"clients": clients, "seconds": seconds, "warmup_s": warmup, "faults": plan.faults,
@@ -341,6 +345,7 @@ def report(found: Run, shape: tuple[int, float, float], plan: Plan) -> dict[str,
         "by_status": by_status,
         "unanswered": unanswered,
         "unanswered_cut_by_a_worker_kill": cut,
+        "unexpected_answers": dict(tally.errors),
         "p50_ms": round(percentile(tally.latencies, 50) * 1000, 1),
         "p99_ms": round(percentile(tally.latencies, 99) * 1000, 1),
         "faults": {"engine_kills": found.faults.engine_kills, "worker_kills": found.faults.worker_kills,

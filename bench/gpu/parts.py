@@ -89,12 +89,14 @@ def _versions() -> dict[str, str]:
 def peak(args: argparse.Namespace) -> dict[str, Any]:
     """The device's half-precision matrix-product peak, measured here (on a CPU with every core)."""
     device = torch.device(args.device)
-    # A CPU has no fast float16 products (torch emulates them): there, bfloat16 and float32.
+    # A CPU has no fast float16 products (torch emulates them): there, bfloat16 and float32. One
+    # without bfloat16 instructions multiplies bfloat16 at under a GFLOP/s: --quick keeps it short.
     size, dtypes = (8192, (torch.bfloat16, torch.float16)) if device.type == "cuda" else (
-        1024 if args.quick else 4096, (torch.bfloat16, torch.float32))
+        512 if args.quick else 4096, (torch.bfloat16, torch.float32))
+    repeats = 3 if args.quick and device.type == "cpu" else 10
     if device.type == "cpu":
         torch.set_num_threads(len(os.sched_getaffinity(0)))
-    return {f"{str(dtype).removeprefix('torch.')}_tflops": round(_matmul_flops(device, dtype, size) / 1e12, 3)
+    return {f"{str(dtype).removeprefix('torch.')}_tflops": round(_matmul_flops(device, dtype, size, repeats) / 1e12, 4)
             for dtype in dtypes} | {"size": size}
 
 

@@ -4,7 +4,8 @@ load generator and gunicorn on this machine). Prints one JSON line.
 
     python -m bench.gpu.server --device cuda:0 --model FOLDER --work DIR [--quick]
 
-Loads, each measured after a warm-up over a fixed window (testkit/httpload.py):
+Loads, each measured after a warm-up over a fixed window (testkit/httpload.py; the bulk
+loads count every request sent in it, however late its answer):
   bulk_dense        64 texts of 200-500 tokens per request, dense only (JSON floats);
   bulk_all_kinds    the same with dense, sparse and ColBERT, base64 float16 payloads;
   short_queries     one text of 8-16 tokens per request, dense only (base64), 64+ connections;
@@ -84,8 +85,9 @@ def embedding_requests(server: Server, bodies: list[dict[str, Any]]) -> list[htt
 
 
 def load(port: int, work: list[httpload.Request], connections: int, processes: int, seconds: float,
-         warmup_s: float) -> dict[str, float]:
-    return httpload.run("127.0.0.1", port, work, connections, processes, seconds, warmup_s).figures("tokens")
+         warmup_s: float, drain: bool = False) -> dict[str, float]:
+    return httpload.run("127.0.0.1", port, work, connections, processes, seconds, warmup_s,
+                        drain=drain).figures("tokens")
 
 
 def engine_busy_s(batching: dict[str, Any]) -> float:
@@ -177,8 +179,10 @@ def measure_server(args: argparse.Namespace, plan: Plan, work: Path, texts: dict
     steps: dict[str, Callable[[], Any]] = {
         "health": lambda: requests.get(f"{server.url}/health", timeout=10).json(),
         "tokens_counted_alike": lambda: _usage(server, dense[0]) == dense[0].weight,
-        "bulk_dense": lambda: load(server.port, dense, *clients),
-        "bulk_all_kinds_float16": lambda: load(server.port, everything, *clients),
+        # A bulk request sent in the window counts, however late its answer: a window that drops
+        # the requests in flight at its end undercounts by as many seconds as one takes.
+        "bulk_dense": lambda: load(server.port, dense, *clients, drain=True),
+        "bulk_all_kinds_float16": lambda: load(server.port, everything, *clients, drain=True),
         "gpu_memory_mib": gpu_memory_mib,
         "short_queries": lambda: where_time_goes(server, lambda: load(
             server.port, asks, plan.short_connections, plan.client_processes, plan.short_window_s, plan.warmup_s)),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 from bench import chaos
+from testkit import traffic
 
 
 def test_growth_counts_past_ten_percent_and_two_mib():
@@ -29,3 +32,11 @@ def test_a_restart_fails_a_soak_but_not_a_chaos_run():
     found = chaos.Run(chaos.Tally(), chaos.Faults(), restarts=1, retried={}, memory=[], grown=[], new_processes=[7])
     assert "restarted" in chaos.report(found, (1, 10.0, 1.0), chaos.SOAK)["verdict"]
     assert chaos.report(found, (1, 10.0, 1.0), chaos.CHAOS)["verdict"] == "PASS"
+
+
+def test_an_unexpected_answer_fails_a_soak():
+    tally = chaos.Tally(measuring=True)
+    bad = traffic.next_call(random.Random(0), {"bad": 1})
+    tally.record(bad, 200, "", 0.01)  # a bad request answered 200
+    found = chaos.Run(tally, chaos.Faults(), restarts=0, retried={}, memory=[], grown=[], new_processes=[])
+    assert "other than the expected" in chaos.report(found, (1, 10.0, 1.0), chaos.SOAK)["verdict"]
