@@ -17,7 +17,8 @@ once are bounded too (``buffer_budget``: what the threads held when they read th
 past it, a connection with a large body waits, unread, for room (its deadline still runs),
 while small requests such as ``/health`` are read as ever.
 
-Over TLS the bytes on the socket are not the request's: gthread's own reading applies.
+Over TLS the bytes on the socket are not the request's, and HTTP/2 and uWSGI frame requests
+otherwise: for them (none is used here) gthread's own reading applies.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from functools import partial
 from typing import Any
 
 from gunicorn.http.parser import Parser, RequestParser
+from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from embsvc.master.framing import RequestFrame
@@ -96,7 +98,7 @@ class BufferedThreadWorker(ThreadWorker):
     def enqueue_req(self, conn: TConn) -> None:
         """Every connection with a request to come (new, kept alive, pipelined) is read here first."""
         parser = conn.parser
-        if self.cfg.is_ssl or conn.is_http2 or conn in self.whole or not isinstance(parser, (Parser, type(None))):
+        if conn in self.whole or not self._reads_here(conn) or not isinstance(parser, (Parser, type(None))):
             self.whole.discard(conn)
             super().enqueue_req(conn)
             return
@@ -109,6 +111,12 @@ class BufferedThreadWorker(ThreadWorker):
         self.reading[conn.sock.fileno()] = reading
         self.buffered += len(reading.buf)
         self._listen(reading)
+
+    def _reads_here(self, conn: TConn) -> bool:
+        """Plain HTTP/1: what ``framing`` knows how to read (gunicorn serves the rest, unused here, itself)."""
+        cfg = self.cfg
+        return not (cfg.is_ssl or conn.is_http2 or getattr(cfg, "protocol", "http") != "http"
+                    or negotiation.prior_knowledge_allowed(cfg, conn.client))
 
     def _listen(self, reading: _Reading) -> None:
         self.poller.register(reading.conn.sock, selectors.EVENT_READ, partial(self._on_readable, reading))

@@ -128,3 +128,10 @@ def test_pipelined_requests_go_one_at_a_time(harness):
     h.connect(HEALTH * 2)
     h.spin()
     assert len(h.handed) == 1 and h.held(h.handed[0]) == HEALTH * 2  # the parser takes the first, then the next
+
+
+def test_what_framing_cannot_read_goes_to_gthread_as_it_comes(harness):
+    h = harness()
+    h.worker.cfg.set("protocol", "uwsgi")  # not HTTP: gthread's own reading
+    h.connect()
+    assert len(h.handed) == 1 and not h.worker.reading
