@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from multiprocessing.context import BaseContext
 
 from gpu_pool.wire.protocol import Lane
 
 _INFO_BYTES = 512
+_GAUGE = {"gauge": True}  # set to what it is now, not added to
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,10 @@ class EngineStats:
     bulk_wait_seconds: float = 0.0
     bulk_latency_seconds: float = 0.0
     # Gauges: jobs waiting for their first pass, and the pass sizing.
-    interactive_queue: int = 0
-    bulk_queue: int = 0
-    tokens_per_second: float = 0.0
-    bulk_pass_tokens: int = 0
+    interactive_queue: int = field(default=0, metadata=_GAUGE)
+    bulk_queue: int = field(default=0, metadata=_GAUGE)
+    tokens_per_second: float = field(default=0.0, metadata=_GAUGE)
+    bulk_pass_tokens: int = field(default=0, metadata=_GAUGE)
 
     def lane(self, lane: Lane) -> LaneStats:
         if lane == Lane.INTERACTIVE:
@@ -66,13 +67,12 @@ class EngineStats:
         return LaneStats(self.bulk_queue, self.bulk_requests, self.bulk_wait_seconds, self.bulk_latency_seconds)
 
     def as_dict(self) -> dict[str, float]:
-        return {name: float(getattr(self, name)) for name in STAT_FIELDS}
+        return {name: float(getattr(self, name)) for name in _FIELDS}
 
 
-STAT_FIELDS = tuple(f.name for f in fields(EngineStats))
+_FIELDS = tuple(f.name for f in fields(EngineStats))
 _COUNTS = frozenset(f.name for f in fields(EngineStats) if f.type == "int")  # kept as doubles in the array
-_GAUGES = ("interactive_queue", "bulk_queue", "tokens_per_second", "bulk_pass_tokens")
-_COUNTERS = tuple((i, name) for i, name in enumerate(STAT_FIELDS) if name not in _GAUGES)
+_COUNTERS = tuple((i, f.name) for i, f in enumerate(fields(EngineStats)) if not f.metadata.get("gauge"))
 
 
 class EngineState(enum.IntEnum):
@@ -89,7 +89,7 @@ class EngineShared:
         self.restarts = ctx.RawValue("i", 0)
         self.dim = ctx.RawValue("i", 0)  # the model's vector size, which sizes every segment
         self.in_flight = ctx.RawArray("q", n_slots)
-        self.stats = ctx.RawArray("d", len(STAT_FIELDS))
+        self.stats = ctx.RawArray("d", len(_FIELDS))
         self._info = ctx.RawArray("c", _INFO_BYTES)
 
     def requests_in_flight(self) -> int:
@@ -111,7 +111,7 @@ class EngineShared:
         self._set("bulk_pass_tokens", bulk_pass_tokens)
 
     def read_stats(self) -> EngineStats:
-        values = zip(STAT_FIELDS, self.stats[:], strict=True)
+        values = zip(_FIELDS, self.stats[:], strict=True)
         return EngineStats(**{name: round(value) if name in _COUNTS else value for name, value in values})
 
     def set_info(self, info: dict[str, object]) -> None:
@@ -123,4 +123,4 @@ class EngineShared:
         return json.loads(raw) if raw else {}
 
     def _set(self, name: str, value: float) -> None:
-        self.stats[STAT_FIELDS.index(name)] = value
+        self.stats[_FIELDS.index(name)] = value

@@ -1,5 +1,6 @@
 """The engine's job table (gpu_pool/engine/jobs.py): queuing, taking, cancelling and expiring
-jobs, and the queue gauges and dropped count it keeps in shared memory."""
+jobs, and the queue gauges and dropped count it keeps in shared memory; and how those figures
+are kept there (gpu_pool/wire/shared.py: counters added, gauges set)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from gpu_pool.engine.jobs import ActiveJob, JobTable
 from gpu_pool.wire.packing import Packing
 from gpu_pool.wire.protocol import Job, Kind, Lane
 from gpu_pool.wire.segment import Segment
-from gpu_pool.wire.shared import EngineShared
+from gpu_pool.wire.shared import EngineShared, EngineStats
 
 
 class FakeSegment:
@@ -92,3 +93,16 @@ def test_forgetting_a_job_leaves_its_segment_to_the_caller(shared):
     table.forget(active)
     assert table.get(1) is None and table.by_job_id(1001) is None
     assert not closed(active)
+
+
+def test_counters_add_up_and_gauges_are_set(shared):
+    shared.add_stats(EngineStats(batches=2, tokens=100, bulk_queue=5))
+    shared.add_stats(EngineStats(batches=1, processing_seconds=0.25))
+    shared.set_queues(interactive=1, bulk=4)
+    shared.set_queues(interactive=0, bulk=3)
+    shared.set_sizing(tokens_per_second=1500.0, bulk_pass_tokens=2048)
+    stats = shared.read_stats()
+    assert (stats.batches, stats.tokens, stats.processing_seconds) == (3, 100, 0.25)
+    assert (stats.interactive_queue, stats.bulk_queue) == (0, 3), "a counter's record never adds to a gauge"
+    assert (stats.tokens_per_second, stats.bulk_pass_tokens) == (1500.0, 2048)
+    assert isinstance(stats.batches, int) and stats.as_dict()["batches"] == 3.0
