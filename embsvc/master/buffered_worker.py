@@ -144,7 +144,8 @@ class BufferedThreadWorker(ThreadWorker):
             self._stop_reading(reading)
             self._hand_over(reading)
         elif reading.frame.expects_continue and reading.frame.head_end is not None and not reading.continued:
-            # The client waits for this before it sends the body (gunicorn would send it from the thread).
+            # The client waits for this before it sends the body. The thread's parser sends gunicorn's own
+            # later: a second 1xx before the answer, which clients must take (RFC 9110 15.2; curl does).
             reading.continued = True
             with contextlib.suppress(OSError):
                 sock.send(_CONTINUE)
