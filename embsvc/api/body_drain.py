@@ -44,7 +44,8 @@ class DrainUnreadBody:
         drained = True
         if length is not None:
             if not req.bounded_stream.eof:
-                drained = length <= self.limit and _discard(req, req.bounded_stream, length)
+                drained = length <= self.limit and (_discard(req, req.bounded_stream, length)
+                                                    or req.bounded_stream.eof)
         elif "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
             # gunicorn's reader of a chunked body ends with the body: at its end a read gives b"" at once.
             drained = _discard(req, req.stream, self.chunked_limit)

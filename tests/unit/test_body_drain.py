@@ -16,7 +16,9 @@ class Input(io.BytesIO):
     """wsgi.input that counts what was read of it."""
 
 
-def send(client, size: int, headers: dict[str, str] | None = None, chunked: bool = False) -> tuple[int, Input]:
+def send(client, size: int, headers: dict[str, str] | None = None, chunked: bool = False,
+         answer: list[dict[str, str]] | None = None) -> tuple[int, Input]:
+    """``answer``: a list that gets the response's headers."""
     stream = Input(b"a" * size)
     headers = {**(AUTH if headers is None else headers), "Content-Type": "application/json"}
     if chunked:
@@ -25,6 +27,8 @@ def send(client, size: int, headers: dict[str, str] | None = None, chunked: bool
         headers["Content-Length"] = str(size)
     extras = {"wsgi.input": stream, "wsgi.input_terminated": True}
     result = client.simulate_post("/v1/embeddings", headers=headers, extras=extras)
+    if answer is not None:
+        answer.append(result.headers)
     return result.status_code, stream
 
 
@@ -35,8 +39,18 @@ def test_a_body_over_the_limit_is_read_to_its_end_before_the_413(client, size):
 
 
 def test_a_body_far_over_the_bound_is_not_read(client):
-    status, stream = send(client, 4 * LIMIT + 1)
+    headers: list[dict[str, str]] = []
+    status, stream = send(client, 4 * LIMIT + 1, answer=headers)
     assert status == 413 and stream.tell() == 0
+    # The connection closes: else gunicorn would go on reading it for the next request, in a thread.
+    assert headers[0]["connection"] == "close"
+
+
+def test_a_drained_body_leaves_the_connection_open(client):
+    headers: list[dict[str, str]] = []
+    send(client, 2 * LIMIT, answer=headers)
+    send(client, 10 * LIMIT, chunked=True, answer=headers)  # past the bound: not all drained
+    assert "connection" not in headers[0] and headers[1]["connection"] == "close"
 
 
 def test_a_chunked_body_is_read_up_to_the_bound(client):
