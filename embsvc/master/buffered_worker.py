@@ -111,6 +111,10 @@ class BufferedThreadWorker(ThreadWorker):
         self.reading[conn.sock.fileno()] = reading
         self.buffered += len(reading.buf)
         self._listen(reading)
+        # Usually the request is there already (a kept-alive connection is here because it became
+        # readable, and a new one's client writes right after connecting): read it without waiting
+        # for the loop's next turn.
+        self._on_readable(reading, conn.sock)
 
     def _reads_here(self, conn: TConn) -> bool:
         """Plain HTTP/1: what ``framing`` knows how to read (gunicorn serves the rest, unused here, itself)."""
