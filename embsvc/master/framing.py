@@ -62,7 +62,8 @@ class RequestFrame:
             name, colon, value = line.partition(b":")
             if not colon:
                 return False
-            name, value = name.strip().lower(), value.strip()
+            # No white space is allowed around a name: the parser refuses "Content-Length :" at once.
+            name, value = name.lower(), value.strip()
             if name == b"content-length":
                 lengths.append(value)
             elif name == b"transfer-encoding":

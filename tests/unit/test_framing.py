@@ -48,6 +48,7 @@ def test_bytes_of_the_next_request_change_nothing():
     (HEAD + b"Content-Length: -1\r\n\r\n", len(HEAD) + 22),
     (HEAD + b"Transfer-Encoding: gzip\r\n\r\n", len(HEAD) + 27),
     (HEAD + b"No colon here\r\n\r\n", len(HEAD) + 17),
+    (HEAD + b"Content-Length : 5\r\n\r\n", len(HEAD) + 22),  # not a length: the parser refuses the name
     (b"GET / HTTP/1.1\nHost: x\n\n", 24),  # bare LF: refused by the parser
 ])
 def test_what_the_parser_refuses_is_handed_over_without_waiting(request_bytes, at):
