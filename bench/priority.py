@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.priority [--seconds 60] [--tiny-seconds 15]
     .venv/bin/python -m bench.priority --bare-forward MODEL_FOLDER "text"     (that alone: one JSON line)
+    .venv/bin/python -m bench.priority --host-cost [--turns 3] [--requests 4000]   (that alone, see below)
 
 On the full-size random bge-m3 (the real model's compute), DTYPE=auto, default settings:
   1.-2. the server's lone short query (dense), end to end, timed in turns with its reference,
@@ -17,17 +18,28 @@ then on the tiny model, one short text per request from 16 connections, with wrk
 testkit's load generator (testkit/httpload.py), against a bare Falcon app (testkit/bare_app.py)
 on the same gunicorn settings with the same clients. Prints one JSON line of figures and ratios.
 The bulk loads count every request sent in their window, however late its answer.
+
+``--host-cost``: the host's CPU per short request, per process role, on the tiny model. Four
+servers are up at once and take turns, in a rotating order: the server (its buffered worker),
+the server under gunicorn's gthread (``GUNICORN_CMD_ARGS=-k gthread``), and the bare Falcon
+app under each of the two worker classes. Each turn sends a fixed number of requests (one
+short text each) from 16 connections (testkit's load generator, 2 processes) and reads the
+CPU time (utime + stime, /proc/PID/stat) of the engine and of each web worker before and after:
+CPU time, unlike a rate, holds while others load the machine. Prints each turn, then one JSON
+line: per target the median req/s and µs of CPU per request per role, and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -145,6 +157,115 @@ def bare_falcon(seconds: int, workdir: Path) -> dict:
         process.wait(30)
 
 
+_TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+_BUFFERED = "embsvc.master.buffered_worker.BufferedThreadWorker"
+_GTHREAD = "gthread"
+
+
+class Target:
+    """One server of ``--host-cost``: a gunicorn master whose children are its web workers and,
+    for the real server, its engine (a spawned process)."""
+
+    def __init__(self, name: str, port: int, master: int, stop: Callable[[], object]) -> None:
+        self.name, self.port, self.master, self.stop = name, port, master, stop
+
+    def cpu_us(self) -> dict[str, float]:
+        """CPU time so far by role: engine, web (its workers summed), master."""
+        roles = {"engine": 0.0, "web": 0.0, "master": _cpu_us(self.master)}
+        for child in _children(self.master):
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"resource_tracker" in cmdline:
+                continue
+            roles["engine" if b"spawn_main" in cmdline else "web"] += _cpu_us(child)
+        return roles
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _cpu_us(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0  # gone between listing and reading
+    return (int(fields[11]) + int(fields[12])) * _TICK_US  # utime, stime (fields 14 and 15)
+
+
+def _bare_target(name: str, worker_class: str) -> Target:
+    """testkit/bare_app.py under the server's gunicorn settings (2 workers of 32 threads, keep-alive 5)."""
+    port = free_port()
+    # -c /dev/null: not the server's gunicorn.conf.py, which would start engines.
+    process = subprocess.Popen([str(GUNICORN), "-c", "/dev/null", "-w", "2", "-k", worker_class, "--threads", "32",
+                                "--keep-alive", "5", "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+                                "testkit.bare_app:app"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    httpload.wait_listening(port)
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(30)
+    return Target(name, port, process.pid, stop)
+
+
+def _server_target(name: str, model: Path, workdir: Path, **env: str) -> Target:
+    server = Server(model, workdir / f"{name}.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
+                    **env).start()
+    assert server.process is not None
+    return Target(name, server.port, server.process.pid, server.stop)
+
+
+def _short_requests(count: int) -> list[httpload.Request]:
+    body = {"input": "what is the capital of France?", "return_sparse": False, "return_colbert": False}
+    return [httpload.Request(httpload.post("/v1/embeddings", json.dumps(body).encode(), AUTH))] * count
+
+
+def host_turn(target: Target, count: int) -> dict[str, float]:
+    """``count`` short requests from 16 connections: req/s, errors and µs of CPU per request by role."""
+    before = target.cpu_us()
+    figures = httpload.run("127.0.0.1", target.port, _short_requests(count), 16, 2, once=True).figures()
+    after = target.cpu_us()
+    answered = max(1, figures["requests"])
+    per_request = {f"{role}_us": round((after[role] - before[role]) / answered, 1) for role in before}
+    return {"requests_per_s": figures["requests_per_s"], "errors": figures["errors"], **per_request}
+
+
+def host_cost(turns: int, count: int) -> dict:
+    tiny = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
+    results: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        targets: list[Target] = []
+        try:
+            targets.append(_server_target("server", tiny, Path(tmp)))
+            targets.append(_server_target("server_gthread", tiny, Path(tmp), GUNICORN_CMD_ARGS=f"-k {_GTHREAD}"))
+            targets.append(_bare_target("bare", _GTHREAD))
+            targets.append(_bare_target("bare_buffered", _BUFFERED))
+            for target in targets:
+                host_turn(target, min(count, 1000))  # warm-up: threads, caches, the engine's first passes
+            for turn in range(turns):
+                # Each turn in a rotated order (and reversed every other turn): drift falls on all alike.
+                order = targets[turn % len(targets):] + targets[:turn % len(targets)]
+                for target in order[::-1] if turn % 2 else order:
+                    figures = host_turn(target, count)
+                    results.setdefault(target.name, []).append(figures)
+                    print(f"turn {turn} {target.name}: {figures}", flush=True)
+        finally:
+            for target in targets:
+                target.stop()
+    return host_summary(results)
+
+
+def host_summary(results: dict[str, list[dict[str, float]]]) -> dict:
+    medians = {name: {key: statistics.median(turn[key] for turn in turns) for key in turns[0]}
+               for name, turns in results.items()}
+    bare = medians["bare"]["requests_per_s"]
+    return {"medians": medians, "ratios": {
+        "server_vs_bare": ratio(medians["server"]["requests_per_s"], bare),
+        "server_gthread_vs_bare": ratio(medians["server_gthread"]["requests_per_s"], bare),
+        "server_web_us_buffered_vs_gthread": ratio(medians["server"]["web_us"], medians["server_gthread"]["web_us"]),
+        "bare_web_us_buffered_vs_gthread": ratio(medians["bare_buffered"]["web_us"], medians["bare"]["web_us"]),
+    }}
+
+
 def bare_forward_alone(model: Path, text: str, repeats: int = 30) -> None:
     bare = BareForward(model, text)
     p50 = statistics.median(bare.times(repeats))
@@ -159,9 +280,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=120, help="of each bulk run (its last requests finish after)")
     parser.add_argument("--tiny-seconds", type=int, default=15)
+    parser.add_argument("--host-cost", action="store_true", help="only the CPU per short request (see above)")
+    parser.add_argument("--turns", type=int, default=3, help="of --host-cost, for each server")
+    parser.add_argument("--requests", type=int, default=4000, help="of each --host-cost turn")
     parser.add_argument("--bare-forward", nargs=2, metavar=("MODEL_FOLDER", "TEXT"),
                         help="only time the bare forward of TEXT (30 times: its p50)")
     args = parser.parse_args()
+    if args.host_cost:
+        print(json.dumps(host_cost(args.turns, args.requests)))
+        return
     if args.bare_forward:
         bare_forward_alone(Path(args.bare_forward[0]), args.bare_forward[1])
         return
