@@ -40,6 +40,28 @@ log = logging.getLogger("gpu_pool.engine")
 Task = Callable[[], None]
 
 _DONE_CHUNK = 256
+# What torch says when the device itself failed (a kernel's bad address, a device-side assert):
+# the CUDA context is then lost for good, and every later pass would fail the same way.
+_DEVICE_FAULT_TEXTS = ("CUDA error", "device-side assert", "illegal memory access")
+DEVICE_FAULT_MESSAGE = "the device failed; its engine restarts, retry the request"
+
+
+class DeviceFault(Exception):
+    """The device failed in a way no retry on it mends: the engine ends and the pool starts another."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def is_device_fault(exc: BaseException) -> bool:
+    """A fault of the device other than running out of memory (torch.AcceleratorError, or a
+    RuntimeError carrying CUDA's error text)."""
+    if is_out_of_memory(exc):
+        return False
+    if type(exc).__name__ == "AcceleratorError":
+        return True
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _DEVICE_FAULT_TEXTS)
 
 
 @dataclass(frozen=True)
@@ -66,6 +88,8 @@ class Answerer:
                  shared: EngineShared, sizer: PassSizer) -> None:
         self._table, self._ready, self._slots, self._shared, self._sizer = table, ready, slots, shared, sizer
         self._cpu = is_cpu(device_name)
+        # Set once the device has failed (read by the device thread, which then ends the engine).
+        self.device_fault: BaseException | None = None
 
     def answer(self, launched: Launched) -> None:
         """Write a pass's outputs into its jobs' segments and answer the jobs it completes."""
@@ -73,8 +97,17 @@ class Answerer:
         try:
             self._deliver(launched)
         except Exception as exc:  # a pass that failed on the device (or a bug here) fails its jobs
+            if is_device_fault(exc):
+                self.device_failed(batch.items, exc)
+                return
             log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
             self.fail(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
+
+    def device_failed(self, items: list[Item], exc: BaseException) -> None:
+        """The device failed on the pass of ``items``: its jobs get a 503 (retry elsewhere or later)."""
+        log.critical("The device failed on a pass of %d inputs; the engine ends: %s", len(items), exc)
+        self.device_fault = self.device_fault or exc
+        self.fail(items, ErrorCode.GONE, DEVICE_FAULT_MESSAGE)
 
     def fail(self, items: list[Item], code: ErrorCode, message: str) -> None:
         """Fail the jobs of ``items``."""
@@ -85,7 +118,7 @@ class Answerer:
         self._fail(failed, code, message)
 
     def fail_all(self, message: str) -> None:
-        """Fail every job still held (the engine stops)."""
+        """Fail every job still held (the engine stops): a 503, to be retried."""
         with self._ready:
             left = self._table.all()
         self._fail(left, ErrorCode.GONE, message)

@@ -13,7 +13,17 @@ import time
 import numpy as np
 
 from gpu_pool.devices import is_cpu
-from gpu_pool.engine.answers import Answerer, AnswerThread, Launched, Task, run_guarded
+from gpu_pool.engine.answers import (
+    DEVICE_FAULT_MESSAGE,
+    Answerer,
+    AnswerThread,
+    DeviceFault,
+    Launched,
+    Task,
+    is_device_fault,
+    is_out_of_memory,
+    run_guarded,
+)
 from gpu_pool.engine.choosing import Item
 from gpu_pool.engine.jobs import JobTable
 from gpu_pool.engine.lanes import PassSizer, may_interleave, next_lane
@@ -56,30 +66,39 @@ class DeviceThread:
         self._last_lane: Lane | None = None
 
     def warm_up(self, tokens: int = 256) -> None:
-        """Two passes before the first request: the first pays for allocations and kernel
-        choices, the second gives the pass sizer the device's rate."""
+        """Two passes of all three kinds before the first request: the first pays for allocations
+        and kernel choices (each head's too), so only the second teaches the pass sizer the
+        device's rate."""
         ids = np.full(tokens, _ANY_TOKEN, dtype=np.int32)
-        batch = pack([Item(0, 0, tokens)], [ids], [Kind.DENSE])
-        for _ in range(2):
+        batch = pack([Item(0, 0, tokens)], [ids], [Kind.DENSE | Kind.SPARSE | Kind.COLBERT])
+        for learns in (False, True):
             launched = self._launch(batch)
             launched.outputs.wait()
-            self._answerer.learn(launched)
+            if learns:
+                self._answerer.learn(launched)
 
     def run(self) -> None:
-        """Until the planner has finished: each prepared batch in turn; then the answers of the last passes."""
-        while (batch := self._next_batch()) is not None:
-            self._run(batch)
-            self._last_lane = batch.lane
-            if batch.lane == Lane.BULK:
-                with self._handoff.ready:
-                    self._handoff.bulk_in_progress -= 1
-                    self._handoff.ready.notify_all()
+        """Until the planner has finished: each prepared batch in turn; then the answers of the last
+        passes. Raises ``DeviceFault`` once the device has failed, every job held failed (503)."""
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._run(batch)
+                self._last_lane = batch.lane
+                if batch.lane == Lane.BULK:
+                    with self._handoff.ready:
+                        self._handoff.bulk_in_progress -= 1
+                        self._handoff.ready.notify_all()
+        except DeviceFault:
+            self._answers.close()  # the earlier passes' answers first (those on the device fail too)
+            self._answerer.fail_all(DEVICE_FAULT_MESSAGE)
+            raise
         self._answers.close()
 
     def _next_batch(self) -> Batch | None:
         handoff = self._handoff
         with handoff.ready:
             while True:
+                self._raise_if_faulted()
                 lane = next_lane(bool(handoff.interactive), bool(handoff.bulk), self._last_lane)
                 if lane is not None:
                     batch = (handoff.interactive if lane == Lane.INTERACTIVE else handoff.bulk).popleft()
@@ -89,7 +108,13 @@ class DeviceThread:
                     return None  # stopping, and nothing left prepared
                 handoff.ready.wait(POLL_S)
 
+    def _raise_if_faulted(self) -> None:
+        """The answer thread found the device failed (on a pass's outputs): the engine ends."""
+        if self._answerer.device_fault is not None:
+            raise DeviceFault(str(self._answerer.device_fault))
+
     def _run(self, prepared: Batch) -> None:
+        self._raise_if_faulted()
         batch = self._still_wanted(prepared)
         if batch is None:
             return
@@ -97,10 +122,20 @@ class DeviceThread:
             self._table.mark_began(batch.items, time.monotonic())
         try:
             launched = self._launch(batch)
+        except DeviceFault:
+            raise  # from a query run between this pass's steps: the engine ends
         except Exception as exc:  # noqa: BLE001 - a failed pass fails its jobs, the engine goes on
-            self._failed_pass(batch, exc)
+            out_of_memory = is_out_of_memory(exc)
+            halves = self._failed_pass(batch, exc, out_of_memory)
+        else:
+            self._answers.submit(lambda: self._answerer.answer(launched))
             return
-        self._answers.submit(lambda: self._answerer.answer(launched))
+        # Out of the handler, the failed pass is gone: the exception held it (its traceback's
+        # frames, with their tensors) until now; only now can the device's cache be given back.
+        if out_of_memory:
+            self._model.release_memory()
+        for half in halves:
+            self._run(half)
 
     def _still_wanted(self, batch: Batch) -> Batch | None:
         """The batch without the jobs dropped, or expired, while it waited (None: nothing left)."""
@@ -150,29 +185,32 @@ class DeviceThread:
         self._shared.add_stats(EngineStats(preemptions=1))
         return time.perf_counter() - began
 
-    def _failed_pass(self, batch: Batch, exc: Exception) -> None:
-        """Out of memory: split the batch and retry the halves, so that only the input that does
-        not fit alone fails. Any other error fails the batch's jobs."""
-        out_of_memory = "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+    def _failed_pass(self, batch: Batch, exc: Exception, out_of_memory: bool) -> list[Batch]:
+        """Out of memory: the batch's two halves to retry, so that only the input that does not
+        fit alone fails. A device fault ends the engine; any other error fails the batch's jobs."""
+        if is_device_fault(exc):
+            self._answers.submit(lambda: self._answerer.device_failed(batch.items, exc))
+            raise DeviceFault(str(exc)) from None
         if not out_of_memory:
             log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
             self._fail_later(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
-            return
-        self._model.release_memory()
+            return []
         if len(batch.items) == 1:
             item = batch.items[0]
             log.error("Out of memory on one input of %d tokens: %s", item.length, exc)
             self._fail_later(batch.items, ErrorCode.OUT_OF_MEMORY,
                              f"an input of {item.length} tokens needs more memory than the device has")
-            return
+            return []
         log.warning("Out of memory on %d inputs (%d tokens); retrying in two halves",
                     len(batch.items), len(batch.ids))
         half = len(batch.items) // 2
+        halves = []
         for items in (batch.items[:half], batch.items[half:]):
             with self._handoff.ready:
                 retry = self._repacked(batch, items)
             if retry is not None:
-                self._run(retry)
+                halves.append(retry)
+        return halves
 
     def _fail_later(self, items: list[Item], code: ErrorCode, message: str) -> None:
         """Fail the jobs of ``items`` where the answers run, after the answers of earlier passes."""

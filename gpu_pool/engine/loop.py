@@ -18,7 +18,9 @@ its own, and they share a ``JobTable`` and a ``Handoff`` under one condition:
   model a step (a part of a layer) at a time, computing only the heads some job in the batch
   asked for, and hands the pass to the answerer. Between the steps of a bulk pass it runs a
   waiting interactive batch whole (``lanes.may_interleave``). A pass that runs out of memory
-  is split in two and retried, down to the one input that does not fit;
+  is split in two and retried, down to the one input that does not fit. A device fault (an
+  illegal address, a device-side assert: ``answers.is_device_fault``) fails every job held
+  with a 503 and ends the engine (``DeviceFault``), for the pool to start another;
 - the answerer (``answers.Answerer``) waits for a pass's outputs to reach the host, writes
   each input's vectors into its job's segment and answers every job whose inputs are all
   done. On a GPU it runs on the answer thread (``answers.AnswerThread``), while the device
@@ -62,5 +64,5 @@ class Engine:
         """Until stopped (``Stop``, the request pipe closed or the master gone) and every job is answered."""
         threading.Thread(target=self._reader.run, name="engine-reader", daemon=True).start()
         threading.Thread(target=self._planner.run, name="engine-planner", daemon=True).start()
-        self._device.run()
+        self._device.run()  # raises DeviceFault once the device has failed, every job failed
         self._answerer.fail_all("the engine is shutting down")

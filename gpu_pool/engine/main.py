@@ -13,6 +13,7 @@ import signal
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from gpu_pool.engine.answers import DeviceFault
 from gpu_pool.engine.loop import Engine
 from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.model.port import Model
@@ -25,6 +26,7 @@ log = logging.getLogger("gpu_pool.engine")
 # group) stay blocked in the engine: the master decides when an engine stops,
 # after the web workers have finished their requests.
 BLOCKED_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT})
+DEVICE_FAULT_EXIT = 70  # the device failed (sysexits' EX_SOFTWARE): the pool starts the engine again
 
 
 def run(spec: EngineSpec, requests: Connection, slots: list[Connection], shared: EngineShared) -> None:
@@ -52,7 +54,13 @@ def run(spec: EngineSpec, requests: Connection, slots: list[Connection], shared:
     # the full model), a stall of whichever pass it fell into: the slowest queries under bulk load.
     gc.freeze()
     shared.state.value = EngineState.READY
-    engine.serve()
+    try:
+        engine.serve()
+    except DeviceFault as exc:
+        log.critical("Engine %d ends: its device failed (%s); the pool starts another", spec.index, exc)
+        logging.shutdown()
+        # At once: a failed CUDA context can make torch's exit handlers fail or hang.
+        os._exit(DEVICE_FAULT_EXIT)
     log.info("Engine %d stopped", spec.index)
 
 

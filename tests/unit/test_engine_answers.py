@@ -10,13 +10,14 @@ import multiprocessing
 import os
 import threading
 import time
+import weakref
 from itertools import count
 
 import numpy as np
 import pytest
 
 from gpu_pool.devices import is_cpu
-from gpu_pool.engine.answers import AnswerThread
+from gpu_pool.engine.answers import AnswerThread, DeviceFault, is_device_fault
 from gpu_pool.engine.device_thread import Inline, for_device
 from gpu_pool.engine.loop import Engine
 from gpu_pool.engine.spec import EngineSpec
@@ -116,10 +117,13 @@ class FakeModel:
         self.started: list[int] = []  # each pass's first id, in order
         self.gates: dict[int, threading.Event] = {}
         self.errors: dict[int, Exception] = {}
+        self.start_errors: dict[int, Exception] = {}  # raised by the pass itself, on the device thread
 
     def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None) -> OnePass:
         first = int(ids[0])
         self.started.append(first)
+        if first in self.start_errors:
+            raise self.start_errors[first]
         dense = np.full((len(lengths), DIM), first, dtype=np.float32)
         gate = self.gates.setdefault(first, threading.Event())
         return OnePass(Arriving(Outputs(dense, None, None), gate, self.errors.get(first)), len(ids))
@@ -147,8 +151,15 @@ class Harness:
         self.model = FakeModel()
         self.engine = Engine(spec, self.model, self.requests_in, [self.answers_out], EngineShared(ctx, 1))
         self.segments: list[Segment] = []
-        self.thread = threading.Thread(target=self.engine.serve, daemon=True)
+        self.raised: BaseException | None = None  # what serve raised
+        self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.engine.serve()
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            self.raised = exc
 
     def send(self, first_id: int) -> tuple[int, Segment]:
         """A job of one input whose first id is ``first_id``: its id and segment."""
@@ -199,7 +210,7 @@ def test_the_next_pass_runs_while_the_last_ones_outputs_are_on_their_way(engine)
 
 
 def test_outputs_that_fail_on_their_way_fail_their_jobs_and_the_engine_goes_on(engine):
-    engine.model.errors[21] = RuntimeError("CUDA error: an illegal memory access was encountered")
+    engine.model.errors[21] = RuntimeError("a shape the heads did not expect")
     engine.let_through(21)
     failed, _ = engine.send(21)
     answer = engine.answer()
@@ -209,3 +220,99 @@ def test_outputs_that_fail_on_their_way_fail_their_jobs_and_the_engine_goes_on(e
     served, segment = engine.send(22)
     assert engine.answer() == Done((served,))
     np.testing.assert_array_equal(segment.arrays["dense"], np.full((1, DIM), 22))
+
+
+class AcceleratorError(RuntimeError):
+    """Stands for torch.AcceleratorError (torch 2.8 and later), known by its name."""
+
+
+@pytest.mark.parametrize("error, fault", [
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+    (RuntimeError("CUDA error: device-side assert triggered"), True),
+    (AcceleratorError("unspecified launch failure"), True),
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    (RuntimeError("a shape the heads did not expect"), False),
+    (ValueError("CUDA error in a message that is no device's"), False),
+])
+def test_a_device_fault_is_told_from_running_out_of_memory_and_from_other_errors(error, fault):
+    assert is_device_fault(error) is fault
+
+
+def assert_ended_on_a_device_fault(engine: Harness) -> None:
+    engine.thread.join(10)
+    assert not engine.thread.is_alive(), "the engine went on after its device failed"
+    assert isinstance(engine.raised, DeviceFault)
+
+
+def test_a_device_fault_in_a_pass_fails_its_jobs_with_a_503_and_ends_the_engine(engine):
+    engine.model.start_errors[31] = RuntimeError("CUDA error: device-side assert triggered")
+    failed, _ = engine.send(31)
+    answer = engine.answer()
+    assert isinstance(answer, Failed) and answer.job_id == failed
+    assert answer.code == ErrorCode.GONE and "device failed" in answer.message  # the web side's 503
+    assert_ended_on_a_device_fault(engine)
+
+
+def test_a_device_fault_on_the_outputs_way_ends_the_engine_after_the_answers_before_it(engine):
+    engine.model.errors[41] = AcceleratorError("CUDA error: an illegal memory access was encountered")
+    first, _ = engine.send(41)
+    engine.wait_started(1)
+    second, _ = engine.send(42)
+    engine.wait_started(2)  # queued behind the failing pass, on a device that has failed
+    engine.let_through(41)
+    engine.let_through(42)
+    failed = engine.answer()
+    assert isinstance(failed, Failed) and failed.job_id == first and failed.code == ErrorCode.GONE
+    assert engine.answer() == Done((second,))  # the pass already queued is answered first (its outputs came)
+    assert_ended_on_a_device_fault(engine)
+
+
+class SplitPass(OnePass):
+    """A pass that runs out of memory on more than one input, holding a "tensor" until it is dropped."""
+
+    def __init__(self, outputs: Arriving, tokens: int, inputs: int) -> None:
+        super().__init__(outputs, tokens)
+        self.inputs, self.tensor = inputs, np.zeros(1024)
+
+    def step(self) -> bool:
+        if self.inputs > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return True
+
+
+class SplittingModel(FakeModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: weakref.ref[SplitPass] | None = None
+        self.dropped_before_release: list[bool] = []
+
+    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None) -> SplitPass:
+        dense = np.full((len(lengths), DIM), int(ids[0]), dtype=np.float32)
+        gate = threading.Event()
+        gate.set()
+        running = SplitPass(Arriving(Outputs(dense, None, None), gate, None), len(ids), len(lengths))
+        if len(lengths) > 1:
+            self.failed = weakref.ref(running)
+        return running
+
+    def release_memory(self) -> None:
+        assert self.failed is not None
+        self.dropped_before_release.append(self.failed() is None)  # no collection run: nothing else holds it
+
+
+def test_the_out_of_memory_split_drops_the_failed_pass_before_it_gives_memory_back_and_retries():
+    harness = Harness()
+    harness.model = model = SplittingModel()
+    harness.engine._device._model = model
+    try:
+        layout = Layout(2, 4, DIM, Kind.DENSE)
+        segment = Segment.create(f"bgem3-test-answers-{os.getpid()}-{next(_names)}", layout)
+        harness.segments.append(segment)
+        segment.arrays["lengths"][:] = [2, 2]
+        segment.arrays["ids"][:] = [61, 7, 62, 7]
+        harness.requests_out.send_bytes(protocol.encode(Job(60, 0, segment.name, 2, 4, Kind.DENSE)))
+        assert harness.answer() == Done((60,))
+        assert model.dropped_before_release == [True]
+        np.testing.assert_array_equal(segment.arrays["dense"], [[61] * DIM, [62] * DIM])  # each half's own pass
+    finally:
+        harness.stop()
