@@ -81,6 +81,11 @@ class Settings:
     interactive_max_tokens: int
     interactive_max_wait_ms: int
     bulk_share: float
+    # Long inputs (embsvc/core/windows.py): whether a text past max_length is cut into windows
+    # rather than truncated when a request does not say, and the most tokens a request so cut
+    # may hold in all, its windows' special tokens included.
+    chunk_long_inputs: bool = False
+    max_request_tokens: int = 131072
     # MAX_BATCH_TOKENS when unset: by device (CUDA_MAX_BATCH_TOKENS with a GPU engine).
     default_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
 
@@ -131,6 +136,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         interactive_max_tokens=get.int("INTERACTIVE_MAX_TOKENS", 128, 0),
         interactive_max_wait_ms=get.int("INTERACTIVE_MAX_WAIT_MS", 20, 1),
         bulk_share=_share(get.float("BULK_SHARE", 0.5)),
+        chunk_long_inputs=get.bool("CHUNK_LONG_INPUTS", False),
+        max_request_tokens=get.int("MAX_REQUEST_TOKENS", 131072, 2),
         default_batch_tokens=CUDA_MAX_BATCH_TOKENS if gpu_engines else DEFAULT_MAX_BATCH_TOKENS,
     )
 
@@ -204,6 +211,12 @@ class _Reader:
 
     def list(self, name: builtins.str, default: builtins.str) -> tuple[builtins.str, ...]:
         return tuple(p.strip() for p in self.str(name, default).split(",") if p.strip())
+
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
+        raw = self.str(name, "true" if default else "false").lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise ConfigError(f"{name} must be true or false, got {raw!r}")
+        return raw in ("true", "1")
 
     def int(self, name: builtins.str, default: int, minimum: int) -> int:
         raw = self.str(name, str(default))

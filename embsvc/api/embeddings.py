@@ -11,6 +11,7 @@ from embsvc.errors import InvalidRequest
 from gpu_pool import DEFAULT_OPTIONS, JobOptions, Kind
 
 _KIND_FLAGS = {"dense": Kind.DENSE, "sparse": Kind.SPARSE, "colbert": Kind.COLBERT}
+DENSE_DIM = 1024  # bge-m3's dense vectors: the most ``dimensions`` may ask for
 
 
 def parse_embedding_request(body: dict[str, Any], settings: Settings,
@@ -37,7 +38,18 @@ def parse_embedding_request(body: dict[str, Any], settings: Settings,
         embedding_dtype=embedding_dtype(body, encoding_format),
         sparse_tokens=sparse_tokens(body, kinds),
         options=options,
+        dimensions=dimensions(body),
+        chunk_long_inputs=boolean(body, "chunk_long_inputs", settings.chunk_long_inputs),
+        max_request_tokens=settings.max_request_tokens,
     )
+
+
+def dimensions(body: dict[str, Any]) -> int | None:
+    """OpenAI's ``dimensions``: the dense vector's first n components, normalised again; null or
+    absent: the whole vector."""
+    if body.get("dimensions") is None:
+        return None
+    return max_length(body, DENSE_DIM, "dimensions")
 
 
 def embedding_dtype(body: dict[str, Any], encoding_format: str) -> str:

@@ -73,7 +73,9 @@ def parse_embed(body: dict[str, Any], settings: Settings,
     truncate, direction = _truncation(body)
     return EmbeddingRequest(texts=texts(body, "inputs", settings.max_inputs, TEI_WORDS), kinds=kind,
                             encoding_format="float", max_length=settings.max_tokens, truncate=truncate,
-                            truncation_direction=direction, field="inputs", options=options)
+                            truncation_direction=direction, field="inputs", options=options,
+                            chunk_long_inputs=boolean(body, "chunk_long_inputs", settings.chunk_long_inputs),
+                            max_request_tokens=settings.max_request_tokens)
 
 
 def parse_rerank(body: dict[str, Any], settings: Settings, options: JobOptions = DEFAULT_OPTIONS) -> RerankRequest:

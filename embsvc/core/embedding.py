@@ -5,15 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import Decode, dumps_items, embedding_items
-from embsvc.core.tokenizer import LazyTokenizer, cut, within_chars
-from gpu_pool import DEFAULT_OPTIONS, EmbeddingResult, JobOptions, Kind
+from embsvc.core.tokenizer import (
+    LazyTokenizer,
+    TextTokenizer,
+    check_request_chars,
+    check_request_tokens,
+    cut,
+    within_chars,
+)
+from embsvc.core.windows import Vectors, Windowed, split_all
+from gpu_pool import DEFAULT_OPTIONS, JobOptions, Kind
 
 KIND_NAMES = (("dense", Kind.DENSE), ("sparse", Kind.SPARSE), ("colbert", Kind.COLBERT))
 
 # Serializes a result while its shared memory is open: views of it must not outlive the call.
-Render = Callable[[EmbeddingResult], bytes]
+Render = Callable[[Vectors], bytes]
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,9 @@ class EmbeddingRequest:
     truncation_direction: str = "right"  # "left": a long text loses its start instead of its end
     field: str = "input"  # the body field that holds the texts, to name a too-long one
     options: JobOptions = DEFAULT_OPTIONS  # its lane, and whether its client is still there
+    dimensions: int | None = None  # dense vectors cut to their first n components (None: whole)
+    chunk_long_inputs: bool = False  # an input past max_length is cut into windows, not truncated
+    max_request_tokens: int = 0  # with chunk_long_inputs: the most tokens of all windows together
 
 
 class EmbeddingService:
@@ -42,17 +55,34 @@ class EmbeddingService:
         """Tokenize, embed, and answer with ``body(result)``: the other APIs' shapes
         (TEI's) come from the same tokenizing, truncation and batching."""
         tokenizer = self.tokenizer.get()
+        ids, counts = self._windows(request, tokenizer) if request.chunk_long_inputs else self._cut(request, tokenizer)
+        # float16 payloads: the engine sends float16 vectors (half the bytes), nothing to convert here.
+        kinds = (request.kinds | Kind.HALF) if request.embedding_dtype == "float16" else request.kinds
+        with self.backend.embed(ids, kinds, tokenizer.unused_ids, request.options) as result:
+            if counts is None and request.dimensions is None:
+                return body(result)
+            return body(Windowed(result, counts or [1] * len(result), request.dimensions))
+
+    @staticmethod
+    def _cut(request: EmbeddingRequest, tokenizer: TextTokenizer) -> tuple[list[np.ndarray], None]:
+        """Each input truncated to ``max_length`` (or refused, with ``truncate`` false)."""
         def name(i: int) -> tuple[str, str]:
             return f"{request.field}[{i}]", request.field
 
         texts = within_chars(request.texts, request.max_length, request.truncate, name, request.truncation_direction)
-        ids = cut(tokenizer.encode(texts), request.max_length, request.truncate, name, request.truncation_direction)
-        # float16 payloads: the engine sends float16 vectors (half the bytes), nothing to convert here.
-        kinds = (request.kinds | Kind.HALF) if request.embedding_dtype == "float16" else request.kinds
-        with self.backend.embed(ids, kinds, tokenizer.unused_ids, request.options) as result:
-            return body(result)
+        return cut(tokenizer.encode(texts), request.max_length, request.truncate, name,
+                   request.truncation_direction), None
 
-    def _body(self, result: EmbeddingResult, request: EmbeddingRequest, decode: Decode | None) -> bytes:
+    @staticmethod
+    def _windows(request: EmbeddingRequest, tokenizer: TextTokenizer) -> tuple[list[np.ndarray], list[int] | None]:
+        """Every input's windows of at most ``max_length`` tokens (windows.py), and how many each has;
+        past the request's bounds a 413, before anything is computed. None: every input is one window."""
+        check_request_chars(request.texts, request.max_request_tokens, request.field)
+        windows, counts = split_all(tokenizer.encode(request.texts), request.max_length)
+        check_request_tokens(sum(len(w) for w in windows), request.max_request_tokens, request.field)
+        return windows, (counts if len(windows) > len(counts) else None)
+
+    def _body(self, result: Vectors, request: EmbeddingRequest, decode: Decode | None) -> bytes:
         n_tokens = sum(len(x) for x in result.ids)
         return dumps_items(
             {"object": "list", "model": self.model_name,

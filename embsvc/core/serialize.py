@@ -8,7 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
-from gpu_pool import EmbeddingResult, Kind
+from embsvc.core.windows import Vectors
+from gpu_pool import Kind
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -24,7 +25,7 @@ def _vectors(array: np.ndarray, encoding_format: str, dtype: str) -> np.ndarray 
     return array
 
 
-def sparse_tokens(result: EmbeddingResult, i: int, decode: Decode) -> dict[str, np.float32]:
+def sparse_tokens(result: Vectors, i: int, decode: Decode) -> dict[str, np.float32]:
     """Token text -> weight, as FlagEmbedding's ``convert_id_to_token`` builds it: ids in
     the order of their first kept position, so that of two ids that decode alike the
     later one wins."""
@@ -36,7 +37,7 @@ def sparse_tokens(result: EmbeddingResult, i: int, decode: Decode) -> dict[str, 
     return dict(zip(decode(ids[order]), kept[order], strict=True))
 
 
-def embedding_items(result: EmbeddingResult, kinds: Kind, encoding_format: str, dtype: str = "float32",
+def embedding_items(result: Vectors, kinds: Kind, encoding_format: str, dtype: str = "float32",
                     decode: Decode | None = None) -> list[dict[str, object]]:
     """One ``data`` entry per input. ``dtype`` applies to base64 payloads; ``decode``
     (ids -> texts) adds ``sparse_tokens``. Dense and ColBERT entries may be views of the

@@ -11,15 +11,16 @@ from embsvc.core.scoring import RerankRequest, ScoreService
 from embsvc.core.serialize import dumps
 from embsvc.core.tokenize import TokenizeService
 from embsvc.core.tokenizer import Token
-from gpu_pool import EmbeddingResult, Kind
+from embsvc.core.windows import Vectors
+from gpu_pool import Kind
 
 
-def _dense(result: EmbeddingResult) -> bytes:
+def _dense(result: Vectors) -> bytes:
     """``[[float]]``: one pooled vector per input (TEI's EmbedResponse)."""
     return dumps([result.dense(i) for i in range(len(result))])
 
 
-def _sparse(result: EmbeddingResult) -> bytes:
+def _sparse(result: Vectors) -> bytes:
     """``[[{"index", "value"}]]``: the lexical weights by token id (TEI's EmbedSparseResponse);
     the weights stay float32 scalars, so that they serialize as in /v1/embeddings."""
     items = []
@@ -29,13 +30,13 @@ def _sparse(result: EmbeddingResult) -> bytes:
     return dumps(items)
 
 
-def _per_token(result: EmbeddingResult) -> bytes:
+def _per_token(result: Vectors) -> bytes:
     """``[[[float]]]``: TEI's per-token vectors (EmbedAllResponse); here the ColBERT vectors,
     a row per token but the first."""
     return dumps([result.colbert(i) for i in range(len(result))])
 
 
-_BODIES: dict[Kind, Callable[[EmbeddingResult], bytes]] = {
+_BODIES: dict[Kind, Callable[[Vectors], bytes]] = {
     Kind.DENSE: _dense, Kind.SPARSE: _sparse, Kind.COLBERT: _per_token}
 
 

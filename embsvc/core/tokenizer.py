@@ -109,6 +109,23 @@ def within_chars(texts: list[str], max_length: int, allow_truncation: bool,
     return bounded
 
 
+def check_request_chars(texts: list[str], max_request_tokens: int, field: str) -> None:
+    """Texts cut into windows are tokenized whole: so the bound on characters follows the request's
+    bound on tokens, ``CHARS_PER_TOKEN`` × MAX_REQUEST_TOKENS characters in all, not one window's."""
+    count, limit = sum(len(text) for text in texts), CHARS_PER_TOKEN * max_request_tokens
+    if count > limit:
+        raise PayloadTooLarge(f"{field} has {count} characters in all, more than the limit of {limit} for "
+                              f"inputs cut into windows ({CHARS_PER_TOKEN} × MAX_REQUEST_TOKENS): send fewer or "
+                              "shorter texts", param=field)
+
+
+def check_request_tokens(count: int, max_request_tokens: int, field: str) -> None:
+    """A request whose inputs are cut into windows holds at most MAX_REQUEST_TOKENS tokens in all."""
+    if count > max_request_tokens:
+        raise PayloadTooLarge(f"{field} has {count} tokens in all once cut into windows, more than "
+                              f"MAX_REQUEST_TOKENS {max_request_tokens}: send fewer or shorter texts", param=field)
+
+
 def check_answer_tokens(count: int, max_tokens: int) -> None:
     """A /tokenize answer holds at most ``TOKENIZE_ANSWER_TOKENS`` × MAX_TOKENS tokens."""
     limit = TOKENIZE_ANSWER_TOKENS * max_tokens
