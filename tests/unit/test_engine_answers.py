@@ -316,3 +316,42 @@ def test_the_out_of_memory_split_drops_the_failed_pass_before_it_gives_memory_ba
         np.testing.assert_array_equal(segment.arrays["dense"], [[61] * DIM, [62] * DIM])  # each half's own pass
     finally:
         harness.stop()
+
+
+class Timed(Arriving):
+    """Outputs there at once, of a pass that took ``took`` seconds on the device."""
+
+    def __init__(self, took: float) -> None:
+        gate = threading.Event()
+        gate.set()
+        super().__init__(Outputs(None, None, None), gate, None)
+        self.took = took
+
+    def seconds(self) -> float:
+        return self.took
+
+
+class WarmingModel(FakeModel):
+    """The first pass slow (cold), the later ones fast; records what each pass computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list[tuple[Kind, int]] = []  # kinds, ColBERT texts
+
+    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None) -> OnePass:
+        self.passes.append((kinds, len(colbert_texts)))
+        return OnePass(Timed(1.0 if len(self.passes) == 1 else 0.001), len(ids))
+
+
+def test_the_warm_up_runs_every_kind_and_learns_the_rate_from_its_second_pass_only():
+    harness = Harness()
+    harness.model = model = WarmingModel()
+    harness.engine._device._model = model
+    try:
+        harness.engine.warm_up()
+        every_kind = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
+        assert model.passes == [(every_kind, 1), (every_kind, 1)]
+        sizer = harness.engine._device._sizer
+        assert sizer.seconds_per_token == pytest.approx(0.001 / 256)  # the cold pass's 1 s left out
+    finally:
+        harness.stop()
