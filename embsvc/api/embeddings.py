@@ -7,11 +7,11 @@ from typing import Any, cast
 from embsvc.api.body import boolean, check_model, max_length, optional_str, texts
 from embsvc.config import Settings
 from embsvc.core.embedding import EmbeddingRequest
+from embsvc.core.windows import DENSE_DIM
 from embsvc.errors import InvalidRequest
 from gpu_pool import DEFAULT_OPTIONS, JobOptions, Kind
 
 _KIND_FLAGS = {"dense": Kind.DENSE, "sparse": Kind.SPARSE, "colbert": Kind.COLBERT}
-DENSE_DIM = 1024  # bge-m3's dense vectors: the most ``dimensions`` may ask for
 
 
 def parse_embedding_request(body: dict[str, Any], settings: Settings,

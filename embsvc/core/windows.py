@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from gpu_pool import m3math
+DENSE_DIM = 1024  # bge-m3's dense vectors: the most OpenAI's ``dimensions`` may ask for
 
 
 class Vectors(Protocol):
@@ -68,6 +68,15 @@ def unit(vector: np.ndarray) -> np.ndarray:
     return v / norm if norm > 0 else v
 
 
+def largest_by_id(ids: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each id once (sorted), with its largest weight."""
+    order = np.lexsort((-weights, ids))  # by id, heaviest first within an id
+    ids, weights = ids[order], weights[order]
+    first = np.ones(len(ids), dtype=bool)
+    np.not_equal(ids[1:], ids[:-1], out=first[1:])
+    return ids[first], weights[first]
+
+
 class Windowed:
     """The inputs of a result whose rows are windows: input ``i`` is ``counts[i]`` consecutive
     rows. ``dimensions``: dense vectors cut to their first n components and normalised again
@@ -109,7 +118,8 @@ class Windowed:
         rows = self._rows[i]
         if len(rows) == 1:
             return self._result.sparse(rows[0])
-        return m3math.lexical_weights(self.ids[i], self.token_weights(i), self.unused_ids)
+        parts = [self._result.sparse(r) for r in rows]
+        return largest_by_id(np.concatenate([ids for ids, _ in parts]), np.concatenate([w for _, w in parts]))
 
     def colbert(self, i: int) -> np.ndarray:
         return self._joined(self._rows[i], self._result.colbert)

@@ -6,6 +6,7 @@ from typing import Any
 
 from embsvc import __version__
 from embsvc.config import Settings
+from embsvc.core.windows import DENSE_DIM
 from embsvc.openapi import tei
 from embsvc.openapi.scoring import PRIORITY, scoring_paths
 
@@ -50,6 +51,13 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             "max_length": {"type": "integer", "minimum": 1, "maximum": settings.max_tokens,
                            "default": settings.max_tokens},
             "truncate": {**bool_field, "default": True},
+            "dimensions": {"type": ["integer", "null"], "minimum": 1, "maximum": DENSE_DIM, "default": None,
+                           "description": "the dense vector's first n components, L2-normalised again; "
+                                          "bge-m3 was not trained for shortened vectors"},
+            "chunk_long_inputs": {**bool_field, "default": settings.chunk_long_inputs,
+                                  "description": "embed an input longer than max_length in windows of max_length "
+                                                 "tokens and combine them, instead of truncating it; at most "
+                                                 f"{settings.max_request_tokens} tokens in all (MAX_REQUEST_TOKENS)"},
             "user": {"type": ["string", "null"]},
             "priority": PRIORITY,
         },

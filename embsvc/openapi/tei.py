@@ -57,9 +57,17 @@ def _post(summary: str, description: str, request: Schema, response: Schema) -> 
     }}
 
 
+def _chunking(settings: Settings) -> Schema:
+    return {"type": "boolean", "default": settings.chunk_long_inputs,
+            "description": "embed a text longer than max_input_length in windows of that many tokens and combine "
+                           f"them, instead of truncating it; at most {settings.max_request_tokens} tokens in all "
+                           "(MAX_REQUEST_TOKENS). Not in TEI"}
+
+
 def _embed_request(settings: Settings, **extra: Schema) -> Schema:
     return {"type": "object", "required": ["inputs"], "properties": {
-        "inputs": _inputs(settings), **_truncation(), "prompt_name": _no_prompt(), **extra}}
+        "inputs": _inputs(settings), **_truncation(), "prompt_name": _no_prompt(),
+        "chunk_long_inputs": _chunking(settings), **extra}}
 
 
 def embed_path(settings: Settings) -> Schema:

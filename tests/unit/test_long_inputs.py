@@ -10,7 +10,7 @@ from falcon import testing
 from embsvc.app import create_app
 from embsvc.config import ConfigError
 from embsvc.core.tokenizer import CHARS_PER_TOKEN, TextTokenizer
-from embsvc.core.windows import split
+from embsvc.core.windows import largest_by_id, split
 from gpu_pool import DEFAULT_OPTIONS, EmbeddingResult, JobOptions, Kind
 from tests.unit.conftest import LIMITS, assert_error, post
 from tests.unit.fake_engine import DIM, FakeEngine
@@ -52,6 +52,11 @@ def test_split_keeps_every_token_once_in_windows_with_their_own_specials():
     assert [w.tolist() for w in windows] == [[0, 10, 11, 12, 13, 2], [0, 14, 15, 16, 17, 2],
                                             [0, 18, 19, 20, 21, 2], [0, 22, 2]]
     assert split(ids, 15)[0] is ids and len(split(ids, 14)) == 2
+
+
+def test_sparse_keeps_each_ids_largest_weight_over_the_windows():
+    ids, weights = largest_by_id(np.array([5, 3, 5, 9, 3]), np.array([0.1, 0.2, 0.4, 0.3, 0.1], dtype=np.float32))
+    assert ids.tolist() == [3, 5, 9] and weights.tolist() == pytest.approx([0.2, 0.4, 0.3])
 
 
 def test_a_long_text_is_embedded_in_windows_and_put_back_together(client, engine):
@@ -163,3 +168,11 @@ def test_tei_sparse_and_colbert_of_a_long_text(client, engine):
 def test_the_flag_must_be_a_boolean(client, value):
     assert_error(post(client, "/v1/embeddings", {"input": "q", "chunk_long_inputs": value}), 400,
                  param="chunk_long_inputs")
+
+
+def test_the_openapi_document_has_the_flag_with_its_default(make_settings, engine):
+    client = testing.TestClient(create_app(make_settings(**LIMITS, CHUNK_LONG_INPUTS="1"), engine))
+    paths = client.simulate_get("/openapi.json").json["paths"]
+    for path in ("/v1/embeddings", "/embed", "/embed_sparse", "/embed_all"):
+        fields = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        assert fields["chunk_long_inputs"]["default"] is True, path
