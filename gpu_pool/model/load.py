@@ -19,6 +19,10 @@ def load(path: Path, device_name: str, dtype_name: str, threads: int) -> M3Model
     ``threads``: the most CPU threads torch may use."""
     adopt_transformers_logging()
     device = resolve_device(device_name)
+    if device.type == "cuda":
+        # The engine's device is the current one: torch and its libraries (cuBLAS, the caching
+        # allocator, a bare "cuda") then make their context there, not on GPU 0 as well.
+        torch.cuda.set_device(device)
     dtype = resolve_dtype(dtype_name, device)
     torch.set_num_threads(threads)
     log.info("Using device %s with dtype %s (%d CPU threads)", device, str(dtype).removeprefix("torch."), threads)

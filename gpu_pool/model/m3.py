@@ -21,7 +21,7 @@ from transformers import AutoModel
 from gpu_pool.model import attention
 from gpu_pool.model.flops import flops_per_token
 from gpu_pool.model.port import Outputs
-from gpu_pool.model.transfer import HostCopy, PassTimer, to_device
+from gpu_pool.model.transfer import HostCopy, PassTimer, to_device, wait_for
 from gpu_pool.model.xlmr import PackedEncoder, State
 from gpu_pool.wire import packing
 from gpu_pool.wire.protocol import Kind
@@ -79,7 +79,9 @@ class M3Model:
         if kinds & Kind.DENSE:
             dense = F.normalize(hidden[self._tensor(packing.token_starts(lengths))].float(), dim=-1).to(vector_type)
         if kinds & Kind.SPARSE:
-            sparse = torch.relu(self.sparse_linear(hidden)).squeeze(-1)
+            # Float32 always (float16 stays float16 on its way to the host): the weights feed sums
+            # (a score job's lexical score) that float16 would round.
+            sparse = torch.relu(self.sparse_linear(hidden).float()).squeeze(-1)
         if kinds & Kind.COLBERT and len(colbert_texts):
             rows = self._tensor(packing.colbert_sources(lengths, colbert_texts))
             colbert = F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1).to(vector_type)
@@ -122,7 +124,7 @@ class Pass:
 
     def sync(self) -> None:
         if self.model.device.type == "cuda":
-            torch.cuda.current_stream(self.model.device).synchronize()
+            wait_for(torch.cuda.current_stream(self.model.device))
 
     def outputs_async(self) -> PendingOutputs:
         """The outputs on their way to the host: a caller that starts the next pass before it

@@ -13,6 +13,11 @@ On the CPU nothing moves: the tensors are the arrays.
 For the same reason the host's clock does not time a pass on CUDA (it says when the
 kernels were queued, not when they ran): ``PassTimer`` reads events recorded on the
 device's stream instead.
+
+Every wait for the device is on a blocking-sync event (``device_event``): the waiting
+thread sleeps until the device reaches it, where a default event (or a stream's
+``synchronize``) spins a core at full load for as long as the device runs, a core
+that the web workers and the engine's other threads need.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ class HostCopy:
                 # The compute stream must not reuse the source's memory before this stream has read it.
                 source.record_stream(stream)
                 host.append(pinned)
-            self._event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+            self._event = device_event()
             self._event.record(stream)
         return host
 
@@ -103,9 +108,21 @@ class PassTimer:
 
 
 def _timing_event(device: torch.device) -> torch.cuda.Event:
-    event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    event = device_event(timing=True)
     event.record(torch.cuda.current_stream(device))  # behind the kernels queued so far
     return event
+
+
+def device_event(timing: bool = False) -> torch.cuda.Event:
+    """An event whose ``synchronize`` sleeps until the device has reached it (blocking sync)."""
+    return torch.cuda.Event(enable_timing=timing, blocking=True)  # type: ignore[no-untyped-call]
+
+
+def wait_for(stream: torch.cuda.Stream) -> None:
+    """Sleep until ``stream`` has run the work queued on it so far."""
+    event = device_event()
+    event.record(stream)
+    event.synchronize()
 
 
 def copy_stream(device: torch.device) -> torch.cuda.Stream:

@@ -72,6 +72,15 @@ def test_half_outputs_are_the_float32_vectors_rounded_once(model):
     np.testing.assert_array_equal(half.sparse, full.sparse)  # the weights stay float32
 
 
+def test_sparse_weights_leave_a_float16_model_as_float32(tiny_model):
+    """A GPU runs float16 (DTYPE=auto): the weights feed sums (a score job's lexical score) that
+    float16 would round, so they alone come back float32; the vectors stay what was asked."""
+    half = M3Model(tiny_model, torch.device("cpu"), torch.float16)
+    got = forward(half, IDS, LENGTHS, ALL | Kind.HALF, np.array([0, 1]))
+    assert got.sparse.dtype == np.float32
+    assert got.dense.dtype == got.colbert.dtype == np.float16
+
+
 def test_outputs_async_gives_the_outputs_when_the_next_pass_ran_before_the_wait(model):
     expected = forward(model, IDS, LENGTHS, ALL, np.array([1]))
     running = model.start(IDS, LENGTHS, ALL, np.array([1]))

@@ -1,3 +1,6 @@
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -26,3 +29,26 @@ def test_auto_device_and_cuda_without_cuda():
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         resolve_device("cuda:1")
+
+
+def test_each_engine_makes_its_cuda_device_the_current_one(monkeypatch):
+    """DEVICE=cuda:0,cuda:1: the second engine's context is on GPU 1 alone, none on GPU 0."""
+    from gpu_pool.model import load
+
+    current: list[torch.device] = []
+    current_at_load: list[list[torch.device]] = []  # the devices made current before each model was made
+    monkeypatch.setattr(load, "resolve_device", torch.device)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+
+    class Loaded:
+        attention = types.SimpleNamespace(path="varlen", kernel_name="", reason="a fake")
+
+        def __init__(self, path, device, dtype, threads):
+            current_at_load.append(list(current))
+
+    monkeypatch.setattr(load, "M3Model", Loaded)
+    load.load(Path("/nowhere"), "cuda:1", "auto", 1)
+    load.load(Path("/nowhere"), "cpu", "float32", 1)
+    # The CUDA engine's device before its model was made there; a CPU engine touches none.
+    assert current_at_load == [[torch.device("cuda:1")], [torch.device("cuda:1")]]

@@ -5,6 +5,8 @@ back asynchronously, with the same numbers. A whole pass's outputs: tests/integr
 from __future__ import annotations
 
 import time
+import types
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -47,6 +49,52 @@ def test_a_pass_timer_on_the_cpu_is_the_hosts_clock():
     timer.stop()
     time.sleep(0.05)  # after the stop: not counted
     assert 0.02 <= timer.seconds() < 0.05
+
+
+class FakeEvent:
+    """Stands for torch.cuda.Event: records how it was made and how it was waited for."""
+
+    made: ClassVar[list[FakeEvent]] = []
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False) -> None:
+        self.timing, self.blocking, self.waits = enable_timing, blocking, []
+        FakeEvent.made.append(self)
+
+    def record(self, stream: object = None) -> None:
+        self.stream = stream
+
+    def synchronize(self) -> None:
+        self.waits.append("synchronize")
+
+    def query(self) -> bool:
+        self.waits.append("query")
+        return True
+
+    def elapsed_time(self, end: FakeEvent) -> float:
+        return 5.0
+
+
+@pytest.fixture
+def fake_cuda_events(monkeypatch):
+    FakeEvent.made = []
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: f"compute stream of {device}")
+    return FakeEvent.made
+
+
+def test_the_host_sleeps_on_blocking_events_when_it_waits_for_the_device(fake_cuda_events):
+    from gpu_pool.model.m3 import Pass
+
+    timer = PassTimer(torch.device("cuda:0"))
+    timer.stop()
+    assert timer.seconds() == 0.005
+    transfer.wait_for("copy stream")
+    Pass.sync(types.SimpleNamespace(model=types.SimpleNamespace(device=torch.device("cuda:0"))))
+    began, ended, waited, synced = fake_cuda_events
+    assert began.timing and ended.timing and not waited.timing
+    assert all(event.blocking for event in fake_cuda_events), "a default event's synchronize spins a core"
+    assert ended.waits == waited.waits == synced.waits == ["synchronize"]  # one sleep each, no polling
+    assert waited.stream == "copy stream" and synced.stream == "compute stream of cuda:0"
 
 
 # -- on the GPU machine ------------------------------------------------------------
