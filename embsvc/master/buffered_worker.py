@@ -55,6 +55,7 @@ class _Reading:
         self.started = time.monotonic()
         self.idle_until = self.started + read_timeout_s
         self.continued = False
+        self.listening = False  # registered with the worker's poller
 
     def got(self, data: bytes) -> None:
         self.buf += data
@@ -107,14 +108,16 @@ class BufferedThreadWorker(ThreadWorker):
         if held and reading.frame.feed(reading.buf):
             self._hand_over(reading)
             return
-        conn.sock.setblocking(False)
-        self.reading[conn.sock.fileno()] = reading
+        sock = conn.sock
+        if sock.gettimeout() != 0.0:  # gthread leaves it non-blocking here already: no system call then
+            sock.setblocking(False)
+        self.reading[sock.fileno()] = reading
         self.buffered += len(reading.buf)
-        self._listen(reading)
         # Usually the request is there already (a kept-alive connection is here because it became
-        # readable, and a new one's client writes right after connecting): read it without waiting
-        # for the loop's next turn.
-        self._on_readable(reading, conn.sock)
+        # readable, and a new one's client writes right after connecting): read it at once, and
+        # watch the socket only when more is to come.
+        if self._read(reading, sock):
+            self._listen(reading)
 
     def _reads_here(self, conn: TConn) -> bool:
         """Plain HTTP/1: what ``framing`` knows how to read (gunicorn serves the rest, unused here, itself)."""
@@ -124,35 +127,49 @@ class BufferedThreadWorker(ThreadWorker):
 
     def _listen(self, reading: _Reading) -> None:
         self.poller.register(reading.conn.sock, selectors.EVENT_READ, partial(self._on_readable, reading))
+        reading.listening = True
+
+    def _unlisten(self, reading: _Reading) -> None:
+        if reading.listening:
+            reading.listening = False
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self.poller.unregister(reading.conn.sock)
 
     def _on_readable(self, reading: _Reading, sock: socket.socket) -> None:
+        self._read(reading, sock)
+
+    def _read(self, reading: _Reading, sock: socket.socket) -> bool:
+        """One read of the request; whether it is still being read here (False: handed over, dropped
+        or paused)."""
         if len(reading.buf) >= _SMALL and self.buffered >= self.buffer_budget:
             if _hung_up(sock):
                 self._drop(reading)
             else:
-                self.poller.unregister(sock)  # level-triggered: left registered, it would wake the loop again
+                self._unlisten(reading)  # level-triggered: left registered, it would wake the loop again
                 self.paused.append(reading)
-            return
+            return False
         try:
             data = sock.recv(_RECV)
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:
             data = b""
         if not data:  # the client closed it
             self._drop(reading)
-            return
+            return False
         reading.got(data)
         self.buffered += len(data)
         if reading.frame.feed(reading.buf):
             self._stop_reading(reading)
             self._hand_over(reading)
-        elif reading.frame.expects_continue and reading.frame.head_end is not None and not reading.continued:
+            return False
+        if reading.frame.expects_continue and reading.frame.head_end is not None and not reading.continued:
             # The client waits for this before it sends the body. The thread's parser sends gunicorn's own
             # later: a second 1xx before the answer, which clients must take (RFC 9110 15.2; curl does).
             reading.continued = True
             with contextlib.suppress(OSError):
                 sock.send(_CONTINUE)
+        return True
 
     def _hand_over(self, reading: _Reading) -> None:
         conn = reading.conn
@@ -170,8 +187,7 @@ class BufferedThreadWorker(ThreadWorker):
         if reading in self.paused:
             self.paused.remove(reading)
         else:
-            with contextlib.suppress(OSError, KeyError, ValueError):
-                self.poller.unregister(reading.conn.sock)
+            self._unlisten(reading)
 
     def _drop(self, reading: _Reading, answer: bytes = b"") -> None:
         self._stop_reading(reading)
