@@ -1,14 +1,17 @@
 """The device check: what the GPU path does, measured in one run, as one JSON line.
 
-    python -m bench.gpu.check [--device cuda:0] [--model full|tiny|FOLDER] [--quick] [--out DIR]
+    python -m bench.gpu.check [--device cuda:0] [--model full|tiny|FOLDER] [--quick] [--out DIR] [--budget-s S]
 
 bench/gpu/check.sh runs it on the GPU machine after installing the wheels it carries; here,
 ``--device cpu --model tiny --quick`` runs every part end to end on the CPU. Parts, in
 order, each in a process of its own under a time limit, so that a failure or a hang in one
 still leaves the others' figures (a part that finds too little time left is skipped, and
-the JSON says so):
+the JSON says so). The whole check takes at most ``--budget-s`` (300 s; quick 180 s), so that
+on the GPU machine its start, a run and a rerun fit in 15 minutes:
 
   env        torch, CUDA, the GPU, the packages, which attention kernel each half type gets
+  gpu_tests  the tests marked ``gpu`` (tests/unit/test_attention.py, test_transfer.py,
+             tests/integration/test_model.py): the CUDA paths' correctness, first
   build      the random bge-m3 folder (full: the real architecture), built on the machine
   peak       the device's bfloat16 and float16 matrix-product peak (8192³ on a GPU)
   server     gunicorn + engine under concurrent HTTP clients: bulk dense, bulk all kinds in
@@ -20,13 +23,12 @@ the JSON says so):
              kinds, mixed lengths and scripts, single and batched; float16/bfloat16 against
              float32; varlen against per-length attention
   engine     the engine's model alone on the bulk texts at 8,192 to 65,536 tokens a pass
-  gpu_tests  the tests marked ``gpu`` (tests/unit/test_attention.py, test_transfer.py,
-             tests/integration/test_model.py)
   two_engines  the short queries and the lone query with two engines on the one device
              (``DEVICE=cuda:0,cuda:0``), where time is left
 
-The JSON (printed last, and written to OUT/gpu-check-DATE-GPU.json, ready for bench/results/)
-holds every part's figures, the GPU path's targets with met/not met, and the share of the
+The JSON (printed last, and written to OUT/gpu-check-DATE-GPU.json, ready for bench/results/,
+after every part: a check stopped by a timeout leaves every part it finished there) holds
+every part's figures, the GPU path's targets with met/not met, and the share of the
 measured matrix peak that the server's bulk throughput is.
 """
 
@@ -36,6 +38,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -60,10 +63,12 @@ class Part:
     quick_limit_s: float
 
 
-# Most important first: the headline figures before the checks that confirm choices.
-PARTS = (Part("env", 60, 60), Part("build", 150, 150), Part("peak", 60, 40), Part("server", 220, 110),
-         Part("bare_app", 60, 40), Part("flag", 120, 60), Part("parity", 150, 90), Part("engine", 120, 60),
-         Part("gpu_tests", 120, 90), Part("two_engines", 90, 50))
+# Most important first: whether the CUDA paths are right, then the headline figures, then the
+# checks that confirm choices.
+PARTS = (Part("env", 60, 60), Part("gpu_tests", 90, 60), Part("build", 150, 150), Part("peak", 40, 30),
+         Part("server", 180, 110), Part("bare_app", 60, 40), Part("flag", 120, 60), Part("parity", 150, 90),
+         Part("engine", 120, 60), Part("two_engines", 90, 50))
+BUDGET_S, QUICK_BUDGET_S = 300, 180  # the whole check's default time
 MIN_PART_S = 20  # a part that cannot have this long is skipped
 # The test files with tests marked ``gpu``.
 GPU_TESTS = ("tests/unit/test_attention.py", "tests/unit/test_transfer.py", "tests/integration/test_model.py")
@@ -78,26 +83,44 @@ class Check:
         self.size = args.model if args.model in ("full", "tiny") else None
         self.model = ROOT / "models" / f"bge-m3-{self.size}" if self.size else Path(args.model)
         self.report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device,
-                                       "model": args.model, "quick": args.quick, "parts": {}}
+                                       "model": args.model, "quick": args.quick, "budget_s": args.budget_s,
+                                       "parts": {}}
+        self.path: Path | None = None  # named once, after the first part (env names the GPU)
 
     def run(self) -> dict[str, Any]:
-        for part in PARTS:
-            limit = min(part.quick_limit_s if self.args.quick else part.limit_s, self.deadline - time.monotonic())
-            if limit < MIN_PART_S:
-                self.report["parts"][part.name] = {"skipped": f"{limit:.0f} s left of the time budget"}
-                continue
-            started = time.monotonic()
-            try:
-                result = self._run(part.name, limit)
-            except Exception as exc:  # noqa: BLE001 - one part's failure must leave the others' figures
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            result.setdefault("part_seconds", round(time.monotonic() - started, 1))
-            self.report["parts"][part.name] = result
-            shown = f"{result['error']}\n{result.get('stderr_tail', '')[-1500:]}" if "error" in result else \
-                json.dumps(result)[:400]
-            _progress(f"{part.name}: {shown}")
-        self.report["summary"] = summary(self.report["parts"], self.args.device)
+        """Every part in turn, the JSON written after each (``save``) and once more however the
+        run ends: a timeout's ``SystemExit`` leaves the part it stopped marked ``interrupted``."""
+        try:
+            for part in PARTS:
+                self._part(part)
+                self.save()
+        finally:
+            _progress(f"written to {self.save()}")
         return self.report
+
+    def _part(self, part: Part) -> None:
+        limit = min(part.quick_limit_s if self.args.quick else part.limit_s, self.deadline - time.monotonic())
+        if limit < MIN_PART_S:
+            self.report["parts"][part.name] = {"skipped": f"{limit:.0f} s left of the time budget"}
+            return
+        self.report["parts"][part.name] = {"error": "interrupted (the check was stopped during this part)"}
+        started = time.monotonic()
+        try:
+            result = self._run(part.name, limit)
+        except Exception as exc:  # noqa: BLE001 - one part's failure must leave the others' figures
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        result.setdefault("part_seconds", round(time.monotonic() - started, 1))
+        self.report["parts"][part.name] = result
+        shown = f"{result['error']}\n{result.get('stderr_tail', '')[-1500:]}" if "error" in result else \
+            json.dumps(result)[:400]
+        _progress(f"{part.name}: {shown}")
+
+    def save(self) -> Path:
+        """The report so far, with its verdicts, written to its file (the same one after every part)."""
+        self.report["summary"] = summary(self.report["parts"], self.args.device)
+        self.path = self.path or Path(self.args.out) / file_name(self.report)
+        self.path.write_text(json.dumps(self.report, indent=1) + "\n")
+        return self.path
 
     def _run(self, name: str, limit: float) -> dict[str, Any]:
         if name == "build":
@@ -264,14 +287,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter windows, fewer texts and budgets")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"), help="where the JSON goes ($OUT there)")
     parser.add_argument("--work", help="texts and server logs (default: OUT/work)")
-    parser.add_argument("--budget-s", type=float, help="the whole check's time (420 s; quick 240 s)")
+    parser.add_argument("--budget-s", type=float,
+                        help=f"the whole check's time ({BUDGET_S} s; quick {QUICK_BUDGET_S} s)")
     args = parser.parse_args()
-    args.budget_s = args.budget_s or (240 if args.quick else 420)
+    args.budget_s = args.budget_s or (QUICK_BUDGET_S if args.quick else BUDGET_S)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    # A timeout's SIGTERM ends the check as an exception would: the part running is stopped
+    # (subprocess.run kills it) and the file keeps every part finished, that one marked.
+    signal.signal(signal.SIGTERM, _stopped)
     report = Check(args).run()
-    path = Path(args.out) / file_name(report)
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    _progress(f"written to {path}")
     print(json.dumps(report), flush=True)
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
 
 
 if __name__ == "__main__":

@@ -153,18 +153,45 @@ def gpu_memory_mib() -> dict[str, int]:
     return {pid.strip(): int(used) for pid, used in rows}
 
 
-def shm_size() -> str | None:
+OWN_SHM_SIZE = "16g"
+
+
+def own_dev_shm() -> tuple[str | None, str]:
     """A /dev/shm of its own for the server where the machine's is small (a VM's or a container's
-    default can be 64 MiB): bulk requests with ColBERT rows need about 90 MB each in flight."""
-    small = shutil.disk_usage("/dev/shm").total < 8 * 2**30
-    return "16g" if small and os.geteuid() == 0 and shutil.which("unshare") else None
+    default can be 64 MiB): bulk requests with ColBERT rows need about 90 MB each in flight.
+    Its size (None: the machine's /dev/shm) and, for the JSON, which and why. Where a tmpfs
+    cannot be mounted, the machine's, however small: a figure on it beats none."""
+    try:
+        gib = shutil.disk_usage("/dev/shm").total / 2**30
+    except OSError as exc:
+        return None, f"the machine's /dev/shm, unread ({exc})"
+    machines = f"the machine's /dev/shm ({gib:.1f} GiB)"
+    if gib >= 8:
+        return None, machines
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return None, f"{machines}: small, but no root or no unshare to mount one of its own"
+    probe = ["unshare", "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "-o",
+             f"size={OWN_SHM_SIZE},mode=1777", "tmpfs", "/dev/shm"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"{machines}: mounting one of its own failed ({exc})"
+    if done.returncode:
+        return None, f"{machines}: mounting one of its own was refused ({done.stderr.strip()[-300:]})"
+    return OWN_SHM_SIZE, f"a tmpfs of its own ({OWN_SHM_SIZE}; the machine's: {gib:.1f} GiB)"
 
 
-def serve(args: argparse.Namespace, plan: Plan, work: Path, engines: int = 1) -> Server:
-    server = Server(Path(args.model), work / "server.log", shm_size=shm_size(), API_TOKEN=TOKEN,
-                    DEVICE=",".join([args.device] * engines), DTYPE="auto", WEB_CONCURRENCY=str(plan.workers(engines)),
-                    LOG_FORMAT="json", **plan.env)
-    return server.start(timeout=300)
+def serve(args: argparse.Namespace, plan: Plan, work: Path, engines: int = 1) -> tuple[Server, str]:
+    """The server started, and which /dev/shm it has (its own where it can, else the machine's)."""
+    shm_size, dev_shm = own_dev_shm()
+    env = {"API_TOKEN": TOKEN, "DEVICE": ",".join([args.device] * engines), "DTYPE": "auto",
+           "WEB_CONCURRENCY": str(plan.workers(engines)), "LOG_FORMAT": "json", **plan.env}
+    if shm_size is not None:
+        try:
+            return Server(Path(args.model), work / "server.log", shm_size=shm_size, **env).start(timeout=300), dev_shm
+        except (RuntimeError, TimeoutError) as exc:
+            dev_shm = f"the machine's /dev/shm: the server did not start on its own ({str(exc)[:300]})"
+    return Server(Path(args.model), work / "server.log", **env).start(timeout=300), dev_shm
 
 
 def measure_server(args: argparse.Namespace, plan: Plan, work: Path, texts: dict[str, Any]) -> dict[str, Any]:
@@ -172,9 +199,9 @@ def measure_server(args: argparse.Namespace, plan: Plan, work: Path, texts: dict
     dense = bodies(bulk["texts"], bulk["tokens"], 64, DENSE_ONLY)
     everything = bodies(bulk["texts"], bulk["tokens"], 64, ALL_KINDS_HALF)
     asks = queries(short["texts"], short["tokens"])
-    server = serve(args, plan, work)
-    out: dict[str, Any] = {"web_concurrency": plan.web_concurrency, "dev_shm_gib": round(
-        shutil.disk_usage("/dev/shm").total / 2**30, 1), "own_dev_shm": server.shm_size}
+    server, dev_shm = serve(args, plan, work)
+    out: dict[str, Any] = {"web_concurrency": plan.web_concurrency, "dev_shm": dev_shm,
+                           "own_dev_shm": server.shm_size}
     clients = (plan.bulk_connections, plan.client_processes, plan.window_s, plan.warmup_s)
     steps: dict[str, Callable[[], Any]] = {
         "health": lambda: requests.get(f"{server.url}/health", timeout=10).json(),
@@ -206,11 +233,11 @@ def measure_two_engines(args: argparse.Namespace, plan: Plan, work: Path, texts:
     whether a second process's Python beside the first's kernels pays where one engine's host
     side is the limit."""
     asks = queries(texts["queries"]["texts"], texts["queries"]["tokens"])
-    server = serve(args, plan, work, engines=2)
+    server, dev_shm = serve(args, plan, work, engines=2)
     try:
-        return {"web_concurrency": plan.workers(2), "short_queries": where_time_goes(server, lambda: load(
-                    server.port, asks, plan.short_connections, plan.client_processes, plan.short_window_s,
-                    plan.warmup_s)),
+        short = where_time_goes(server, lambda: load(server.port, asks, plan.short_connections,
+                                                     plan.client_processes, plan.short_window_s, plan.warmup_s))
+        return {"web_concurrency": plan.workers(2), "dev_shm": dev_shm, "short_queries": short,
                 "lone_query": lone_query_figures(server, asks, plan.lone_window_s),
                 "gpu_memory_mib": gpu_memory_mib()}
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
 from bench.gpu import check as gpu_check
 from bench.gpu import parts as gpu_parts
@@ -135,3 +136,103 @@ def test_the_gpu_tests_part_runs_every_file_with_gpu_tests():
     marked = {str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py")
               if gpu_mark.search(path.read_text(encoding="utf-8"))}
     assert marked == set(gpu_check.GPU_TESTS)
+
+
+def test_the_cuda_tests_run_right_after_env_and_the_whole_check_fits_its_budget():
+    assert [part.name for part in gpu_check.PARTS][:2] == ["env", "gpu_tests"]
+    assert gpu_check.BUDGET_S <= 300 and gpu_check.QUICK_BUDGET_S < gpu_check.BUDGET_S
+    script = (ROOT / "bench" / "gpu" / "check.sh").read_text()
+    limit = int(re.search(r"^CHECK_LIMIT_S=(\d+)$", script, re.MULTILINE).group(1))
+    device = int(re.search(r"^DEVICE_TIMEOUT_S=(\d+)$", script, re.MULTILINE).group(1))
+    # The check ends on its own budget before its hard limit; a start, a run and a quick rerun fit in 15 minutes.
+    assert gpu_check.BUDGET_S < limit < device and device + gpu_check.QUICK_BUDGET_S + 60 <= 15 * 60
+
+
+def check_args(tmp_path: Path) -> argparse.Namespace:
+    return argparse.Namespace(device="cuda:0", model="tiny", quick=False, out=str(tmp_path), work=str(tmp_path / "w"),
+                              budget_s=300.0)
+
+
+def test_the_json_is_written_after_every_part_and_a_stopped_check_keeps_the_finished_ones(tmp_path, monkeypatch):
+    written: list[set[str]] = []
+
+    def run_part(check: gpu_check.Check, name: str, limit: float) -> dict:
+        if check.path is not None:
+            written.append(set(orjson.loads(check.path.read_bytes())["parts"]))
+        if name == "peak":
+            raise SystemExit("stopped by signal 15")  # what a timeout's SIGTERM raises
+        return {"gpu": "NVIDIA H200"} if name == "env" else {"ran": name}
+
+    monkeypatch.setattr(gpu_check.Check, "_run", run_part)
+    check = gpu_check.Check(check_args(tmp_path))
+    with pytest.raises(SystemExit):
+        check.run()
+    assert written == [{"env"}, {"env", "gpu_tests"}, {"env", "gpu_tests", "build"}]  # each on file before the next
+    report = orjson.loads(check.path.read_bytes())
+    assert check.path.name.endswith("-NVIDIA-H200.json")
+    assert report["parts"]["build"] == {"ran": "build", "part_seconds": 0.0}
+    assert report["parts"]["peak"]["error"].startswith("interrupted")
+    assert "server" not in report["parts"] and report["summary"]["targets"]  # judged on what there is
+
+
+def test_a_refused_tmpfs_mount_leaves_the_machines_dev_shm_and_says_so(monkeypatch):
+    monkeypatch.setattr(gpu_server.shutil, "disk_usage", lambda path: shutil_usage(64 * 2**20))
+    monkeypatch.setattr(gpu_server.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(gpu_server.shutil, "which", lambda name: f"/usr/bin/{name}")
+    refused = subprocess.CompletedProcess([], 32, "", "mount: /dev/shm: permission denied.")
+    monkeypatch.setattr(gpu_server.subprocess, "run", lambda *a, **k: refused)
+    size, why = gpu_server.own_dev_shm()
+    assert size is None and "refused" in why and "permission denied" in why and "0.1 GiB" in why
+    monkeypatch.setattr(gpu_server.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess([], 0, "", ""))
+    assert gpu_server.own_dev_shm()[0] == gpu_server.OWN_SHM_SIZE
+    monkeypatch.setattr(gpu_server.shutil, "disk_usage", lambda path: (_ for _ in ()).throw(FileNotFoundError(path)))
+    size, why = gpu_server.own_dev_shm()
+    assert size is None and "unread" in why
+
+
+def shutil_usage(total: int) -> tuple[int, int, int]:
+    return type("Usage", (tuple,), {"total": total})((total, 0, total))
+
+
+def test_a_server_that_does_not_start_on_its_own_dev_shm_starts_on_the_machines(tmp_path, monkeypatch):
+    started: list[str | None] = []
+
+    class FakeServer:
+        def __init__(self, model, log, shm_size=None, **env) -> None:
+            self.shm_size = shm_size
+
+        def start(self, timeout: float) -> FakeServer:
+            started.append(self.shm_size)
+            if self.shm_size:
+                raise RuntimeError("server exited with 32:\nmount: /dev/shm: permission denied.")
+            return self
+
+    monkeypatch.setattr(gpu_server, "Server", FakeServer)
+    monkeypatch.setattr(gpu_server, "own_dev_shm", lambda: ("16g", "a tmpfs of its own"))
+    args = argparse.Namespace(device="cuda:0", model="m", quick=True)
+    server, dev_shm = gpu_server.serve(args, gpu_server.Plan(args), tmp_path)
+    assert started == ["16g", None] and server.shm_size is None
+    assert dev_shm.startswith("the machine's /dev/shm") and "permission denied" in dev_shm
+
+
+def test_the_script_runs_the_check_when_df_fails(tmp_path):
+    """A path this machine lacks in ``df`` (or nvidia-smi and torch missing) does not end the run."""
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "a-1-py3-none-any.whl").write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("df", "nvidia-smi"):
+        (bin_dir / name).write_text("#!/bin/sh\necho \"$0: cannot access\" >&2\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    calls = tmp_path / "python-calls"
+    python = bin_dir / "python-stub"
+    python.write_text(f'#!/bin/sh\necho "$@" >> {calls}\ncase "$1" in -c) exit 1;; esac\nexit 0\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(python), "OUT": str(tmp_path / "o"),
+           "GPU_CHECK_WHEELS": str(tmp_path / "wheels"), "GPU_CHECK_WORK": str(tmp_path / "work")}
+    done = subprocess.run(["bash", "bench/gpu/check.sh", "run", "--quick"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "df ended with 1" in done.stdout
+    ran = calls.read_text().splitlines()
+    assert ran[-1].startswith("-m bench.gpu.check --out ") and ran[-1].endswith("--quick")
