@@ -1,5 +1,6 @@
 """The device check's own logic, on the CPU: how passes are packed, how a part's failure is kept,
-how the targets are judged and the file named, and how the clients are sized
+how the targets are judged and the file named (after every part), how the clients are sized,
+which /dev/shm the server gets, and FlagEmbedding's import where ``datasets`` does not import
 (the whole check runs end to end with ``python -m bench.gpu.check --device cpu --model tiny --quick``)."""
 
 from __future__ import annotations
@@ -236,3 +237,28 @@ def test_the_script_runs_the_check_when_df_fails(tmp_path):
     assert "df ended with 1" in done.stdout
     ran = calls.read_text().splitlines()
     assert ran[-1].startswith("-m bench.gpu.check --out ") and ran[-1].endswith("--quick")
+
+
+FLAG_WITHOUT_DATASETS = """
+import json, sys
+sys.modules["datasets"] = None  # as where datasets does not import (against another pyarrow, say)
+from bench.gpu.parts import flag_model_class
+flag_model, note = flag_model_class()
+model = flag_model(sys.argv[1], use_fp16=False, devices="cpu")
+out = model.encode(["hello world", "a second, longer text"], return_dense=True, return_sparse=True,
+                   return_colbert_vecs=True)
+print(json.dumps({"note": note, "dense": out["dense_vecs"].tolist(), "sparse": len(out["lexical_weights"]),
+                  "colbert": [len(rows) for rows in out["colbert_vecs"]]}))
+"""
+
+
+def test_flagembedding_encodes_with_datasets_stood_in_where_it_does_not_import(tiny_model):
+    done = subprocess.run([sys.executable, "-c", FLAG_WITHOUT_DATASETS, str(tiny_model)], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert got["note"].startswith("datasets stood in for (ModuleNotFoundError")
+    dense = np.array(got["dense"])
+    assert dense.shape[0] == 2 and np.allclose(np.linalg.norm(dense, axis=1), 1.0, atol=1e-5)
+    assert got["sparse"] == 2 and all(rows > 0 for rows in got["colbert"])
