@@ -5,6 +5,8 @@ that contain the given token id:
 
 - ``ENGINE_FAULT_ERROR_TOKEN``: the pass raises ``RuntimeError``;
 - ``ENGINE_FAULT_OOM_TOKEN``: the pass raises ``torch.OutOfMemoryError``;
+- ``ENGINE_FAULT_DEVICE_TOKEN``: the pass raises the ``RuntimeError`` of a failed GPU
+  (an illegal memory access), which ends the engine;
 - ``ENGINE_FAULT_SLOW_TOKEN`` with ``ENGINE_FAULT_SLOW_MS``: the pass sleeps first.
 
 The tests put this folder on PYTHONPATH: Python imports ``sitecustomize`` at
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 _TARGET = "gpu_pool.model.m3"
+_FAULTS = ("ERROR", "OOM", "SLOW", "DEVICE")
 
 
 def _token(name: str) -> int | None:
@@ -35,7 +38,7 @@ def _token(name: str) -> int | None:
 
 
 def _patch(m3: ModuleType) -> None:
-    error, oom, slow = (_token(f"ENGINE_FAULT_{n}_TOKEN") for n in ("ERROR", "OOM", "SLOW"))
+    error, oom, slow, device = (_token(f"ENGINE_FAULT_{n}_TOKEN") for n in _FAULTS)
     slow_s = int(os.environ.get("ENGINE_FAULT_SLOW_MS", "0")) / 1000
     start = m3.M3Model.start
 
@@ -48,6 +51,8 @@ def _patch(m3: ModuleType) -> None:
             import torch
 
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected fault)")
+        if device is not None and (ids == device).any():
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (injected fault)")
         return start(self, ids, *args, **kwargs)
 
     m3.M3Model.start = start_with_faults
@@ -71,5 +76,5 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if any(os.environ.get(f"ENGINE_FAULT_{n}_TOKEN") for n in ("ERROR", "OOM", "SLOW")):
+if any(os.environ.get(f"ENGINE_FAULT_{n}_TOKEN") for n in _FAULTS):
     sys.meta_path.insert(0, _PatchOnImport())
