@@ -65,7 +65,7 @@ class Part:
 
 # Most important first: whether the CUDA paths are right, then the headline figures, then the
 # checks that confirm choices.
-PARTS = (Part("env", 60, 60), Part("gpu_tests", 90, 60), Part("build", 150, 150), Part("peak", 40, 30),
+PARTS = (Part("env", 60, 60), Part("gpu_tests", 120, 90), Part("build", 150, 150), Part("peak", 40, 30),
          Part("server", 180, 110), Part("bare_app", 60, 40), Part("flag", 120, 60), Part("parity", 150, 90),
          Part("engine", 120, 60), Part("two_engines", 90, 50))
 BUDGET_S, QUICK_BUDGET_S = 300, 180  # the whole check's default time
