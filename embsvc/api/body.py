@@ -14,6 +14,7 @@ import falcon
 import orjson
 
 from embsvc.config import Settings
+from embsvc.core.windows import DENSE_DIM
 from embsvc.errors import EmptyInput, InvalidRequest, NotFound, PayloadTooLarge
 from gpu_pool import JobOptions, Lane
 
@@ -114,6 +115,14 @@ def max_length(body: dict[str, Any], limit: int, field: str = "max_length") -> i
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
         raise InvalidRequest(f"{field} must be a whole number from 1 to {limit}", param=field)
     return value
+
+
+def dimensions(body: dict[str, Any]) -> int | None:
+    """OpenAI's ``dimensions``: the dense vector's first n components, normalised again; null or
+    absent: the whole vector."""
+    if body.get("dimensions") is None:
+        return None
+    return max_length(body, DENSE_DIM, "dimensions")
 
 
 def boolean(body: dict[str, Any], field: str, default: bool) -> bool:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from embsvc.api.body import boolean, check_model, max_length, optional_str, texts
+from embsvc.api.body import boolean, check_model, dimensions, max_length, optional_str, texts
 from embsvc.config import Settings
 from embsvc.core.embedding import EmbeddingRequest
-from embsvc.core.windows import DENSE_DIM
 from embsvc.errors import InvalidRequest
 from gpu_pool import DEFAULT_OPTIONS, JobOptions, Kind
 
@@ -42,14 +41,6 @@ def parse_embedding_request(body: dict[str, Any], settings: Settings,
         chunk_long_inputs=boolean(body, "chunk_long_inputs", settings.chunk_long_inputs),
         max_request_tokens=settings.max_request_tokens,
     )
-
-
-def dimensions(body: dict[str, Any]) -> int | None:
-    """OpenAI's ``dimensions``: the dense vector's first n components, normalised again; null or
-    absent: the whole vector."""
-    if body.get("dimensions") is None:
-        return None
-    return max_length(body, DENSE_DIM, "dimensions")
 
 
 def embedding_dtype(body: dict[str, Any], encoding_format: str) -> str:

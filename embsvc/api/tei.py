@@ -14,7 +14,7 @@ from typing import Any
 import falcon
 
 from embsvc import __version__
-from embsvc.api.body import TEI_WORDS, boolean, texts
+from embsvc.api.body import TEI_WORDS, boolean, dimensions, texts
 from embsvc.api.info import Root
 from embsvc.api.json_post import JsonPost
 from embsvc.config import Settings
@@ -49,9 +49,9 @@ def _no_prompt(body: dict[str, Any], settings: Settings) -> None:
                              "send the text as it should be embedded", param="prompt_name")
 
 
-def _dense_options(body: dict[str, Any]) -> None:
-    """TEI's ``normalize`` and ``dimensions``: BGE-M3's dense vector is the normalised CLS vector,
-    at full size, and nothing else can be had from the engine."""
+def _dense_options(body: dict[str, Any]) -> int | None:
+    """TEI's ``normalize`` and ``dimensions``: BGE-M3's dense vector is the normalised CLS vector;
+    ``dimensions`` keeps its first n components, normalised again (as on /v1/embeddings)."""
     normalize = body.get("normalize", True)
     if not isinstance(normalize, bool):
         raise InvalidRequest("normalize must be true or false", param="normalize")
@@ -59,21 +59,18 @@ def _dense_options(body: dict[str, Any]) -> None:
         raise InvalidRequest("normalize false is not served: BGE-M3's dense vectors are L2-normalised by the "
                              "model (as FlagEmbedding returns them); send normalize true or leave it out",
                              param="normalize")
-    if body.get("dimensions") is not None:
-        raise InvalidRequest("dimensions is not served: BGE-M3 is not trained for shortened vectors; "
-                             "leave it out for the full vector", param="dimensions")
+    return dimensions(body)
 
 
 def parse_embed(body: dict[str, Any], settings: Settings,
                 options: JobOptions = DEFAULT_OPTIONS, *, kind: Kind) -> EmbeddingRequest:
     """``kind``: dense for /embed, sparse for /embed_sparse, ColBERT for /embed_all."""
     _no_prompt(body, settings)
-    if kind == Kind.DENSE:
-        _dense_options(body)
+    shortened = _dense_options(body) if kind == Kind.DENSE else None
     truncate, direction = _truncation(body)
     return EmbeddingRequest(texts=texts(body, "inputs", settings.max_inputs, TEI_WORDS), kinds=kind,
                             encoding_format="float", max_length=settings.max_tokens, truncate=truncate,
-                            truncation_direction=direction, field="inputs", options=options,
+                            truncation_direction=direction, field="inputs", options=options, dimensions=shortened,
                             chunk_long_inputs=boolean(body, "chunk_long_inputs", settings.chunk_long_inputs),
                             max_request_tokens=settings.max_request_tokens)
 

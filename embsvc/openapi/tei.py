@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from embsvc.config import Settings
+from embsvc.core.windows import DENSE_DIM
 
 TEI_ERROR_TYPES = ["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty", "Unauthorized"]
 _TEI_ERROR = {"$ref": "#/components/responses/TEIError"}
@@ -75,7 +76,9 @@ def embed_path(settings: Settings) -> Schema:
         settings,
         normalize={"type": "boolean", "enum": [True], "default": True,
                    "description": "the dense vectors are always L2-normalised: false is refused (422)"},
-        dimensions={"type": "null", "description": "shortened vectors are not served: a number is refused (422)"})
+        dimensions={"type": ["integer", "null"], "minimum": 1, "maximum": DENSE_DIM, "default": None,
+                    "description": "the dense vector's first n components, L2-normalised again; "
+                                   "bge-m3 was not trained for shortened vectors"})
     response = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
     return _post("Dense vectors (TEI)", "One L2-normalised vector per input, the dense_embedding of "
                  "/v1/embeddings. Also served at POST /.", request, response)

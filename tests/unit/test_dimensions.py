@@ -83,3 +83,10 @@ def test_the_openapi_document_bounds_it(client):
     field = paths["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"][
         "dimensions"]
     assert (field["minimum"], field["maximum"]) == (1, 1024)
+
+
+def test_tei_embed_takes_dimensions_too(client):
+    full = post(client, "/embed", {"inputs": TEXTS}).json
+    short = post(client, "/embed", {"inputs": TEXTS, "dimensions": 8}).json
+    for whole, vector in zip(full, short, strict=True):
+        np.testing.assert_allclose(vector, shortened(whole, 8), rtol=1e-6)

@@ -170,7 +170,8 @@ def test_unreadable_bodies_in_tei_shape(client, raw, status, error_type):
     tei_error(client.simulate_post("/embed", body=raw, headers=AUTH), status, error_type)
 
 
-@pytest.mark.parametrize("field, value", [("normalize", False), ("normalize", None), ("dimensions", 8)])
+@pytest.mark.parametrize("field, value", [("normalize", False), ("normalize", None), ("dimensions", 0),
+                                          ("dimensions", 1025)])
 def test_what_bge_m3_cannot_honour_is_refused_with_a_reason(client, field, value):
     message = tei_error(post(client, "/embed", {"inputs": "a", field: value}), 422, "Validation")
     assert field in message
