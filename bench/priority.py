@@ -24,14 +24,16 @@ servers are up at once and take turns, in a rotating order: the server (its buff
 the server under gunicorn's gthread (``GUNICORN_CMD_ARGS=-k gthread``), and the bare Falcon
 app under each of the two worker classes. Each turn sends a fixed number of requests (one
 short text each) from 16 connections (testkit's load generator, 2 processes) and reads the
-CPU time (utime + stime, /proc/PID/stat) of the engine and of each web worker before and after:
-CPU time, unlike a rate, holds while others load the machine. Prints each turn, then one JSON
-line: per target the median req/s and µs of CPU per request per role, and the ratios.
+CPU time (utime + stime, /proc/PID/stat) and the context switches (/proc/PID/task/*/status) of
+the engine and of each web worker before and after: CPU time moves less than a rate while
+others load the machine. Prints each turn, then one JSON line: per target the medians of req/s
+and, per request and role, µs of CPU and context switches; and the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -169,14 +171,18 @@ class Target:
     def __init__(self, name: str, port: int, master: int, stop: Callable[[], object]) -> None:
         self.name, self.port, self.master, self.stop = name, port, master, stop
 
-    def cpu_us(self) -> dict[str, float]:
-        """CPU time so far by role: engine, web (its workers summed), master."""
-        roles = {"engine": 0.0, "web": 0.0, "master": _cpu_us(self.master)}
+    def counters(self) -> dict[str, float]:
+        """So far, by role (engine; web: its workers summed; master): CPU time (µs) and context
+        switches (each a thread's sleep or preemption: the wake-ups a request costs)."""
+        roles = {"engine_us": 0.0, "web_us": 0.0, "master_us": _cpu_us(self.master), "engine_switches": 0.0,
+                 "web_switches": 0.0}
         for child in _children(self.master):
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             if b"resource_tracker" in cmdline:
                 continue
-            roles["engine" if b"spawn_main" in cmdline else "web"] += _cpu_us(child)
+            role = "engine" if b"spawn_main" in cmdline else "web"
+            roles[f"{role}_us"] += _cpu_us(child)
+            roles[f"{role}_switches"] += _switches(child)
         return roles
 
 
@@ -190,6 +196,15 @@ def _cpu_us(pid: int) -> float:
     except FileNotFoundError:
         return 0.0  # gone between listing and reading
     return (int(fields[11]) + int(fields[12])) * _TICK_US  # utime, stime (fields 14 and 15)
+
+
+def _switches(pid: int) -> int:
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            total += sum(int(line.split()[1]) for line in status.read_text().splitlines()
+                         if line.endswith("ctxt_switches", 0, line.find(":")))
+    return total
 
 
 def _bare_target(name: str, worker_class: str) -> Target:
@@ -220,12 +235,13 @@ def _short_requests(count: int) -> list[httpload.Request]:
 
 
 def host_turn(target: Target, count: int) -> dict[str, float]:
-    """``count`` short requests from 16 connections: req/s, errors and µs of CPU per request by role."""
-    before = target.cpu_us()
+    """``count`` short requests from 16 connections: req/s, errors, and per request by role: µs of CPU
+    and context switches."""
+    before = target.counters()
     figures = httpload.run("127.0.0.1", target.port, _short_requests(count), 16, 2, once=True).figures()
-    after = target.cpu_us()
+    after = target.counters()
     answered = max(1, figures["requests"])
-    per_request = {f"{role}_us": round((after[role] - before[role]) / answered, 1) for role in before}
+    per_request = {key: round((after[key] - before[key]) / answered, 1) for key in before}
     return {"requests_per_s": figures["requests_per_s"], "errors": figures["errors"], **per_request}
 
 
