@@ -24,6 +24,7 @@ workers = _settings.web_concurrency
 # a slow client holds no thread, so /health answers beside any number of them (up to
 # worker_connections each; more wait in the kernel's backlog), and READ_TIMEOUT_S and
 # READ_DEADLINE_S end the ones that stall or crawl with a 408.
+# GUNICORN_CMD_ARGS="-k gthread" overrides the class (bench.priority --host-cost compares the two).
 threads = 32
 # A body is read here up to what the app drains of one it refuses (body_drain.py), and at most
 # as many bytes of bodies at once as the threads held when they read them themselves.
