@@ -216,7 +216,8 @@ TEI_CATALOGUE: list[Case] = [
     *(tei(f"{k}={json.dumps(v)}", {"inputs": "a", k: v}) for k, v in (
         ("truncate", "true"), ("truncate", 1), ("truncation_direction", "middle"), ("truncation_direction", None),
         ("truncation_direction", {}), ("truncation_direction", ["left"]),
-        ("normalize", False), ("normalize", None), ("normalize", "true"), ("dimensions", 8),
+        ("normalize", False), ("normalize", None), ("normalize", "true"), ("dimensions", 0),
+        ("dimensions", 1025), ("dimensions", "8"),
         ("prompt_name", "query"), ("prompt_name", 5))),
     tei("prompt_name on embed_sparse", {"inputs": "a", "prompt_name": "query"}, path="/embed_sparse"),
     tei("truncate false, too long", {"inputs": "word " * 40_000, "truncate": False}, path="/embed_all"),
