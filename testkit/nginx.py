@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import os
 import pwd
 import shutil
@@ -19,7 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from testkit.server import ROOT, free_port
+from testkit import scripts
+from testkit.server import free_port
 
 # A load generator is one client address to nginx: production's per-client limits would refuse
 # most of its requests. The tests of the limits themselves pass their own.
@@ -27,12 +27,7 @@ LOAD_TEST_LIMITS = {"rate": 100000, "burst": 100000, "connections": 16384}
 
 
 def render_module() -> ModuleType:
-    """deploy/nginx/render.py (a script beside the config, not part of a package)."""
-    spec = importlib.util.spec_from_file_location("render", ROOT / "deploy" / "nginx" / "render.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("nginx/render.py")
 
 
 def start(prefix: Path, upstreams: Sequence[str], *, limits: dict[str, int] | None = None,

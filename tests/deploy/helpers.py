@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -11,6 +10,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from testkit import scripts
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -65,14 +66,7 @@ def api_default(name: str) -> str:
 
 
 def load_render() -> ModuleType:
-    """deploy/nginx/render.py as a module (deploy/ is not a package)."""
-    path = DEPLOY / "nginx" / "render.py"
-    spec = importlib.util.spec_from_file_location("embsvc_nginx_render", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("nginx/render.py")
 
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "ki": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mi": 1 << 20,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import http.server
-import importlib.util
 import json
 import re
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from testkit import scripts
 
 from .helpers import ROOT, run, tool
 
@@ -197,11 +198,7 @@ DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 
 
 def load_check_lock() -> Any:
-    spec = importlib.util.spec_from_file_location("embsvc_check_lock", ROOT / "deploy" / "docker" / "check_lock.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("docker/check_lock.py")
 
 
 def test_every_base_image_is_pinned_by_digest() -> None:
