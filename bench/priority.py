@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.priority [--seconds 60] [--tiny-seconds 15]
     .venv/bin/python -m bench.priority --bare-forward MODEL_FOLDER "text"     (that alone: one JSON line)
-    .venv/bin/python -m bench.priority --host-cost [--turns 3] [--requests 4000]   (that alone, see below)
+    .venv/bin/python -m bench.priority --host-cost [--turns 3] [--requests 4000] [--other TREE]  (alone, see below)
 
 On the full-size random bge-m3 (the real model's compute), DTYPE=auto, default settings:
   1.-2. the server's lone short query (dense), end to end, timed in turns with its reference,
@@ -28,6 +28,11 @@ CPU time (utime + stime, /proc/PID/stat) and the context switches (/proc/PID/tas
 the engine and of each web worker before and after: CPU time moves less than a rate while
 others load the machine. Prints each turn, then one JSON line: per target the medians of req/s
 and, per request and role, µs of CPU and context switches; and the ratios.
+
+``--host-cost --other TREE``: a change's before and after. TREE is another checkout (``git
+worktree add /tmp/base HEAD~1``), run on this checkout's virtual environment; its server
+("other"), this one's ("server") and the bare app under gthread take the turns, and the ratios
+compare this server's CPU per request with the other's.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from transformers import AutoModel, AutoTokenizer
 from bench.gpu.server import embedding_requests
 from bench.gpu.server import lone_query as timed_lone_query
 from testkit import httpload
+from testkit import server as testkit_server
 from testkit.model_builder import build_model
 from testkit.server import AUTH, GUNICORN, TOKEN, Server, free_port
 from testkit.workload import requests_of, texts, texts_of_words
@@ -222,9 +228,14 @@ def _bare_target(name: str, worker_class: str) -> Target:
     return Target(name, port, process.pid, stop)
 
 
-def _server_target(name: str, model: Path, workdir: Path, **env: str) -> Target:
-    server = Server(model, workdir / f"{name}.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
-                    **env).start()
+def _server_target(name: str, model: Path, workdir: Path, tree: Path = ROOT, **env: str) -> Target:
+    """The server of the checkout ``tree`` (its working directory and import path)."""
+    testkit_server.ROOT = tree
+    try:
+        server = Server(model, workdir / f"{name}.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
+                        PYTHONPATH=str(tree), **env).start()
+    finally:
+        testkit_server.ROOT = ROOT
     assert server.process is not None
     return Target(name, server.port, server.process.pid, server.stop)
 
@@ -245,16 +256,21 @@ def host_turn(target: Target, count: int) -> dict[str, float]:
     return {"requests_per_s": figures["requests_per_s"], "errors": figures["errors"], **per_request}
 
 
-def host_cost(turns: int, count: int) -> dict:
+def host_cost(turns: int, count: int, other: Path | None = None) -> dict:
+    """``other``: another checkout, whose server takes the gthread server's and the buffered bare app's turns."""
     tiny = build_model(ROOT / "models" / "bge-m3-tiny", "tiny")
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         targets: list[Target] = []
         try:
             targets.append(_server_target("server", tiny, Path(tmp)))
-            targets.append(_server_target("server_gthread", tiny, Path(tmp), GUNICORN_CMD_ARGS=f"-k {_GTHREAD}"))
+            if other is not None:
+                targets.append(_server_target("other", tiny, Path(tmp), other.resolve()))
+            else:
+                targets.append(_server_target("server_gthread", tiny, Path(tmp), GUNICORN_CMD_ARGS=f"-k {_GTHREAD}"))
             targets.append(_bare_target("bare", _GTHREAD))
-            targets.append(_bare_target("bare_buffered", _BUFFERED))
+            if other is None:
+                targets.append(_bare_target("bare_buffered", _BUFFERED))
             for target in targets:
                 host_turn(target, min(count, 1000))  # warm-up: threads, caches, the engine's first passes
             for turn in range(turns):
@@ -274,6 +290,14 @@ def host_summary(results: dict[str, list[dict[str, float]]]) -> dict:
     medians = {name: {key: statistics.median(turn[key] for turn in turns) for key in turns[0]}
                for name, turns in results.items()}
     bare = medians["bare"]["requests_per_s"]
+    if "other" in medians:
+        server, other = medians["server"], medians["other"]
+        return {"medians": medians, "ratios": {
+            "server_vs_bare": ratio(server["requests_per_s"], bare),
+            "other_vs_bare": ratio(other["requests_per_s"], bare),
+            "engine_us_server_vs_other": ratio(server["engine_us"], other["engine_us"]),
+            "web_us_server_vs_other": ratio(server["web_us"], other["web_us"]),
+        }}
     return {"medians": medians, "ratios": {
         "server_vs_bare": ratio(medians["server"]["requests_per_s"], bare),
         "server_gthread_vs_bare": ratio(medians["server_gthread"]["requests_per_s"], bare),
@@ -299,11 +323,12 @@ def main() -> None:
     parser.add_argument("--host-cost", action="store_true", help="only the CPU per short request (see above)")
     parser.add_argument("--turns", type=int, default=3, help="of --host-cost, for each server")
     parser.add_argument("--requests", type=int, default=4000, help="of each --host-cost turn")
+    parser.add_argument("--other", type=Path, help="of --host-cost: another checkout's server beside this one's")
     parser.add_argument("--bare-forward", nargs=2, metavar=("MODEL_FOLDER", "TEXT"),
                         help="only time the bare forward of TEXT (30 times: its p50)")
     args = parser.parse_args()
     if args.host_cost:
-        print(json.dumps(host_cost(args.turns, args.requests)))
+        print(json.dumps(host_cost(args.turns, args.requests, args.other)))
         return
     if args.bare_forward:
         bare_forward_alone(Path(args.bare_forward[0]), args.bare_forward[1])
