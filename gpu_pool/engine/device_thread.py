@@ -54,7 +54,9 @@ class Inline:
 
 def for_device(device_name: str) -> AnswerThread | Inline:
     """Where the answering runs: beside the device thread on a GPU, on it on a CPU."""
-    return Inline() if is_cpu(device_name) else AnswerThread()
+    if is_cpu(device_name):
+        return Inline()
+    return AnswerThread()  # cuda-only
 
 
 class DeviceThread:
@@ -158,9 +160,13 @@ class DeviceThread:
         began, interleaved = time.perf_counter(), 0.0
         step_seconds: list[float] = []  # each step's own time, the interleaved passes left out
         step_began = began
+        bulk = batch.lane == Lane.BULK
         while not running.step():
             step_seconds.append(time.perf_counter() - step_began)
-            if batch.lane == Lane.BULK and self._handoff.interactive:  # a deque's truth is safe to read unlocked
+            if bulk:
+                # On a GPU, at most a layer queued: a query arriving waits behind that, not the pass.
+                running.keep_ahead(running.steps_per_layer)
+            if bulk and self._handoff.interactive:  # a deque's truth is safe to read unlocked
                 # On a GPU the steps queued so far finish first: the query then queues behind
                 # none of them, and the clock below measures the device, not the queueing.
                 running.sync()

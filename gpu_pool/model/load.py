@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -13,19 +14,29 @@ from gpu_pool.model.m3 import M3Model
 
 log = logging.getLogger("gpu_pool.engine")
 
+# With an accelerator the host only queues kernels: torch's CPU threads have little to do but
+# wake each other and take cores from the web workers, and the engine's four threads take turns
+# on the GIL. Python's default switch interval (5 ms) would let the device thread, queueing,
+# keep a query's answer thread (or the reader) waiting that long; 0.5 ms bounds it to a step.
+ACCELERATOR_THREADS = 2
+ACCELERATOR_SWITCH_INTERVAL_S = 0.0005
+
 
 def load(path: Path, device_name: str, dtype_name: str, threads: int) -> M3Model:
     """``device_name``, ``dtype_name``: the DEVICE and DTYPE settings (``auto`` allowed);
     ``threads``: the most CPU threads torch may use."""
     adopt_transformers_logging()
     device = resolve_device(device_name)
-    if device.type == "cuda":
+    if device.accelerator is not None:
         # The engine's device is the current one: torch and its libraries (cuBLAS, the caching
         # allocator, a bare "cuda") then make their context there, not on GPU 0 as well.
-        torch.cuda.set_device(device)
+        device.accelerator.set_device(device.tensors)  # cuda-only
+        threads = min(threads, ACCELERATOR_THREADS)
+        sys.setswitchinterval(ACCELERATOR_SWITCH_INTERVAL_S)
     dtype = resolve_dtype(dtype_name, device)
     torch.set_num_threads(threads)
-    log.info("Using device %s with dtype %s (%d CPU threads)", device, str(dtype).removeprefix("torch."), threads)
+    log.info("Using device %s with dtype %s (%d CPU threads)", device.name, str(dtype).removeprefix("torch."),
+             threads)
     started = time.monotonic()
     model = M3Model(path, device, dtype, threads)
     log.info("Model loaded from %s in %.1f s", path, time.monotonic() - started)

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from gpu_pool.model import attention
+from gpu_pool.model.device import Device
 from gpu_pool.model.flops import flops_per_token
 from gpu_pool.model.port import Outputs
-from gpu_pool.model.transfer import HostCopy, PassTimer, to_device, wait_for
+from gpu_pool.model.transfer import HostCopy, PassTimer, release_memory, to_device
 from gpu_pool.model.xlmr import PackedEncoder, State
 from gpu_pool.wire import packing
 from gpu_pool.wire.protocol import Kind
@@ -34,12 +35,15 @@ PARALLEL_MIN_FLOPS = 50e6
 
 
 class M3Model:
-    def __init__(self, path: Path, device: torch.device, dtype: torch.dtype, threads: int = 1,
+    def __init__(self, path: Path, device: torch.device | Device, dtype: torch.dtype, threads: int = 1,
                  attention_path: str = "auto") -> None:
-        """``threads``: the most CPU threads a pass may use; ``attention_path``: "auto" (chosen by device
-        and dtype), or ``attention.PER_LENGTH`` to keep the per-length path (the device check compares them)."""
-        self.device, self.dtype, self.threads = device, dtype, threads
-        self.device_name, self.dtype_name = str(device), str(dtype).removeprefix("torch.")
+        """``device``: a torch device, or the engine's (``device.resolve_device``); ``threads``: the most
+        CPU threads a pass may use; ``attention_path``: "auto" (chosen by device and dtype), or
+        ``attention.PER_LENGTH`` to keep the per-length path (the device check compares them)."""
+        self.where = Device.of(device)  # with its accelerator, where there is one
+        self.device, self.dtype, self.threads = self.where.tensors, dtype, threads
+        device = self.device
+        self.device_name, self.dtype_name = self.where.name, str(dtype).removeprefix("torch.")
         model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
         model.requires_grad_(False).to(device).eval()
         self.attention, kernel = attention.select(device, dtype, attention_path)
@@ -58,7 +62,7 @@ class M3Model:
               step_tokens: int | None = None) -> Pass:
         """A pass that runs a part of a layer per ``step``, over at most ``step_tokens`` rows
         (None: all); its outputs once every step is done."""
-        timer = PassTimer(self.device)
+        timer = PassTimer(self.where)
         # XLM-R numbers each text's positions from pad_id + 1.
         positions = packing.positions(lengths, first=self.pad_id + 1)
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
@@ -66,8 +70,7 @@ class M3Model:
                     step_tokens=step_tokens)
 
     def release_memory(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_memory(self.where)
 
     @torch.inference_mode()
     def heads(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> HostCopy:
@@ -85,17 +88,17 @@ class M3Model:
         if kinds & Kind.COLBERT and len(colbert_texts):
             rows = self._tensor(packing.colbert_sources(lengths, colbert_texts))
             colbert = F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1).to(vector_type)
-        return HostCopy([dense, sparse, colbert], self.device)
+        return HostCopy([dense, sparse, colbert], self.where)
 
     def use_threads(self, tokens: int) -> None:
         """CPU threads for a pass of ``tokens`` tokens."""
-        if self.device.type == "cpu":
+        if self.where.accelerator is None:
             wanted = self.threads if tokens * self.flops_per_token >= PARALLEL_MIN_FLOPS else 1
             if wanted != torch.get_num_threads():
                 torch.set_num_threads(wanted)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return to_device(array, self.device)
+        return to_device(array, self.where)
 
 
 class Pass:
@@ -122,9 +125,11 @@ class Pass:
         self.done += 1
         return self.done == self.steps
 
+    def keep_ahead(self, steps: int) -> None:
+        self.timer.keep_ahead(steps)
+
     def sync(self) -> None:
-        if self.model.device.type == "cuda":
-            wait_for(torch.cuda.current_stream(self.model.device))
+        self.timer.sync()
 
     def outputs_async(self) -> PendingOutputs:
         """The outputs on their way to the host: a caller that starts the next pass before it

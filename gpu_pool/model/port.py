@@ -43,6 +43,10 @@ class RunningPass(Protocol):
         """Run the next step (a part of a layer); True once the last one has run."""
         ...
 
+    def keep_ahead(self, steps: int) -> None:
+        """After a step: wait until the device is at most ``steps`` steps behind the host (at once on a CPU)."""
+        ...
+
     def sync(self) -> None:
         """Wait until the device has run the steps queued so far (at once on a CPU)."""
         ...

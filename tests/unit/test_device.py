@@ -1,10 +1,11 @@
+import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from gpu_pool.model.device import cpu_has_fast_bf16, resolve_device, resolve_dtype
+from gpu_pool.model.device import Device, cpu_has_fast_bf16, resolve_device, resolve_dtype
 
 
 @pytest.mark.parametrize("flags, fast", [("fpu avx512f avx512_bf16 sse", True), ("fpu amx_bf16 amx_tile", True),
@@ -24,10 +25,11 @@ def test_explicit_dtype_wins_and_cuda_auto_is_float16():
 
 def test_auto_device_and_cuda_without_cuda():
     if torch.cuda.is_available():
-        assert resolve_device("auto") == torch.device("cuda:0")
+        assert resolve_device("auto").tensors == torch.device("cuda:0")
         return
-    assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    assert resolve_device("auto").tensors == torch.device("cpu")
+    assert resolve_device("auto").accelerator is None
+    with pytest.raises(RuntimeError, match="cuda is not available"):
         resolve_device("cuda:1")
 
 
@@ -37,18 +39,26 @@ def test_each_engine_makes_its_cuda_device_the_current_one(monkeypatch):
 
     current: list[torch.device] = []
     current_at_load: list[list[torch.device]] = []  # the devices made current before each model was made
-    monkeypatch.setattr(load, "resolve_device", torch.device)
+    threads: list[int] = []
+    switch_intervals: list[float] = []
+    monkeypatch.setattr(load, "resolve_device", lambda name: Device.of(torch.device(name)))
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(sys, "setswitchinterval", switch_intervals.append)
 
     class Loaded:
         attention = types.SimpleNamespace(path="varlen", kernel_name="", reason="a fake")
+        dim, device_name, dtype_name = 8, "a device", "a dtype"
 
         def __init__(self, path, device, dtype, threads):
             current_at_load.append(list(current))
 
     monkeypatch.setattr(load, "M3Model", Loaded)
-    load.load(Path("/nowhere"), "cuda:1", "auto", 1)
-    load.load(Path("/nowhere"), "cpu", "float32", 1)
+    load.load(Path("/nowhere"), "cuda:1", "auto", 16)
+    load.load(Path("/nowhere"), "cpu", "float32", 16)
     # The CUDA engine's device before its model was made there; a CPU engine touches none.
     assert current_at_load == [[torch.device("cuda:1")], [torch.device("cuda:1")]]
+    # A GPU engine's host only queues kernels: two torch threads, and a short GIL switch
+    # interval so that its device thread keeps none of the others waiting long.
+    assert threads == [load.ACCELERATOR_THREADS, 16] == [2, 16]
+    assert switch_intervals == [load.ACCELERATOR_SWITCH_INTERVAL_S] and switch_intervals[0] <= 0.001

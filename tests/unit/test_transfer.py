@@ -5,7 +5,6 @@ back asynchronously, with the same numbers. A whole pass's outputs: tests/integr
 from __future__ import annotations
 
 import time
-import types
 from typing import ClassVar
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import torch
 
 from gpu_pool.model import transfer
+from gpu_pool.model.device import Device
 from gpu_pool.model.transfer import HostCopy, PassTimer, to_device
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -52,7 +52,8 @@ def test_a_pass_timer_on_the_cpu_is_the_hosts_clock():
 
 
 class FakeEvent:
-    """Stands for torch.cuda.Event: records how it was made and how it was waited for."""
+    """Stands for torch.cuda.Event: records how it was made and how it was waited for; the
+    device has not reached it when first asked."""
 
     made: ClassVar[list[FakeEvent]] = []
 
@@ -68,7 +69,7 @@ class FakeEvent:
 
     def query(self) -> bool:
         self.waits.append("query")
-        return True
+        return False
 
     def elapsed_time(self, end: FakeEvent) -> float:
         return 5.0
@@ -83,18 +84,26 @@ def fake_cuda_events(monkeypatch):
 
 
 def test_the_host_sleeps_on_blocking_events_when_it_waits_for_the_device(fake_cuda_events):
-    from gpu_pool.model.m3 import Pass
-
     timer = PassTimer(torch.device("cuda:0"))
+    timer.keep_ahead(0)  # a step queued, and the host may be no step ahead of the device
+    timer.sync()
     timer.stop()
     assert timer.seconds() == 0.005
-    transfer.wait_for("copy stream")
-    Pass.sync(types.SimpleNamespace(model=types.SimpleNamespace(device=torch.device("cuda:0"))))
-    began, ended, waited, synced = fake_cuda_events
-    assert began.timing and ended.timing and not waited.timing
+    began, paced, synced, ended = fake_cuda_events
+    assert began.timing and ended.timing and not paced.timing and not synced.timing
     assert all(event.blocking for event in fake_cuda_events), "a default event's synchronize spins a core"
-    assert ended.waits == waited.waits == synced.waits == ["synchronize"]  # one sleep each, no polling
-    assert waited.stream == "copy stream" and synced.stream == "compute stream of cuda:0"
+    assert paced.waits == ["query", "synchronize"]  # not reached yet: one sleep, no polling
+    assert ended.waits == synced.waits == ["synchronize"]  # one sleep each, no polling
+    assert {event.stream for event in fake_cuda_events} == {"compute stream of cuda:0"}
+
+
+def test_a_host_keeps_at_most_the_steps_asked_for_queued(fake_cuda_events):
+    timer = PassTimer(torch.device("cuda:0"))
+    for _ in range(5):
+        timer.keep_ahead(2)
+    _, *steps = fake_cuda_events
+    # Each step's event waited for once two later steps were queued: the last two still run.
+    assert [event.waits for event in steps] == [["query", "synchronize"]] * 3 + [[], []]
 
 
 # -- on the GPU machine ------------------------------------------------------------
@@ -111,7 +120,8 @@ def test_cuda_copies_are_asynchronous_and_exact():
     source = torch.randn(4096, 1024, device=device, dtype=torch.float16)
     copy = HostCopy([source, None], device)
     got, nothing = copy.wait()
-    assert transfer.copy_stream(device).query() and nothing is None  # every copy done once wait returns
+    copies = transfer.copy_stream(Device.of(device).accelerator, device)
+    assert copies.query() and nothing is None  # every copy done once wait returns
     assert got.dtype == np.float16  # float16 crosses as it is: half the bytes
     np.testing.assert_array_equal(got, source.cpu().numpy())
 
