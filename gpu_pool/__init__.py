@@ -25,7 +25,9 @@ shared memory (``wire/segment``), created and unlinked by the web worker that ow
 the request, read back through ``results.EmbeddingResult``. A score job
 (``ScoreJob``: a query and its documents) takes the same path, but the engine keeps
 its vectors (``engine/score_job``) and writes only a table of scores (``m3math``),
-a row per document. The master process (``pool``) creates
+a row per document. A rerank job (``Kind.RERANK``: each input a (query, passage) pair) runs
+on the cross-encoder where one is loaded (``model/reranker``), in passes of its own, and
+writes one logit per pair. The master process (``pool``) creates
 the pipes and shared counters, starts, supervises and stops the engines. The engines
 count what they do in shared memory (``wire/shared.EngineStats``); the web side reads
 them back per engine (``stats.EngineSnapshot``) and adds them up (``stats``).
@@ -44,6 +46,7 @@ from gpu_pool.errors import (
     EngineOverloaded,
     EngineTimeout,
     EngineUnavailable,
+    ModelNotServed,
     SharedMemoryFull,
 )
 from gpu_pool.pool import EnginePool, NoFreeSlot
@@ -73,6 +76,7 @@ __all__ = [
     "JobOptions",
     "Kind",
     "Lane",
+    "ModelNotServed",
     "NoFreeSlot",
     "SharedMemoryFull",
     "batching_stats",

@@ -30,6 +30,7 @@ from gpu_pool.errors import (
     EngineOverloaded,
     EngineTimeout,
     EngineUnavailable,
+    ModelNotServed,
     SharedMemoryFull,
 )
 from gpu_pool.pool import EngineHandle, EnginePool
@@ -147,6 +148,16 @@ class EngineClient:
         unused = tuple(unused_ids.tolist())
         with self._run(ids, SCORE_KINDS, options, ScoreJob, weights=weights, unused_ids=unused) as seg:
             return seg.arrays["scores"].copy()
+
+    def rerank(self, ids: list[np.ndarray], options: JobOptions = DEFAULT_OPTIONS) -> np.ndarray:
+        """The cross-encoder's raw logits (float32, one per pair) of (query, passage) pairs, each
+        pair's ids built as FlagReranker builds them (embsvc/core/rerank_pairs.py), special tokens
+        included. ``ModelNotServed`` at once when the ready engines hold no cross-encoder."""
+        info = self.info()
+        if info and not info.get("reranker"):
+            raise ModelNotServed("no cross-encoder is served (RERANKER_PATH is not set); only bge-m3 is")
+        with self._run(ids, Kind.RERANK, options) as seg:
+            return seg.arrays["logits"].copy()
 
     def _run(self, ids: list[np.ndarray], kinds: Kind, options: JobOptions, job_type: type[Job] = Job,
              **fields: object) -> Segment:

@@ -23,6 +23,10 @@ class SharedMemoryFull(EngineError):
         self.retry_after_s, self.never_fits = retry_after_s, never_fits
 
 
+class ModelNotServed(EngineError):
+    """The request needs a model that the engines do not hold (a rerank without RERANKER_PATH)."""
+
+
 class EngineUnavailable(EngineError):
     """No engine is ready: loading, restarting, or it died with the request."""
 

@@ -1,5 +1,6 @@
-"""Shared by every layer: the tiny random model in the bge-m3 layout, built once and cached, and
-the API's error shape, which the unit and end-to-end harnesses check on their own answers."""
+"""Shared by every layer: the tiny random models in the bge-m3 and bge-reranker-v2-m3 layouts, built
+once and cached, and the API's error shape, which the unit and end-to-end harnesses check on their
+own answers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from testkit.model_builder import build_model
+from testkit.reranker_builder import build_reranker
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 ANY = object()  # ``param`` of check_error: not checked
@@ -18,6 +20,12 @@ ANY = object()  # ``param`` of check_error: not checked
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     return build_model(MODELS / "bge-m3-tiny", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker() -> Path:
+    """A tiny random cross-encoder in the bge-reranker-v2-m3 layout, with the tiny model's tokenizer."""
+    return build_reranker(MODELS / "bge-reranker-v2-m3-tiny", "tiny")
 
 
 def check_error(status: int, text: str, body: Callable[[], Any], want_status: int, error_type: str | None,

@@ -137,16 +137,15 @@ class Answerer:
         if batch.lane == Lane.BULK:
             self.learn(launched)
         touched: dict[int, ActiveJob] = {}
-        for item, (dense, sparse, colbert) in zip(batch.items, per_item(batch, out), strict=True):
+        for item, (dense, sparse, colbert, logit) in zip(batch.items, per_item(batch, out), strict=True):
             active = self._table.get(item.job_seq)
             if active is None:
                 continue  # failed meanwhile
             active.write(item.index, dense if active.wants(Kind.DENSE) else None,
-                         sparse if active.wants(Kind.SPARSE) else None, colbert)
+                         sparse if active.wants(Kind.SPARSE) else None, colbert, logit)
             touched[active.seq] = active
         self._answer_done([a for a in touched.values() if a.remaining == 0])
-        self._shared.add_stats(EngineStats(batches=1, batched_requests=len(touched), batched_inputs=len(batch.items),
-                                           tokens=len(batch.ids), processing_seconds=launched.seconds()))
+        self._shared.add_stats(_pass_stats(launched, len(touched)))
 
     def _fail(self, actives: list[ActiveJob], code: ErrorCode, message: str) -> None:
         for active in actives:
@@ -177,6 +176,16 @@ class Answerer:
             log.warning("Dropped an answer to web worker slot %d: it is not reading", slot)
 
 
+def _pass_stats(launched: Launched, jobs: int) -> EngineStats:
+    """The counts of a pass that ran ``jobs``' inputs, the cross-encoder's counted apart too."""
+    batch, seconds = launched.batch, launched.seconds()
+    rerank = bool(batch.kinds & Kind.RERANK)
+    return EngineStats(batches=1, batched_requests=jobs, batched_inputs=len(batch.items), tokens=len(batch.ids),
+                       processing_seconds=seconds, rerank_batches=int(rerank),
+                       rerank_inputs=len(batch.items) if rerank else 0, rerank_tokens=len(batch.ids) if rerank else 0,
+                       rerank_processing_seconds=seconds if rerank else 0.0)
+
+
 def _answered(actives: list[ActiveJob], now: float) -> EngineStats:
     """The counts of jobs answered at ``now``: per lane, their waits and latencies summed."""
     interactive = [a for a in actives if a.job.lane == Lane.INTERACTIVE]
@@ -189,6 +198,7 @@ def _answered(actives: list[ActiveJob], now: float) -> EngineStats:
         bulk_requests=len(bulk),
         bulk_wait_seconds=sum((a.began or now) - a.arrived for a in bulk),
         bulk_latency_seconds=sum(now - a.arrived for a in bulk),
+        rerank_requests=sum(a.wants(Kind.RERANK) for a in actives),
     )
 
 

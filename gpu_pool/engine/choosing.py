@@ -6,6 +6,10 @@ candidates, so a job is never overtaken indefinitely. Among those, the longest
 inputs go first and the pass grows while its padded size (rows × longest row)
 stays within ``max_tokens``; sorting by length keeps padding small. A single
 input longer than the budget still runs, alone.
+
+A pass runs one model: bge-m3, or the cross-encoder for rerank jobs. The batch takes the
+items of the oldest queued item's model only; the others wait for the next pass (each turn
+goes to the model of the oldest work, so neither model starves the other).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class Item:
     job_seq: int  # arrival order of its job
     index: int  # position of the input in its job
     length: int  # tokens, special tokens included
+    rerank: bool = False  # a (query, passage) pair for the cross-encoder, not a text for bge-m3
 
 
 def choose_batch(queued: Sequence[Item], max_jobs: int, max_tokens: int) -> list[Item]:
@@ -30,7 +35,10 @@ def choose_batch(queued: Sequence[Item], max_jobs: int, max_tokens: int) -> list
     """
     candidates: list[Item] = []
     jobs: set[int] = set()
+    model = queued[0].rerank if queued else False
     for item in queued:
+        if item.rerank != model:
+            continue
         if item.job_seq not in jobs:
             if len(jobs) == max_jobs:
                 break

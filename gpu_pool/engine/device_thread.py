@@ -70,7 +70,7 @@ class DeviceThread:
     def warm_up(self, tokens: int = 256) -> None:
         """Two passes of all three kinds before the first request: the first pays for allocations
         and kernel choices (each head's too), so only the second teaches the pass sizer the
-        device's rate."""
+        device's rate. Then one pass of the cross-encoder where one is loaded, for its own first time."""
         ids = np.full(tokens, _ANY_TOKEN, dtype=np.int32)
         batch = pack([Item(0, 0, tokens)], [ids], [Kind.DENSE | Kind.SPARSE | Kind.COLBERT])
         for learns in (False, True):
@@ -78,6 +78,8 @@ class DeviceThread:
             launched.outputs.wait()
             if learns:
                 self._answerer.learn(launched)
+        if self._model.reranks:
+            self._launch(pack([Item(0, 0, tokens, rerank=True)], [ids], [Kind.RERANK])).outputs.wait()
 
     def run(self) -> None:
         """Until the planner has finished: each prepared batch in turn; then the answers of the last

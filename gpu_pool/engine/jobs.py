@@ -36,7 +36,8 @@ class ActiveJob:
         return cls(job, seq, segment, Packing(segment.arrays["lengths"].tolist()))
 
     def items(self) -> list[Item]:
-        return [Item(self.seq, i, n) for i, n in enumerate(self.packing.lengths)]
+        rerank = self.wants(Kind.RERANK)
+        return [Item(self.seq, i, n, rerank) for i, n in enumerate(self.packing.lengths)]
 
     def ids(self, index: int) -> np.ndarray:
         return self.segment.arrays["ids"][self.packing.tokens(index)]
@@ -49,9 +50,11 @@ class ActiveJob:
         return self.began is None and self.job.deadline < now
 
     def write(self, index: int, dense: np.ndarray | None, sparse: np.ndarray | None,
-              colbert: np.ndarray | None) -> None:
-        """Store one input's outputs (rows already cut to its length)."""
+              colbert: np.ndarray | None, logit: np.ndarray | None = None) -> None:
+        """Store one input's outputs (rows already cut to its length; ``logit``: a rerank pair's score)."""
         arrays = self.segment.arrays
+        if logit is not None and "logits" in arrays:
+            arrays["logits"][index] = logit
         if dense is not None and "dense" in arrays:
             arrays["dense"][index] = dense
         if sparse is not None and "sparse" in arrays:

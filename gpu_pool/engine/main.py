@@ -68,7 +68,7 @@ def _load(spec: EngineSpec, shared: EngineShared) -> Model:
     from gpu_pool.model.load import load  # torch is imported here, in the engine process only
 
     threads = spec.threads or len(os.sched_getaffinity(0))
-    model = load(Path(spec.model_path), spec.device, spec.dtype, threads)
+    model = load(Path(spec.model_path), spec.device, spec.dtype, threads, spec.reranker_path)
     shared.dim.value = model.dim
-    shared.set_info({"device": model.device_name, "dtype": model.dtype_name})
+    shared.set_info(model.info())  # the device and dtype, and the cross-encoder's (None: not loaded)
     return model

@@ -19,7 +19,7 @@ class Batch:
     items: list[Item]
     ids: np.ndarray  # the items' ids, packed one after another
     lengths: np.ndarray  # int64, one per item
-    kinds: Kind  # what some item of the batch wants
+    kinds: Kind  # what some item of the batch wants (``Kind.RERANK``: the cross-encoder's pass)
     colbert_texts: np.ndarray  # the items that want ColBERT vectors
     lane: Lane = Lane.BULK
 
@@ -36,11 +36,12 @@ def pack(items: list[Item], ids: Sequence[np.ndarray], kinds: Sequence[Kind], la
     return Batch(items, np.concatenate(ids), lengths, wanted, np.array(colbert, dtype=np.int64), lane)
 
 
-Row = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]
+Row = tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]
 
 
 def per_item(batch: Batch, out: Outputs) -> Iterator[Row]:
-    """Each item's dense vector, token weights and ColBERT rows, cut from the packed outputs."""
+    """Each item's dense vector, token weights, ColBERT rows and cross-encoder logit (a rerank
+    batch's only output), cut from the packed outputs."""
     tokens = Packing(batch.lengths.tolist())
     colbert_rows = Packing(batch.lengths[batch.colbert_texts].tolist())
     colbert_of = {row: k for k, row in enumerate(batch.colbert_texts.tolist())}
@@ -50,4 +51,5 @@ def per_item(batch: Batch, out: Outputs) -> Iterator[Row]:
             None if out.dense is None else out.dense[row],
             None if out.sparse is None else out.sparse[tokens.tokens(row)],
             None if out.colbert is None or k is None else out.colbert[colbert_rows.colbert(k)],
+            None if out.logits is None else out.logits[row],
         )

@@ -38,7 +38,7 @@ class ActiveScoreJob(ActiveJob):
         self.weights = self.job.weights
 
     def write(self, index: int, dense: np.ndarray | None, sparse: np.ndarray | None,
-              colbert: np.ndarray | None) -> None:
+              colbert: np.ndarray | None, logit: np.ndarray | None = None) -> None:
         """Take one input's outputs (the engine computes all three kinds for a score job)."""
         if dense is None or sparse is None or colbert is None:
             raise ValueError("a score job needs the dense, sparse and ColBERT outputs of every input")

@@ -20,6 +20,9 @@ class EngineSpec:
     threads: int  # torch CPU threads; 0 = the cores this process may use
     log_level: str
     log_format: str
+    # The cross-encoder's folder (BAAI/bge-reranker-v2-m3's layout), loaded beside bge-m3 on the
+    # same device and dtype; "": none, and rerank jobs are refused.
+    reranker_path: str = ""
 
 
 def engine_specs(devices: list[str], template: EngineSpec) -> list[EngineSpec]:

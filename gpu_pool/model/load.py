@@ -1,4 +1,5 @@
-"""Loading BGE-M3 onto the engine's device: the settings turned into torch objects, then the weights."""
+"""Loading BGE-M3, and the cross-encoder where one is configured, onto the engine's device: the
+settings turned into torch objects, then the weights."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from gpu_pool.model.device import resolve_device, resolve_dtype
 from gpu_pool.model.m3 import M3Model
+from gpu_pool.model.reranker import CrossEncoder, Served
 
 log = logging.getLogger("gpu_pool.engine")
 
@@ -22,9 +24,10 @@ ACCELERATOR_THREADS = 2
 ACCELERATOR_SWITCH_INTERVAL_S = 0.0005
 
 
-def load(path: Path, device_name: str, dtype_name: str, threads: int) -> M3Model:
+def load(path: Path, device_name: str, dtype_name: str, threads: int, reranker_path: str = "") -> Served:
     """``device_name``, ``dtype_name``: the DEVICE and DTYPE settings (``auto`` allowed);
-    ``threads``: the most CPU threads torch may use."""
+    ``threads``: the most CPU threads torch may use; ``reranker_path``: the cross-encoder's
+    folder, loaded on the same device and in the same dtype ("": none)."""
     adopt_transformers_logging()
     device = resolve_device(device_name)
     if device.accelerator is not None:
@@ -43,7 +46,12 @@ def load(path: Path, device_name: str, dtype_name: str, threads: int) -> M3Model
     choice = model.attention
     log.info("Attention: %s%s (%s)", choice.path, f" with {choice.kernel_name}" if choice.kernel_name else "",
              choice.reason)
-    return model
+    if not reranker_path:
+        return Served(model)
+    started = time.monotonic()
+    reranker = CrossEncoder(Path(reranker_path), model)
+    log.info("Cross-encoder loaded from %s in %.1f s", reranker_path, time.monotonic() - started)
+    return Served(model, reranker)
 
 
 def adopt_transformers_logging() -> None:

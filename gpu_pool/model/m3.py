@@ -12,6 +12,7 @@ come back in one asynchronous copy (gpu_pool/model/transfer.py).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -101,11 +102,24 @@ class M3Model:
         return to_device(array, self.where)
 
 
+class Encoding(Protocol):
+    """What a ``Pass`` runs: an encoder and the heads over its output (``M3Model``, and the
+    cross-encoder of gpu_pool/model/reranker.py)."""
+
+    encoder: PackedEncoder
+    layers: int
+
+    def use_threads(self, tokens: int) -> None: ...
+
+    def heads(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> HostCopy:
+        ...
+
+
 class Pass:
     """One forward pass, a part of a layer per ``step`` (``PackedEncoder.run_step``): between two
     steps the engine may run another pass whole, and this one goes on from the state it keeps."""
 
-    def __init__(self, model: M3Model, timer: PassTimer, hidden: torch.Tensor, *, lengths: np.ndarray, kinds: Kind,
+    def __init__(self, model: Encoding, timer: PassTimer, hidden: torch.Tensor, *, lengths: np.ndarray, kinds: Kind,
                  colbert_texts: np.ndarray, step_tokens: int | None = None) -> None:
         self.model, self.timer, self.state, self.tokens = model, timer, State(hidden=hidden), len(hidden)
         self.lengths, self.kinds, self.colbert_texts = lengths, kinds, colbert_texts
@@ -149,8 +163,8 @@ class PendingOutputs:
         self._copy, self._timer = copy, timer
 
     def wait(self) -> Outputs:
-        dense, sparse, colbert = self._copy.wait()
-        return Outputs(dense, sparse, colbert)
+        # dense, sparse, colbert, and a cross-encoder's logits where its heads made them
+        return Outputs(*self._copy.wait())
 
     def seconds(self) -> float:
         """The pass's time on the device, from its start to its heads (after ``wait``)."""

@@ -20,6 +20,7 @@ class Outputs:
     dense: np.ndarray | None  # [texts, dim]
     sparse: np.ndarray | None  # [tokens]: the weight of every token of every text
     colbert: np.ndarray | None  # [rows, dim]: the ColBERT rows of the wanting texts, in their order
+    logits: np.ndarray | None = None  # [pairs]: the cross-encoder's raw score of each pair (a rerank pass)
 
 
 class Pending(Protocol):
@@ -60,11 +61,13 @@ class Model(Protocol):
     dim: int  # the vector size
     device_name: str
     dtype_name: str
+    reranks: bool  # whether a cross-encoder is loaded: passes of ``Kind.RERANK`` run it
 
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
               step_tokens: int | None = None) -> RunningPass:
         """A pass over the packed ``ids``, run a part of a layer per ``step`` so that it can stop
-        between, each step over at most ``step_tokens`` rows (None: all)."""
+        between, each step over at most ``step_tokens`` rows (None: all); with ``Kind.RERANK`` in
+        ``kinds``, of the cross-encoder, each text a (query, passage) pair."""
         ...
 
     def release_memory(self) -> None:

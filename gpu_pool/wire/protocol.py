@@ -27,6 +27,9 @@ class Kind(enum.IntFlag):
     # Dense and ColBERT vectors in float16 (the client asked for float16 payloads): half the
     # bytes from the device and through shared memory, and no conversion in the web worker.
     HALF = 16
+    # A rerank job: each input is one (query, passage) pair for the cross-encoder, which
+    # answers one raw logit per pair. It runs on the second model, never in a pass of bge-m3.
+    RERANK = 32
 
 
 # The columns of a score job's ``scores`` region, as named by FlagEmbedding's

@@ -11,7 +11,9 @@ and closes. Layout, each region 64-byte aligned::
 Output regions exist only for the kinds the job asked for; dense and colbert are float16
 when it asked for ``Kind.HALF``. A score job
 (``Kind.SCORE``) has instead one region ``scores f32[n_inputs - 1, 5]``: a row per
-document, a column per ``protocol.SCORE_MODES``. ``sparse`` holds the
+document, a column per ``protocol.SCORE_MODES``. A rerank job (``Kind.RERANK``: each input a
+(query, passage) pair) has one region ``logits f32[n_inputs]``, the cross-encoder's raw
+score of each pair. ``sparse`` holds the
 weight of every token position; the web worker turns it into the id→weight map.
 
 Space: /dev/shm is a tmpfs, and a tmpfs hands out a page only when it is first
@@ -112,8 +114,9 @@ def _regions(layout: Layout) -> dict[str, tuple[int, tuple[int, ...], type]]:
         ("lengths", (n_inputs,), np.int32),
         ("ids", (n_tokens,), np.int32),
     ]
-    # A score job's vectors stay in the engine; its segment holds only the scores.
-    vectors = Kind(0) if kinds & Kind.SCORE else kinds
+    # A score job's vectors stay in the engine; its segment holds only the scores. A rerank job
+    # has no vectors at all, one logit per pair.
+    vectors = Kind(0) if kinds & (Kind.SCORE | Kind.RERANK) else kinds
     vector_type = np.float16 if kinds & Kind.HALF else np.float32
     if vectors & Kind.DENSE:
         shapes.append(("dense", (n_inputs, dim), vector_type))
@@ -123,6 +126,8 @@ def _regions(layout: Layout) -> dict[str, tuple[int, tuple[int, ...], type]]:
         shapes.append(("colbert", (total_colbert_rows(n_inputs, n_tokens), dim), vector_type))
     if kinds & Kind.SCORE:
         shapes.append(("scores", (n_inputs - 1, len(SCORE_MODES)), np.float32))
+    if kinds & Kind.RERANK:
+        shapes.append(("logits", (n_inputs,), np.float32))
     out, offset = {}, 0
     for name, shape, dtype in shapes:
         out[name] = (offset, shape, dtype)

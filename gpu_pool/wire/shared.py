@@ -19,7 +19,8 @@ from multiprocessing.context import BaseContext
 
 from gpu_pool.wire.protocol import Lane
 
-_INFO_BYTES = 512
+# The engine's info (JSON): its device and dtype, and the cross-encoder's name, folder and limits.
+_INFO_BYTES = 8192
 _GAUGE = {"gauge": True}  # set to what it is now, not added to
 
 
@@ -31,6 +32,18 @@ class LaneStats:
     requests: int  # answered
     wait_seconds: float  # summed: arrival in the engine to first pass
     latency_seconds: float  # summed: arrival in the engine to the answer
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """One model's figures out of ``EngineStats``: the jobs it answered, its passes, and their
+    inputs, tokens and seconds."""
+
+    requests: int
+    batches: int
+    inputs: int
+    tokens: int
+    processing_seconds: float
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,12 @@ class EngineStats:
     bulk_requests: int = 0
     bulk_wait_seconds: float = 0.0
     bulk_latency_seconds: float = 0.0
+    # The cross-encoder's share of the totals above (a pass runs one model): the rest is bge-m3's.
+    rerank_requests: int = 0
+    rerank_batches: int = 0
+    rerank_inputs: int = 0  # (query, passage) pairs
+    rerank_tokens: int = 0
+    rerank_processing_seconds: float = 0.0
     # Gauges: jobs waiting for their first pass, and the pass sizing.
     interactive_queue: int = field(default=0, metadata=_GAUGE)
     bulk_queue: int = field(default=0, metadata=_GAUGE)
@@ -65,6 +84,16 @@ class EngineStats:
             return LaneStats(self.interactive_queue, self.interactive_requests, self.interactive_wait_seconds,
                              self.interactive_latency_seconds)
         return LaneStats(self.bulk_queue, self.bulk_requests, self.bulk_wait_seconds, self.bulk_latency_seconds)
+
+    def model(self, rerank: bool) -> ModelStats:
+        """The cross-encoder's figures (``rerank``), or bge-m3's: the totals less the cross-encoder's."""
+        mine = ModelStats(self.rerank_requests, self.rerank_batches, self.rerank_inputs, self.rerank_tokens,
+                          self.rerank_processing_seconds)
+        if rerank:
+            return mine
+        return ModelStats(self.processed_requests - mine.requests, self.batches - mine.batches,
+                          self.batched_inputs - mine.inputs, self.tokens - mine.tokens,
+                          self.processing_seconds - mine.processing_seconds)
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(getattr(self, name)) for name in _FIELDS}
@@ -115,7 +144,9 @@ class EngineShared:
         return EngineStats(**{name: round(value) if name in _COUNTS else value for name, value in values})
 
     def set_info(self, info: dict[str, object]) -> None:
-        data = json.dumps(info).encode()[: _INFO_BYTES - 1]
+        data = json.dumps(info).encode()
+        if len(data) >= _INFO_BYTES:  # cut, it would no longer be JSON
+            raise ValueError(f"the engine's info takes {len(data)} bytes, more than {_INFO_BYTES - 1}")
         self._info.value = data
 
     def info(self) -> dict[str, object]:

@@ -112,6 +112,7 @@ class FakeModel:
     """Dense vectors filled with the pass's first id; each pass's outputs wait for its gate."""
 
     dim, device_name, dtype_name = DIM, "cuda:0", "float16"  # a GPU's: the engine answers on its own thread
+    reranks = False
 
     def __init__(self) -> None:
         self.started: list[int] = []  # each pass's first id, in order
