@@ -23,7 +23,7 @@ from embsvc.api.tokenize import Tokenize
 from embsvc.config import Settings
 from embsvc.core.backend import Backend
 from embsvc.core.embedding import EmbeddingRequest, EmbeddingService
-from embsvc.core.scoring import ScoreService
+from embsvc.core.scoring import CrossEncoder, LazyPairTokenizer, ScoreService
 from embsvc.core.tei import TEIService
 from embsvc.core.tokenize import TokenizeService
 from embsvc.core.tokenizer import LazyTokenizer
@@ -39,7 +39,7 @@ App = falcon.App[falcon.Request, falcon.Response]
 def create_app(settings: Settings, backend: Backend,
                metrics_dir: Path | None = None) -> falcon.App[falcon.Request, falcon.Response]:
     """``metrics_dir``: the folder shared by all gunicorn workers' metrics (None: this process only)."""
-    recorded, registry = metrics.build(backend, metrics_dir)
+    recorded, registry = metrics.build(backend, metrics_dir, info.served(settings))
     # The request id comes first so that even a refused request is answered and logged with it;
     # the error shape is settled before authentication can refuse a request.
     # Annotated: from it mypy learns the request and response types the middleware must take.
@@ -49,7 +49,7 @@ def create_app(settings: Settings, backend: Backend,
                                     errors.ErrorShape(), BearerAuth(settings.api_tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     tokenizer = LazyTokenizer(settings.model_path, lambda: EngineState.READY in backend.states())
-    scores = ScoreService(settings.model_name, backend, tokenizer)
+    scores = ScoreService(settings.model_name, backend, tokenizer, _cross_encoder(settings, backend))
     embeddings = EmbeddingService(settings.model_name, backend, tokenizer)
     tokens = TokenizeService(settings.model_name, tokenizer, settings.max_tokens)
     tei_service = TEIService(embeddings, scores, tokens)
@@ -73,6 +73,13 @@ def create_app(settings: Settings, backend: Backend,
     route("/openapi.json", info.OpenAPI(build_openapi(settings)), "openapi")
     errors.register(app)
     return app
+
+
+def _cross_encoder(settings: Settings, backend: Backend) -> CrossEncoder | None:
+    if settings.reranker_path is None:
+        return None
+    tokenizer = LazyPairTokenizer(settings.reranker_path, lambda: EngineState.READY in backend.states())
+    return CrossEncoder(settings.reranker_name, backend, tokenizer)
 
 
 def _cors(settings: Settings) -> list[falcon.CORSMiddleware[falcon.asgi.Request, falcon.asgi.Response] | VaryOrigin]:

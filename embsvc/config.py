@@ -16,6 +16,10 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 PLACEHOLDER_TOKEN = "your_api_token_here"
+DEFAULT_RERANKER_PATH = "./bge-reranker-v2-m3"  # beside MODEL_PATH's default, ./BGE-M3
+# RERANKER_PATH's word for "no cross-encoder": a word, not an empty value, since an empty
+# value keeps the default for every setting (a variable a compose file passes on unset).
+NO_RERANKER = "none"
 KINDS = ("dense", "sparse", "colbert")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_MAX_BATCH_TOKENS = 16384  # tokens in one forward pass when MAX_BATCH_TOKENS is unset
@@ -55,6 +59,10 @@ class Settings:
     model_path: Path
     model_name: str
     model_aliases: tuple[str, ...]
+    # The cross-encoder served beside bge-m3 (bge-reranker-v2-m3's layout); None: bge-m3 alone.
+    reranker_path: Path | None
+    reranker_name: str
+    reranker_aliases: tuple[str, ...]
     batch_size: int
     batch_timeout_ms: int
     processing_concurrency: int
@@ -92,6 +100,15 @@ class Settings:
     def model_names(self) -> tuple[str, ...]:
         return (self.model_name, *self.model_aliases)
 
+    def reranker_names(self) -> tuple[str, ...]:
+        """The names a request's ``model`` gives the cross-encoder (also where none is served,
+        so that such a request is told so rather than that the name is unknown)."""
+        return (self.reranker_name, *self.reranker_aliases)
+
+    def served_models(self) -> tuple[str, ...]:
+        """The served models' names: bge-m3's, then the cross-encoder's where there is one."""
+        return (self.model_name, self.reranker_name) if self.reranker_path else (self.model_name,)
+
     def batch_tokens(self) -> int:
         """Tokens in one forward pass, as the engines are given them."""
         return self.max_batch_tokens or self.default_batch_tokens
@@ -114,6 +131,9 @@ def _parse(env: Mapping[str, str]) -> Settings:
         model_path=Path(get.str("MODEL_PATH", "./BGE-M3")),
         model_name=get.str("MODEL_NAME", "BAAI/bge-m3"),
         model_aliases=get.list("MODEL_ALIASES", "bge-m3"),
+        reranker_path=_reranker_path(get.str("RERANKER_PATH", DEFAULT_RERANKER_PATH)),
+        reranker_name=get.str("RERANKER_NAME", "BAAI/bge-reranker-v2-m3"),
+        reranker_aliases=get.list("RERANKER_ALIASES", "bge-reranker-v2-m3"),
         batch_size=get.int("BATCH_SIZE", GPU_BATCH_SIZE if gpu_engines else 8, 1),
         batch_timeout_ms=get.int("BATCH_TIMEOUT_MS", 100, 0),
         processing_concurrency=get.int("PROCESSING_CONCURRENCY", 2, 1),
@@ -166,6 +186,10 @@ def nvidia_gpu_present() -> bool:
         return device.exists() or any(folder.iterdir())
     except OSError:
         return False
+
+
+def _reranker_path(value: str) -> Path | None:
+    return None if value.lower() == NO_RERANKER else Path(value)
 
 
 def _share(value: float) -> float:

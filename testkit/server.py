@@ -56,7 +56,9 @@ class Server:
         self.env = {
             **os.environ,
             "MODEL_PATH": str(model_path), "BIND": f"127.0.0.1:{self.port}", "DEVICE": "cpu",
-            "DTYPE": "float32", "WEB_CONCURRENCY": "2", "LOG_FORMAT": "text", "API_TOKEN": TOKEN, **env,
+            "DTYPE": "float32", "WEB_CONCURRENCY": "2", "LOG_FORMAT": "text", "API_TOKEN": TOKEN,
+            # bge-m3 alone unless RERANKER_PATH names a cross-encoder: the default folder would be downloaded.
+            "RERANKER_PATH": "none", **env,
         }
         self.process: subprocess.Popen | None = None
 

@@ -69,13 +69,24 @@ def read_json_object(req: falcon.Request, max_bytes: int) -> dict[str, Any]:
     return body
 
 
-def check_model(body: dict[str, Any], settings: Settings) -> None:
+def model_field(body: dict[str, Any], settings: Settings) -> str:
+    """The body's ``model``, ``MODEL_NAME`` when absent."""
     model = body.get("model", settings.model_name)
     if not isinstance(model, str):
         raise InvalidRequest("model must be a string", param="model")
-    if model not in settings.model_names():
-        raise NotFound(f"model {model!r} does not exist; this server serves {settings.model_name!r}",
-                       param="model")
+    return model
+
+
+def check_model(body: dict[str, Any], settings: Settings) -> None:
+    """``model`` names bge-m3: the cross-encoder only ranks (a 400 says where it does), another name is a 404."""
+    model = model_field(body, settings)
+    if model in settings.model_names():
+        return
+    if model in settings.reranker_names() and settings.reranker_path is not None:
+        raise InvalidRequest(f"model {model!r} is a cross-encoder: it ranks documents for a query on /v1/rerank, "
+                             f"/v2/rerank and /rerank; {settings.model_name!r} serves this endpoint", param="model")
+    served = " and ".join(repr(name) for name in settings.served_models())
+    raise NotFound(f"model {model!r} does not exist; this server serves {served}", param="model")
 
 
 def texts(body: dict[str, Any], field: str, max_inputs: int, wording: Wording = ORIGINAL_WORDS) -> list[str]:

@@ -12,7 +12,7 @@ distribution, and ``rate(x_sum) / rate(x_count)`` is the mean batch size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
@@ -25,8 +25,10 @@ STATES = [state.name.lower() for state in EngineState]
 
 
 class EngineCollector(Collector):
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend, models: Sequence[tuple[str, bool]] = ()) -> None:
+        """``models``: each served model's name, and whether it is the cross-encoder (its figures
+        are labelled by that name)."""
+        self.backend, self.models = backend, tuple(models)
 
     def collect(self) -> Iterator[Metric]:
         state = GaugeMetricFamily("embsvc_engine_state", "1 for the state each engine is in, 0 for the others",
@@ -63,6 +65,27 @@ class EngineCollector(Collector):
             batch_seconds.add_metric(labels, stats.batches, stats.processing_seconds)
         yield from (state, queue, restarts, requests, texts, tokens, batch_requests, batch_texts, batch_seconds)
         yield from self._lanes()
+        yield from self._models()
+
+    def _models(self) -> Iterator[Metric]:
+        """Each model's share of the figures above: bge-m3's and the cross-encoder's."""
+        labels = [*LABELS, "model"]
+        requests = CounterMetricFamily("embsvc_engine_model_requests", "Requests the engine answered, by model",
+                                       labels=labels)
+        inputs = CounterMetricFamily("embsvc_engine_model_inputs",
+                                     "Inputs run through the model: texts, or (query, passage) pairs", labels=labels)
+        tokens = CounterMetricFamily("embsvc_engine_model_tokens", "Tokens run through the model, by model",
+                                     labels=labels)
+        seconds = SummaryMetricFamily("embsvc_engine_model_batch_duration_seconds",
+                                      "A forward pass's own time on the device, by model", labels=labels)
+        for engine in self.backend.snapshot():
+            for name, rerank in self.models:
+                figures, model_labels = engine.stats.model(rerank), [str(engine.index), engine.device, name]
+                requests.add_metric(model_labels, figures.requests)
+                inputs.add_metric(model_labels, figures.inputs)
+                tokens.add_metric(model_labels, figures.tokens)
+                seconds.add_metric(model_labels, figures.batches, figures.processing_seconds)
+        yield from (requests, inputs, tokens, seconds)
 
     def _lanes(self) -> Iterator[Metric]:
         """The interactive and bulk lanes (gpu_pool/engine/lanes.py)."""

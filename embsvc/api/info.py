@@ -13,7 +13,7 @@ from embsvc.config import Settings
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import dumps
 from embsvc.errors import NotFound
-from gpu_pool import EngineState, batching_stats, lane_stats
+from gpu_pool import EngineSnapshot, EngineState, batching_stats, lane_stats
 
 _STARTED = int(time.time())
 
@@ -62,12 +62,22 @@ class HealthDetailed:
             "timestamp": time.time(),
             "model": {"name": s.model_name, "status": "loaded" if ready else "not_loaded",
                       "device": engine.get("device"), "dtype": engine.get("dtype")},
+            "reranker": _reranker_health(s, ready, engine),
             "engines": [state.name.lower() for state in states],
             "shared_memory": self.backend.shared_memory(),
             "batching": {"enabled": True, "batch_size": s.batch_size, "timeout_ms": s.batch_timeout_ms,
                          "max_queue_size": s.max_queue_size, "max_batch_tokens": s.batch_tokens(),
                          "stats": batching_stats(self.backend.snapshot())},
         })
+
+
+def _reranker_health(s: Settings, ready: bool, engine: dict[str, object]) -> dict[str, object] | None:
+    """The cross-encoder's state as ``model``'s, or None where none is served."""
+    if s.reranker_path is None:
+        return None
+    loaded = ready and isinstance(engine.get("reranker"), dict)
+    return {"name": s.reranker_name, "status": "loaded" if loaded else "not_loaded",
+            "device": engine.get("device") if loaded else None, "dtype": engine.get("dtype") if loaded else None}
 
 
 class Stats:
@@ -89,14 +99,45 @@ class Stats:
                 "dtype": s.dtype, "interactive_max_tokens": s.interactive_max_tokens,
                 "interactive_max_wait_ms": s.interactive_max_wait_ms, "bulk_share": s.bulk_share,
             },
+            "models": model_stats(s, engines),
             "engines": [engine.as_dict() for engine in engines],
             "shared_memory": self.backend.shared_memory(),
         })
 
 
-def _model_card(settings: Settings) -> dict[str, object]:
-    return {"id": settings.model_name, "object": "model", "created": _STARTED, "owned_by": "BAAI",
-            "aliases": list(settings.model_aliases)}
+def served(settings: Settings) -> list[tuple[str, bool]]:
+    """Each served model's name, and whether it is the cross-encoder."""
+    models = [(settings.model_name, False)]
+    if settings.reranker_path is not None:
+        models.append((settings.reranker_name, True))
+    return models
+
+
+def model_stats(settings: Settings, engines: list[EngineSnapshot]) -> dict[str, dict[str, float]]:
+    """Per served model, all engines together: the requests it answered and its passes."""
+    figures = {}
+    for name, rerank in served(settings):
+        each = [engine.stats.model(rerank) for engine in engines]
+        batches = sum(m.batches for m in each)
+        figures[name] = {
+            "processed_requests": int(sum(m.requests for m in each)),
+            "batches": int(batches),
+            "inputs": int(sum(m.inputs for m in each)),
+            "tokens_processed": int(sum(m.tokens for m in each)),
+            "average_processing_time": sum(m.processing_seconds for m in each) / (batches or 1),
+        }
+    return figures
+
+
+def _model_cards(settings: Settings) -> dict[str, dict[str, object]]:
+    """The served models' cards, by each name and alias they answer to."""
+    cards: dict[str, dict[str, object]] = {}
+    for name, rerank in served(settings):
+        aliases = settings.reranker_aliases if rerank else settings.model_aliases
+        card = {"id": name, "object": "model", "created": _STARTED, "owned_by": "BAAI", "aliases": list(aliases),
+                "type": "reranker" if rerank else "embedding"}
+        cards.update(dict.fromkeys((name, *aliases), card))
+    return cards
 
 
 class Models:
@@ -106,7 +147,8 @@ class Models:
         self.settings = settings
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        _json(resp, {"object": "list", "data": [_model_card(self.settings)]})
+        cards = list({id(card): card for card in _model_cards(self.settings).values()}.values())
+        _json(resp, {"object": "list", "data": cards})
 
 
 class Model:
@@ -116,9 +158,10 @@ class Model:
         self.settings = settings
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model_id: str) -> None:
-        if model_id not in self.settings.model_names():
+        card = _model_cards(self.settings).get(model_id)
+        if card is None:
             raise NotFound(f"Model {model_id} not found", param="model")  # the original service's words
-        _json(resp, _model_card(self.settings))
+        _json(resp, card)
 
 
 class Root:
@@ -134,6 +177,7 @@ class Root:
             "service": "bge-m3 embedding server",
             "version": __version__,
             "model": s.model_name,
+            "reranker": s.reranker_name if s.reranker_path is not None else None,
             "supported_vectors": ["dense", "sparse", "colbert"],
             "endpoints": self.endpoints,
             "docs_url": "/docs",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,10 @@ class MetricsResource:
         resp.content_type = content_type
 
 
-def build(backend: Backend, multiprocess_dir: Path | None) -> tuple[RequestMetrics, CollectorRegistry]:
-    """The metrics this worker records, and the registry that ``/metrics`` exposes."""
+def build(backend: Backend, multiprocess_dir: Path | None,
+          models: Sequence[tuple[str, bool]] = ()) -> tuple[RequestMetrics, CollectorRegistry]:
+    """The metrics this worker records, and the registry that ``/metrics`` exposes; ``models``:
+    the served models (name, whether the cross-encoder), whose engine figures are labelled apart."""
     scrape = CollectorRegistry()
     if multiprocess_dir is None:
         recorded = RequestMetrics(scrape)
@@ -103,5 +106,5 @@ def build(backend: Backend, multiprocess_dir: Path | None) -> tuple[RequestMetri
         recorded = RequestMetrics(None)  # written to files; the collector below reads them all
         # prometheus_client leaves this __init__ unannotated.
         MultiProcessCollector(scrape, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
-    scrape.register(EngineCollector(backend))
+    scrape.register(EngineCollector(backend, models))
     return recorded, scrape

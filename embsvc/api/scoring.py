@@ -4,6 +4,8 @@ where Cohere's v2 clients send it); the endpoints are ``json_post.JsonPost``s.
 Rerank bodies come in the shapes that Cohere- and Jina-style clients send:
 documents as strings or ``{"text": …}`` objects, ``top_n``, ``return_documents``,
 Cohere v2's ``max_tokens_per_doc``, and ``null`` for an option left at its default.
+Their ``model`` chooses what ranks: the cross-encoder by its names, bge-m3's scores by
+bge-m3's names or when the body names none (as before a cross-encoder was served).
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from embsvc.api.body import boolean, check_model, max_length, optional_str
+from embsvc.api.body import boolean, check_model, max_length, model_field, optional_str
 from embsvc.config import Settings
 from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest
-from embsvc.errors import InvalidRequest, PayloadTooLarge
+from embsvc.errors import InvalidRequest, NotFound, PayloadTooLarge
 from gpu_pool import DEFAULT_OPTIONS, SCORE_MODES, JobOptions
 
 
@@ -38,6 +40,8 @@ def parse_rerank_request(body: dict[str, Any], settings: Settings,
     if "max_tokens_per_doc" in body:  # checked also when max_length, which wins, is there
         per_doc = max_length(body, settings.max_tokens, "max_tokens_per_doc")
         body.setdefault("max_length", per_doc)  # Cohere v2's name; here it bounds the query too
+    if wants_cross_encoder(body, settings):
+        return _cross_encoder_rerank(body, settings, options)
     scoring = parse_score_request(body, settings, options)
     mode = body.get("mode", DEFAULT_MODE)
     if mode not in SCORE_MODES:
@@ -48,6 +52,35 @@ def parse_rerank_request(body: dict[str, Any], settings: Settings,
         top_n=min(top_n(body, len(scoring.documents)), len(scoring.documents)),
         return_documents=boolean(body, "return_documents", False),
     )
+
+
+def wants_cross_encoder(body: dict[str, Any], settings: Settings) -> bool:
+    """Whether ``model`` names the cross-encoder; naming it where none is served is a 404 that
+    says what is served (another unknown name is left to ``check_model``)."""
+    model = model_field(body, settings)
+    if model not in settings.reranker_names():
+        return False
+    if settings.reranker_path is None:
+        raise NotFound(f"model {model!r} is not served here: this server has no cross-encoder (RERANKER_PATH=none); "
+                       f"it serves {settings.model_name!r}, whose scores rank when model is {settings.model_name!r}",
+                       param="model")
+    return True
+
+
+def _cross_encoder_rerank(body: dict[str, Any], settings: Settings, options: JobOptions) -> RerankRequest:
+    for field in ("mode", "weights"):
+        if field in body:
+            raise InvalidRequest(f"{field} chooses among bge-m3's scores; {settings.reranker_name} ranks by its own "
+                                 f"score: leave {field} out, or name {settings.model_name!r} as model", param=field)
+    optional_str(body, "user")
+    docs = documents(body, settings.max_inputs)
+    scoring = ScoreRequest(
+        query=query(body), documents=docs, weights=DEFAULT_WEIGHTS,
+        max_length=max_length(body, settings.max_tokens), truncate=boolean(body, "truncate", True),
+        options=options)
+    return RerankRequest(
+        scoring=scoring, mode=DEFAULT_MODE, top_n=min(top_n(body, len(docs)), len(docs)),
+        return_documents=boolean(body, "return_documents", False), cross_encoder=True)
 
 
 def query(body: dict[str, Any]) -> str:

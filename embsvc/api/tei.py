@@ -84,11 +84,14 @@ def parse_rerank(body: dict[str, Any], settings: Settings, options: JobOptions =
     if not isinstance(body.get("texts"), list):
         raise InvalidRequest("texts is required: a list of strings", param="texts")
     documents = texts(body, "texts", settings.max_inputs, TEI_WORDS)
-    boolean(body, "raw_scores", False)  # checked, and the same either way: see docs/api.md
+    # TEI's scores go through a sigmoid unless raw_scores; bge-m3's hybrid scores never do (docs/api.md).
+    raw_scores = boolean(body, "raw_scores", False)
     truncate, direction = _truncation(body)
+    cross_encoder = settings.reranker_path is not None  # TEI serves one model a server: the reranker ranks
     scoring = ScoreRequest(query, documents, DEFAULT_WEIGHTS, settings.max_tokens, truncate, direction, "texts",
                            options)
-    return RerankRequest(scoring, DEFAULT_MODE, len(documents), boolean(body, "return_text", False))
+    return RerankRequest(scoring, DEFAULT_MODE, len(documents), boolean(body, "return_text", False),
+                         cross_encoder=cross_encoder, raw_scores=raw_scores)
 
 
 def is_tei_tokenize(body: dict[str, Any]) -> bool:
@@ -160,7 +163,7 @@ class Info:
 
 def tei_info(s: Settings, backend: Backend) -> dict[str, object]:
     engines = len(backend.states())
-    return {
+    info: dict[str, object] = {
         "model_id": s.model_name, "model_sha": None,
         "model_dtype": backend.info().get("dtype") or s.dtype,  # "auto" until an engine has chosen
         "served_model_name": s.model_name,
@@ -174,3 +177,17 @@ def tei_info(s: Settings, backend: Backend) -> dict[str, object]:
         "tokenization_workers": s.web_concurrency,  # every web worker tokenizes its own requests
         "version": __version__, "sha": None, "docker_label": None,
     }
+    if s.reranker_path is not None:  # not in TEI, which serves one model a server
+        info["reranker"] = _reranker_info(s, backend)
+    return info
+
+
+def _reranker_info(s: Settings, backend: Backend) -> dict[str, object]:
+    """The cross-encoder served beside bge-m3 as TEI describes a reranker (its ``model_type``), with
+    what a ready engine says of it (dtype, the pairs' max_length)."""
+    loaded = backend.info().get("reranker")
+    engine = loaded if isinstance(loaded, dict) else {}
+    return {"model_id": s.reranker_name, "served_model_name": s.reranker_name,
+            "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
+            "model_dtype": engine.get("dtype") or backend.info().get("dtype") or s.dtype,
+            "max_input_length": engine.get("max_length")}

@@ -16,7 +16,8 @@ class Backend(Protocol):
         ...
 
     def info(self) -> dict[str, object]:
-        """A ready engine's device and dtype; empty while none is ready."""
+        """A ready engine's device and dtype, and under ``reranker`` the cross-encoder's
+        figures (a dict) or None; empty while no engine is ready."""
         ...
 
     def shared_memory(self) -> dict[str, object]:
@@ -37,4 +38,9 @@ class Backend(Protocol):
     def score(self, ids: list[np.ndarray], weights: tuple[float, float, float],
               unused_ids: np.ndarray, options: JobOptions = DEFAULT_OPTIONS) -> np.ndarray:
         """[documents, len(SCORE_MODES)] scores of inputs 1.. against input 0."""
+        ...
+
+    def rerank(self, ids: list[np.ndarray], options: JobOptions = DEFAULT_OPTIONS) -> np.ndarray:
+        """float32 raw logits of the cross-encoder, one per (query, passage) pair of ids; raises
+        ``gpu_pool.ModelNotServed`` where the engines hold no cross-encoder."""
         ...

@@ -1,17 +1,28 @@
 """Scoring and reranking: tokenize the query and the documents, let an engine
 compute the scores from one forward pass, and answer without any vector
-crossing to this worker."""
+crossing to this worker.
+
+A rerank is ranked by bge-m3's scores (``/v1/score``'s, one column chosen by ``mode``) or, where
+one is served and the request names it, by the cross-encoder (``CrossEncoder``): one logit per
+(query, document) pair, as FlagEmbedding's ``FlagReranker.compute_score`` gives it.
+"""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
+from embsvc.core import rerank_pairs
 from embsvc.core.backend import Backend
 from embsvc.core.serialize import dumps
 from embsvc.core.tokenizer import LazyTokenizer, cut, within_chars
+from embsvc.errors import InvalidRequest, NotFound, Unavailable
 from gpu_pool import DEFAULT_OPTIONS, SCORE_MODES, JobOptions
 
 DEFAULT_WEIGHTS = (0.4, 0.2, 0.4)  # dense, sparse, colbert: what BGE-M3's authors recommend
@@ -33,9 +44,11 @@ class ScoreRequest:
 @dataclass(frozen=True)
 class RerankRequest:
     scoring: ScoreRequest
-    mode: str  # one of SCORE_MODES
+    mode: str  # one of SCORE_MODES: bge-m3's score that ranks (the cross-encoder has one score only)
     top_n: int  # already at most the number of documents
     return_documents: bool
+    cross_encoder: bool = False  # ranked by the cross-encoder, not by bge-m3's scores
+    raw_scores: bool = False  # the cross-encoder's logits as they are; false: through a sigmoid, in 0..1
 
 
 @dataclass(frozen=True)
@@ -51,9 +64,73 @@ class Ranking:
     tokens: int
 
 
+class CrossEncoder:
+    """The cross-encoder's side of a rerank: the pairs' ids, and their logits from an engine."""
+
+    def __init__(self, name: str, backend: Backend, tokenizer: LazyPairTokenizer) -> None:
+        self.name, self.backend, self.tokenizer = name, backend, tokenizer
+
+    def logits(self, request: ScoreRequest) -> tuple[np.ndarray, int]:
+        """One raw logit per document, and the tokens of all the pairs."""
+        ids = pair_ids(self.tokenizer.get(), request)
+        return self.backend.rerank(ids, request.options), sum(len(x) for x in ids)
+
+
+def pair_ids(tokenizer: Tokenizer, request: ScoreRequest) -> list[np.ndarray]:
+    """Each document's (query, document) pair as FlagReranker builds it (``rerank_pairs``), of at most
+    ``min(max_length, 512)`` tokens, FlagReranker's max_length: the query cut to 3/4 of that, the
+    document to what is left. ``truncation_direction`` left (TEI's; FlagReranker has none) cuts the
+    starts instead: the query and the documents are cut so before the pairs are built; ``truncate``
+    false refuses a pair that would be cut."""
+    max_length = min(request.max_length, rerank_pairs.DEFAULT_MAX_LENGTH)
+    query_limit, room = max_length * 3 // 4, max_length - tokenizer.num_special_tokens_to_add(is_pair=True)
+    texts = within_chars([request.query, *request.documents], max_length, True, direction=request.truncation_direction)
+    encoded = [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    query, documents = encoded[0], encoded[1:]
+    if not request.truncate:
+        for i, ids in enumerate(documents):
+            if len(query) > query_limit or len(query) + len(ids) > room:
+                raise InvalidRequest(f"the query and {request.documents_field}[{i}] make a pair of "
+                                     f"{len(query) + len(ids) + max_length - room} tokens, more than the "
+                                     f"cross-encoder's max_length {max_length}, and truncate is false",
+                                     param=request.documents_field)
+    if request.truncation_direction == "left":
+        kept = query[-query_limit:]
+        texts = tokenizer.decode_batch([kept, *(ids[-max(1, room - len(kept)):] for ids in documents)],
+                                       skip_special_tokens=False)
+    pairs = [(texts[0], document) for document in texts[1:]]
+    return rerank_pairs.pair_ids(tokenizer, pairs, max_length)
+
+
+class LazyPairTokenizer:
+    """The cross-encoder's tokenizer, loaded on first use, as ``LazyTokenizer`` loads bge-m3's:
+    its folder may still be downloading when the worker starts."""
+
+    def __init__(self, model_path: Path, ready: Callable[[], bool]) -> None:
+        self._path, self._ready = model_path, ready
+        self._tokenizer: Tokenizer | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Tokenizer:
+        if self._tokenizer is None:
+            with self._lock:
+                if self._tokenizer is None:
+                    if not self._ready():
+                        raise Unavailable("the model is loading", headers={"Retry-After": "1"})
+                    self._tokenizer = rerank_pairs.load_tokenizer(self._path)
+        return self._tokenizer
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x), in a form that neither overflows nor warns at any float32 logit."""
+    return (0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).astype(np.float32)
+
+
 class ScoreService:
-    def __init__(self, model_name: str, backend: Backend, tokenizer: LazyTokenizer) -> None:
-        self.model_name, self.backend, self.tokenizer = model_name, backend, tokenizer
+    def __init__(self, model_name: str, backend: Backend, tokenizer: LazyTokenizer,
+                 reranker: CrossEncoder | None = None) -> None:
+        """``reranker``: the cross-encoder, where one is served."""
+        self.model_name, self.backend, self.tokenizer, self.reranker = model_name, backend, tokenizer, reranker
 
     def scores(self, request: ScoreRequest) -> Scores:
         tokenizer = self.tokenizer.get()
@@ -80,10 +157,23 @@ class ScoreService:
         })
 
     def ranking(self, request: RerankRequest) -> Ranking:
-        result = self.scores(request.scoring)
-        relevance = result.table[:, SCORE_MODES.index(request.mode)]
+        if request.cross_encoder:
+            logits, tokens = self._reranker().logits(request.scoring)
+            relevance = logits if request.raw_scores else sigmoid(logits)
+        else:
+            result = self.scores(request.scoring)
+            relevance, tokens = result.table[:, SCORE_MODES.index(request.mode)], result.tokens
         best_first = np.argsort(-relevance, kind="stable")[: request.top_n]
-        return Ranking(best_first.tolist(), relevance, result.tokens)
+        return Ranking(best_first.tolist(), relevance, tokens)
+
+    def _reranker(self) -> CrossEncoder:
+        if self.reranker is None:  # the request's parse refuses it first: this is the last guard
+            raise NotFound(f"no cross-encoder is served here; this server serves {self.model_name!r}", param="model")
+        return self.reranker
+
+    def model_of(self, request: RerankRequest) -> str:
+        """The name of the model that ranks ``request``, for its answer."""
+        return self._reranker().name if request.cross_encoder else self.model_name
 
     def rerank(self, request: RerankRequest) -> bytes:
         ranking = self.ranking(request)
@@ -94,11 +184,13 @@ class ScoreService:
             if request.return_documents:
                 entry["document"] = {"text": documents[index]}
             results.append(entry)
+        # ``mode`` names which of bge-m3's scores ranked; the cross-encoder has one score only.
+        mode = {} if request.cross_encoder else {"mode": request.mode}
         return dumps({
             "id": str(uuid.uuid4()),
             "object": "list",
-            "model": self.model_name,
-            "mode": request.mode,
+            "model": self.model_of(request),
+            **mode,
             "results": results,
             "usage": _usage(ranking.tokens),
         })

@@ -1,7 +1,8 @@
 """The server's life in gunicorn's hooks (wired in gunicorn.conf.py).
 
-Master: ``on_starting`` reads the settings, makes sure the model folder is
-complete (downloading it if empty) and starts the engine pool; ``pre_fork``
+Master: ``on_starting`` reads the settings, makes sure the model folders (bge-m3's, and the
+cross-encoder's where one is configured) are complete (downloading each if empty) and starts
+the engine pool; ``pre_fork``
 and ``child_exit`` hand out and take back web worker slots; ``on_exit`` stops
 the engines and removes every shared-memory segment.
 Worker: ``post_fork`` connects the worker to the pool; ``embsvc.wsgi`` then
@@ -22,7 +23,7 @@ from embsvc.config import DEFAULT_MAX_BATCH_TOKENS as DEFAULT_MAX_BATCH_TOKENS  
 from embsvc.config import ConfigError, Settings, load_settings
 from embsvc.master import metrics_dir as metrics_folder
 from embsvc.master import shared_memory
-from embsvc.master.model_files import ModelFilesError, ensure_model
+from embsvc.master.model_files import ModelFilesError, ensure_model, ensure_reranker
 from gpu_pool import EngineClient, EnginePool, EngineSpec, NoFreeSlot, engine_specs, is_cpu
 from runtime import logs, malloc
 
@@ -53,6 +54,8 @@ def on_starting(server: object) -> None:
     logs.configure(_settings.log_level, _settings.log_format)
     try:
         ensure_model(_settings.model_path, _settings.model_name)
+        if _settings.reranker_path is not None:
+            ensure_reranker(_settings.reranker_path, _settings.reranker_name)
     except ModelFilesError as exc:
         raise RuntimeError(str(exc)) from None
     global _metrics_dir
@@ -69,6 +72,7 @@ def _engine_template(s: Settings) -> EngineSpec:
         device="auto",
         dtype=s.dtype,
         model_path=str(Path(s.model_path).resolve()),
+        reranker_path=str(s.reranker_path.resolve()) if s.reranker_path is not None else "",
         batch_size=s.batch_size,
         max_batch_tokens=s.batch_tokens(),
         batch_timeout_ms=s.batch_timeout_ms,

@@ -1,13 +1,17 @@
-"""Making sure the model folder holds a complete BGE-M3 before the engine loads it."""
+"""Making sure the model folders hold a complete BGE-M3, and the cross-encoder beside it where
+one is configured, before the engines load them."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 HEAD_FILES = ("sparse_linear.pt", "colbert_linear.pt")
+# Files of the Hub's repositories that no engine loads: other formats, pictures.
+IGNORED = ["*.onnx", "onnx/*", "*.msgpack", "*.h5", "*.ot", "imgs/*", "assets/*"]
 
 
 class ModelFilesError(RuntimeError):
@@ -28,6 +32,26 @@ def ensure_model(path: Path, model_name: str) -> Path:
     return path
 
 
+def ensure_reranker(path: Path, model_name: str) -> Path:
+    """The cross-encoder's folder as ``ensure_model`` makes bge-m3's: downloaded when it holds no
+    config.json, then checked to be a sequence classifier with one label (a score per pair)."""
+    if not (path / "config.json").exists():
+        download(path, model_name)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFilesError(f"cross-encoder folder {path}: config.json cannot be read: {exc}") from None
+    architectures = config.get("architectures") or []
+    labels = len(config.get("id2label") or {"0": "LABEL_0"})
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures) or labels != 1:
+        raise ModelFilesError(
+            f"cross-encoder folder {path} holds {', '.join(map(str, architectures)) or 'no architecture'} with "
+            f"{labels} labels: RERANKER_PATH needs bge-reranker-v2-m3's layout (XLMRobertaForSequenceClassification, "
+            "one label); RERANKER_PATH=none serves bge-m3 alone"
+        )
+    return path
+
+
 def download(path: Path, model_name: str) -> None:
     from huggingface_hub import snapshot_download
 
@@ -38,7 +62,7 @@ def download(path: Path, model_name: str) -> None:
         snapshot_download(
             repo_id=model_name,
             local_dir=str(path),
-            ignore_patterns=["*.onnx", "onnx/*", "*.msgpack", "*.h5", "*.ot", "imgs/*"],
+            ignore_patterns=IGNORED,
             # Progress as log lines (files, then bytes), not as terminal bars.
             tqdm_class=LoggedProgress,
         )

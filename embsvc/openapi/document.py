@@ -27,6 +27,11 @@ def _get(summary: str, schema: dict[str, Any], secured: bool, *errors: int) -> d
     return {"get": op}
 
 
+def _model_ids(settings: Settings) -> list[str]:
+    """What ``/v1/models/{model_id}`` answers: bge-m3's names, and the cross-encoder's where one is served."""
+    return [*settings.model_names(), *(settings.reranker_names() if settings.reranker_path else ())]
+
+
 def build_openapi(settings: Settings) -> dict[str, Any]:
     bool_field = {"type": "boolean"}
     base64_string = {"type": "string", "contentEncoding": "base64"}
@@ -119,11 +124,11 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
             }},
             "/health": _get("Readiness: 200 once the model answers", obj, False, 503),
             "/stats": _get("Batching statistics across all web workers", obj, True),
-            "/v1/models": _get("The served model", {"type": "object", "properties": {
+            "/v1/models": _get("The served models", {"type": "object", "properties": {
                 "object": {"const": "list"}, "data": {"type": "array", "items": model}}}, True),
             "/v1/models/{model_id}": {**_get("One model", model, True, 404), "parameters": [
                 {"name": "model_id", "in": "path", "required": True,
-                 "schema": {"type": "string", "enum": list(settings.model_names())}}]},
+                 "schema": {"type": "string", "enum": _model_ids(settings)}}]},
             "/": _get("Service information", obj, False),
             "/metrics": {"get": {
                 "summary": "Prometheus metrics of every web worker and engine",

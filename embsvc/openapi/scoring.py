@@ -68,8 +68,12 @@ def rerank_path(settings: Settings) -> dict[str, Any]:
     nullable_int = {"type": ["integer", "null"], "minimum": 1}
     common = _common(settings)
     # A rerank option sent as null keeps its default (what Cohere's and Jina's clients send).
-    optional = {name: {"anyOf": [schema, {"type": "null"}]} for name, schema in common.items()
+    optional: dict[str, Any] = {name: {"anyOf": [schema, {"type": "null"}]} for name, schema in common.items()
                 if name not in ("query", "documents")}
+    # model chooses what ranks: the cross-encoder by its names, where one is served; bge-m3's scores else.
+    names = [*settings.model_names(), *(settings.reranker_names() if settings.reranker_path else ())]
+    optional["model"] = {"anyOf": [{"type": "string", "enum": names}, {"type": "null"}],
+                         "default": settings.model_name, "description": _model_choice(settings)}
     request = {"type": "object", "required": ["query", "documents"], "properties": {
         **common, **optional,
         "top_n": {**nullable_int, "description": "results to return; default all"},
@@ -82,11 +86,21 @@ def rerank_path(settings: Settings) -> dict[str, Any]:
         "document": {"type": "object", "properties": {"text": {"type": "string"}}}}}
     response = {"type": "object", "required": ["id", "model", "results", "usage"], "properties": {
         "id": {"type": "string"}, "object": {"const": "list"}, "model": {"type": "string"},
-        "mode": {"enum": list(SCORE_MODES)}, "results": {"type": "array", "items": result}, "usage": _usage()}}
+        "mode": {"enum": list(SCORE_MODES), "description": "absent when the cross-encoder ranked"},
+        "results": {"type": "array", "items": result}, "usage": _usage()}}
     return _post(
         "Rerank documents for a query (Cohere- and Jina-style)",
-        "results are best first; relevance_score is the weighted mode score (colbert+sparse+dense unless "
-        "mode says otherwise). Also served at /v2/rerank for Cohere's v2 clients.", request, response)
+        f"results are best first. {_model_choice(settings)} Also served at /v2/rerank for Cohere's v2 clients.",
+        request, response)
+
+
+def _model_choice(settings: Settings) -> str:
+    hybrid = (f"model {settings.model_name} (or absent): relevance_score is bge-m3's weighted mode score "
+              "(colbert+sparse+dense unless mode says otherwise).")
+    if settings.reranker_path is None:
+        return hybrid
+    return (f"{hybrid} model {settings.reranker_name}: the cross-encoder's score, the sigmoid of its logit "
+            "(mode and weights are refused).")
 
 
 def tokenize_path(settings: Settings) -> dict[str, Any]:

@@ -100,17 +100,25 @@ def embed_all_path(settings: Settings) -> Schema:
 
 
 def rerank_path(settings: Settings) -> Schema:
+    ranked_by, raw_scores = _rerank_words(settings)
     request = {"type": "object", "required": ["query", "texts"], "properties": {
         "query": _TEXT,
         "texts": {"type": "array", "minItems": 1, "maxItems": settings.max_inputs, "items": _TEXT},
         **_truncation(),
-        "raw_scores": {"type": "boolean", "default": False,
-                       "description": "accepted; the scores are those of /v1/rerank either way"},
+        "raw_scores": {"type": "boolean", "default": False, "description": raw_scores},
         "return_text": {"type": "boolean", "default": False}}}
     rank = {"type": "object", "required": ["index", "score"], "properties": {
         "index": {"type": "integer", "minimum": 0}, "score": {"type": "number"}, "text": {"type": "string"}}}
-    return _post("Rerank texts for a query (TEI)", "Best first, with the colbert+sparse+dense scores of "
-                 "/v1/rerank.", request, {"type": "array", "items": rank})
+    return _post("Rerank texts for a query (TEI)", ranked_by, request, {"type": "array", "items": rank})
+
+
+def _rerank_words(settings: Settings) -> tuple[str, str]:
+    """What ranks /rerank here, and what raw_scores does to it."""
+    if settings.reranker_path is None:
+        return ("Best first, with the colbert+sparse+dense scores of /v1/rerank.",
+                "accepted; the scores are those of /v1/rerank either way")
+    return (f"Best first, by the cross-encoder {settings.reranker_name}.",
+            "true: the cross-encoder's logits; false: their sigmoid, in 0..1")
 
 
 def tokenize_request(settings: Settings) -> Schema:
@@ -152,7 +160,10 @@ def info_path() -> Schema:
             "max_concurrent_requests": integer, "max_input_length": integer, "max_batch_tokens": integer,
             "max_batch_requests": {"type": ["integer", "null"], "minimum": 0}, "max_client_batch_size": integer,
             "auto_truncate": {"type": "boolean"}, "tokenization_workers": integer, "version": {"type": "string"},
-            "sha": nullable, "docker_label": nullable}}
+            "sha": nullable, "docker_label": nullable,
+            "reranker": {"type": "object", "description": "not in TEI, and only where one is served: the "
+                         "cross-encoder beside the embedding model (model_id, model_type, model_dtype, "
+                         "max_input_length)"}}}
     return {"get": {
         "tags": ["Text Embeddings Inference"],
         "summary": "The served model and the batching limits (TEI's Info)",

@@ -29,8 +29,8 @@ def engine() -> FakeEngine:
 def make_settings(tiny_model: Path) -> Callable[..., Settings]:
     """``make_settings(**env)``: the settings of ``env`` over the token and the tiny model."""
     def make(**env: str) -> Settings:
-        return load_settings({"API_TOKEN": f"{TOKEN},second-token", "MODEL_PATH": str(tiny_model), **env},
-                             env_file=None)
+        return load_settings({"API_TOKEN": f"{TOKEN},second-token", "MODEL_PATH": str(tiny_model),
+                              "RERANKER_PATH": "none", **env}, env_file=None)
     return make
 
 

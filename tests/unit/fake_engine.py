@@ -31,6 +31,9 @@ class FakeEngine:
         self.fail_with: EngineError | None = None
         self.calls: list[tuple[list[np.ndarray], Kind]] = []
         self.score_calls: list[tuple[list[np.ndarray], tuple[float, float, float], tuple[int, ...]]] = []
+        # What info() says of the cross-encoder; an app with RERANKER_PATH set has one.
+        self.reranker: dict[str, object] | None = None
+        self.rerank_calls: list[list[np.ndarray]] = []  # each call's (query, passage) pairs
         self.options: list[JobOptions] = []  # how each call asked to be run
         self._ids = itertools.count()
 
@@ -38,7 +41,7 @@ class FakeEngine:
         return [self.state]
 
     def info(self) -> dict[str, object]:
-        return {"device": "cpu", "dtype": "float32"}
+        return {"device": "cpu", "dtype": "float32", "reranker": self.reranker}
 
     def shared_memory(self) -> dict[str, object]:
         return {"path": "/dev/shm", "size_bytes": 64 << 20, "used_bytes": 1 << 20, "free_bytes": 63 << 20,
@@ -76,6 +79,15 @@ class FakeEngine:
         self.score_calls.append((ids, weights, tuple(unused_ids.tolist())))
         raw = np.array([[len(x) / 100, 1 / len(x), 0.5] for x in ids[1:]])
         return m3math.combine(raw, weights)
+
+    def rerank(self, ids: list[np.ndarray], options: JobOptions = DEFAULT_OPTIONS) -> np.ndarray:
+        """The cross-encoder's logits: each pair's length in tokens less 10, over 10."""
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.calls.append((ids, Kind.RERANK))
+        self.options.append(options)
+        self.rerank_calls.append(ids)
+        return np.array([(len(x) - 10.0) / 10 for x in ids], dtype=np.float32)
 
     def _segment(self, ids: list[np.ndarray], kinds: Kind) -> Segment:
         return Segment.create(f"bgem3-fake-{os.getpid()}-{next(self._ids)}",

@@ -15,7 +15,7 @@ from gpu_pool import m3math as scoring
 
 @pytest.fixture
 def settings():
-    return load_settings({"API_TOKEN": "t", "MODEL_PATH": "."}, env_file=None)
+    return load_settings({"API_TOKEN": "t", "MODEL_PATH": ".", "RERANKER_PATH": "none"}, env_file=None)
 
 
 def test_huge_weights_give_the_same_finite_scores():
