@@ -25,6 +25,7 @@ from gpu_pool import (
     EngineOverloaded,
     EngineTimeout,
     EngineUnavailable,
+    ModelNotServed,
     SharedMemoryFull,
 )
 
@@ -177,6 +178,8 @@ def from_engine(exc: EngineError) -> APIError:
         return PayloadTooLarge(f"{exc}; send it shorter (max_length) or split it")
     if isinstance(exc, ClientGone):
         return ClientClosed(str(exc))
+    if isinstance(exc, ModelNotServed):
+        return NotFound(str(exc), param="model")
     return ModelFailed("the model failed on this request")
 
 

@@ -18,6 +18,7 @@ from embsvc.api.body import TEI_WORDS, boolean, dimensions, texts
 from embsvc.api.info import Root
 from embsvc.api.json_post import JsonPost
 from embsvc.config import Settings
+from embsvc.core import rerank_pairs
 from embsvc.core.backend import Backend
 from embsvc.core.embedding import EmbeddingRequest
 from embsvc.core.scoring import DEFAULT_MODE, DEFAULT_WEIGHTS, RerankRequest, ScoreRequest
@@ -184,10 +185,10 @@ def tei_info(s: Settings, backend: Backend) -> dict[str, object]:
 
 def _reranker_info(s: Settings, backend: Backend) -> dict[str, object]:
     """The cross-encoder served beside bge-m3 as TEI describes a reranker (its ``model_type``), with
-    what a ready engine says of it (dtype, the pairs' max_length)."""
+    the dtype a ready engine runs it in."""
     loaded = backend.info().get("reranker")
     engine = loaded if isinstance(loaded, dict) else {}
     return {"model_id": s.reranker_name, "served_model_name": s.reranker_name,
             "model_type": {"reranker": {"id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0}}},
             "model_dtype": engine.get("dtype") or backend.info().get("dtype") or s.dtype,
-            "max_input_length": engine.get("max_length")}
+            "max_input_length": min(s.max_tokens, rerank_pairs.DEFAULT_MAX_LENGTH)}  # a pair's, as FlagReranker's

@@ -14,7 +14,7 @@ from embsvc.app import create_app
 from embsvc.core import rerank_pairs
 from embsvc.core.scoring import sigmoid
 from embsvc.openapi import build_openapi
-from gpu_pool import EngineSnapshot, EngineState, EngineStats, Kind
+from gpu_pool import EngineSnapshot, EngineState, EngineStats, Kind, ModelNotServed
 from tests.unit.conftest import AUTH, LIMITS, assert_error, post
 
 RERANKER = "BAAI/bge-reranker-v2-m3"
@@ -29,7 +29,8 @@ def settings(make_settings, tiny_model):
 
 @pytest.fixture
 def client(settings, engine) -> testing.TestClient:
-    engine.reranker = {"name": RERANKER, "dtype": "float32", "max_length": 512}
+    engine.reranker = {"name": "bge-reranker-v2-m3", "path": "/models/bge-reranker-v2-m3", "max_positions": 8194,
+                       "dtype": "float32"}
     return testing.TestClient(create_app(settings, engine))
 
 
@@ -161,7 +162,8 @@ def test_info_and_health_name_the_cross_encoder(client):
     info = client.simulate_get("/info", headers=AUTH).json
     assert info["model_id"] == "BAAI/bge-m3"
     assert info["reranker"]["model_id"] == RERANKER and "reranker" in info["reranker"]["model_type"]
-    assert info["reranker"]["max_input_length"] == 512 and info["reranker"]["model_dtype"] == "float32"
+    # A pair's tokens: FlagReranker's 512, or MAX_TOKENS (64 here) where that is less.
+    assert info["reranker"]["max_input_length"] == 64 and info["reranker"]["model_dtype"] == "float32"
     detailed = client.simulate_get("/health/detailed", headers=AUTH).json
     assert detailed["reranker"] == {"name": RERANKER, "status": "loaded", "device": "cpu", "dtype": "float32"}
     assert client.simulate_get("/").json["reranker"] == RERANKER
@@ -197,3 +199,10 @@ def test_openapi_offers_the_cross_encoder_where_served(settings, make_settings):
 def test_the_fake_engine_was_asked_for_pairs(client, engine):
     post(client, "/v1/rerank", {"model": RERANKER, "query": "q", "documents": ["a"]})
     assert engine.calls[-1][1] == Kind.RERANK
+
+
+def test_engines_without_the_cross_encoder_answer_404(client, engine):
+    engine.fail_with = ModelNotServed("no cross-encoder is served")
+    error = assert_error(post(client, "/v1/rerank", {"model": RERANKER, "query": "q", "documents": ["a"]}),
+                         404, "not_found_error", "model")
+    assert "no cross-encoder" in error["detail"]
