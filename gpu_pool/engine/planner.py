@@ -40,9 +40,10 @@ def batch_of(table: JobTable, items: list[Item], lane: Lane) -> Batch:
 
 
 class Planner:
-    """An interactive batch is made at once (one waits at a time; later queries gather into the
-    next). A bulk batch is made at once for an idle device; while the device is busy it keeps
-    filling until it is full (``batch_size`` jobs or its token budget, sized by time:
+    """An interactive batch is made at once (one waits at a time); the queries that arrive while
+    it waits for the device join it as long as all of them fit, the rest gather into the next. A
+    bulk batch is made at once for an idle device; while the device is busy it keeps filling
+    until it is full (``batch_size`` jobs or its token budget, sized by time:
     ``lanes.PassSizer``) or its oldest job has waited ``batch_timeout_ms``. Jobs whose deadline
     has passed are dropped before their first pass."""
 
@@ -75,6 +76,13 @@ class Planner:
             if queued[Lane.INTERACTIVE] and not handoff.interactive:
                 return Lane.INTERACTIVE, self._table.take(Lane.INTERACTIVE, self._spec.batch_size,
                                                           self._spec.max_batch_tokens)
+            if queued[Lane.INTERACTIVE] and self._joins(handoff.interactive[-1]):
+                # The prepared batch has not begun: the queries that came since join it. A pass of a
+                # few short texts costs the host about what a pass of one costs.
+                prepared = handoff.interactive.pop()
+                joined = self._table.held(prepared.items) + self._table.take(
+                    Lane.INTERACTIVE, self._spec.batch_size, self._spec.max_batch_tokens)
+                return Lane.INTERACTIVE, sorted(joined, key=lambda item: -item.length)
             wait_s = POLL_S
             if queued[Lane.BULK] and handoff.bulk_in_progress < self._spec.concurrency:
                 wait_s = self._fill_time_left()
@@ -83,6 +91,15 @@ class Planner:
             elif handoff.stopping and not any(queued.values()):
                 return None
             handoff.ready.wait(min(wait_s, POLL_S))
+
+    def _joins(self, prepared: Batch) -> bool:
+        """Whether every queued query fits into ``prepared``, the interactive batch waiting for the
+        device: the same model, at most ``batch_size`` jobs and ``max_batch_tokens`` tokens in all."""
+        queued = self._table.queued[Lane.INTERACTIVE]
+        model = prepared.items[0].rerank
+        jobs = {item.job_seq for item in prepared.items} | {item.job_seq for item in queued}
+        return (all(item.rerank == model for item in queued) and len(jobs) <= self._spec.batch_size
+                and len(prepared.ids) + sum(item.length for item in queued) <= self._spec.max_batch_tokens)
 
     def _fill_time_left(self) -> float:
         """How much longer the next bulk batch may keep filling; 0 or less: make it now."""
