@@ -19,8 +19,9 @@ launch latency plus the longer of its FLOPs at the set rate and its bytes at the
 bandwidth (a copy on the copy stream: its bytes over the host link). Events record the tail
 of a stream; ``query`` compares it with the clock; ``synchronize`` sleeps until then.
 
-Faults on demand (``Settings``): an operation whose output exceeds ``memory_bytes`` raises
-``torch.OutOfMemoryError`` as CUDA's allocator does; a gather of ``fault_token`` (the
+Faults on demand (``Settings``): a matrix product whose output exceeds ``memory_bytes`` (what
+the weights leave free for a pass's activations) raises ``torch.OutOfMemoryError`` as CUDA's
+allocator does; a gather of ``fault_token`` (the
 embedding lookup of a pass that holds it) is an illegal memory access, reported as CUDA
 reports it, at the next synchronisation, and by every later call (the context is lost).
 
@@ -58,7 +59,11 @@ _aten = torch.ops.aten
 _NO_KERNEL = {_aten.empty.memory_format, _aten.empty_strided.default, _aten.new_empty.default,
               _aten._unsafe_view.default, _aten.lift_fresh.default, _aten.detach.default, _aten.alias.default,
               _aten.record_stream.default}
-_CPU_ATTENTION = getattr(_aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_LINEAR = {_aten.linear.default, *(op.default for op in (getattr(torch.ops.mkldnn, "_linear_pointwise", None),)
+                                   if op is not None)}
+_ATTENTION = {_aten.scaled_dot_product_attention.default,
+              *(op.default for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+                if (op := getattr(_aten, name, None)) is not None)}
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class Rates:
 class Settings:
     rates: Rates = field(default_factory=Rates)
     compute: str = "cpu"  # "meta": shapes only, for timing runs
-    memory_bytes: int = 0  # the most one operation may allocate (0: no limit)
+    memory_bytes: int = 0  # the most one matrix product may allocate (0: no limit)
     fault_token: int | None = None
 
     @classmethod
@@ -182,6 +187,9 @@ class SimDevice:
         return torch.device(self.settings.compute)
 
     def set_device(self, device: torch.device) -> None:
+        # The arithmetic on one thread: the host's time then is its own work, not OpenMP's
+        # threads waiting for cores that others hold (a tiny pass took 10 times longer on two).
+        torch.set_num_threads(1)
         if getattr(self._local, "mode", None) is None:
             self._local.mode = _Kernels(self)
             self._local.mode.__enter__()
@@ -243,7 +251,7 @@ class SimDevice:
     def check(self, func: Any, args: Sequence[Any], out: Any) -> None:
         """The faults asked for: out of memory, or an illegal address."""
         limit = self.settings.memory_bytes
-        if limit and _nbytes(out) > limit:
+        if limit and (func in _LINEAR or func._overloadpacket in flop_registry) and _nbytes(out) > limit:
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {_nbytes(out)} bytes; the simulated "
                                          f"device has {limit}")
         token = self.settings.fault_token
@@ -272,14 +280,16 @@ def _nbytes(value: Any) -> int:
 
 
 def _flops(func: Any, args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> float:
-    count = flop_registry.get(func._overloadpacket)
-    if count is not None:
-        return float(count(*args, **kwargs, out_val=out))
-    if func is _CPU_ATTENTION:  # q, k: [batch, heads, length, head_dim]
+    """A matrix product's or attention's FLOPs (0: neither). The mode sees some composite
+    operations whole (``linear``, ``scaled_dot_product_attention``), others decomposed."""
+    if func in _LINEAR:  # input [..., k], weight [n, k] (prepacked or not)
+        source, weight = args[0], args[1]
+        return 2.0 * source.numel() * weight.shape[0]
+    if func in _ATTENTION:  # q, k: [batch, heads, length, head_dim]
         q, k = args[0], args[1]
-        batch, heads, queries, width = q.shape
-        return 4.0 * batch * heads * queries * k.shape[-2] * width
-    return 0.0
+        return 4.0 * q.shape[:-1].numel() * k.shape[-2] * q.shape[-1]
+    count = flop_registry.get(func._overloadpacket)
+    return 0.0 if count is None else float(count(*args, **kwargs, out_val=out))
 
 
 @contextlib.contextmanager
@@ -287,12 +297,13 @@ def installed(settings: Settings | None = None) -> Iterator[SimDevice]:
     """A fresh simulated device, registered as DEVICE=testkit.simdevice, for this process; the
     calling thread stops being simulated on the way out."""
     sim = SimDevice(settings)
-    previous = device_module._ACCELERATORS.get(KIND)
+    previous, threads = device_module._ACCELERATORS.get(KIND), torch.get_num_threads()
     device_module.register(KIND, sim)
     try:
         yield sim
     finally:
         sim.release_thread()
+        torch.set_num_threads(threads)
         if previous is not None:
             device_module.register(KIND, previous)
 
