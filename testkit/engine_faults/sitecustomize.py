@@ -11,7 +11,8 @@ that contain the given token id:
 
 The tests put this folder on PYTHONPATH: Python imports ``sitecustomize`` at
 start-up in every process, and in the engine, the only process that imports
-``gpu_pool.model.m3``, this wraps ``M3Model.start`` (where every pass begins).
+``gpu_pool.model.reranker``, this wraps ``Served.start`` (where every pass begins, of bge-m3
+and of the cross-encoder alike).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-_TARGET = "gpu_pool.model.m3"
+_TARGET = "gpu_pool.model.reranker"
 _FAULTS = ("ERROR", "OOM", "SLOW", "DEVICE")
 
 
@@ -37,10 +38,10 @@ def _token(name: str) -> int | None:
     return int(value) if value else None
 
 
-def _patch(m3: ModuleType) -> None:
+def _patch(reranker: ModuleType) -> None:
     error, oom, slow, device = (_token(f"ENGINE_FAULT_{n}_TOKEN") for n in _FAULTS)
     slow_s = int(os.environ.get("ENGINE_FAULT_SLOW_MS", "0")) / 1000
-    start = m3.M3Model.start
+    start = reranker.Served.start
 
     def start_with_faults(self: object, ids: np.ndarray, *args: object, **kwargs: object) -> object:
         if slow is not None and (ids == slow).any():
@@ -55,7 +56,7 @@ def _patch(m3: ModuleType) -> None:
             raise RuntimeError("CUDA error: an illegal memory access was encountered (injected fault)")
         return start(self, ids, *args, **kwargs)
 
-    m3.M3Model.start = start_with_faults
+    reranker.Served.start = start_with_faults
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):

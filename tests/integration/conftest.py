@@ -1,6 +1,7 @@
 """The integration harness: a real engine process on the tiny model, driven from the test
 process as the master, over real pipes and shared memory; FlagEmbedding on the same folder
-as the reference. One engine, one reference and one tokenizer serve the whole session."""
+as the reference. One engine, one reference and one tokenizer serve the whole session; so does
+one engine that also holds the tiny cross-encoder (``rerank_pool``, ``rerank_client``)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,19 @@ def reference(tiny_model) -> BGEM3FlagModel:
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model) -> TextTokenizer:
     return TextTokenizer(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def rerank_pool(tiny_model, tiny_reranker):
+    pool = EnginePool([engine_spec(tiny_model, reranker_path=str(tiny_reranker))], n_slots=2)
+    pool.shm_prefix += "rerank-"  # segments' names apart from those of the other pools of this process
+    pool.start()
+    wait_ready(pool)
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture(scope="session")
+def rerank_client(rerank_pool) -> EngineClient:
+    return EngineClient(rerank_pool, rerank_pool.take_slot(), max_queue_size=50, timeout_s=60,
+                        interactive_max_tokens=64)
