@@ -356,3 +356,18 @@ def test_the_warm_up_runs_every_kind_and_learns_the_rate_from_its_second_pass_on
         assert sizer.seconds_per_token == pytest.approx(0.001 / 256)  # the cold pass's 1 s left out
     finally:
         harness.stop()
+
+
+def test_with_a_cross_encoder_the_warm_up_runs_it_once_after_and_learns_nothing_from_it():
+    harness = Harness()
+    harness.model = model = WarmingModel()
+    model.reranks = True
+    harness.engine._device._model = model
+    try:
+        harness.engine.warm_up()
+        every_kind = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
+        assert model.passes == [(every_kind, 1), (every_kind, 1), (Kind.RERANK, 0)]
+        sizer = harness.engine._device._sizer
+        assert sizer.seconds_per_token == pytest.approx(0.001 / 256)
+    finally:
+        harness.stop()
