@@ -21,7 +21,7 @@ DEFAULT_RERANKER_PATH = "./bge-reranker-v2-m3"  # beside MODEL_PATH's default, .
 # value keeps the default for every setting (a variable a compose file passes on unset).
 NO_RERANKER = "none"
 KINDS = ("dense", "sparse", "colbert")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 DEFAULT_MAX_BATCH_TOKENS = 16384  # tokens in one forward pass when MAX_BATCH_TOKENS is unset
 # On a GPU host: twice TEI's 16,384. The full model costs about 0.6 GFLOP a token, so
 # a 16,384-token pass is about 20 ms of an H200's half-precision matrix work, while

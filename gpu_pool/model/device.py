@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# int8: the CPU's int8 products (gpu_pool/model/cpu_linear.py), float32 around them; never chosen by auto.
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.qint8}
 # CPU features with bfloat16 matrix instructions; without them bfloat16 is emulated and slower than float32.
 _FAST_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 

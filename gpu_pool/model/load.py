@@ -46,6 +46,7 @@ def load(path: Path, device_name: str, dtype_name: str, threads: int, reranker_p
     choice = model.attention
     log.info("Attention: %s%s (%s)", choice.path, f" with {choice.kernel_name}" if choice.kernel_name else "",
              choice.reason)
+    log.info("Matrix products: %s", model.products)
     if not reranker_path:
         return Served(model)
     started = time.monotonic()

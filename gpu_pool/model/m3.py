@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel
 
-from gpu_pool.model import attention
+from gpu_pool.model import attention, cpu_linear
 from gpu_pool.model.device import Device
 from gpu_pool.model.flops import flops_per_token
 from gpu_pool.model.port import Outputs
@@ -42,13 +42,17 @@ class M3Model:
         CPU threads a pass may use; ``attention_path``: "auto" (chosen by device and dtype), or
         ``attention.PER_LENGTH`` to keep the per-length path (the device check compares them)."""
         self.where = Device.of(device)  # with its accelerator, where there is one
-        self.device, self.dtype, self.threads = self.where.tensors, dtype, threads
+        self.device, self.threads = self.where.tensors, threads
         device = self.device
-        self.device_name, self.dtype_name = self.where.name, str(dtype).removeprefix("torch.")
+        self.products, prepare = cpu_linear.products(device, dtype)
+        # The type of the weights outside the products and of the activations: int8 runs float32 around its products.
+        self.dtype = dtype = torch.float32 if dtype == cpu_linear.INT8 else dtype
+        self.device_name = self.where.name
+        self.dtype_name = "int8" if prepare is cpu_linear.int8 else str(dtype).removeprefix("torch.")
         model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
         model.requires_grad_(False).to(device).eval()
         self.attention, kernel = attention.select(device, dtype, attention_path)
-        self.encoder = PackedEncoder(model, kernel)
+        self.encoder = PackedEncoder(model, kernel, prepare)
         self.layers = len(self.encoder.layers)
         hidden = model.config.hidden_size
         self.dim = hidden

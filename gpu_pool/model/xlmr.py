@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from gpu_pool.model import attention
 from gpu_pool.model.attention import Block, Kernel, Spans
+from gpu_pool.model.cpu_linear import Dense, Prepare, Product
 from gpu_pool.model.transfer import to_device
 
 if TYPE_CHECKING:
@@ -54,13 +55,14 @@ SCORES_PER_TOKEN = 512
 
 @dataclass(frozen=True, kw_only=True)
 class Layer:
-    """One layer's weights, each (weight, bias), and what its arithmetic needs of the config."""
+    """One layer's products (gpu_pool/model/cpu_linear.py), norms (weight, bias), and what its
+    arithmetic needs of the config."""
 
-    qkv: tuple[torch.Tensor, torch.Tensor]  # weight [3 * hidden, hidden], bias
-    attention_out: tuple[torch.Tensor, torch.Tensor]
+    qkv: Product  # [hidden] -> [3 * hidden]
+    attention_out: Product
     attention_norm: tuple[torch.Tensor, torch.Tensor]
-    intermediate: tuple[torch.Tensor, torch.Tensor]
-    output: tuple[torch.Tensor, torch.Tensor]
+    intermediate: Product
+    output: Product
     output_norm: tuple[torch.Tensor, torch.Tensor]
     heads: int
     eps: float
@@ -134,7 +136,7 @@ class QKVProjection:
     def run(self, layer: Layer, state: State) -> State:
         hidden = state.hidden
         assert hidden is not None, "the projection reads the layer's input"
-        qkv = F.linear(self.chunk.of(hidden), *layer.qkv)
+        qkv = layer.qkv(self.chunk.of(hidden))
         return State(hidden=hidden, qkv=self.chunk.fill(state.qkv, qkv))
 
 
@@ -150,7 +152,7 @@ class AttentionOutput:
         hidden = state.hidden
         assert hidden is not None, "the output projection adds the layer's input"
         chunk = self.chunk
-        value = layer.norm(F.linear(chunk.of(context), *layer.attention_out) + chunk.of(hidden), layer.attention_norm)
+        value = layer.norm(layer.attention_out(chunk.of(context)) + chunk.of(hidden), layer.attention_norm)
         attended = chunk.fill(state.attended, value)
         if chunk.last:  # the feed-forward needs nothing else of the layer
             return State(attended=attended)
@@ -199,7 +201,7 @@ class FeedForwardUp:
     def run(self, layer: Layer, state: State) -> State:
         attended = state.attended
         assert attended is not None, "the feed-forward follows attention"
-        inner = F.gelu(F.linear(self.chunk.of(attended), *layer.intermediate))
+        inner = layer.intermediate.gelu(self.chunk.of(attended))
         return State(attended=attended, inner=inner, out=state.out)
 
 
@@ -214,7 +216,7 @@ class FeedForwardDown:
         assert inner is not None, "the feed-forward's second half follows its first"
         attended = state.attended
         assert attended is not None, "the feed-forward adds attention's output"
-        value = layer.norm(F.linear(inner, *layer.output) + self.chunk.of(attended), layer.output_norm)
+        value = layer.norm(layer.output(inner) + self.chunk.of(attended), layer.output_norm)
         out = self.chunk.fill(state.out, value)
         if self.chunk.last:  # the next layer's input
             return State(hidden=out)
@@ -264,8 +266,9 @@ def layer_steps(chunks: Sequence[Chunk], parts: Sequence[Attention]) -> tuple[St
 
 
 class PackedEncoder:
-    def __init__(self, model: XLMRobertaModel, kernel: Kernel | None = None) -> None:
-        """``kernel``: the varlen attention kernel (``attention.select``); None: attention per length."""
+    def __init__(self, model: XLMRobertaModel, kernel: Kernel | None = None, prepare: Prepare = Dense) -> None:
+        """``kernel``: the varlen attention kernel (``attention.select``); None: attention per length;
+        ``prepare``: how each product's weight is prepared (``cpu_linear.products``)."""
         config = model.config
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
@@ -276,7 +279,7 @@ class PackedEncoder:
         self.token_type = emb.token_type_embeddings.weight[0]  # bge-m3 has one token type
         self.embedding_norm = (emb.LayerNorm.weight, emb.LayerNorm.bias)
         # nn.ModuleList is not generic: its items are typed Module, though each is an XLMRobertaLayer.
-        self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps)
+        self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps, prepare)
                        for layer in model.encoder.layer]
         self.kernel = kernel
 
@@ -305,15 +308,15 @@ class PackedEncoder:
         return plan.steps[step].run(self.layers[layer], state)
 
 
-def _layer(layer: XLMRobertaLayer, heads: int, eps: float) -> Layer:
+def _layer(layer: XLMRobertaLayer, heads: int, eps: float, prepare: Prepare) -> Layer:
     attention = layer.attention.self
     projections = (attention.query, attention.key, attention.value)
     return Layer(
-        qkv=(torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])),
-        attention_out=_params(layer.attention.output.dense),
+        qkv=prepare(torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])),
+        attention_out=prepare(*_params(layer.attention.output.dense)),
         attention_norm=_params(layer.attention.output.LayerNorm),
-        intermediate=_params(layer.intermediate.dense),
-        output=_params(layer.output.dense),
+        intermediate=prepare(*_params(layer.intermediate.dense)),
+        output=prepare(*_params(layer.output.dense)),
         output_norm=_params(layer.output.LayerNorm),
         heads=heads,
         eps=eps,
