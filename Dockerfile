@@ -71,11 +71,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     BIND=0.0.0.0:8000 \
     MODEL_PATH=/app/BGE-M3 \
+    RERANKER_PATH=/app/bge-reranker-v2-m3 \
     HF_HOME=/app/.cache/huggingface
 
 RUN groupadd --system --gid "${APP_GID}" app \
     && useradd --system --uid "${APP_UID}" --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
-    && mkdir -p /app/BGE-M3 /app/.cache/huggingface \
+    && mkdir -p /app/BGE-M3 /app/bge-reranker-v2-m3 /app/.cache/huggingface \
     && chown -R app:app /app
 
 COPY --from=build /opt/venv /opt/venv
@@ -89,9 +90,10 @@ COPY --chown=app:app deploy/docker/healthcheck.py ./deploy/docker/healthcheck.py
 
 USER ${APP_UID}:${APP_GID}
 
-# The weights: mount a volume here (downloaded from the Hub on first start when
-# empty), or point MODEL_PATH at a snapshot inside a mounted Hugging Face cache.
-VOLUME ["/app/BGE-M3"]
+# The weights of bge-m3 and of the cross-encoder: mount a volume on each (downloaded
+# from the Hub on first start when empty), or point MODEL_PATH and RERANKER_PATH at
+# snapshots inside a mounted Hugging Face cache; RERANKER_PATH=none serves bge-m3 alone.
+VOLUME ["/app/BGE-M3", "/app/bge-reranker-v2-m3"]
 
 EXPOSE 8000
 
