@@ -153,9 +153,13 @@ class EngineClient:
         """The cross-encoder's raw logits (float32, one per pair) of (query, passage) pairs, each
         pair's ids built as FlagReranker builds them (embsvc/core/rerank_pairs.py), special tokens
         included. ``ModelNotServed`` at once when the ready engines hold no cross-encoder."""
-        info = self.info()
-        if info and not info.get("reranker"):
+        reranker = self.info().get("reranker", {})  # {}: no engine ready, and _run says so
+        if reranker is None:
             raise ModelNotServed("no cross-encoder is served (RERANKER_PATH is not set); only bge-m3 is")
+        limit = cast("dict[str, int]", reranker).get("max_positions")
+        if limit is not None and any(len(x) > limit for x in ids):
+            # Positions past the model's would index outside its table: on CUDA a device-side assert.
+            raise ValueError(f"a pair has more than the cross-encoder's {limit} positions; cut it first")
         with self._run(ids, Kind.RERANK, options) as seg:
             return seg.arrays["logits"].copy()
 

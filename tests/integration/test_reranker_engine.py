@@ -52,6 +52,12 @@ def test_a_rerank_without_a_cross_encoder_is_refused_at_once(client, pairs):
            (before.processed_requests, before.failed_requests, before.dropped_requests), "no job reached the engine"
 
 
+def test_a_pair_past_the_cross_encoders_positions_is_refused_before_it_reaches_the_engine(rerank_client):
+    too_long = np.full(8193, 5, dtype=np.int32)  # 8192 positions: on CUDA one more would be a device-side assert
+    with pytest.raises(ValueError, match="8192 positions"):
+        rerank_client.rerank([too_long])
+
+
 def test_rerank_and_embedding_jobs_together_each_get_their_own_models_answer(rerank_client, pairs, tokenizer):
     texts = tokenizer.encode(MIXED_TEXTS[:6])
     logits, vectors = rerank_client.rerank(pairs), dense(rerank_client, texts)
