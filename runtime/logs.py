@@ -15,6 +15,7 @@ one format and one stream (stderr).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import logging.config
 import os
@@ -58,9 +59,29 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# A record's own attributes come first in its __dict__ (set by LogRecord.__init__), the extra
+# fields after them: only the tail needs a look (the access log writes a record per request).
+_OWN_ATTRIBUTES = len(vars(logging.makeLogRecord({})))
+
+
 def extra_fields(record: logging.LogRecord) -> dict[str, object]:
-    return {key: value for key, value in vars(record).items()
+    return {key: value for key, value in itertools.islice(vars(record).items(), _OWN_ATTRIBUTES, None)
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_") and value is not None}
+
+
+class _UtcSeconds:
+    """A record's time to the second, formatted once per second (records come in bursts)."""
+
+    def __init__(self) -> None:
+        self._last = (-1, "")  # one tuple, replaced whole: threads never see a second with another's text
+
+    def __call__(self, created: float) -> str:
+        second, text = self._last
+        if int(created) != second:
+            second = int(created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._last = (second, text)
+        return text
 
 
 class LoadReportFilter(logging.Filter):
@@ -107,10 +128,13 @@ def _table_rows(lines: list[str]) -> list[str]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers; plain text, without terminal escapes."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _UtcSeconds()
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": f"{self._seconds(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,

@@ -10,6 +10,7 @@ in memory. The engine figures come from shared memory at scrape time
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Sequence
@@ -48,12 +49,21 @@ def endpoint_of(req: falcon.Request) -> str:
     template = req.uri_template
     if template is None:
         return "unmatched"
+    return _endpoint(template)
+
+
+@functools.lru_cache(maxsize=256)  # the app's routes: a few dozen templates
+def _endpoint(template: str) -> str:
     return _CONVERTER.sub(r"{\1}", template)
 
 
 class MetricsMiddleware:
     def __init__(self, metrics: RequestMetrics) -> None:
         self.metrics = metrics
+        # Each series' child, kept: ``labels`` checks and looks it up under a lock on every call.
+        self._in_progress = functools.lru_cache(maxsize=256)(metrics.in_progress.labels)
+        self._requests = functools.lru_cache(maxsize=1024)(metrics.requests.labels)
+        self._latency = functools.lru_cache(maxsize=256)(metrics.latency.labels)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.metrics_started = time.perf_counter()
@@ -62,20 +72,20 @@ class MetricsMiddleware:
                          params: dict[str, Any]) -> None:
         # After routing: the endpoint is known from here on.
         req.context.metrics_endpoint = endpoint_of(req)
-        self.metrics.in_progress.labels(req.context.metrics_endpoint).inc()
+        self._in_progress(req.context.metrics_endpoint).inc()
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: object,
                          req_succeeded: bool) -> None:
         endpoint = req.context.get("metrics_endpoint")
         if endpoint is not None:
-            self.metrics.in_progress.labels(endpoint).dec()
+            self._in_progress(endpoint).dec()
         else:
             endpoint = endpoint_of(req)
         method = req.method if req.method in _METHODS else "other"
-        self.metrics.requests.labels(endpoint, method, str(resp.status_code)).inc()
+        self._requests(endpoint, method, str(resp.status_code)).inc()
         started = req.context.get("metrics_started")
         if started is not None:
-            self.metrics.latency.labels(endpoint, method).observe(time.perf_counter() - started)
+            self._latency(endpoint, method).observe(time.perf_counter() - started)
 
 
 class MetricsResource:
