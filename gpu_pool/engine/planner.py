@@ -105,7 +105,9 @@ class Planner:
         """How much longer the next bulk batch may keep filling; 0 or less: make it now."""
         if self._handoff.bulk_in_progress == 0 or self._handoff.stopping:
             return 0.0  # an idle device never waits
-        queued = self._table.queued[Lane.BULK]
+        # The next batch takes the items of the oldest one's model only (``choosing``): the others do not fill it.
+        lane = self._table.queued[Lane.BULK]
+        queued = [item for item in lane if item.rerank == lane[0].rerank]
         jobs = {item.job_seq for item in queued}
         if len(jobs) >= self._spec.batch_size or sum(i.length for i in queued) >= self._sizer.budget():
             return 0.0

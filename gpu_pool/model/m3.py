@@ -45,6 +45,7 @@ class M3Model:
         self.device, self.threads = self.where.tensors, threads
         device = self.device
         self.products, prepare = cpu_linear.products(device, dtype)
+        self.prepare = prepare  # also the cross-encoder's (gpu_pool/model/reranker.py)
         # The type of the weights outside the products and of the activations: int8 runs float32 around its products.
         self.dtype = dtype = torch.float32 if dtype == cpu_linear.INT8 else dtype
         self.device_name = self.where.name

@@ -45,8 +45,8 @@ class CrossEncoder:
     """The cross-encoder's weights on bge-m3's device, run over packed (query, passage) pairs."""
 
     def __init__(self, path: Path, embedder: M3Model) -> None:
-        """On ``embedder``'s device, in its dtype, with its CPU threads and attention kernel (chosen
-        once for the device and dtype)."""
+        """On ``embedder``'s device, in its dtype, with its CPU threads, its attention kernel and its
+        products (both chosen once for the device and dtype)."""
         self.path, self.embedder = path, embedder
         self.where, self.device, self.dtype = embedder.where, embedder.device, embedder.dtype
         loaded = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=self.dtype)
@@ -56,7 +56,7 @@ class CrossEncoder:
             raise ValueError(f"{path} is no one-label XLM-RoBERTa cross-encoder (model_type={config.model_type!r}, "
                              f"num_labels={config.num_labels})")
         loaded.requires_grad_(False).to(self.device).eval()
-        self.encoder = PackedEncoder(model.roberta, embedder.encoder.kernel)
+        self.encoder = PackedEncoder(model.roberta, embedder.encoder.kernel, embedder.prepare)
         self.layers = len(self.encoder.layers)
         head: XLMRobertaClassificationHead = model.classifier
         self.dense = (head.dense.weight, head.dense.bias)
@@ -68,7 +68,7 @@ class CrossEncoder:
     def info(self) -> dict[str, object]:
         """What the web side reads of it (``EngineClient.info()["reranker"]``)."""
         return {"name": self.path.name, "path": str(self.path), "max_positions": self.max_positions,
-                "dtype": str(self.dtype).removeprefix("torch.")}
+                "dtype": self.embedder.dtype_name}
 
     @torch.inference_mode()
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
