@@ -22,6 +22,7 @@ from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import AUTH, TOKEN, assert_error, ok, post, serving
+from tests.e2e.readme import blocks, region, run_python
 
 os.environ["HAYSTACK_TELEMETRY_ENABLED"] = "False"  # read when haystack is first imported
 
@@ -141,3 +142,18 @@ def test_a_server_without_the_cross_encoder_says_so(server):
     assert "no cross-encoder" in error["detail"]
     assert [m["id"] for m in requests.get(f"{alone.url}/v1/models", headers=AUTH, timeout=10).json()["data"]] == [
         "BAAI/bge-m3"]
+
+
+def test_the_documented_examples_run_and_agree(reranking, tiny_reranker):
+    examples = blocks(region("rerank-clients"), "python")
+    assert len(examples) == 3
+    namespace, _ = run_python(examples, reranking, "docs/clients.md rerank-clients")
+    query, passages = namespace["query"], namespace["passages"]
+    raw = np.array(FlagReranker(str(tiny_reranker), use_fp16=False, devices="cpu").compute_score(
+        [(query, p) for p in passages], batch_size=1))
+    best = order(raw)[:2]
+    assert [r.index for r in namespace["co_ranked"]] == best
+    assert [d.page_content for d in namespace["lc_ranked"]] == [passages[i] for i in best]
+    assert [n.node.get_content() for n in namespace["li_ranked"]] == [passages[i] for i in best]
+    assert [d.content for d in namespace["hs_reranked"]] == [passages[i] for i in best]
+    np.testing.assert_allclose([r.relevance_score for r in namespace["co_ranked"]], sigmoid(raw[best]), atol=ATOL)
