@@ -3,8 +3,10 @@
 #   make test    installs what the tests need (Debian's nginx and docker-compose too, as root),
 #                builds the tiny test model, lints (ruff, mypy) and runs every test
 #   make test-fast  unit and integration tests only, in under a minute
+#   make test-compat  unit and integration tests under the GPU machine's torch and transformers
 #   make audit   checks requirements.lock (what the image installs) for known vulnerabilities
 #   make lock    rewrites requirements.lock from requirements.txt, with every file's hash
+#   make bench-cpu  the server on a CPU against OpenVINO and ONNX Runtime (bench/cpu.py; make bench-deps first)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -20,7 +22,8 @@ TOOLS  := $(VENV)/tools
 LOCK_ARGS := --python-version 3.11 --python-platform x86_64-manylinux_2_36 --generate-hashes \
 	--index-url https://pypi.org/simple --custom-compile-command "make lock" --quiet
 
-.PHONY: install install-test serve test test-fast lint clean gpu-check tools lock lock-cpu audit audit-if-reachable
+.PHONY: install install-test serve test test-fast test-compat lint clean gpu-check tools lock lock-cpu audit audit-if-reachable \
+	bench-deps bench-cpu
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +52,41 @@ test: lint audit-if-reachable
 test-fast: install-test
 	$(PY) -m pytest -q -m "not slow and not gpu" tests/unit tests/integration
 
+# The unit and integration tiers under the GPU machine's torch and transformers
+# (requirements-compat.txt) in a venv of their own; .ci/run runs it after make test.
+COMPAT := .venv-compat
+COMPAT_PINNED := torch|transformers|huggingface_hub
+# What the two tiers import beyond requirements.txt (the e2e clients stay out).
+COMPAT_TEST := FlagEmbedding|pytest|pytest-timeout|coverage|WebTest|requests|httpx
+
+$(COMPAT)/.installed: requirements.txt requirements-compat.txt requirements-test.txt
+	rm -rf $(COMPAT)
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install -q --upgrade pip
+	grep -v -E '^($(COMPAT_PINNED))==' requirements.txt > $(COMPAT)/requirements.txt
+	grep -E '^($(COMPAT_TEST))==' requirements-test.txt >> $(COMPAT)/requirements.txt
+	$(COMPAT)/bin/pip install -q -r requirements-compat.txt -r $(COMPAT)/requirements.txt
+	touch $@
+
+test-compat: $(COMPAT)/.installed install-test
+	$(COMPAT)/bin/python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+	$(COMPAT)/bin/python -m pytest -q -m "not gpu" tests/unit tests/integration
+
 # mypy reads its settings (strict, the packages to check) from pyproject.toml.
 lint: install-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# The runtimes bench/cpu.py compares the server with (requirements-bench.txt): for the benchmark
+# only, never installed by serve or into the image.
+$(VENV)/.installed-bench: $(VENV)/.installed requirements-bench.txt
+	$(PIP) install -q -r requirements-bench.txt
+	touch $@
+
+bench-deps: $(VENV)/.installed-bench
+
+bench-cpu: bench-deps
+	$(PY) -m bench.cpu
 
 # The device check's first half: the wheels the GPU machine lacks into .whl/, and the one
 # command to run there (bench/gpu/check.sh; docs/performance.md, "On a GPU").
@@ -86,4 +120,4 @@ audit-if-reachable: tools
 	bash deploy/audit.sh --if-reachable
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(COMPAT) .pytest_cache

@@ -1,0 +1,414 @@
+"""The server on a CPU against the fastest CPU runtimes, in turns in one run, on the same model.
+
+    make bench-deps                      (OpenVINO, ONNX Runtime: requirements-bench.txt)
+    .venv/bin/python -m bench.cpu        (or: make bench-cpu)
+    .venv/bin/python -m bench.cpu precision --model FOLDER [--against float32] [--dtype int8]
+    .venv/bin/python -m bench.cpu products [--model FOLDER]
+
+``run`` (the default) builds the full-size random bge-m3 (models/bge-m3-full, git-ignored;
+its compute is the real model's), converts it once for OpenVINO (models/bge-m3-full-ov) and
+for ONNX Runtime, exported and quantized int8 dynamic per channel (models/bge-m3-full-onnx),
+then times, in turns within each round, with the same thread count on every side:
+
+- the server end to end (gunicorn, web workers, engine; ``DTYPE`` as given, ``auto`` first,
+  then ``int8``), dense: requests of 8 texts of 128 tokens from 4 clients, of 2 texts of 512
+  tokens from 2 clients, a lone 16-token query from one connection; and all three kinds on
+  the 8×128 requests (base64), against its dense figure;
+- OpenVINO in-process on the same shapes (its CPU defaults: bfloat16 where the CPU has
+  AVX-512 BF16 or AMX, else float32), a batch per request: the 8×128 and 2×512 batches, the
+  16-token query;
+- ONNX Runtime int8 the same way.
+
+It prints one JSON line per round and one of the medians and the ratios at the end.
+
+``precision`` compares a model folder's outputs in one dtype (int8, bfloat16) against float32,
+in-process through the engine's own model code: each text's dense cosine, its sparse weights'
+cosine, its ColBERT rows' cosines, and the top-10 agreement of a small retrieval set (each
+query's ten best documents by dense score, and by sparse, in both). Any bge-m3 folder works,
+the real one included: random weights have no activation outliers, so their int8 figures are
+upper bounds, and the real model's are the ones to trust.
+
+``products`` times the engine's bare forward (no HTTP, dense) with its products run by
+``F.linear``, prepacked for oneDNN, and in int8, in turns: the candidates one by one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from bench.gpu.server import embedding_requests
+from testkit import httpload
+from testkit.model_builder import build_model
+from testkit.server import TOKEN, Server
+from testkit.workload import texts, texts_of_words
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "models"
+# (texts per request or batch, tokens per text, concurrent clients, requests per measurement)
+SHAPES = {"8x128": (8, 128, 4, 8), "2x512": (2, 512, 2, 4)}
+QUERY_TOKENS, QUERIES = 16, 10
+Forward = Callable[[np.ndarray], np.ndarray]  # ids [texts, tokens] -> dense vectors [texts, dim]
+
+
+def long_texts(count: int, seed: int = 0) -> list[str]:
+    """Texts longer than 512 tokens, so that ``max_length`` cuts each to exactly that many."""
+    return texts_of_words(count, 700, 800, seed)
+
+
+def tokenized(model: Path, shape: tuple[int, int]) -> np.ndarray:
+    """ids [texts, tokens] of ``shape``, as the server's tokenizer cuts long texts to max_length."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    count, length = shape
+    ids = tokenizer(long_texts(count), truncation=True, max_length=length, return_tensors="np")["input_ids"]
+    assert ids.shape == shape, ids.shape
+    return np.asarray(ids, dtype=np.int64)
+
+
+def openvino_forward(model: Path, threads: int) -> tuple[Forward, str]:
+    import openvino as ov
+    import torch
+    from transformers import AutoModel
+
+    xml = MODELS / f"{model.name}-ov" / "model.xml"
+    if not xml.exists():
+        loaded = AutoModel.from_pretrained(str(model), add_pooling_layer=False, dtype=torch.float32).eval()
+        ones = torch.ones(2, 16, dtype=torch.long)
+        example = {"input_ids": ones, "attention_mask": ones}
+        xml.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov.convert_model(loaded, example_input=example), xml, compress_to_fp16=False)
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                        "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+
+    def forward(ids: np.ndarray) -> np.ndarray:
+        hidden = next(iter(request.infer({"input_ids": ids, "attention_mask": np.ones_like(ids)}).values()))
+        return normalized(hidden[:, 0])
+
+    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return forward, f"OpenVINO {ov.__version__}, {precision}"
+
+
+def onnx_int8_forward(model: Path, threads: int) -> tuple[Forward, str]:
+    import onnxruntime as ort
+
+    quantized = onnx_int8(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+
+    def forward(ids: np.ndarray) -> np.ndarray:
+        return normalized(session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][:, 0])
+
+    return forward, f"ONNX Runtime {ort.__version__}, int8 dynamic per channel"
+
+
+def onnx_int8(model: Path) -> Path:
+    """The model exported to ONNX and its MatMuls quantized int8 (dynamic, per channel), once."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModel
+
+    folder = MODELS / f"{model.name}-onnx"
+    full, quantized = folder / "model.onnx", folder / "model-int8.onnx"
+    if quantized.exists():
+        return quantized
+    folder.mkdir(parents=True, exist_ok=True)
+    if not full.exists():
+        encoder = AutoModel.from_pretrained(str(model), add_pooling_layer=False, dtype=torch.float32).eval()
+
+        class Hidden(torch.nn.Module):  # positional inputs for the exporter
+            def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+                out: torch.Tensor = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                return out
+
+        ids = torch.ones(2, 16, dtype=torch.long)
+        axes = {0: "texts", 1: "tokens"}
+        torch.onnx.export(Hidden().eval(), (ids, torch.ones_like(ids)), str(full), dynamo=False, opset_version=17,
+                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes})
+    quantize_dynamic(str(full), str(quantized), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul"], use_external_data_format=True)
+    return quantized
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def in_process(forward: Forward, ids: np.ndarray, repeats: int) -> float:
+    """Tokens per second of ``repeats`` calls on ``ids`` after one warm-up call."""
+    forward(ids)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        forward(ids)
+    return ids.size * repeats / (time.perf_counter() - started)
+
+
+def query_ms(forward: Forward, ids: np.ndarray, repeats: int) -> float:
+    """The median milliseconds of one call on ``ids``, after a warm-up."""
+    forward(ids)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        forward(ids)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def bodies(shape: tuple[int, int], requests: int, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    count, length = shape
+    pool = long_texts(count * requests, seed=1)
+    return [{"input": pool[i * count:(i + 1) * count], "max_length": length, **extra} for i in range(requests)]
+
+
+DENSE = {"return_dense": True, "return_sparse": False, "return_colbert": False, "encoding_format": "base64"}
+ALL_KINDS = {"return_dense": True, "return_sparse": True, "return_colbert": True, "encoding_format": "base64"}
+
+
+class Served:
+    """The figures of one running server, measured one at a time."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.work = {
+            (name, kinds): embedding_requests(server, bodies((count, length), requests, extra))
+            for name, (count, length, _, requests) in SHAPES.items()
+            for kinds, extra in (("dense", DENSE), ("all", ALL_KINDS)) if kinds == "dense" or name == "8x128"}
+        query = {**DENSE, "input": long_texts(1, seed=2)[0], "max_length": QUERY_TOKENS}
+        self.query = embedding_requests(server, [query])
+
+    def tokens_per_s(self, shape: str, kinds: str = "dense") -> float:
+        clients = SHAPES[shape][2]
+        work = self.work[(shape, kinds)]
+        httpload.run("127.0.0.1", self.server.port, work[:1], 1, 1, once=True)  # warm-up
+        result = httpload.run("127.0.0.1", self.server.port, work, clients, 1, once=True)
+        return result.figures("tokens")["tokens_per_s"]
+
+    def query_ms(self) -> float:
+        result = httpload.run("127.0.0.1", self.server.port, self.query * (QUERIES + 3), 1, 1, once=True)
+        return sorted(result.latencies)[len(result.latencies) // 2] * 1000
+
+
+def run(args: argparse.Namespace) -> None:
+    threads = args.threads or len(os.sched_getaffinity(0))
+    model = build_model(MODELS / "bge-m3-full", "full")
+    references = {"openvino": openvino_forward(model, threads), "onnx_int8": onnx_int8_forward(model, threads)}
+    batches = {name: tokenized(model, (count, length)) for name, (count, length, _, _) in SHAPES.items()}
+    query = tokenized(model, (1, QUERY_TOKENS))
+    rounds: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = {dtype: Server(model, Path(tmp) / f"server-{dtype}.log", API_TOKEN=TOKEN, DTYPE=dtype,
+                                 MAX_QUEUE_SIZE="1000", REQUEST_TIMEOUT_S="1200") for dtype in args.dtypes}
+        for server in servers.values():
+            server.start(timeout=900)
+        try:
+            served = {dtype: Served(server) for dtype, server in servers.items()}
+            for number in range(args.rounds):
+                figures: dict[str, float] = {}
+                for shape, ids in batches.items():
+                    for dtype, one in served.items():
+                        figures[f"server_{dtype}_{shape}"] = one.tokens_per_s(shape)
+                    for name, (forward, _) in references.items():
+                        figures[f"{name}_{shape}"] = in_process(forward, ids, SHAPES[shape][3])
+                for dtype, one in served.items():
+                    figures[f"server_{dtype}_8x128_all_kinds"] = one.tokens_per_s("8x128", "all")
+                    figures[f"server_{dtype}_1x16_ms"] = one.query_ms()
+                for name, (forward, _) in references.items():
+                    figures[f"{name}_1x16_ms"] = query_ms(forward, query, QUERIES)
+                rounds.append({key: round(value, 1) for key, value in figures.items()})
+                print(json.dumps({"round": number, **rounds[-1]}), flush=True)
+            dtypes = {dtype: requests.get(f"{server.url}/health/detailed", headers=server.auth,
+                                          timeout=30).json()["model"]["dtype"] for dtype, server in servers.items()}
+        finally:
+            for server in servers.values():
+                server.stop()
+    medians = {key: round(statistics.median(r[key] for r in rounds), 1) for key in rounds[0]}
+    print(json.dumps({"threads": threads, "runtimes": {k: v[1] for k, v in references.items()},
+                      "server_dtypes": dtypes, "medians": medians, "ratios": ratios(rounds, args.dtypes),
+                      "when": time.strftime("%Y-%m-%d %H:%M:%S")}))
+
+
+def ratios(rounds: list[dict[str, float]], dtypes: list[str]) -> dict[str, float]:
+    """Each round's ratio, then the median over rounds: load on the machine moves both sides of a round alike."""
+    pairs: dict[str, tuple[str, str, bool]] = {}  # name: (ours, theirs, lower is better)
+    for dtype in dtypes:
+        theirs = "onnx_int8" if dtype == "int8" else "openvino"
+        for shape in SHAPES:
+            pairs[f"{dtype}_{shape}_vs_{theirs}"] = (f"server_{dtype}_{shape}", f"{theirs}_{shape}", False)
+        pairs[f"{dtype}_1x16_time_vs_{theirs}"] = (f"server_{dtype}_1x16_ms", f"{theirs}_1x16_ms", True)
+        pairs[f"{dtype}_all_kinds_vs_dense"] = (f"server_{dtype}_8x128_all_kinds", f"server_{dtype}_8x128", False)
+    return {name: round(statistics.median(r[ours] / r[theirs] for r in rounds), 3)
+            for name, (ours, theirs, _) in pairs.items()}
+
+
+def precision(args: argparse.Namespace) -> None:
+    model = args.model or build_model(MODELS / "bge-m3-full", "full")
+    print(json.dumps(compare(model, args.dtype, args.against, args.documents, args.queries, args.threads)))
+
+
+def compare(model: Path, dtype: str, against: str = "float32", documents: int = 100, queries: int = 20,
+            threads: int = 0) -> dict[str, Any]:
+    """``model``'s outputs in ``dtype`` against ``against`` on testkit's texts: the three kinds'
+    cosines and the top-10 agreement of ``queries`` over ``documents``."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from gpu_pool.model.device import resolve_dtype
+    from gpu_pool.model.m3 import M3Model
+
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    sets = texts(documents, seed=3), texts(queries, seed=4)
+    outputs = {}
+    for name in (against, dtype):
+        engine = M3Model(model, torch.device("cpu"), resolve_dtype(name, torch.device("cpu")))
+        outputs[name] = [encode(engine, tokenizer, batch) for batch in sets]
+        del engine
+    (ref_docs, ref_queries), (docs, qs) = outputs[against], outputs[dtype]
+    report: dict[str, Any] = {"model": str(model), "dtype": dtype, "against": against,
+                              "texts": documents + queries, **agreement(ref_docs + ref_queries, docs + qs)}
+    for kind in ("dense", "sparse"):
+        report[f"top10_agreement_{kind}"] = top_overlap(ref_queries, ref_docs, qs, docs, kind, 10)
+    return report
+
+
+def products(args: argparse.Namespace) -> None:
+    """The engine's bare forward (dense, no HTTP) with each way of running its products, in turns."""
+    import torch
+
+    from gpu_pool.model import cpu_linear
+    from gpu_pool.model.m3 import M3Model
+
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    model = args.model or build_model(MODELS / "bge-m3-full", "full")
+    ways = {"f_linear": (torch.float32, cpu_linear.Dense), "prepacked": (torch.float32, cpu_linear.Prepacked.of),
+            "int8": (cpu_linear.INT8, cpu_linear.int8)}
+    chosen = cpu_linear.products
+    engines = {}
+    for name, (dtype, prepare) in ways.items():
+        cpu_linear.products = lambda device, dtype, name=name, prepare=prepare: (name, prepare)
+        try:
+            engines[name] = M3Model(model, torch.device("cpu"), dtype, torch.get_num_threads())
+        finally:
+            cpu_linear.products = chosen
+    shapes = {**{name: (count, length) for name, (count, length, _, _) in SHAPES.items()}, "1x16": (1, QUERY_TOKENS)}
+    rounds = []
+    for number in range(args.rounds):
+        figures = {}
+        for shape, (count, length) in shapes.items():
+            ids = tokenized(model, (count, length))
+            for name, engine in engines.items():
+                figures[f"{name}_{shape}_ms"] = round(query_ms(lambda batch, e=engine: dense(e, batch), ids, 3), 1)
+        print(json.dumps({"round": number, **figures}), flush=True)
+        rounds.append(figures)
+    print(json.dumps({"medians": {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}}))
+
+
+def dense(engine: Any, ids: np.ndarray) -> np.ndarray:
+    """One pass of the engine's model over ``ids`` [texts, tokens], packed: the dense vectors."""
+    from gpu_pool.wire.protocol import Kind
+
+    lengths = np.full(ids.shape[0], ids.shape[1])
+    running = engine.start(ids.reshape(-1), lengths, Kind.DENSE, np.zeros(0, dtype=np.int64))
+    while not running.step():
+        pass
+    out: np.ndarray = running.outputs_async().wait().dense
+    return out
+
+
+def encode(engine: Any, tokenizer: Any, batch: list[str]) -> list[dict[str, np.ndarray]]:
+    """Each text's dense vector, sparse weights by token id, ColBERT rows, in passes of 8 texts."""
+    from gpu_pool.wire import packing
+    from gpu_pool.wire.protocol import Kind
+
+    kinds = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
+    out: list[dict[str, np.ndarray]] = []
+    for first in range(0, len(batch), 8):
+        encoded = tokenizer(batch[first:first + 8], truncation=True, max_length=512)["input_ids"]
+        lengths = np.array([len(ids) for ids in encoded])
+        ids = np.concatenate([np.asarray(ids) for ids in encoded])
+        running = engine.start(ids, lengths, kinds, np.arange(len(lengths)))
+        while not running.step():
+            pass
+        result = running.outputs_async().wait()
+        starts = packing.token_starts(lengths)
+        for i, length in enumerate(lengths):
+            row_ids = ids[starts[i]:starts[i] + length]
+            weights = np.zeros(len(tokenizer), dtype=np.float32)
+            np.maximum.at(weights, row_ids, result.sparse[starts[i]:starts[i] + length])
+            weights[tokenizer.all_special_ids] = 0  # FlagEmbedding drops the special tokens' weights
+            colbert_first = int(sum(lengths[:i] - 1))
+            out.append({"dense": result.dense[i], "sparse": weights,
+                        "colbert": result.colbert[colbert_first:colbert_first + length - 1]})
+    return out
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+def agreement(reference: list[dict[str, np.ndarray]], other: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    dense = [float(cosine(r["dense"], o["dense"])) for r, o in zip(reference, other, strict=True)]
+    sparse = [float(cosine(r["sparse"], o["sparse"])) for r, o in zip(reference, other, strict=True)]
+    colbert = np.concatenate([cosine(r["colbert"], o["colbert"]) for r, o in zip(reference, other, strict=True)])
+    return {"dense_cosine_min": round(min(dense), 5), "dense_cosine_mean": round(statistics.mean(dense), 5),
+            "sparse_cosine_min": round(min(sparse), 5), "sparse_cosine_mean": round(statistics.mean(sparse), 5),
+            "colbert_cosine_min": round(float(colbert.min()), 5),
+            "colbert_cosine_mean": round(float(colbert.mean()), 5)}
+
+
+def top_overlap(ref_queries: list[dict[str, np.ndarray]], ref_docs: list[dict[str, np.ndarray]],
+                queries: list[dict[str, np.ndarray]], docs: list[dict[str, np.ndarray]], kind: str, k: int) -> float:
+    """The mean share of each query's ``k`` best documents (by ``kind``'s dot product) found in both."""
+    def best(qs: list[dict[str, np.ndarray]], ds: list[dict[str, np.ndarray]]) -> np.ndarray:
+        scores = np.stack([q[kind] for q in qs]) @ np.stack([d[kind] for d in ds]).T
+        return np.argsort(-scores, axis=1)[:, :k]
+
+    ours, theirs = best(queries, docs), best(ref_queries, ref_docs)
+    return round(float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ours, theirs, strict=True)])), 4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the in-process runtimes' CPU threads (0: this process's cores, as the engine takes)")
+    commands = parser.add_subparsers(dest="command")
+    timing = commands.add_parser("run", help="the server against OpenVINO and ONNX Runtime (the default)")
+    timing.add_argument("--rounds", type=int, default=3)
+    timing.add_argument("--dtypes", nargs="+", default=["auto", "int8"], help="the servers' DTYPEs")
+    check = commands.add_parser("precision", help="one dtype's outputs against another's on a model folder")
+    check.add_argument("--model", type=Path, default=None, help="a bge-m3 folder (default: the full random one)")
+    check.add_argument("--dtype", default="int8")
+    check.add_argument("--against", default="float32")
+    check.add_argument("--documents", type=int, default=100)
+    check.add_argument("--queries", type=int, default=20)
+    forward = commands.add_parser("products", help="the bare forward with each way of running the products")
+    forward.add_argument("--model", type=Path, default=None, help="a bge-m3 folder (default: the full random one)")
+    forward.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.command == "precision":
+        precision(args)
+    elif args.command == "products":
+        products(args)
+    else:
+        for name, default in (("rounds", 3), ("dtypes", ["auto", "int8"])):
+            args.__dict__.setdefault(name, default)
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
