@@ -12,13 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from embsvc.core.rerank_pairs import load_tokenizer, pair_ids
 from gpu_pool.client import EngineClient, JobOptions
 from gpu_pool.errors import EngineFailed, EngineUnavailable, ModelNotServed
+from gpu_pool.model.device import resolve_device
+from gpu_pool.model.m3 import M3Model
+from gpu_pool.model.reranker import CrossEncoder, Served
 from gpu_pool.pool import EnginePool
 from gpu_pool.wire.protocol import Kind, Lane
+from testkit import simdevice
 from testkit.engines import engine_spec, wait_ready
+from testkit.passes import forward
+from testkit.simdevice import Settings
 from testkit.workload import MIXED_TEXTS, PARAGRAPH
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,6 +112,27 @@ def test_a_query_rerank_under_bulk_embedding_load_is_answered_first(rerank_clien
     stats = rerank_client.snapshot()[0].stats
     assert stats.lane(Lane.INTERACTIVE).requests > 0
     assert waited < 5, f"the query's rerank waited {waited:.1f} s behind bulk work"
+
+
+def test_on_the_simulated_accelerator_the_logits_are_the_cpus(tiny_model, tiny_reranker, pairs):
+    """The cross-encoder's CUDA path (pinned uploads, its logits' asynchronous copy, events) on the
+    simulated device of testkit/simdevice.py: the same logits as on the CPU."""
+    ids, lengths = np.concatenate(pairs), np.array([len(x) for x in pairs])
+    no_colbert = np.zeros(0, dtype=np.int64)
+
+    def served(device) -> Served:
+        embedder = M3Model(tiny_model, device, torch.float32)
+        return Served(embedder, CrossEncoder(tiny_reranker, embedder))
+
+    on_cpu = forward(served(torch.device("cpu")), ids, lengths, Kind.RERANK, no_colbert)
+    with simdevice.installed(Settings()) as sim:
+        device = resolve_device(f"{simdevice.KIND}:0")
+        sim.set_device(device.tensors)  # this thread's operations run on the device's clock
+        got = forward(served(device), ids, lengths, Kind.RERANK, no_colbert)
+        assert sim.counts["copies"] >= 1 and sim.counts["events"] >= 1
+    assert got.dense is None and got.sparse is None and got.colbert is None
+    assert on_cpu.logits is not None
+    np.testing.assert_array_equal(got.logits, on_cpu.logits)
 
 
 FAULT_ERROR, FAULT_OOM, FAULT_SLOW = 97, 96, 98  # a pass holding one fails, runs out of memory, sleeps
