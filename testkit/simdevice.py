@@ -28,7 +28,7 @@ reports it, at the next synchronisation, and by every later call (the context is
 Defaults: an H200, 788 TFLOP/s dense bfloat16/float16 at 40%, 4.8 TB/s HBM at 60%, 5 µs per
 kernel launch, 50 GB/s over PCIe. Environment (read when the module is imported, i.e. when
 the engine resolves DEVICE): SIMDEVICE_TFLOPS, SIMDEVICE_LAUNCH_US, SIMDEVICE_COMPUTE
-(cpu|meta), SIMDEVICE_MEMORY_BYTES, SIMDEVICE_FAULT_TOKEN.
+(cpu|meta), SIMDEVICE_MEMORY_BYTES, SIMDEVICE_FAULT_TOKEN, SIMDEVICE_SLOWDOWN.
 
 What it does not model: the varlen flash kernel (tensors live on the CPU, so attention runs
 per length, as CUDA does in float32: more launches per layer than varlen), caching-allocator
@@ -66,6 +66,17 @@ _ATTENTION = {_aten.scaled_dot_product_attention.default,
                 if (op := getattr(_aten, name, None)) is not None)}
 
 
+# The outputs of a timing run's costliest operations, made without torch's meta functions
+# (Python references: 1-6 ms each, against ~10 µs for the empty tensor).
+_SHAPES: dict[Any, Any] = {
+    _aten.linear.default: lambda x, weight, *_: x.new_empty((*x.shape[:-1], weight.shape[0])),
+    _aten.layer_norm.default: lambda x, *_: torch.empty_like(x),
+    _aten.gelu.default: lambda x, *_: torch.empty_like(x),
+    _aten.add.Tensor: lambda a, b, *_: a.new_empty(torch.broadcast_shapes(a.shape, getattr(b, "shape", ()))),
+    _aten.scaled_dot_product_attention.default: lambda q, k, v, *_: q.new_empty((*q.shape[:-1], v.shape[-1])),
+}
+
+
 @dataclass(frozen=True)
 class Rates:
     flops: float = 788e12 * 0.4  # dense half precision, at the share of peak a good kernel gets
@@ -80,6 +91,11 @@ class Settings:
     compute: str = "cpu"  # "meta": shapes only, for timing runs
     memory_bytes: int = 0  # the most one matrix product may allocate (0: no limit)
     fault_token: int | None = None
+    # Every device time multiplied by this: this host's Python runs an operation tens of times
+    # slower than a GPU host's (the dispatch mode's own cost included), so a run at full speed
+    # would be host-bound where a GPU's is not; a run at 40 keeps their ratio, and its figures
+    # divided by 40 are the device's (bench/sim.py).
+    slowdown: float = 1.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -89,7 +105,8 @@ class Settings:
         return cls(rates=Rates(flops=tflops * 1e12, launch_s=launch_us / 1e6),
                    compute=environ.get("SIMDEVICE_COMPUTE", "cpu"),
                    memory_bytes=int(environ.get("SIMDEVICE_MEMORY_BYTES", 0)),
-                   fault_token=int(token) if token else None)
+                   fault_token=int(token) if token else None,
+                   slowdown=float(environ.get("SIMDEVICE_SLOWDOWN", 1)))
 
 
 class _Engine:
@@ -147,7 +164,7 @@ class _Kernels(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (),
                            kwargs: Mapping[str, Any] | None = None) -> Any:
-        entered = time.perf_counter()
+        entered = time.thread_time()  # CPU time: others' processes on this host's cores do not count
         kwargs = kwargs or {}
         device = self.device
         device.raise_if_faulted()
@@ -155,13 +172,15 @@ class _Kernels(TorchDispatchMode):
             return func(*args, **kwargs)
         if func is _aten.copy_.default and args[1].is_meta and not args[0].is_meta:
             out = args[0].zero_()  # a timing run's outputs reach the host as zeros
+        elif func in _SHAPES and args[0].is_meta:
+            out = _SHAPES[func](*args)  # torch's meta functions of these take milliseconds each
         else:
-            ran = time.perf_counter()
+            ran = time.thread_time()
             out = func(*args, **kwargs)
-            entered += time.perf_counter() - ran  # the arithmetic is the host's, not the simulation's
+            entered += time.thread_time() - ran  # the arithmetic is the host's, not the simulation's
         device.check(func, args, out)
         device.queue(device.kernel_seconds(func, args, kwargs, out))
-        device.overhead_s += time.perf_counter() - entered
+        device.overhead_s += time.thread_time() - entered
         return out
 
 
@@ -176,7 +195,7 @@ class SimDevice:
         self.fault: str | None = None
         self.counts = {"kernels": 0, "copies": 0, "events": 0, "sleeps": 0, "emptied": 0}
         self.busy_s = 0.0  # the device's time spent on kernels and copies
-        self.overhead_s = 0.0  # the host's time spent simulating (not a GPU host's)
+        self.overhead_s = 0.0  # the host's CPU time spent simulating (not a GPU host's)
 
     # -- the Accelerator seam --------------------------------------------------
 
@@ -236,6 +255,7 @@ class SimDevice:
         """Work of ``seconds`` on the current stream: it starts once the stream and its engine are free."""
         stream = self.current_stream(None)
         engine = stream.engine
+        seconds *= self.settings.slowdown
         start = max(self.now(), stream.tail, engine.free_at)
         stream.tail = engine.free_at = start + seconds
         self.busy_s += seconds
