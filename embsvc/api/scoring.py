@@ -73,9 +73,10 @@ def _cross_encoder_rerank(body: dict[str, Any], settings: Settings, options: Job
             raise InvalidRequest(f"{field} chooses among bge-m3's scores; {settings.reranker_name} ranks by its own "
                                  f"score: leave {field} out, or name {settings.model_name!r} as model", param=field)
     optional_str(body, "user")
+    text = query(body)  # checked before the documents, as for bge-m3
     docs = documents(body, settings.max_inputs)
     scoring = ScoreRequest(
-        query=query(body), documents=docs, weights=DEFAULT_WEIGHTS,
+        query=text, documents=docs, weights=DEFAULT_WEIGHTS,
         max_length=max_length(body, settings.max_tokens), truncate=boolean(body, "truncate", True),
         options=options)
     return RerankRequest(
