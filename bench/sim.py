@@ -1,6 +1,6 @@
 """Queries under bulk on the simulated GPU (testkit/simdevice.py), with the full-size model's shapes.
 
-    .venv/bin/python -m bench.sim [--seconds 40] [--slowdown 40]
+    .venv/bin/python -m bench.sim [--seconds 40] [--slowdown 40] [--unpaced]
     .venv/bin/python -m bench.sim --host-pass [--repeats 30]      (that alone: one JSON line)
 
 One engine process on DEVICE=testkit.simdevice:0 (an H200's rates) with the GPU defaults
@@ -16,6 +16,8 @@ is divided by it: device time. The engine's code is the CUDA path's, unchanged.
   3. one layer of the largest bulk pass (the engine's pass budget, at the device's rate).
 
 Prints one JSON line: the figures and the verdict of issue 22's bound, p99 <= 2 x lone + one layer.
+``--unpaced``: the same with the engine's bulk passes unpaced (``PassTimer.keep_ahead`` made a
+no-op in the engine process), as the host queued them before: the whole pass at once.
 
 ``--host-pass``: the host's side of a small pass (one 10-token text, dense: what a query
 costs the engine's device thread), in this process on the simulated device: its kernels, its
@@ -31,6 +33,7 @@ import json
 import os
 import random
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -116,11 +119,19 @@ def host_pass(full: Path, repeats: int) -> dict[str, float]:
             "bare_meta_host_us_per_encoder": round(1e6 * bare_seconds)}
 
 
+def unpaced(folder: Path) -> None:
+    """Spawned engines start with ``PassTimer.keep_ahead`` doing nothing (a sitecustomize on PYTHONPATH)."""
+    (folder / "sitecustomize.py").write_text(
+        "from gpu_pool.model import transfer\ntransfer.PassTimer.keep_ahead = lambda self, steps: None\n")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=40.0, help="of bulk load (wall clock)")
     parser.add_argument("--slowdown", type=float, default=40.0)
     parser.add_argument("--host-pass", action="store_true", help="only the host's time of a small pass")
+    parser.add_argument("--unpaced", action="store_true", help="bulk passes queued whole, as before")
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     slow = args.slowdown
@@ -129,6 +140,8 @@ def main() -> None:
         print(json.dumps(host_pass(full, args.repeats)))
         return
     os.environ.update(SIMDEVICE_COMPUTE="meta", SIMDEVICE_SLOWDOWN=str(slow))  # read by the engine at its start
+    if args.unpaced:
+        unpaced(Path(tempfile.mkdtemp(prefix="bench-sim-")))
     spec = engine_spec(full, device=f"{simdevice.KIND}:0", dtype="float16", batch_size=64, max_batch_tokens=32768,
                        batch_timeout_ms=int(100 * slow), interactive_max_wait_ms=int(20 * slow), concurrency=2,
                        threads=1, log_level="WARNING")
@@ -168,7 +181,8 @@ def main() -> None:
     p99 = under_ms[min(len(under_ms) - 1, int(0.99 * len(under_ms)))]
     bound_ms = 1000 * (2 * lone_s + layer)
     print(json.dumps({
-        "slowdown": slow, "lone_query_ms": round(1000 * lone_s, 2), "queries_under_bulk": len(under_ms),
+        "slowdown": slow, "paced": not args.unpaced, "lone_query_ms": round(1000 * lone_s, 2),
+        "queries_under_bulk": len(under_ms),
         "under_bulk_p50_ms": round(statistics.median(under_ms), 2), "under_bulk_p99_ms": round(p99, 2),
         "under_bulk_max_ms": round(under_ms[-1], 2), "largest_bulk_pass_tokens": budget,
         "one_layer_of_it_ms": round(1000 * layer, 2), "bound_ms": round(bound_ms, 2), "holds": p99 <= bound_ms,
