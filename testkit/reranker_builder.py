@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from testkit.model_builder import (
     FULL_VOCAB_SIZE,
@@ -32,6 +32,9 @@ from testkit.model_builder import (
     model_config,
     train_tokenizer,
 )
+
+if TYPE_CHECKING:
+    from transformers import XLMRobertaConfig
 
 BUILDER_VERSION = 1  # bump whenever the bytes written change
 MARKER_NAME = ".built-by-reranker-builder.json"
@@ -79,6 +82,15 @@ def _marker(size: Size, seed: int) -> dict[str, Any]:
     return {"builder_version": BUILDER_VERSION, "size": size, "seed": seed}
 
 
+def reranker_config(size: Size, tokenizer_size: int) -> XLMRobertaConfig:
+    """bge-reranker-v2-m3's config.json fields, with the architecture of ``size``: bge-m3's encoder
+    and one label. The full size keeps the 250002-row embedding; the tiny one, the tokenizer's."""
+    config = model_config(size, FULL_VOCAB_SIZE if size == "full" else tokenizer_size)
+    config.architectures = ["XLMRobertaForSequenceClassification"]
+    config.num_labels = 1  # one logit per pair: id2label {0: "LABEL_0"}, as bge-reranker-v2-m3 has
+    return config
+
+
 def _write(folder: Path, size: Size, seed: int) -> None:
     import torch
     from safetensors.torch import save_file
@@ -87,9 +99,7 @@ def _write(folder: Path, size: Size, seed: int) -> None:
     tokenizer = train_tokenizer()
     tokenizer.save_pretrained(folder)
     (folder / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
-    config = model_config(size, FULL_VOCAB_SIZE if size == "full" else len(tokenizer))
-    config.architectures = ["XLMRobertaForSequenceClassification"]
-    config.num_labels = 1  # one logit per pair: id2label {0: "LABEL_0"}, as bge-reranker-v2-m3 has
+    config = reranker_config(size, len(tokenizer))
     config.save_pretrained(folder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + _SEED_OFFSET)

@@ -4,6 +4,7 @@ tokenization and max_length (embsvc/core/rerank_pairs.py), through a real engine
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from FlagEmbedding import FlagReranker
 
 from embsvc.core.rerank_pairs import load_tokenizer, pair_ids
+from testkit.reranker_builder import is_built, reranker_config
 from testkit.workload import MIXED_TEXTS, PARAGRAPH
 
 QUERIES = ["What is BGE-M3 hybrid retrieval?", "Как работает поиск по документам?", "检索", PARAGRAPH]
@@ -55,3 +57,15 @@ def test_a_pair_scores_the_same_alone_batched_and_beside_other_jobs(rerank_clien
     np.testing.assert_allclose(alone, together, atol=1e-5, rtol=0)
     padded = np.array(flag_reranker.compute_score(PAIRS, max_length=512, batch_size=len(PAIRS)))
     np.testing.assert_allclose(together, padded, atol=1e-4, rtol=0)  # FlagReranker's own batching, padded
+
+
+def test_the_test_cross_encoder_has_bge_reranker_v2_m3s_layout(tiny_reranker, tiny_model):
+    config = json.loads((tiny_reranker / "config.json").read_text())
+    assert config["architectures"] == ["XLMRobertaForSequenceClassification"]
+    assert config["id2label"] == {"0": "LABEL_0"} and config["max_position_embeddings"] == 8194
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        assert (tiny_reranker / name).read_bytes() == (tiny_model / name).read_bytes(), name
+    assert is_built(tiny_reranker, "tiny") and not is_built(tiny_reranker, "full")
+    full = reranker_config("full", 0)  # the benchmark's, without its 2.3 GB of weights
+    assert (full.num_hidden_layers, full.hidden_size, full.intermediate_size, full.num_attention_heads,
+            full.max_position_embeddings, full.vocab_size, full.num_labels) == (24, 1024, 4096, 16, 8194, 250002, 1)
