@@ -62,3 +62,25 @@ def test_each_engine_makes_its_cuda_device_the_current_one(monkeypatch):
     # interval so that its device thread keeps none of the others waiting long.
     assert threads == [load.ACCELERATOR_THREADS, 16] == [2, 16]
     assert switch_intervals == [load.ACCELERATOR_SWITCH_INTERVAL_S] and switch_intervals[0] <= 0.001
+
+
+def test_a_device_kind_that_names_a_module_is_imported_and_its_accelerator_serves_it(tmp_path, monkeypatch):
+    """DEVICE=package.module:N: the module registers its accelerator on import (testkit/simdevice.py does)."""
+    from gpu_pool.model import device as device_module
+
+    monkeypatch.setattr(device_module, "_ACCELERATORS", dict(device_module._ACCELERATORS))
+    (tmp_path / "fake_accelerators").mkdir()
+    (tmp_path / "fake_accelerators" / "__init__.py").write_text("")
+    (tmp_path / "fake_accelerators" / "one.py").write_text(
+        "import torch\n"
+        "from gpu_pool.model.device import register\n"
+        "class One:\n"
+        "    def is_available(self): return True\n"
+        "    def tensor_device(self, index): return torch.device('cpu')\n"
+        "register(__name__, One())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    device = resolve_device("fake_accelerators.one:3")
+    assert type(device.accelerator).__name__ == "One"
+    assert device.name == "fake_accelerators.one:3" and device.tensors == torch.device("cpu")
+    assert resolve_dtype("auto", device) is torch.float16  # an accelerator's default, as CUDA's
+    assert Device.of(torch.device("cpu")).accelerator is None
