@@ -21,9 +21,13 @@ of a stream; ``query`` compares it with the clock; ``synchronize`` sleeps until 
 
 Faults on demand (``Settings``): a matrix product whose output exceeds ``memory_bytes`` (what
 the weights leave free for a pass's activations) raises ``torch.OutOfMemoryError`` as CUDA's
-allocator does; a gather of ``fault_token`` (the
-embedding lookup of a pass that holds it) is an illegal memory access, reported as CUDA
-reports it, at the next synchronisation, and by every later call (the context is lost).
+allocator does; a gather of ``fault_token`` (the embedding lookup of a pass that holds it) is
+an illegal memory access, reported as CUDA reports it, by the next call, and by every later one
+(the context is lost).
+
+The engine on it: the host's own arithmetic runs on one thread (``set_device``); on the
+``meta`` device the costliest operations' outputs are made directly (``_SHAPES``), and the
+simulation's own host time is counted apart (``SimDevice.overhead_s``).
 
 Defaults: an H200, 788 TFLOP/s dense bfloat16/float16 at 40%, 4.8 TB/s HBM at 60%, 5 µs per
 kernel launch, 50 GB/s over PCIe. Environment (read when the module is imported, i.e. when
