@@ -1,13 +1,14 @@
 """The engine's CPU per short request without HTTP: clients in this process, over one engine.
 
-    PYTHONPATH=TREE .venv/bin/python -m bench.engine_cost [--requests 3000] [--clients 16]
+    PYTHONPATH=TREE .venv/bin/python bench/engine_cost.py [--requests 3000] [--clients 16]
 
 One CPU engine on the tiny model (testkit's engine spec, batches of up to 32 jobs), two web
 worker slots, ``--clients`` threads in a closed loop, each sending one short text (dense) per
 job through ``EngineClient``: the engine is the bottleneck, as on a host whose web side keeps
 up. Reads the engine process's CPU time (/proc) before and after, and its batch counts. Prints
 one JSON line: µs of engine CPU per request, requests/s, requests per pass. Run it under two
-checkouts' PYTHONPATH in turns for a before and after (the engine process imports from there).
+checkouts' PYTHONPATH in turns for a before and after: run as a file (not ``-m``, which would
+put the working directory first), it and the engine process import ``gpu_pool`` from there.
 """
 
 from __future__ import annotations
