@@ -287,7 +287,8 @@ def compare(model: Path, dtype: str, against: str = "float32", documents: int = 
 
 
 def products(args: argparse.Namespace) -> None:
-    """The engine's bare forward (dense, no HTTP) with each way of running its products, in turns."""
+    """The engine's bare forward (dense, no HTTP) with each way of running its products, and
+    OpenVINO's and ONNX Runtime int8's forward (``--references``), in turns."""
     import torch
 
     from gpu_pool.model import cpu_linear
@@ -305,14 +306,18 @@ def products(args: argparse.Namespace) -> None:
             engines[name] = M3Model(model, torch.device("cpu"), dtype, torch.get_num_threads())
         finally:
             cpu_linear.products = chosen
-    shapes = {**{name: (count, length) for name, (count, length, _, _) in SHAPES.items()}, "1x16": (1, QUERY_TOKENS)}
+    forwards: dict[str, Forward] = {name: lambda batch, e=engine: dense(e, batch) for name, engine in engines.items()}
+    if args.references:
+        threads = torch.get_num_threads()
+        forwards |= {"openvino": openvino_forward(model, threads)[0], "onnx_int8": onnx_int8_forward(model, threads)[0]}
+    shapes = {shape: tuple(int(n) for n in shape.split("x")) for shape in args.shapes}
     rounds = []
     for number in range(args.rounds):
         figures = {}
         for shape, (count, length) in shapes.items():
             ids = tokenized(model, (count, length))
-            for name, engine in engines.items():
-                figures[f"{name}_{shape}_ms"] = round(query_ms(lambda batch, e=engine: dense(e, batch), ids, 3), 1)
+            for name, forward in forwards.items():
+                figures[f"{name}_{shape}_ms"] = round(query_ms(forward, ids, args.repeats), 1)
         print(json.dumps({"round": number, **figures}), flush=True)
         rounds.append(figures)
     print(json.dumps({"medians": {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}}))
@@ -399,6 +404,9 @@ def main() -> None:
     forward = commands.add_parser("products", help="the bare forward with each way of running the products")
     forward.add_argument("--model", type=Path, default=None, help="a bge-m3 folder (default: the full random one)")
     forward.add_argument("--rounds", type=int, default=3)
+    forward.add_argument("--repeats", type=int, default=3, help="timed calls per shape and way, after a warm-up")
+    forward.add_argument("--shapes", nargs="+", default=["8x128", "2x512", "1x16"], help="TEXTSxTOKENS")
+    forward.add_argument("--references", action="store_true", help="OpenVINO and ONNX Runtime int8 too")
     args = parser.parse_args()
     if args.command == "precision":
         precision(args)
