@@ -92,6 +92,8 @@ def test_a_bulk_pass_keeps_the_host_about_a_layer_ahead_of_the_device(sim_model)
             most = max(most, stream.tail - time.perf_counter())
         running.sync()
         layer_s = (time.perf_counter() - began) / model.layers
+        out = running.outputs_async().wait()
+        assert out.dense.shape == (2, 32) and out.sparse is None and out.colbert is None  # the heads asked for
         return most, layer_s
 
     unpaced, layer_s = queued_ahead(keep_ahead=False)

@@ -40,8 +40,9 @@ def test_the_simulated_device_runs_every_cuda_only_line(tmp_path):
                   f"data_file = {tmp_path / '.coverage'}\n")
     run = subprocess.run([sys.executable, "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest", "-q",
                           "-p", "no:randomly", "-p", "no:cacheprovider", SIMULATED,
-                          # FlagEmbedding's parity takes a minute to load and runs no line the others do not.
-                          "-k", "not references_vectors"],
+                          # FlagEmbedding's parity takes a minute to load and runs no line the others do
+                          # not; a device fault ends its engine with os._exit, before coverage saves.
+                          "-k", "not references_vectors and not device_fault"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     measured = coverage.Coverage(config_file=str(rc))
