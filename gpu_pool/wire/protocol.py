@@ -8,11 +8,14 @@ pipe for the others; ``encode`` enforces the bound.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
+import operator
 import pickle
+import typing
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 PIPE_BUF = 4096
 
@@ -56,6 +59,38 @@ def choose_lane(asked: Lane | None, n_tokens: int, interactive_max_tokens: int) 
     return Lane.INTERACTIVE if n_tokens <= interactive_max_tokens else Lane.BULK
 
 
+M = TypeVar("M")
+
+
+def _pickled_by_fields(cls: type[M]) -> type[M]:
+    """Pickles a slotted dataclass's fields as one tuple of plain values, their names and enum
+    types looked up once. By default an enum member pickles through ``Enum.__reduce_ex__`` and
+    ``dataclass(slots=True)`` calls ``fields()`` on every message: a ``Job``'s round trip cost
+    some 37 µs of CPU, one a request on each side of the pipe."""
+    hints = typing.get_type_hints(cls)
+    names = tuple(f.name for f in dataclasses.fields(cast(type, cls)))
+    if not names:
+        return cls
+    enums = tuple((i, hints[name]) for i, name in enumerate(names)
+                  if isinstance(hints[name], enum.EnumMeta))
+    values = operator.attrgetter(*names)
+
+    def getstate(self: M) -> list[object]:
+        state = list(values(self)) if len(names) > 1 else [values(self)]
+        for i, _ in enums:
+            state[i] = cast(enum.Enum, state[i]).value
+        return state
+
+    def setstate(self: M, state: list[object]) -> None:
+        for i, kind in enums:
+            state[i] = kind(state[i])
+        for name, value in zip(names, state, strict=True):
+            object.__setattr__(self, name, value)
+
+    setattr(cls, "__getstate__", getstate)  # noqa: B010 - set on the class dataclass made
+    setattr(cls, "__setstate__", setstate)  # noqa: B010
+    return cls
+
 class ErrorCode(enum.Enum):
     """Why an engine could not finish a job; the web side maps each to a status."""
 
@@ -64,6 +99,7 @@ class ErrorCode(enum.Enum):
     GONE = "gone"  # the engine is stopping: it holds the job but computes no more (503, retry)
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Job:
     """Embed ``n_inputs`` token sequences stored in segment ``shm_name``."""
@@ -80,6 +116,7 @@ class Job:
     deadline: float = field(default=math.inf, kw_only=True)
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class ScoreJob(Job):
     """Score documents against a query: input 0 is the query, inputs 1.. the documents.
@@ -93,6 +130,7 @@ class ScoreJob(Job):
     unused_ids: tuple[int, ...]
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Done:
     """These jobs' vectors are in their segments (one message per slot and batch)."""
@@ -100,6 +138,7 @@ class Done:
     job_ids: tuple[int, ...]
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Failed:
     job_id: int
@@ -107,6 +146,7 @@ class Failed:
     message: str
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """Nobody waits for this job any more (its client left): drop it unless its pass has begun."""
@@ -114,6 +154,7 @@ class Cancel:
     job_id: int
 
 
+@_pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Stop:
     """Asks an engine to finish the batch in hand and exit."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gpu_pool.wire import protocol, segment
-from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Job, Kind
+from gpu_pool.wire.protocol import Cancel, Done, ErrorCode, Failed, Job, Kind, Lane, ScoreJob, Stop
 from gpu_pool.wire.segment import Layout, Segment
 
 
@@ -14,6 +14,21 @@ def test_messages_round_trip_and_stay_atomic_sized():
         data = protocol.encode(message)
         assert len(data) + 4 <= protocol.PIPE_BUF
         assert protocol.decode(data) == message
+
+
+def test_every_message_comes_back_whole_with_its_enums():
+    messages = [
+        Job(1, 0, "a", 1, 3, Kind.DENSE | Kind.HALF, lane=Lane.INTERACTIVE, deadline=12.5),
+        ScoreJob(2, 1, "b", 2, 9, protocol.SCORE_KINDS, weights=(0.4, 0.2, 0.4), unused_ids=(0, 1, 2)),
+        Done((3, 4)), Failed(5, ErrorCode.GONE, "stopping"), Cancel(6), Stop(),
+    ]
+    for message in messages:
+        back = protocol.decode(protocol.encode(message))
+        assert back == message and type(back) is type(message)
+        for name in ("kinds", "lane", "code"):
+            if hasattr(message, name):
+                assert type(getattr(back, name)) is type(getattr(message, name)), name
+    assert b"Kind" not in protocol.encode(messages[0]), "enums cross as their values"
 
 
 def test_oversized_message_is_refused():
