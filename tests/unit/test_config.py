@@ -26,7 +26,7 @@ def test_refuses_to_start_without_a_real_token(env):
         load_settings(env, env_file=None)
 
 
-@pytest.mark.parametrize("name, value", [("BATCH_SIZE", "0"), ("BATCH_SIZE", "eight"), ("DTYPE", "int8"),
+@pytest.mark.parametrize("name, value", [("BATCH_SIZE", "0"), ("BATCH_SIZE", "eight"), ("DTYPE", "int4"),
                                          ("DEFAULT_RETURN", "dense,bogus"), ("REQUEST_TIMEOUT_S", "-1"),
                                          ("LOG_FORMAT", "xml"), ("READ_TIMEOUT_S", "0"), ("READ_DEADLINE_S", "soon")])
 def test_malformed_settings_are_refused(name, value):
