@@ -57,3 +57,9 @@ def test_products_chosen_by_device_and_dtype():
 def test_int8_only_when_asked():
     assert resolve_dtype("int8", torch.device("cpu")) is cpu_linear.INT8
     assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+
+
+def test_the_dtype_setting_takes_int8():
+    from embsvc.config import load_settings
+
+    assert load_settings({"API_TOKEN": "a-real-token-of-enough-length", "DTYPE": "int8"}, env_file=None).dtype == "int8"
