@@ -7,8 +7,9 @@ its own, and they share a ``JobTable`` and a ``Handoff`` under one condition:
   memory and queues their inputs in the job table;
 - the planner (``planner.Planner``) chooses the next batch of each lane
   (``choosing.choose_batch``) and packs its ids into one row (``packed.pack``) while the
-  current batch runs. An interactive batch is made at once (one waits at a time; later
-  queries gather into the next). A bulk batch is made at once for an idle device; while the
+  current batch runs. An interactive batch is made at once (one waits at a time; the queries
+  that arrive while it waits join it as long as all of them fit, the rest gather into the
+  next). A bulk batch is made at once for an idle device; while the
   device is busy it keeps filling until it is full (``batch_size`` jobs or its token budget,
   sized by time: ``lanes.PassSizer``) or its oldest job has waited ``batch_timeout_ms``. At
   most ``concurrency`` bulk batches are in progress: one running, the rest prepared. Jobs
