@@ -234,7 +234,11 @@ def _stop_resource_tracker(timeout: float = 5.0) -> None:
 def _alive(process: multiprocessing.process.BaseProcess) -> bool:
     # The sentinel, not is_alive(): gunicorn's waitpid(-1) may have reaped the
     # engine already, and then is_alive() says True for a process that is gone.
-    return not wait([process.sentinel], timeout=0)
+    try:
+        sentinel = process.sentinel
+    except ValueError:  # never started: its start() failed
+        return False
+    return not wait([sentinel], timeout=0)
 
 
 def _drain(conn: Connection) -> int:
