@@ -296,12 +296,13 @@ def products(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     model = args.model or build_model(MODELS / "bge-m3-full", "full")
-    ways = {"f_linear": (torch.float32, cpu_linear.Dense), "prepacked": (torch.float32, cpu_linear.Prepacked.of),
-            "int8": (cpu_linear.INT8, cpu_linear.int8)}
+    ways = {"f_linear": (torch.float32, cpu_linear.Dense, cpu_linear.Dense),
+            "prepacked": (torch.float32, cpu_linear.Prepacked.of, cpu_linear.Prepacked.of),
+            "int8": (cpu_linear.INT8, cpu_linear.int8, cpu_linear.Prepacked.of)}
     chosen = cpu_linear.products
     engines = {}
-    for name, (dtype, prepare) in ways.items():
-        cpu_linear.products = lambda device, dtype, name=name, prepare=prepare: (name, prepare)
+    for name, (dtype, prepare, down) in ways.items():
+        cpu_linear.products = lambda device, dtype, name=name, prepare=prepare, down=down: (name, prepare, down)
         try:
             engines[name] = M3Model(model, torch.device("cpu"), dtype, torch.get_num_threads())
         finally:

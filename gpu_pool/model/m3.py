@@ -44,7 +44,7 @@ class M3Model:
         self.where = Device.of(device)  # with its accelerator, where there is one
         self.device, self.threads = self.where.tensors, threads
         device = self.device
-        self.products, prepare = cpu_linear.products(device, dtype)
+        self.products, prepare, prepare_down = cpu_linear.products(device, dtype)
         self.prepare = prepare  # also the cross-encoder's (gpu_pool/model/reranker.py)
         # The type of the weights outside the products and of the activations: int8 runs float32 around its products.
         self.dtype = dtype = torch.float32 if dtype == cpu_linear.INT8 else dtype
@@ -53,7 +53,7 @@ class M3Model:
         model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
         model.requires_grad_(False).to(device).eval()
         self.attention, kernel = attention.select(device, dtype, attention_path)
-        self.encoder = PackedEncoder(model, kernel, prepare)
+        self.encoder = PackedEncoder(model, kernel, prepare, prepare_down)
         self.layers = len(self.encoder.layers)
         hidden = model.config.hidden_size
         self.dim = hidden

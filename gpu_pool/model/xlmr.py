@@ -266,9 +266,11 @@ def layer_steps(chunks: Sequence[Chunk], parts: Sequence[Attention]) -> tuple[St
 
 
 class PackedEncoder:
-    def __init__(self, model: XLMRobertaModel, kernel: Kernel | None = None, prepare: Prepare = Dense) -> None:
+    def __init__(self, model: XLMRobertaModel, kernel: Kernel | None = None, prepare: Prepare = Dense,
+                 prepare_down: Prepare | None = None) -> None:
         """``kernel``: the varlen attention kernel (``attention.select``); None: attention per length;
-        ``prepare``: how each product's weight is prepared (``cpu_linear.products``)."""
+        ``prepare``: how each product's weight is prepared (``cpu_linear.products``); ``prepare_down``:
+        the feed-forward's second product's (None: as the others)."""
         config = model.config
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
@@ -279,7 +281,8 @@ class PackedEncoder:
         self.token_type = emb.token_type_embeddings.weight[0]  # bge-m3 has one token type
         self.embedding_norm = (emb.LayerNorm.weight, emb.LayerNorm.bias)
         # nn.ModuleList is not generic: its items are typed Module, though each is an XLMRobertaLayer.
-        self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps, prepare)
+        down = prepare if prepare_down is None else prepare_down
+        self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps, prepare, down)
                        for layer in model.encoder.layer]
         self.kernel = kernel
 
@@ -308,7 +311,7 @@ class PackedEncoder:
         return plan.steps[step].run(self.layers[layer], state)
 
 
-def _layer(layer: XLMRobertaLayer, heads: int, eps: float, prepare: Prepare) -> Layer:
+def _layer(layer: XLMRobertaLayer, heads: int, eps: float, prepare: Prepare, prepare_down: Prepare) -> Layer:
     attention = layer.attention.self
     projections = (attention.query, attention.key, attention.value)
     return Layer(
@@ -316,7 +319,7 @@ def _layer(layer: XLMRobertaLayer, heads: int, eps: float, prepare: Prepare) -> 
         attention_out=prepare(*_params(layer.attention.output.dense)),
         attention_norm=_params(layer.attention.output.LayerNorm),
         intermediate=prepare(*_params(layer.intermediate.dense)),
-        output=prepare(*_params(layer.output.dense)),
+        output=prepare_down(*_params(layer.output.dense)),
         output_norm=_params(layer.output.LayerNorm),
         heads=heads,
         eps=eps,
