@@ -31,6 +31,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from gpu_pool.model.device import Device
+
 log = logging.getLogger("gpu_pool.engine")
 
 # torch's own name for the int8 "type" of the DTYPE setting: the encoder runs float32 around it.
@@ -110,16 +112,18 @@ class Int8:
         return F.gelu(self(x))
 
 
-def products(device: torch.device, dtype: torch.dtype) -> tuple[str, Prepare, Prepare]:
+def products(device: torch.device | Device, dtype: torch.dtype) -> tuple[str, Prepare, Prepare]:
     """How the encoder's weights are prepared on ``device`` in ``dtype`` (``INT8``: the CPU's
     int8 products): its name for the load log, then the preparation of every product but the
-    feed-forward's second, and of that one."""
+    feed-forward's second, and of that one. An accelerator's products are ``F.linear``'s, also
+    where its tensors live in host memory (the simulated device's)."""
+    on_host = Device.of(device).accelerator is None
     if dtype == INT8:
-        if device.type != "cpu":
-            raise ValueError(f"DTYPE=int8 runs on the CPU only, not on {device}")
+        if not on_host:
+            raise ValueError(f"DTYPE=int8 runs on the CPU only, not on {Device.of(device).name}")
         name, down = products(device, torch.float32)[::2]
         return f"int8 dynamic quantized linear (fbgemm); the feed-forward's second product float32, {name}", int8, down
-    if device.type == "cpu" and _prepacks(dtype):
+    if on_host and _prepacks(dtype):
         return "oneDNN prepacked", Prepacked.of, Prepacked.of
     return "F.linear", Dense, Dense
 

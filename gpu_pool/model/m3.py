@@ -44,7 +44,7 @@ class M3Model:
         self.where = Device.of(device)  # with its accelerator, where there is one
         self.device, self.threads = self.where.tensors, threads
         device = self.device
-        self.products, prepare, prepare_down = cpu_linear.products(device, dtype)
+        self.products, prepare, prepare_down = cpu_linear.products(self.where, dtype)
         self.prepare = prepare  # also the cross-encoder's (gpu_pool/model/reranker.py)
         # The type of the weights outside the products and of the activations: int8 runs float32 around its products.
         self.dtype = dtype = torch.float32 if dtype == cpu_linear.INT8 else dtype
