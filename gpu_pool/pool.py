@@ -221,7 +221,12 @@ def _stop_resource_tracker(timeout: float = 5.0) -> None:
     Stopped here, it is reaped by the master; otherwise it outlives the master
     and falls to PID 1, which in some containers never reaps it (a zombie).
     It waits for every holder of its pipe: a thread, so a stuck one cannot hang the exit.
+    Not while another pool's engines live (tests run several pools in one process): they hold
+    its pipe, so it would not stop, and the stuck thread would keep the tracker's lock, which
+    the next engine started in this process waits for.
     """
+    if multiprocessing.active_children():
+        return
     stopper = threading.Thread(
         # private: no public way (nor a stub, hence the ignore)
         target=resource_tracker._resource_tracker._stop,  # type: ignore[attr-defined]
