@@ -58,6 +58,7 @@ class JobOptions:
 
 
 DEFAULT_OPTIONS = JobOptions()
+_clients = itertools.count(1)  # made in this process
 
 
 class _Signal:
@@ -104,7 +105,11 @@ class EngineClient:
         self._pid = os.getpid()
         self._seq = itertools.count(1)
         self._id_base = self._pid << 32
-        self._segments = WorkerSegments(f"{pool.shm_prefix}{self._pid}-")
+        # A web worker has one client; a process with more (tests) numbers the later ones, so that
+        # their segments' names never meet.
+        n = next(_clients)
+        self._segments = WorkerSegments(f"{pool.shm_prefix}{self._pid}-" if n == 1 else
+                                        f"{pool.shm_prefix}{self._pid}.{n}-")
         threading.Thread(target=self._listen, name="engine-answers", daemon=True).start()
 
     # -- state for /health and /stats -----------------------------------------------

@@ -16,6 +16,7 @@ when an engine stops, after the web workers have finished their requests.
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import multiprocessing
 import os
@@ -52,10 +53,21 @@ class NoFreeSlot(RuntimeError):
     pass
 
 
+_pools = itertools.count(1)  # pools made in this process
+
+
+def _shm_prefix(pool: int) -> str:
+    """The first part of the names of a pool's segments: the master's pid, and after the first
+    pool of a process its number too. The first pool's is not a prefix of the later ones', so a
+    pool stopping never removes the segments of another one in the same process (tests run
+    several); a server has one, named by its master's pid alone."""
+    return f"bgem3-{os.getpid()}-" if pool == 1 else f"bgem3-{os.getpid()}.{pool}-"
+
+
 class EnginePool:
     def __init__(self, specs: list[EngineSpec], n_slots: int) -> None:
         self.ctx = multiprocessing.get_context("spawn")
-        self.shm_prefix = f"bgem3-{os.getpid()}-"
+        self.shm_prefix = _shm_prefix(next(_pools))
         self.n_slots = n_slots
         answer_pipes = [self.ctx.Pipe(duplex=False) for _ in range(n_slots)]
         self.slot_readers = [r for r, _ in answer_pipes]

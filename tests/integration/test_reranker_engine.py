@@ -22,6 +22,7 @@ from gpu_pool.model.m3 import M3Model
 from gpu_pool.model.reranker import CrossEncoder, Served
 from gpu_pool.pool import EnginePool
 from gpu_pool.wire.protocol import Kind, Lane
+from gpu_pool.wire.shared import ModelStats
 from testkit import simdevice
 from testkit.engines import engine_spec, wait_ready
 from testkit.passes import forward
@@ -65,10 +66,27 @@ def test_a_pair_past_the_cross_encoders_positions_is_refused_before_it_reaches_t
         rerank_client.rerank([too_long])
 
 
+def settled_stats(client: EngineClient) -> tuple[ModelStats, ModelStats]:
+    """The cross-encoder's and bge-m3's figures once no job is in flight: the engine counts a job
+    after its answer is sent, so the figures are read until they stop moving."""
+    def read() -> tuple[ModelStats, ModelStats]:
+        stats = client.snapshot()[0].stats
+        return stats.model(rerank=True), stats.model(rerank=False)
+
+    deadline, last = time.monotonic() + 5, read()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def test_rerank_and_embedding_jobs_together_each_get_their_own_models_answer(rerank_client, pairs, tokenizer):
     texts = tokenizer.encode(MIXED_TEXTS[:6])
     logits, vectors = rerank_client.rerank(pairs), dense(rerank_client, texts)
-    before = rerank_client.snapshot()[0].stats
+    old_rerank, old_embedding = settled_stats(rerank_client)
     with ThreadPoolExecutor(8) as pool:  # arriving together: one queue, passes of one model each
         reranked = [pool.submit(rerank_client.rerank, pairs) for _ in range(6)]
         embedded = [pool.submit(dense, rerank_client, texts) for _ in range(6)]
@@ -76,9 +94,7 @@ def test_rerank_and_embedding_jobs_together_each_get_their_own_models_answer(rer
             np.testing.assert_allclose(future.result(), logits, atol=1e-5, rtol=0)
         for future in embedded:
             np.testing.assert_allclose(future.result(), vectors, atol=1e-5, rtol=0)
-    after = rerank_client.snapshot()[0].stats
-    rerank, embedding = after.model(rerank=True), after.model(rerank=False)
-    old_rerank, old_embedding = before.model(rerank=True), before.model(rerank=False)
+    rerank, embedding = settled_stats(rerank_client)
     assert rerank.requests - old_rerank.requests == 6 and embedding.requests - old_embedding.requests == 6
     assert rerank.inputs - old_rerank.inputs == 6 * len(pairs)
     assert rerank.tokens - old_rerank.tokens == 6 * sum(len(x) for x in pairs)
@@ -132,7 +148,8 @@ def test_on_the_simulated_accelerator_the_logits_are_the_cpus(tiny_model, tiny_r
         assert sim.counts["copies"] >= 1 and sim.counts["events"] >= 1
     assert got.dense is None and got.sparse is None and got.colbert is None
     assert on_cpu.logits is not None
-    np.testing.assert_array_equal(got.logits, on_cpu.logits)
+    # The same arithmetic; its threads may split a sum differently (the accelerator runs at most two).
+    np.testing.assert_allclose(got.logits, on_cpu.logits, rtol=0, atol=1e-6)
 
 
 FAULT_ERROR, FAULT_OOM, FAULT_SLOW = 97, 96, 98  # a pass holding one fails, runs out of memory, sleeps
