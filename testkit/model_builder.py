@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -416,20 +416,25 @@ def build_model(path: Path, size: Size, seed: int = 0) -> Path:
     path = Path(path)
     if is_built(path, size, seed):
         return path
+    install(path, MODEL_FILES, MARKER_NAME, _marker(size, seed), lambda staging: _write_model(staging, size, seed))
+    return path
+
+
+def install(path: Path, files: Sequence[str], marker_name: str, marker: dict[str, Any],
+            write: Callable[[Path], None]) -> None:
+    """``write`` the ``files`` into a sibling folder, then move them into ``path``, the marker
+    last: a crash or a concurrent build never leaves a folder that claims to be complete."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / MARKER_NAME).unlink(missing_ok=True)
-    # Build in a sibling folder and move the files in, marker last: a crash or
-    # a concurrent build never leaves a folder that claims to be complete.
+    (path / marker_name).unlink(missing_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
     try:
-        _write_model(staging, size, seed)
-        for name in MODEL_FILES:
+        write(staging)
+        for name in files:
             os.chmod(staging / name, 0o644)  # some writers create files 0600
             os.replace(staging / name, path / name)
-        (path / MARKER_NAME).write_text(json.dumps(_marker(size, seed), indent=2) + "\n")
+        (path / marker_name).write_text(json.dumps(marker, indent=2) + "\n")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return path
 
 
 def _marker(size: Size, seed: int) -> dict[str, Any]:

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -29,6 +26,7 @@ from testkit.model_builder import (
     SPECIAL_TOKENS,
     Size,
     _reshape_attention,
+    install,
     model_config,
     train_tokenizer,
 )
@@ -64,17 +62,7 @@ def build_reranker(path: Path, size: Size, seed: int = 0) -> Path:
     path = Path(path)
     if is_built(path, size, seed):
         return path
-    path.mkdir(parents=True, exist_ok=True)
-    (path / MARKER_NAME).unlink(missing_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
-    try:
-        _write(staging, size, seed)
-        for name in MODEL_FILES:
-            os.chmod(staging / name, 0o644)
-            os.replace(staging / name, path / name)
-        (path / MARKER_NAME).write_text(json.dumps(_marker(size, seed), indent=2) + "\n")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    install(path, MODEL_FILES, MARKER_NAME, _marker(size, seed), lambda staging: _write(staging, size, seed))
     return path
 
 
