@@ -30,6 +30,7 @@ def outputs(model: M3Model, lengths: list[int]):
 
 
 def test_prepacked_float32_gives_f_linear_outputs(tiny_model, monkeypatch):
+    monkeypatch.setattr(cpu_linear, "PREPACK", True)
     prepacked = M3Model(tiny_model, torch.device("cpu"), torch.float32)
     assert prepacked.products == "oneDNN prepacked"
     monkeypatch.setattr(cpu_linear, "products", lambda device, dtype: ("F.linear", cpu_linear.Dense, cpu_linear.Dense))
