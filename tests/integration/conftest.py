@@ -5,22 +5,30 @@ one engine that also holds the tiny cross-encoder (``rerank_pool``, ``rerank_cli
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from FlagEmbedding import BGEM3FlagModel
 
 from embsvc.core.tokenizer import TextTokenizer
 from gpu_pool.client import EngineClient
+from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.pool import EnginePool
 from testkit.engines import engine_spec, wait_ready
 
 
-@pytest.fixture(scope="session")
-def pool(tiny_model):
-    pool = EnginePool([engine_spec(tiny_model)], n_slots=2)
+def running_pool(spec: EngineSpec) -> Iterator[EnginePool]:
+    """One engine on ``spec``, ready, stopped after the session (each pool names its segments apart)."""
+    pool = EnginePool([spec], n_slots=2)
     pool.start()
     wait_ready(pool)
     yield pool
     pool.stop()
+
+
+@pytest.fixture(scope="session")
+def pool(tiny_model):
+    yield from running_pool(engine_spec(tiny_model))
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +48,7 @@ def tokenizer(tiny_model) -> TextTokenizer:
 
 @pytest.fixture(scope="session")
 def rerank_pool(tiny_model, tiny_reranker):
-    pool = EnginePool([engine_spec(tiny_model, reranker_path=str(tiny_reranker))], n_slots=2)
-    pool.shm_prefix += "rerank-"  # segments' names apart from those of the other pools of this process
-    pool.start()
-    wait_ready(pool)
-    yield pool
-    pool.stop()
+    yield from running_pool(engine_spec(tiny_model, reranker_path=str(tiny_reranker)))
 
 
 @pytest.fixture(scope="session")
