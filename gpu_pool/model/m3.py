@@ -35,6 +35,14 @@ from gpu_pool.wire.protocol import Kind
 PARALLEL_MIN_FLOPS = 50e6
 
 
+def use_threads(where: Device, threads: int, flops: float) -> None:
+    """On a CPU, ``threads`` for a pass of ``flops``, or one below ``PARALLEL_MIN_FLOPS``."""
+    if where.accelerator is None:
+        wanted = threads if flops >= PARALLEL_MIN_FLOPS else 1
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
+
+
 class M3Model:
     def __init__(self, path: Path, device: torch.device | Device, dtype: torch.dtype, threads: int = 1,
                  attention_path: str = "auto") -> None:
@@ -98,10 +106,7 @@ class M3Model:
 
     def use_threads(self, tokens: int) -> None:
         """CPU threads for a pass of ``tokens`` tokens."""
-        if self.where.accelerator is None:
-            wanted = self.threads if tokens * self.flops_per_token >= PARALLEL_MIN_FLOPS else 1
-            if wanted != torch.get_num_threads():
-                torch.set_num_threads(wanted)
+        use_threads(self.where, self.threads, tokens * self.flops_per_token)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.where)

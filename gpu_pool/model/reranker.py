@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
-from gpu_pool.model.m3 import M3Model, Pass
+from gpu_pool.model.flops import flops_per_token
+from gpu_pool.model.m3 import M3Model, Pass, use_threads
 from gpu_pool.model.transfer import HostCopy, PassTimer, to_device
 from gpu_pool.model.xlmr import PackedEncoder
 from gpu_pool.wire import packing
@@ -62,6 +63,7 @@ class CrossEncoder:
         self.dense = (head.dense.weight, head.dense.bias)
         self.out_proj = (head.out_proj.weight, head.out_proj.bias)
         self.pad_id = int(config.pad_token_id or 0)
+        self.flops_per_token = flops_per_token(config.num_hidden_layers, config.hidden_size, config.intermediate_size)
         # XLM-R numbers positions from pad_id + 1: the most tokens a pair may have.
         self.max_positions = int(config.max_position_embeddings) - self.pad_id - 1
 
@@ -89,8 +91,9 @@ class CrossEncoder:
         return HostCopy([None, None, None, logits], self.where)
 
     def use_threads(self, tokens: int) -> None:
-        """CPU threads for a pass of ``tokens`` tokens: bge-m3's rule (the same architecture)."""
-        self.embedder.use_threads(tokens)
+        """CPU threads for a pass of ``tokens`` tokens: bge-m3's rule, by the cross-encoder's own
+        FLOPs (a tiny bge-m3 beside it, as in the tests, would keep its passes on one thread)."""
+        use_threads(self.where, self.embedder.threads, tokens * self.flops_per_token)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return to_device(array, self.where)

@@ -18,7 +18,7 @@ from embsvc.core.rerank_pairs import load_tokenizer, pair_ids
 from gpu_pool.client import EngineClient, JobOptions
 from gpu_pool.errors import EngineFailed, EngineUnavailable, ModelNotServed
 from gpu_pool.model.device import resolve_device
-from gpu_pool.model.m3 import M3Model
+from gpu_pool.model.m3 import PARALLEL_MIN_FLOPS, M3Model
 from gpu_pool.model.reranker import CrossEncoder, Served
 from gpu_pool.pool import EnginePool
 from gpu_pool.wire.protocol import Kind, Lane
@@ -150,6 +150,23 @@ def test_on_the_simulated_accelerator_the_logits_are_the_cpus(tiny_model, tiny_r
     assert on_cpu.logits is not None
     # The same arithmetic; its threads may split a sum differently (the accelerator runs at most two).
     np.testing.assert_allclose(got.logits, on_cpu.logits, rtol=0, atol=1e-6)
+
+
+def test_the_cross_encoders_threads_follow_its_own_work(tiny_model, tiny_reranker):
+    """A pass takes all its CPU threads by the cross-encoder's FLOPs, not bge-m3's: a tiny bge-m3
+    beside the full cross-encoder (as bench/rerank.py serves them) once kept its passes on one."""
+    embedder = M3Model(tiny_model, torch.device("cpu"), torch.float32, threads=2)
+    reranker = CrossEncoder(tiny_reranker, embedder)
+    embedder.flops_per_token = 1  # a bge-m3 far smaller than the cross-encoder
+    saved = torch.get_num_threads()
+    try:
+        tokens = int(PARALLEL_MIN_FLOPS // reranker.flops_per_token) + 1
+        reranker.use_threads(tokens)
+        assert torch.get_num_threads() == 2
+        embedder.use_threads(tokens)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)
 
 
 FAULT_ERROR, FAULT_OOM, FAULT_SLOW = 97, 96, 98  # a pass holding one fails, runs out of memory, sleeps
