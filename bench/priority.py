@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.priority [--seconds 60] [--tiny-seconds 15]
     .venv/bin/python -m bench.priority --bare-forward MODEL_FOLDER "text"     (that alone: one JSON line)
     .venv/bin/python -m bench.priority --host-cost [--turns 3] [--requests 4000] [--other TREE]  (alone, see below)
+    .venv/bin/python -m bench.priority --lanes RUNS [--seconds 75] [--words 60 150]  (1., then 3.-4. RUNS times)
 
 On the full-size random bge-m3 (the real model's compute), DTYPE=auto, default settings:
   1.-2. the server's lone short query (dense), end to end, timed in turns with its reference,
@@ -105,8 +106,11 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
 
 
-def bulk_bodies() -> list[dict]:
-    documents = texts_of_words(64, 150, 400, seed=3)
+BULK_WORDS = (150, 400)  # of each bulk text: low, high (``--words``)
+
+
+def bulk_bodies(words: tuple[int, int] = BULK_WORDS) -> list[dict]:
+    documents = texts_of_words(64, *words, seed=3)
     return [{"input": documents[i : i + 8], **ALL_KINDS} for i in range(0, len(documents), 8)]
 
 
@@ -115,16 +119,16 @@ def closed_loop(port: int, work: list[httpload.Request], clients: int, seconds: 
     return httpload.run("127.0.0.1", port, work, clients, 1, seconds, drain=True).figures("tokens")
 
 
-def bulk_alone(server: Server, seconds: float) -> dict:
-    work = embedding_requests(server, bulk_bodies())
+def bulk_alone(server: Server, seconds: float, words: tuple[int, int] = BULK_WORDS) -> dict:
+    work = embedding_requests(server, bulk_bodies(words))
     closed_loop(server.port, work, 4, min(20.0, seconds / 3))  # warm-up, and the rate
     return closed_loop(server.port, work, 4, seconds)
 
 
-def bulk_with_queries(server: Server, seconds: float) -> dict:
+def bulk_with_queries(server: Server, seconds: float, words: tuple[int, int] = BULK_WORDS) -> dict:
     """The bulk load, and a query every 1.5 s from the moment the bulk load runs."""
     result: dict = {}
-    work = embedding_requests(server, bulk_bodies())
+    work = embedding_requests(server, bulk_bodies(words))
     query = embedding_requests(server, [{"input": QUERY, "return_sparse": False, "return_colbert": False}])
     bulk = threading.Thread(target=lambda: result.update(bulk=closed_loop(server.port, work, 4, seconds)))
     bulk.start()
@@ -326,7 +330,13 @@ def main() -> None:
     parser.add_argument("--other", type=Path, help="of --host-cost: another checkout's server beside this one's")
     parser.add_argument("--bare-forward", nargs=2, metavar=("MODEL_FOLDER", "TEXT"),
                         help="only time the bare forward of TEXT (30 times: its p50)")
+    parser.add_argument("--lanes", type=int, metavar="RUNS",
+                        help="only the lone query, then RUNS times bulk alone and bulk with the queries")
+    parser.add_argument("--words", type=int, nargs=2, default=BULK_WORDS, help="of each bulk text: low high")
     args = parser.parse_args()
+    if args.lanes:
+        print(json.dumps(lanes_runs(args.lanes, args.seconds, tuple(args.words))))
+        return
     if args.host_cost:
         print(json.dumps(host_cost(args.turns, args.requests, args.other)))
         return
@@ -361,6 +371,34 @@ def main() -> None:
         report["tiny_bare_falcon"] = bare_falcon(args.tiny_seconds, workdir)
     report["ratios"] = ratios(report)
     print(json.dumps(report))
+
+
+def lanes_runs(runs: int, seconds: float, words: tuple[int, int]) -> dict:
+    """The lone query (timed in turns with the bare forward), then ``runs`` times bulk alone and
+    bulk with a query every 1.5 s: per run, the slowest query against the lone p50 and the bulk
+    rate kept; the full-size model, DTYPE=auto, default settings."""
+    full = build_model(ROOT / "models" / "bge-m3-full", "full")
+    report: dict = {"words": words, "seconds": seconds, "runs": []}
+    bare = BareForward(full, QUERY)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(full, Path(tmp) / "full.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
+                        REQUEST_TIMEOUT_S="900").start(timeout=600)
+        try:
+            report["lone_query"] = lone = lone_query(server, bare)
+            for _ in range(runs):
+                alone, beside = bulk_alone(server, seconds, words), bulk_with_queries(server, seconds, words)
+                queries = beside["queries"]
+                run = {"bulk_alone_tokens_per_s": alone["tokens_per_s"],
+                       "bulk_with_queries_tokens_per_s": beside["bulk"]["tokens_per_s"],
+                       "queries": queries["requests"], "query_p50_ms": queries["p50_ms"],
+                       "query_max_ms": queries["max_ms"],
+                       "query_max_vs_lone_p50": ratio(queries["max_ms"], lone["end_to_end_p50_ms"]),
+                       "bulk_kept": ratio(beside["bulk"]["tokens_per_s"], alone["tokens_per_s"])}
+                print(json.dumps(run), flush=True)
+                report["runs"].append(run)
+        finally:
+            server.stop()
+    return report
 
 
 def ratios(r: dict) -> dict:
