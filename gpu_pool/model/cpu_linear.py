@@ -23,6 +23,7 @@ the CPU lacks the kernel (oneDNN's bfloat16 reorder needs AVX-512 or AVX-NE-CONV
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,10 +113,14 @@ class Int8:
         return F.gelu(self(x))
 
 
-# Off: with prepacked weights the engine's memory grows with every new batch shape (oneDNN keeps
-# a primitive per shape), past 10 % in a 15 s soak (tests/e2e/test_reliability_soak.py); F.linear's
-# does not. On again once that growth is bounded; int8's float32 product follows it.
-PREPACK = False
+# A prepacked product keeps a primitive per row count it has run, in two caches (oneDNN's and
+# ideep's), each of 1,024 by default: with packed passes, whose row counts rarely repeat, the
+# tiny model's engine grew by 580 MB in 1,200 passes (past the soak's 10 % in 15 s). 64 of each
+# (16 row counts of the four kinds of product) bounds it (+6 MB); an operator's setting wins.
+# Read when the first primitive is made: this module is imported before any product runs.
+PRIMITIVE_CACHES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "64"}
+for _name, _capacity in PRIMITIVE_CACHES.items():
+    os.environ.setdefault(_name, _capacity)
 
 
 def products(device: torch.device | Device, dtype: torch.dtype) -> tuple[str, Prepare, Prepare]:
@@ -129,7 +134,7 @@ def products(device: torch.device | Device, dtype: torch.dtype) -> tuple[str, Pr
             raise ValueError(f"DTYPE=int8 runs on the CPU only, not on {Device.of(device).name}")
         name, down = products(device, torch.float32)[::2]
         return f"int8 dynamic quantized linear (fbgemm); the feed-forward's second product float32, {name}", int8, down
-    if on_host and PREPACK and _prepacks(dtype):
+    if on_host and _prepacks(dtype):
         return "oneDNN prepacked", Prepacked.of, Prepacked.of
     return "F.linear", Dense, Dense
 

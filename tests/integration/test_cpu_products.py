@@ -4,6 +4,11 @@ docs/performance.md, "int8 on a CPU")."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +24,7 @@ from testkit.engines import engine_spec, wait_ready
 from testkit.workload import MIXED_TEXTS
 
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def outputs(model: M3Model, lengths: list[int]):
@@ -30,7 +36,6 @@ def outputs(model: M3Model, lengths: list[int]):
 
 
 def test_prepacked_float32_gives_f_linear_outputs(tiny_model, monkeypatch):
-    monkeypatch.setattr(cpu_linear, "PREPACK", True)
     prepacked = M3Model(tiny_model, torch.device("cpu"), torch.float32)
     assert prepacked.products == "oneDNN prepacked"
     monkeypatch.setattr(cpu_linear, "products", lambda device, dtype: ("F.linear", cpu_linear.Dense, cpu_linear.Dense))
@@ -76,3 +81,42 @@ def test_an_int8_engine_serves_every_kind(int8_client, client, tokenizer):
         assert dense @ expected / np.linalg.norm(dense) / np.linalg.norm(expected) >= 0.95
         assert int8["sparse_embedding"], "the sparse head yields weights on this model"
         assert np.array(int8["colbert_embedding"]).shape == np.array(float32["colbert_embedding"]).shape
+
+
+_MANY_SHAPES = """
+import sys
+import numpy as np, torch
+from pathlib import Path
+from gpu_pool.model.m3 import M3Model
+from gpu_pool.wire.protocol import Kind
+model = M3Model(Path(sys.argv[1]), torch.device("cpu"), torch.float32)
+assert model.products == "oneDNN prepacked", model.products
+rng = np.random.default_rng(0)
+def rss_mb():
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 1e6
+def one_pass():
+    lengths = rng.integers(5, 60, size=int(rng.integers(1, 16)))
+    ids = rng.integers(5, 1000, size=int(lengths.sum()))
+    running = model.start(ids, lengths, Kind.DENSE, np.zeros(0, dtype=np.int64))
+    while not running.step():
+        pass
+    running.outputs_async().wait()
+for _ in range(50):
+    one_pass()
+before = rss_mb()
+for _ in range(400):
+    one_pass()
+print(rss_mb() - before)
+"""
+
+
+def test_prepacked_products_keep_their_memory_over_many_pass_shapes(tiny_model):
+    """oneDNN's and ideep's caches keep a primitive per row count, 1,024 each by default: without
+    cpu_linear's bound the tiny model's process grew by some 450 MB over these 400 passes of new
+    row counts. A fresh interpreter, so that this process's caches (made earlier) do not count."""
+    env = {key: value for key, value in os.environ.items() if key not in cpu_linear.PRIMITIVE_CACHES}
+    done = subprocess.run([sys.executable, "-c", _MANY_SHAPES, str(tiny_model)], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    growth_mb = float(done.stdout.split()[-1])
+    assert growth_mb < 50, f"the process grew by {growth_mb:.0f} MB over 400 passes"
