@@ -36,6 +36,7 @@ def outputs(model: M3Model, lengths: list[int]):
 
 
 def test_prepacked_float32_gives_f_linear_outputs(tiny_model, monkeypatch):
+    monkeypatch.setattr(cpu_linear, "PREPACK_MIN_WEIGHTS", 0)  # the tiny model's weights too
     prepacked = M3Model(tiny_model, torch.device("cpu"), torch.float32)
     assert prepacked.products == "oneDNN prepacked"
     monkeypatch.setattr(cpu_linear, "products", lambda device, dtype: ("F.linear", cpu_linear.Dense, cpu_linear.Dense))
@@ -87,10 +88,12 @@ _MANY_SHAPES = """
 import sys
 import numpy as np, torch
 from pathlib import Path
+from gpu_pool.model import cpu_linear
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.wire.protocol import Kind
+cpu_linear.PREPACK_MIN_WEIGHTS = 0  # the tiny model's weights too
 model = M3Model(Path(sys.argv[1]), torch.device("cpu"), torch.float32)
-assert model.products == "oneDNN prepacked", model.products
+assert isinstance(model.encoder.layers[0].qkv, cpu_linear.Prepacked), model.products
 rng = np.random.default_rng(0)
 def rss_mb():
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 1e6

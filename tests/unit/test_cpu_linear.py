@@ -48,9 +48,9 @@ def test_products_chosen_by_device_and_dtype():
     cpu = torch.device("cpu")
     assert cpu_linear.products(cpu, cpu_linear.INT8)[1] is cpu_linear.int8
     name, prepare, down = cpu_linear.products(cpu, torch.float32)
-    assert (name, prepare, down) == ("oneDNN prepacked", cpu_linear.Prepacked.of, cpu_linear.Prepacked.of)
+    assert (name, prepare, down) == ("oneDNN prepacked", cpu_linear.prepacked, cpu_linear.prepacked)
     # int8: the feed-forward's second product stays float32
-    assert cpu_linear.products(cpu, cpu_linear.INT8)[2] == cpu_linear.Prepacked.of
+    assert cpu_linear.products(cpu, cpu_linear.INT8)[2] == cpu_linear.prepacked
     assert cpu_linear.products(torch.device("cuda", 0), torch.float16)[1] is cpu_linear.Dense
     with pytest.raises(ValueError, match="CPU only"):
         cpu_linear.products(torch.device("cuda", 0), cpu_linear.INT8)
@@ -65,3 +65,10 @@ def test_the_dtype_setting_takes_int8():
     from embsvc.config import load_settings
 
     assert load_settings({"API_TOKEN": "a-real-token-of-enough-length", "DTYPE": "int8"}, env_file=None).dtype == "int8"
+
+
+def test_only_weights_large_enough_are_prepacked():
+    small, bias = weights(32, 96)
+    assert isinstance(cpu_linear.prepacked(small, bias), cpu_linear.Dense)
+    large, bias = weights(256, cpu_linear.PREPACK_MIN_WEIGHTS // 256)
+    assert isinstance(cpu_linear.prepacked(large, bias), cpu_linear.Prepacked)
