@@ -115,7 +115,7 @@ class Int8:
 
 # A prepacked product keeps a primitive per row count it has run, in two caches (oneDNN's and
 # ideep's), each of 1,024 by default: with packed passes, whose row counts rarely repeat, the
-# tiny model's engine grew by 580 MB in 1,200 passes (past the soak's 10 % in 15 s). 64 of each
+# tiny model, prepacked, grew by 580 MB in 1,200 passes (past the soak's 10 % in 15 s). 64 of each
 # (16 row counts of the four kinds of product) bounds it (+6 MB); an operator's setting wins.
 # Read when the first primitive is made: this module is imported before any product runs.
 PRIMITIVE_CACHES = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "64"}
