@@ -146,7 +146,6 @@ def main() -> None:
                        batch_timeout_ms=int(100 * slow), interactive_max_wait_ms=int(20 * slow), concurrency=2,
                        threads=1, log_level="WARNING")
     pool = EnginePool([spec], n_slots=1)
-    pool.shm_prefix += "sim-"
     pool.start()
     try:
         wait_ready(pool, timeout=600)

@@ -62,7 +62,6 @@ def test_int8_stays_close_to_float32_on_the_tiny_model(tiny_model):
 @pytest.fixture(scope="module")
 def int8_client(tiny_model):
     pool = EnginePool([engine_spec(tiny_model, dtype="int8")], n_slots=1)
-    pool.shm_prefix += "int8-"  # segments' names apart from those of the session's pool
     pool.start()
     try:
         wait_ready(pool)

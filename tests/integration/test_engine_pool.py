@@ -68,7 +68,6 @@ def test_a_device_fault_fails_its_request_with_a_503_and_the_pool_starts_the_eng
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         filter(None, [str(ROOT / "testkit" / "engine_faults"), os.environ.get("PYTHONPATH")])))
     pool = EnginePool([engine_spec(tiny_model)], n_slots=1)
-    pool.shm_prefix += "fault-"  # segments' names apart from those of this process's other pools
     pool.start()
     try:
         wait_ready(pool)

@@ -184,7 +184,6 @@ def faulty_pool(tiny_model, tiny_reranker):
                       PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "testkit" / "engine_faults"),
                                                                saved["PYTHONPATH"]])))
     pool = EnginePool([engine_spec(tiny_model, reranker_path=str(tiny_reranker))], n_slots=1)
-    pool.shm_prefix += "rerank-faults-"
     try:
         pool.start()
         wait_ready(pool)

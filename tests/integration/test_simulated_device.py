@@ -131,7 +131,6 @@ def sim_pool(tiny_model):
         env.setenv("SIMDEVICE_MEMORY_BYTES", str(MEMORY))
         env.setenv("SIMDEVICE_FAULT_TOKEN", str(FAULT_TOKEN))
         pool = EnginePool([engine_spec(tiny_model, device=f"{simdevice.KIND}:0")], n_slots=2)
-        pool.shm_prefix += "sim-"  # segments' names apart from those of this process's other pools
         pool.start()
         try:
             wait_ready(pool)
