@@ -349,9 +349,7 @@ def main() -> None:
     bare = BareForward(full, QUERY)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        # A bulk request of eight long texts takes tens of seconds on a CPU: none may time out.
-        server = Server(full, workdir / "full.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
-                        REQUEST_TIMEOUT_S="900").start(timeout=600)
+        server = full_server(full, workdir)
         try:
             report["dtype"] = requests.get(f"{server.url}/health/detailed", timeout=10,
                                            headers={"Authorization": f"Bearer {TOKEN}"}).json()["model"]["dtype"]
@@ -373,6 +371,13 @@ def main() -> None:
     print(json.dumps(report))
 
 
+def full_server(model: Path, workdir: Path) -> Server:
+    """The server on the full-size model, DTYPE=auto; a bulk request of eight long texts takes
+    tens of seconds on a CPU: none may time out."""
+    return Server(model, workdir / "full.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
+                  REQUEST_TIMEOUT_S="900").start(timeout=600)
+
+
 def lanes_runs(runs: int, seconds: float, words: tuple[int, int]) -> dict:
     """The lone query (timed in turns with the bare forward), then ``runs`` times bulk alone and
     bulk with a query every 1.5 s: per run, the slowest query against the lone p50 and the bulk
@@ -381,8 +386,7 @@ def lanes_runs(runs: int, seconds: float, words: tuple[int, int]) -> dict:
     report: dict = {"words": words, "seconds": seconds, "runs": []}
     bare = BareForward(full, QUERY)
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(full, Path(tmp) / "full.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
-                        REQUEST_TIMEOUT_S="900").start(timeout=600)
+        server = full_server(full, Path(tmp))
         try:
             report["lone_query"] = lone = lone_query(server, bare)
             for _ in range(runs):
