@@ -14,6 +14,5 @@ def forward(model: Model, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, col
     """The outputs of one pass over the packed ``ids``, every step run in a row; ``colbert_texts``
     picks the texts that want ColBERT."""
     running = model.start(ids, lengths, kinds, colbert_texts, step_tokens)
-    while not running.step():
-        pass
+    running.finish()
     return running.outputs_async().wait()

@@ -155,28 +155,39 @@ class DeviceThread:
         return batch_of(self._table, held, batch.lane) if held else None
 
     def _launch(self, batch: Batch) -> Launched:
-        """The pass, a step at a time; between the steps of a bulk pass, waiting queries run."""
-        # A bulk pass of one long text keeps its steps to the budget's rows; queries run whole.
-        step_tokens = self._sizer.budget() if batch.lane == Lane.BULK else None
-        running = self._model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts, step_tokens)
-        began, interleaved = time.perf_counter(), 0.0
-        step_seconds: list[float] = []  # each step's own time, the interleaved passes left out
-        step_began = began
+        """The pass; a bulk one a step at a time, with waiting queries run between its steps."""
         bulk = batch.lane == Lane.BULK
+        # A bulk pass of one long text keeps its steps to the budget's rows; queries run whole.
+        step_tokens = self._sizer.budget() if bulk else None
+        running = self._model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts, step_tokens)
+        step_seconds: list[float] = []  # each step's own time, the interleaved passes left out
+        interleaved = 0.0
+        if bulk:
+            interleaved = self._steps(running, step_seconds)
+        else:
+            # Nothing runs between an interactive pass's steps: in a row, without the loop's
+            # bookkeeping (a GPU's small pass is bound by its host time).
+            running.finish()
+        return Launched(batch, running.outputs_async(), running.steps, running.steps_per_layer, running.step_tokens,
+                        step_seconds, interleaved)
+
+    def _steps(self, running: RunningPass, step_seconds: list[float]) -> float:
+        """A bulk pass's steps, each one's time added to ``step_seconds``; between two, a waiting
+        interactive batch. Returns the seconds the interactive batches took."""
+        began, interleaved = time.perf_counter(), 0.0
+        step_began = began
         while not running.step():
             step_seconds.append(time.perf_counter() - step_began)
-            if bulk:
-                # On a GPU, at most a layer queued: a query arriving waits behind that, not the pass.
-                running.keep_ahead(running.steps_per_layer)
-            if bulk and self._handoff.interactive:  # a deque's truth is safe to read unlocked
+            # On a GPU, at most a layer queued: a query arriving waits behind that, not the pass.
+            running.keep_ahead(running.steps_per_layer)
+            if self._handoff.interactive:  # a deque's truth is safe to read unlocked
                 # On a GPU the steps queued so far finish first: the query then queues behind
                 # none of them, and the clock below measures the device, not the queueing.
                 running.sync()
                 interleaved += self._interleave(running, time.perf_counter() - began - interleaved, interleaved)
             step_began = time.perf_counter()
         step_seconds.append(time.perf_counter() - step_began)
-        return Launched(batch, running.outputs_async(), running.steps, running.steps_per_layer, running.step_tokens,
-                        step_seconds, interleaved)
+        return interleaved
 
     def _interleave(self, running: RunningPass, bulk_s: float, interactive_s: float) -> float:
         """Run the waiting interactive batch now, if bulk has had its share; the time it took."""

@@ -149,6 +149,16 @@ class Pass:
         self.done += 1
         return self.done == self.steps
 
+    @torch.inference_mode()
+    def finish(self) -> None:
+        """Run every step left, in a row: a pass that no other runs between (an interactive one)
+        pays the per-step bookkeeping (inference mode, threads) once, not once a step."""
+        model, plan, state = self.model, self._plan, self.state
+        model.use_threads(self.tokens)
+        for done in range(self.done, self.steps):
+            state = model.encoder.run_step(*divmod(done, self.steps_per_layer), state, plan)
+        self.state, self.done = state, self.steps
+
     def keep_ahead(self, steps: int) -> None:
         self.timer.keep_ahead(steps)
 

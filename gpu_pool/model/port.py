@@ -44,6 +44,10 @@ class RunningPass(Protocol):
         """Run the next step (a part of a layer); True once the last one has run."""
         ...
 
+    def finish(self) -> None:
+        """Run every step left, in a row (nothing will run between them)."""
+        ...
+
     def keep_ahead(self, steps: int) -> None:
         """After a step: wait until the device is at most ``steps`` steps behind the host (at once on a CPU)."""
         ...

@@ -95,6 +95,20 @@ def test_outputs_async_gives_the_outputs_when_the_next_pass_ran_before_the_wait(
     assert 0 < pending.seconds() < 10  # the pass's time, from its start to its heads
 
 
+def test_finish_runs_the_steps_left_as_step_by_step_would(model):
+    ids, lengths = texts([12, 12, 5])
+    stepwise = model.start(ids, lengths, ALL, np.arange(3))
+    while not stepwise.step():
+        pass
+    finished = model.start(ids, lengths, ALL, np.arange(3))
+    finished.step()  # begun step by step (as a bulk pass), finished in a row
+    finished.finish()
+    assert finished.done == finished.steps == stepwise.steps
+    expected, got = stepwise.outputs_async().wait(), finished.outputs_async().wait()
+    for name in ("dense", "sparse", "colbert"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+
+
 def test_outputs_before_the_last_step_are_refused(model):
     running = model.start(IDS, LENGTHS, ALL, np.array([1]))
     running.step()

@@ -101,6 +101,9 @@ class OnePass:
     def step(self) -> bool:
         return True
 
+    def finish(self) -> None:
+        self.step()
+
     def sync(self) -> None:
         pass
 
