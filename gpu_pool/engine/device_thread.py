@@ -160,20 +160,20 @@ class DeviceThread:
         # A bulk pass of one long text keeps its steps to the budget's rows; queries run whole.
         step_tokens = self._sizer.budget() if bulk else None
         running = self._model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts, step_tokens)
-        step_seconds: list[float] = []  # each step's own time, the interleaved passes left out
-        interleaved = 0.0
         if bulk:
-            interleaved = self._steps(running, step_seconds)
+            step_seconds, interleaved = self._steps(running)
         else:
             # Nothing runs between an interactive pass's steps: in a row, without the loop's
             # bookkeeping (a GPU's small pass is bound by its host time).
             running.finish()
+            step_seconds, interleaved = [], 0.0
         return Launched(batch, running.outputs_async(), running.steps, running.steps_per_layer, running.step_tokens,
                         step_seconds, interleaved)
 
-    def _steps(self, running: RunningPass, step_seconds: list[float]) -> float:
-        """A bulk pass's steps, each one's time added to ``step_seconds``; between two, a waiting
-        interactive batch. Returns the seconds the interactive batches took."""
+    def _steps(self, running: RunningPass) -> tuple[list[float], float]:
+        """A bulk pass's steps, with a waiting interactive batch run between two: each step's own
+        time (the interleaved passes left out), and the seconds the interactive batches took."""
+        step_seconds: list[float] = []
         began, interleaved = time.perf_counter(), 0.0
         step_began = began
         while not running.step():
@@ -187,7 +187,7 @@ class DeviceThread:
                 interleaved += self._interleave(running, time.perf_counter() - began - interleaved, interleaved)
             step_began = time.perf_counter()
         step_seconds.append(time.perf_counter() - step_began)
-        return interleaved
+        return step_seconds, interleaved
 
     def _interleave(self, running: RunningPass, bulk_s: float, interactive_s: float) -> float:
         """Run the waiting interactive batch now, if bulk has had its share; the time it took."""

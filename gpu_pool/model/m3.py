@@ -142,22 +142,22 @@ class Pass:
     @torch.inference_mode()
     def step(self) -> bool:
         """Run the next step; True once the last one has run."""
-        model = self.model
-        model.use_threads(self.tokens)  # another pass, of another size, may have run since
-        layer, step = divmod(self.done, self.steps_per_layer)
-        self.state = model.encoder.run_step(layer, step, self.state, self._plan)
-        self.done += 1
+        self.model.use_threads(self.tokens)  # another pass, of another size, may have run since
+        self._next()
         return self.done == self.steps
 
     @torch.inference_mode()
     def finish(self) -> None:
         """Run every step left, in a row: a pass that no other runs between (an interactive one)
         pays the per-step bookkeeping (inference mode, threads) once, not once a step."""
-        model, plan, state = self.model, self._plan, self.state
-        model.use_threads(self.tokens)
-        for done in range(self.done, self.steps):
-            state = model.encoder.run_step(*divmod(done, self.steps_per_layer), state, plan)
-        self.state, self.done = state, self.steps
+        self.model.use_threads(self.tokens)
+        for _ in range(self.steps - self.done):
+            self._next()
+
+    def _next(self) -> None:
+        layer, step = divmod(self.done, self.steps_per_layer)
+        self.state = self.model.encoder.run_step(layer, step, self.state, self._plan)
+        self.done += 1
 
     def keep_ahead(self, steps: int) -> None:
         self.timer.keep_ahead(steps)
