@@ -181,11 +181,23 @@ def test_past_the_request_rate_429_and_below_it_nothing_is_refused(server: Serve
 
 
 def hold_a_request(port: int) -> socket.socket:
-    """A request whose body never comes: nginx counts it in progress while it waits for the body."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 100\r\n\r\n")
-    return sock
+    """A request whose body never comes: nginx counts it in progress while it waits for the body.
+
+    With two nginx workers, a request just served may still hold its slot in the other worker
+    for a moment; a hold sent then is refused at once, so a refused one is sent again."""
+    deadline = time.monotonic() + 10
+    while True:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n")
+        sock.settimeout(0.3)
+        try:
+            answer = sock.recv(1024)
+        except TimeoutError:  # no answer: nginx waits for the body
+            sock.settimeout(10)
+            return sock
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 429") and time.monotonic() < deadline, answer
 
 
 def connections_to(port: int) -> str:
