@@ -36,7 +36,8 @@ the engine resolves DEVICE): SIMDEVICE_TFLOPS, SIMDEVICE_LAUNCH_US, SIMDEVICE_CO
 
 What it does not model: the varlen flash kernel (tensors live on the CPU, so attention runs
 per length, as CUDA does in float32: more launches per layer than varlen), caching-allocator
-fragmentation, and CUDA graph capture.
+fragmentation, and a CUDA graph's one launch (``capture``'s replay runs the recorded work again,
+operation by operation).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,6 +250,19 @@ class SimDevice:
 
     def empty_cache(self) -> None:
         self.counts["emptied"] += 1
+
+    def capture(self, run: Callable[[], torch.Tensor], pool: Any) -> tuple[Callable[[], None], torch.Tensor]:
+        """A graph as a replay does it: the same work again, over the same buffers, into the
+        tensor the recording returned (each operation queued as a kernel, as they are here)."""
+        out = run()
+
+        def replay() -> None:
+            out.copy_(run())
+
+        return replay, out
+
+    def graph_pool(self) -> Any:
+        return None
 
     # -- the device's clock ------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The device check: what the GPU path does, measured in one run, as one JSON line.
 
     python -m bench.gpu.check [--device cuda:0] [--model full|tiny|FOLDER] [--quick] [--out DIR] [--budget-s S]
+                              [--parts env,build,engine,...]
 
 bench/gpu/check.sh runs it on the GPU machine after installing the wheels it carries; here,
 ``--device cpu --model tiny --quick`` runs every part end to end on the CPU. Parts, in
@@ -84,14 +85,14 @@ class Check:
         self.model = ROOT / "models" / f"bge-m3-{self.size}" if self.size else Path(args.model)
         self.report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device,
                                        "model": args.model, "quick": args.quick, "budget_s": args.budget_s,
-                                       "parts": {}}
+                                       "parts_asked": [p.name for p in PARTS if p.name in args.parts], "parts": {}}
         self.path: Path | None = None  # named once, after the first part (env names the GPU)
 
     def run(self) -> dict[str, Any]:
         """Every part in turn, the JSON written after each (``save``) and once more however the
         run ends: a timeout's ``SystemExit`` leaves the part it stopped marked ``interrupted``."""
         try:
-            for part in PARTS:
+            for part in (p for p in PARTS if p.name in self.args.parts):
                 self._part(part)
                 self.save()
         finally:
@@ -269,7 +270,8 @@ def file_name(report: dict[str, Any]) -> str:
     gpu = _get(report, "parts", "env", "gpu") or ("cpu" if report["device"] == "cpu" else _nvidia_name())
     slug = re.sub(r"[^A-Za-z0-9.]+", "-", gpu).strip("-") or "unknown"
     quick = "-quick" if report["quick"] else ""
-    return f"gpu-check-{time.strftime('%Y-%m-%d')}-{slug}{quick}.json"
+    some = "-some-parts" if len(report["parts_asked"]) < len(PARTS) else ""
+    return f"gpu-check-{time.strftime('%Y-%m-%d-%H%M')}-{slug}{quick}{some}.json"
 
 
 def _nvidia_name() -> str:
@@ -289,7 +291,13 @@ def main() -> None:
     parser.add_argument("--work", help="texts and server logs (default: OUT/work)")
     parser.add_argument("--budget-s", type=float,
                         help=f"the whole check's time ({BUDGET_S} s; quick {QUICK_BUDGET_S} s)")
+    parser.add_argument("--parts", default=",".join(p.name for p in PARTS),
+                        help="the parts to run, in the check's order (a rerun of those a budget skipped: "
+                             "env,build,engine,two_engines; the parts after build need it)")
     args = parser.parse_args()
+    args.parts = set(args.parts.split(","))
+    if unknown := args.parts - {p.name for p in PARTS}:
+        parser.error(f"no such part: {', '.join(sorted(unknown))}")
     args.budget_s = args.budget_s or (QUICK_BUDGET_S if args.quick else BUDGET_S)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     # A timeout's SIGTERM ends the check as an exception would: the part running is stopped

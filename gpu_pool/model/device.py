@@ -16,7 +16,7 @@ path runs, and the engine has no branch of its own for it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +91,14 @@ class Accelerator(Protocol):
 
     def empty_cache(self) -> None: ...
 
+    def capture(self, run: Callable[[], torch.Tensor], pool: Any) -> tuple[Callable[[], None], torch.Tensor]:
+        """``run``'s kernels recorded once as a graph: its ``replay`` (the same kernels on the same
+        memory, queued by one call) and the tensor that ``run`` returned, which each replay
+        rewrites. ``pool``: a ``graph_pool()`` that graphs which never run at once share."""
+        ...
+
+    def graph_pool(self) -> Any: ...
+
 
 class CudaAccelerator:
     """``torch.cuda``, as the ``Accelerator`` seam: the engine's CUDA path."""
@@ -129,6 +137,22 @@ class CudaAccelerator:
 
     def empty_cache(self) -> None:
         torch.cuda.empty_cache()
+
+    def capture(self, run: Callable[[], torch.Tensor], pool: Any) -> tuple[Callable[[], None], torch.Tensor]:
+        # Once eagerly on a side stream first, as torch asks: the kernels' lazy set-up (cuBLAS
+        # handles and workspaces, kernel choices) must not happen during capture.
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            out = run()
+        return graph.replay, out
+
+    def graph_pool(self) -> Any:
+        return torch.cuda.graph_pool_handle()
 
 
 _ACCELERATORS: dict[str, Accelerator] = {"cuda": CudaAccelerator()}

@@ -47,6 +47,9 @@ def load(path: Path, device_name: str, dtype_name: str, threads: int, reranker_p
     log.info("Attention: %s%s (%s)", choice.path, f" with {choice.kernel_name}" if choice.kernel_name else "",
              choice.reason)
     log.info("Matrix products: %s", model.products)
+    if model.graphs is not None:
+        sizes = "/".join(str(graph.tokens) for graph in model.graphs.graphs)
+        log.info("CUDA graphs recorded for whole passes of up to %s tokens", sizes)
     if not reranker_path:
         return Served(model)
     started = time.monotonic()

@@ -11,6 +11,7 @@ come back in one asynchronous copy (gpu_pool/model/transfer.py).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from transformers import AutoModel
 from gpu_pool.model import attention, cpu_linear
 from gpu_pool.model.device import Device
 from gpu_pool.model.flops import flops_per_token
+from gpu_pool.model.graphs import EncoderGraphs
 from gpu_pool.model.port import Outputs
 from gpu_pool.model.transfer import HostCopy, PassTimer, release_memory, to_device
 from gpu_pool.model.xlmr import PackedEncoder, State
@@ -33,6 +35,8 @@ from gpu_pool.wire.protocol import Kind
 # all when the web workers share the cores (tiny model, one short text per request:
 # 2.1 ms per batch on one thread against 4.3 ms on two, under load).
 PARALLEL_MIN_FLOPS = 50e6
+
+log = logging.getLogger("gpu_pool.engine")
 
 
 def use_threads(where: Device, threads: int, flops: float) -> None:
@@ -70,6 +74,20 @@ class M3Model:
         self.pad_id = int(model.config.pad_token_id)
         config = model.config
         self.flops_per_token = flops_per_token(config.num_hidden_layers, hidden, config.intermediate_size)
+        self.graphs = self._record_graphs()
+
+    def _record_graphs(self) -> EncoderGraphs | None:
+        """The small passes' graphs, on an accelerator's varlen path (None: every pass eager).
+        A graph that cannot be recorded costs speed, not the engine: it says why and goes on."""
+        accelerator = self.where.accelerator
+        if accelerator is None or self.encoder.kernel is None:
+            return None
+        try:
+            with torch.inference_mode():  # as the passes run
+                return EncoderGraphs(self.encoder, accelerator, self.pad_id)
+        except Exception as exc:  # noqa: BLE001 - any capture failure leaves the eager path, which works
+            log.warning("CUDA graphs not recorded, every pass runs eagerly: %s: %s", type(exc).__name__, exc)
+            return None
 
     @torch.inference_mode()
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
@@ -79,6 +97,12 @@ class M3Model:
         timer = PassTimer(self.where)
         # XLM-R numbers each text's positions from pad_id + 1.
         positions = packing.positions(lengths, first=self.pad_id + 1)
+        # A pass that runs whole (step_tokens None) replays a graph where one fits it.
+        graph = self.graphs.fitting(lengths) if self.graphs is not None and step_tokens is None else None
+        if graph is not None:
+            hidden = graph.run(self._tensor(graph.host_inputs(ids, positions, lengths)), len(ids))
+            return Pass(self, timer, hidden, lengths=lengths, kinds=kinds, colbert_texts=colbert_texts,
+                        replayed_steps_per_layer=graph.steps_per_layer)
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
         return Pass(self, timer, hidden, lengths=lengths, kinds=kinds, colbert_texts=colbert_texts,
                     step_tokens=step_tokens)
@@ -130,14 +154,16 @@ class Pass:
     steps the engine may run another pass whole, and this one goes on from the state it keeps."""
 
     def __init__(self, model: Encoding, timer: PassTimer, hidden: torch.Tensor, *, lengths: np.ndarray, kinds: Kind,
-                 colbert_texts: np.ndarray, step_tokens: int | None = None) -> None:
+                 colbert_texts: np.ndarray, step_tokens: int | None = None, replayed_steps_per_layer: int = 0) -> None:
+        """``replayed_steps_per_layer``: ``hidden`` is the last layer's already (a graph's replay,
+        gpu_pool/model/graphs.py), which ran as so many steps a layer; 0: the embeddings."""
         self.model, self.timer, self.state, self.tokens = model, timer, State(hidden=hidden), len(hidden)
         self.lengths, self.kinds, self.colbert_texts = lengths, kinds, colbert_texts
-        self._plan = model.encoder.plan(lengths.tolist(), step_tokens)  # once per pass
-        self.steps_per_layer = len(self._plan.steps)
+        self._plan = None if replayed_steps_per_layer else model.encoder.plan(lengths.tolist(), step_tokens)
+        self.steps_per_layer = len(self._plan.steps) if self._plan else replayed_steps_per_layer
         self.steps = model.layers * self.steps_per_layer
-        self.step_tokens = self._plan.step_tokens
-        self.done = 0  # steps run
+        self.step_tokens = self._plan.step_tokens if self._plan else self.tokens
+        self.done = 0 if self._plan else self.steps  # steps run
 
     @torch.inference_mode()
     def step(self) -> bool:
@@ -155,6 +181,7 @@ class Pass:
             self._next()
 
     def _next(self) -> None:
+        assert self._plan is not None, "a replayed pass has no steps left"
         layer, step = divmod(self.done, self.steps_per_layer)
         self.state = self.model.encoder.run_step(layer, step, self.state, self._plan)
         self.done += 1

@@ -291,9 +291,11 @@ class PackedEncoder:
         x = self.word[ids] + self.position[positions] + self.token_type
         return F.layer_norm(x, x.shape[-1:], *self.embedding_norm, eps=self.eps)
 
-    def plan(self, lengths: Sequence[int], step_tokens: int | None = None) -> Plan:
+    def plan(self, lengths: Sequence[int], step_tokens: int | None = None,
+             cu_seqlens: torch.Tensor | None = None) -> Plan:
         """What a pass's steps need of its lengths, once per pass; ``step_tokens``: the most
-        rows a step's products take (None: all)."""
+        rows a step's products take (None: all); ``cu_seqlens``: the varlen path's, already on
+        the device (a graph's: gpu_pool/model/graphs.py), instead of the lengths' own."""
         tokens = sum(lengths)
         chunks = tuple(Chunk(first=first, end=end, tokens=tokens) for first, end in row_chunks(tokens, step_tokens))
         parts: tuple[Attention, ...]
@@ -301,7 +303,9 @@ class PackedEncoder:
             spans = Spans(lengths, part_scores=SCORES_PER_TOKEN * widest(chunks))
             parts = tuple(AttentionPart(blocks=tuple(blocks)) for blocks in spans.parts)
         else:
-            spans = Spans(lengths, to_device(attention.cu_seqlens(lengths), self.word.device, np.int32))
+            if cu_seqlens is None:
+                cu_seqlens = to_device(attention.cu_seqlens(lengths), self.word.device, np.int32)
+            spans = Spans(lengths, cu_seqlens)
             parts = (VarlenAttention(spans=spans, kernel=self.kernel),)
         return Plan(spans=spans, chunks=chunks, steps=layer_steps(chunks, parts))
 

@@ -12,9 +12,11 @@ import torch
 
 from gpu_pool.model import attention
 from gpu_pool.model.attention import PER_LENGTH, VARLEN, Block, Spans
+from gpu_pool.model.graphs import EncoderGraphs
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.wire.protocol import Kind
 from testkit.passes import forward
+from testkit.simdevice import SimDevice
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 ALL = Kind.DENSE | Kind.SPARSE | Kind.COLBERT
@@ -116,7 +118,53 @@ def test_outputs_before_the_last_step_are_refused(model):
         running.outputs_async()
 
 
+# Passes of several sizes for graphs of 64 and 128 tokens: a few texts, one, the most texts a
+# 64-token graph takes, a pass too large for either, and a text longer than a graph takes.
+GRAPHED = [[30, 17, 9], [4], [2] * 32, [60, 60], [65]]
+EAGER = [[100, 100], [129]]
+
+
+def graph_outputs(model: M3Model) -> list[dict[str, np.ndarray]]:
+    """Each pass of GRAPHED and EAGER run whole; asserts which replayed a graph."""
+    outputs = []
+    for lengths in GRAPHED + EAGER:
+        ids, lens = texts(lengths)
+        running = model.start(ids, lens, ALL, np.arange(len(lens)))
+        assert (running.done == running.steps) == (model.graphs is not None and lengths in GRAPHED), lengths
+        running.finish()
+        got = running.outputs_async().wait()
+        outputs.append({"dense": got.dense, "sparse": got.sparse, "colbert": got.colbert})
+    return outputs
+
+
+def test_a_replayed_graph_gives_the_eager_pass_outputs(tiny_model):
+    """gpu_pool/model/graphs.py on the CPU: recorded by the simulated device (a replay runs the
+    recorded work again over the same buffers), on a varlen kernel made of the per-length path.
+    The buffers are reused pass after pass, padded each time."""
+    model = M3Model(tiny_model, torch.device("cpu"), torch.float32)
+    model.encoder.kernel = per_length_kernel
+    eager = graph_outputs(model)
+    model.graphs = EncoderGraphs(model.encoder, SimDevice(), model.pad_id, sizes=(64, 128))
+    for got, expected in zip(graph_outputs(model), eager, strict=True):
+        for name in ("dense", "sparse", "colbert"):
+            np.testing.assert_allclose(got[name], expected[name], atol=1e-5)
+
+
 # -- on the GPU machine ------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@CUDA
+def test_cuda_graphs_give_the_eager_pass_outputs(tiny_model):
+    model = M3Model(tiny_model, torch.device("cuda:0"), torch.float16)
+    assert model.graphs is not None, "CUDA graphs were not recorded (the engine's log says why)"
+    model.graphs.graphs = [graph for graph in model.graphs.graphs if graph.tokens <= 128]  # as GRAPHED expects
+    graphed = graph_outputs(model)
+    model.graphs = None
+    for got, expected in zip(graphed, graph_outputs(model), strict=True):
+        assert (got["dense"] * expected["dense"]).sum(-1).min() >= 0.999
+        np.testing.assert_allclose(got["sparse"], expected["sparse"], atol=2e-2)
+        assert (got["colbert"] * expected["colbert"]).sum(-1).min() >= 0.999
 
 
 @pytest.mark.gpu

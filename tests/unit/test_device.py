@@ -48,7 +48,7 @@ def test_each_engine_makes_its_cuda_device_the_current_one(monkeypatch):
 
     class Loaded:
         attention = types.SimpleNamespace(path="varlen", kernel_name="", reason="a fake")
-        dim, device_name, dtype_name, products = 8, "a device", "a dtype", "F.linear"
+        dim, device_name, dtype_name, products, graphs = 8, "a device", "a dtype", "F.linear", None
 
         def __init__(self, path, device, dtype, threads):
             current_at_load.append(list(current))

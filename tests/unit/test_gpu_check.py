@@ -95,11 +95,15 @@ def test_a_missing_part_is_not_measured_rather_than_failed():
     assert summary["all_measured_targets_met"] is True  # nothing measured failed
 
 
-def test_the_file_is_named_by_date_and_gpu():
-    report = {"device": "cuda:0", "quick": False, "parts": {"env": {"gpu": "NVIDIA H200"}}}
+def test_the_file_is_named_by_date_gpu_and_parts():
+    every = [part.name for part in gpu_check.PARTS]
+    report = {"device": "cuda:0", "quick": False, "parts_asked": every, "parts": {"env": {"gpu": "NVIDIA H200"}}}
     name = gpu_check.file_name(report)
     assert name.startswith("gpu-check-20") and name.endswith("-NVIDIA-H200.json")
-    assert gpu_check.file_name({"device": "cpu", "quick": True, "parts": {}}).endswith("-cpu-quick.json")
+    quick = {"device": "cpu", "quick": True, "parts_asked": every, "parts": {}}
+    assert gpu_check.file_name(quick).endswith("-cpu-quick.json")
+    rerun = {"device": "cpu", "quick": False, "parts_asked": ["env", "build", "engine"], "parts": {}}
+    assert gpu_check.file_name(rerun).endswith("-cpu-some-parts.json")
 
 
 def test_a_part_that_fails_or_hangs_becomes_an_error_entry():
@@ -151,7 +155,7 @@ def test_the_cuda_tests_run_right_after_env_and_the_whole_check_fits_its_budget(
 
 def check_args(tmp_path: Path) -> argparse.Namespace:
     return argparse.Namespace(device="cuda:0", model="tiny", quick=False, out=str(tmp_path), work=str(tmp_path / "w"),
-                              budget_s=300.0)
+                              budget_s=300.0, parts={part.name for part in gpu_check.PARTS})
 
 
 def test_the_json_is_written_after_every_part_and_a_stopped_check_keeps_the_finished_ones(tmp_path, monkeypatch):
