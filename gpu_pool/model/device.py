@@ -5,7 +5,7 @@ returns. An accelerator (CUDA) runs asynchronously: the host queues kernels on a
 learns that they ran from events. Every call of gpu_pool into such a device goes through one
 small object, an ``Accelerator``: streams, blocking events (record, query, synchronize,
 elapsed time), pinned host buffers and asynchronous copies, the current device, the memory
-cache, and the type of its out-of-memory error. ``CudaAccelerator`` wraps ``torch.cuda``.
+cache, graph capture, and the type of its out-of-memory error. ``CudaAccelerator`` wraps ``torch.cuda``.
 
 Accelerators are found by DEVICE's kind (the part before ``:``) in a registry: ``cuda`` is
 built in; a kind that names a module (``testkit.simdevice:0``) is imported, and registers its

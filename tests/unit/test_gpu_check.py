@@ -180,6 +180,16 @@ def test_the_json_is_written_after_every_part_and_a_stopped_check_keeps_the_fini
     assert "server" not in report["parts"] and report["summary"]["targets"]  # judged on what there is
 
 
+def test_a_rerun_of_some_parts_runs_those_alone_in_the_checks_order(tmp_path, monkeypatch):
+    ran: list[str] = []
+    monkeypatch.setattr(gpu_check.Check, "_run", lambda check, name, limit: ran.append(name) or {"gpu": "NVIDIA H200"})
+    args = check_args(tmp_path)
+    args.parts = {"two_engines", "env", "engine"}
+    report = gpu_check.Check(args).run()
+    assert ran == ["env", "engine", "two_engines"]
+    assert report["parts_asked"] == ran and list(report["parts"]) == ran
+
+
 def test_a_refused_tmpfs_mount_leaves_the_machines_dev_shm_and_says_so(monkeypatch):
     monkeypatch.setattr(gpu_server.shutil, "disk_usage", lambda path: shutil_usage(64 * 2**20))
     monkeypatch.setattr(gpu_server.os, "geteuid", lambda: 0)
