@@ -11,6 +11,8 @@ loads count every request sent in it, however late its answer):
   short_queries     one text of 8-16 tokens per request, dense only (base64), 64+ connections;
   lone_query        the same from one connection: the latency of a query on an idle server
                     (``lone_query`` here times it for bench.run and bench.priority too);
+  queries_under_bulk  the lone query's loop beside the bulk all-kinds load: the lanes on the
+                    device (its p99 against the lone p50; target <= 2x);
 and where the time goes under the short queries: the engine's busy share (from /stats)
 and the CPU the web workers and the engine used (from /proc). ``--only two_engines``: the
 short and lone queries again with two engines on the one device.
@@ -23,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -142,6 +145,25 @@ def lone_query_figures(server: Server, work: list[httpload.Request], seconds: fl
     return {**result.figures("tokens"), "engine_ms_per_batch": engine_ms}
 
 
+def queries_under_bulk(server: Server, plan: Plan, bulk: list[httpload.Request], work: list[httpload.Request],
+                       lone_p50_ms: float | None) -> dict[str, Any]:
+    """The lone query's loop (one connection, each query sent when the last is answered) while
+    the bulk load runs beside it: whether the lanes hold on the device (a query's p99 against
+    the lone query's p50), and the bulk rate meanwhile."""
+    beside: list[dict[str, float]] = []
+    window = plan.window_s
+    thread = threading.Thread(target=lambda: beside.append(load(
+        server.port, bulk, plan.bulk_connections, plan.client_processes, window + 1, plan.warmup_s)))
+    thread.start()
+    time.sleep(plan.warmup_s)  # the bulk passes at their size before the first query
+    result = httpload.run("127.0.0.1", server.port, work, 1, 1, window - 1, 0.5)
+    thread.join()
+    figures = result.figures("tokens")
+    queries = {key: figures[key] for key in ("requests", "errors", "p50_ms", "p99_ms", "max_ms")}
+    return {"queries": queries, "bulk_tokens_per_s": beside[0]["tokens_per_s"] if beside else None,
+            "p99_vs_lone_p50": round(queries["p99_ms"] / lone_p50_ms, 2) if lone_p50_ms else None}
+
+
 def gpu_memory_mib() -> dict[str, int]:
     """Memory each process holds on the GPU, as nvidia-smi reports it (empty where it cannot)."""
     try:
@@ -214,6 +236,9 @@ def measure_server(args: argparse.Namespace, plan: Plan, work: Path, texts: dict
         "short_queries": lambda: where_time_goes(server, lambda: load(
             server.port, asks, plan.short_connections, plan.client_processes, plan.short_window_s, plan.warmup_s)),
         "lone_query": lambda: lone_query_figures(server, asks, plan.lone_window_s),
+        # Bulk of all three kinds, as an indexer sends it, and one query at a time beside it.
+        "queries_under_bulk": lambda: queries_under_bulk(server, plan, everything, asks,
+                                                         out.get("lone_query", {}).get("p50_ms")),
         "stats_config": lambda: server.stats()["config"],
         "web_worker_rss_mb": lambda: [procs.rss_mb(p) for p in sorted(procs.worker_pids(server))],
     }
