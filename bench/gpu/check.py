@@ -83,16 +83,17 @@ class Check:
         self.work.mkdir(parents=True, exist_ok=True)
         self.size = args.model if args.model in ("full", "tiny") else None
         self.model = ROOT / "models" / f"bge-m3-{self.size}" if self.size else Path(args.model)
+        self.parts = [part for part in PARTS if part.name in args.parts]  # in the check's order
         self.report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device,
                                        "model": args.model, "quick": args.quick, "budget_s": args.budget_s,
-                                       "parts_asked": [p.name for p in PARTS if p.name in args.parts], "parts": {}}
+                                       "parts_asked": [part.name for part in self.parts], "parts": {}}
         self.path: Path | None = None  # named once, after the first part (env names the GPU)
 
     def run(self) -> dict[str, Any]:
         """Every part in turn, the JSON written after each (``save``) and once more however the
         run ends: a timeout's ``SystemExit`` leaves the part it stopped marked ``interrupted``."""
         try:
-            for part in (p for p in PARTS if p.name in self.args.parts):
+            for part in self.parts:
                 self._part(part)
                 self.save()
         finally:

@@ -26,7 +26,7 @@ from gpu_pool.model.flops import flops_per_token
 from gpu_pool.model.graphs import EncoderGraphs
 from gpu_pool.model.port import Outputs
 from gpu_pool.model.transfer import HostCopy, PassTimer, release_memory, to_device
-from gpu_pool.model.xlmr import PackedEncoder, State
+from gpu_pool.model.xlmr import PackedEncoder, Plan, State
 from gpu_pool.wire import packing
 from gpu_pool.wire.protocol import Kind
 
@@ -159,11 +159,14 @@ class Pass:
         gpu_pool/model/graphs.py), which ran as so many steps a layer; 0: the embeddings."""
         self.model, self.timer, self.state, self.tokens = model, timer, State(hidden=hidden), len(hidden)
         self.lengths, self.kinds, self.colbert_texts = lengths, kinds, colbert_texts
-        self._plan = None if replayed_steps_per_layer else model.encoder.plan(lengths.tolist(), step_tokens)
-        self.steps_per_layer = len(self._plan.steps) if self._plan else replayed_steps_per_layer
+        self._plan: Plan | None = None
+        if replayed_steps_per_layer:
+            self.steps_per_layer, self.step_tokens = replayed_steps_per_layer, self.tokens
+        else:
+            self._plan = plan = model.encoder.plan(lengths.tolist(), step_tokens)  # once per pass
+            self.steps_per_layer, self.step_tokens = len(plan.steps), plan.step_tokens
         self.steps = model.layers * self.steps_per_layer
-        self.step_tokens = self._plan.step_tokens if self._plan else self.tokens
-        self.done = 0 if self._plan else self.steps  # steps run
+        self.done = self.steps if replayed_steps_per_layer else 0  # steps run
 
     @torch.inference_mode()
     def step(self) -> bool:
