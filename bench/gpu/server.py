@@ -12,7 +12,8 @@ loads count every request sent in it, however late its answer):
   lone_query        the same from one connection: the latency of a query on an idle server
                     (``lone_query`` here times it for bench.run and bench.priority too);
   queries_under_bulk  the lone query's loop beside the bulk all-kinds load: the lanes on the
-                    device (its p99 against the lone p50; target <= 2x);
+                    device (its p99 against the lone p50; target <= 2x), and where its time goes;
+  queries_under_dense_bulk  the same beside the bulk dense load (answers a thousandth the size);
 and where the time goes under the short queries: the engine's busy share (from /stats)
 and the CPU the web workers and the engine used (from /proc). ``--only two_engines``: the
 short and lone queries again with two engines on the one device.
@@ -109,16 +110,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def where_time_goes(server: Server, run: Callable[[], dict[str, float]]) -> dict[str, Any]:
-    """``run``'s figures, with the engine's busy share and the cores the web workers and engine used
-    (with several engines, their sums)."""
+def where_time_goes(server: Server, run: Callable[[], dict[str, float]], machine: bool = False) -> dict[str, Any]:
+    """``run``'s figures, with the engine's busy share, its mean time for an interactive request
+    (arrival to answer), and the cores the web workers and engine used (with several engines,
+    their sums); ``machine``: the cores the whole machine used too."""
     workers, engines = sorted(procs.worker_pids(server)), procs.engine_pids(server)
-    before = server.stats()["batching"]
+    stats_before = server.stats()
+    before = stats_before["batching"]
     cpu_before = [cpu_seconds(p) for p in (*workers, *engines)]
+    machine_before = machine_busy_s()
     started = time.monotonic()
     figures: dict[str, Any] = run()
     wall = time.monotonic() - started
-    after = server.stats()["batching"]
+    machine_after = machine_busy_s()
+    stats_after = server.stats()
+    after = stats_after["batching"]
     cpu = [cpu_seconds(p) - c for p, c in zip((*workers, *engines), cpu_before, strict=True)]
     batches = after["batches"] - before["batches"]
     busy = engine_busy_s(after) - engine_busy_s(before)
@@ -128,7 +134,28 @@ def where_time_goes(server: Server, run: Callable[[], dict[str, float]]) -> dict
                                           / max(1, batches), 2)
     figures["web_workers_cores"] = round(sum(cpu[:len(workers)]) / wall, 2)
     figures["engine_cores"] = round(sum(cpu[len(workers):]) / wall, 2)
+    if machine:
+        figures["machine_busy_cores"] = round((machine_after - machine_before) / wall, 2)
+    figures["engine_interactive_ms"] = lane_mean_ms(stats_before["lanes"]["interactive"],
+                                                    stats_after["lanes"]["interactive"])
     return figures
+
+
+def lane_mean_ms(before: dict[str, float], after: dict[str, float]) -> dict[str, float] | None:
+    """A lane's mean wait and latency in the engine (ms) over the requests answered between two
+    readings of /stats (which gives the means since the engine started)."""
+    count = after["requests"] - before["requests"]
+    if count <= 0:
+        return None
+    return {key.removeprefix("average_").removesuffix("_s"): round(
+        1000 * (after[key] * after["requests"] - before[key] * before["requests"]) / count, 2)
+        for key in ("average_wait_s", "average_latency_s")}
+
+
+def machine_busy_s() -> float:
+    """The CPU seconds the whole machine has been busy (every core; idle and iowait left out)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
 
 
 def lone_query(server: Server, work: list[httpload.Request], seconds: float,
@@ -151,19 +178,47 @@ def queries_under_bulk(server: Server, plan: Plan, bulk: list[httpload.Request],
                        lone_p50_ms: float | None) -> dict[str, Any]:
     """The lone query's loop (one connection, each query sent when the last is answered) while
     the bulk load runs beside it: whether the lanes hold on the device (a query's p99 against
-    the lone query's p50), and the bulk rate meanwhile."""
+    the lone query's p50), and the bulk rate meanwhile. Where a query's time goes: the engine's
+    mean for an interactive request, the web workers' own times for the queries (from the
+    access log), and the cores each side and the whole machine used."""
     beside: list[dict[str, float]] = []
     window = plan.window_s
     thread = threading.Thread(target=lambda: beside.append(load(
         server.port, bulk, plan.bulk_connections, plan.client_processes, window + 1, plan.warmup_s)))
     thread.start()
     time.sleep(plan.warmup_s)  # the bulk passes at their size before the first query
-    result = httpload.run("127.0.0.1", server.port, work, 1, 1, window - 1, 0.5)
+    logged = server.log_path.stat().st_size
+    figures: dict[str, Any] = where_time_goes(server, lambda: httpload.run(
+        "127.0.0.1", server.port, work, 1, 1, window - 1, 0.5).figures("tokens"), machine=True)
     thread.join()
-    figures = result.figures("tokens")
     queries = {key: figures[key] for key in ("requests", "errors", "p50_ms", "p99_ms", "max_ms")}
     return {"queries": queries, "bulk_tokens_per_s": beside[0]["tokens_per_s"] if beside else None,
-            "p99_vs_lone_p50": round(queries["p99_ms"] / lone_p50_ms, 2) if lone_p50_ms else None}
+            "p99_vs_lone_p50": round(queries["p99_ms"] / lone_p50_ms, 2) if lone_p50_ms else None,
+            "queries_in_web_workers_ms": query_durations(server.log_path, logged),
+            **{key: figures[key] for key in ("engine_interactive_ms", "web_workers_cores", "engine_cores",
+                                             "machine_busy_cores")}}
+
+
+QUERY_BYTES = 100_000  # a query's answer is a few kB; a bulk one of all kinds tens of MB
+
+
+def query_durations(log_path: Path, start: int) -> dict[str, float] | None:
+    """The web workers' own times (gunicorn's, from reading the request to the last byte sent)
+    of the small embedding answers logged after byte ``start`` of the server's JSON log."""
+    times = []
+    with open(log_path, "rb") as log:
+        log.seek(start)
+        for line in log:
+            if b'"duration_ms"' not in line or b"/v1/embeddings" not in line:
+                continue
+            record = orjson.loads(line)
+            if (record.get("bytes") or 0) < QUERY_BYTES:
+                times.append(record["duration_ms"])
+    if not times:
+        return None
+    times.sort()
+    return {"requests": len(times), "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
+            "max": times[-1]}
 
 
 def gpu_memory_mib() -> dict[str, int]:
@@ -241,6 +296,9 @@ def measure_server(args: argparse.Namespace, plan: Plan, work: Path, texts: dict
         # Bulk of all three kinds, as an indexer sends it, and one query at a time beside it.
         "queries_under_bulk": lambda: queries_under_bulk(server, plan, everything, asks,
                                                          out.get("lone_query", {}).get("p50_ms")),
+        # The same beside bulk of dense vectors only: what the bulk answers' size adds.
+        "queries_under_dense_bulk": lambda: queries_under_bulk(server, plan, dense, asks,
+                                                               out.get("lone_query", {}).get("p50_ms")),
         "stats_config": lambda: server.stats()["config"],
         "web_worker_rss_mb": lambda: [procs.rss_mb(p) for p in sorted(procs.worker_pids(server))],
     }

@@ -5,13 +5,13 @@ inputs are all done, fails the jobs of a pass that failed, and learns the pass's
 the sizing of the next ones. Once a job's first pass began, it alone answers or fails it.
 
 Which thread runs it depends on the device (``device_thread.for_device``). On a GPU it is
-the answer thread (``AnswerThread``): the device thread queues a pass's kernels, hands the
-pass over and queues the next one, so that waiting for the outputs' copy to the host,
-writing the vectors into the jobs' shared memory and sending the answers overlap the next
-pass's kernels. Tasks run one at a time in the order given, so a job's failure never
-overtakes the writes of its earlier passes. ``submit`` waits while ``depth`` tasks are
-waiting or running: the device thread stays at most that many passes ahead of the answers
-(the queued work that a query arriving would wait behind). On a CPU the device thread runs
+an answer thread (``AnswerThread``), one per lane (``LaneAnswers``): the device thread queues
+a pass's kernels, hands the pass over and queues the next one, so that waiting for the
+outputs' copy to the host, writing the vectors into the jobs' shared memory and sending the
+answers overlap the next pass's kernels. A lane's tasks run one at a time in the order given,
+so a job's failure never overtakes the writes of its earlier passes (a job's passes are all of
+one lane). ``submit`` waits while ``depth`` tasks of the lane are waiting or running: the device
+thread stays at most that many passes ahead of the answers. On a CPU the device thread runs
 it itself, between passes (``device_thread.Inline``).
 """
 
@@ -227,6 +227,23 @@ class AnswerThread:
                 run_guarded(task)
             finally:
                 self._room.release()
+
+
+class LaneAnswers:
+    """An answer thread per lane. A bulk pass of all three kinds writes tens of MB of ColBERT
+    rows into fresh shared memory (about 30 ms of page faults for 32k tokens); behind it in one
+    thread, a query run between that pass's successor's steps waited for its answer, and the
+    device thread, handing the query's answer over, waited with it."""
+
+    def __init__(self) -> None:
+        self._threads = {lane: AnswerThread() for lane in Lane}
+
+    def submit(self, lane: Lane, task: Task) -> None:
+        self._threads[lane].submit(task)
+
+    def close(self) -> None:
+        for thread in self._threads.values():
+            thread.close()
 
 
 def run_guarded(task: Task) -> None:

@@ -2,7 +2,7 @@
 planner prepared, a step at a time. Between the steps of a bulk pass it runs a waiting
 interactive batch whole (``lanes.may_interleave``). A pass that runs out of memory is split in
 two and retried, down to the one input that does not fit. It hands each pass to the
-``Answerer`` through the answer thread on a GPU; on a CPU it runs the answering itself,
+``Answerer`` through its lane's answer thread on a GPU; on a CPU it runs the answering itself,
 between passes (``Inline``, below)."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from gpu_pool.devices import is_cpu
 from gpu_pool.engine.answers import (
     DEVICE_FAULT_MESSAGE,
     Answerer,
-    AnswerThread,
     DeviceFault,
+    LaneAnswers,
     Launched,
     Task,
     is_device_fault,
@@ -45,18 +45,18 @@ class Inline:
     answer thread; six alternating turns, bench/ab.py): the device thread answers each pass
     itself, between passes. Each task runs at once, on the thread that submits it."""
 
-    def submit(self, task: Task) -> None:
+    def submit(self, lane: Lane, task: Task) -> None:
         run_guarded(task)
 
     def close(self) -> None:
         pass
 
 
-def for_device(device_name: str) -> AnswerThread | Inline:
+def for_device(device_name: str) -> LaneAnswers | Inline:
     """Where the answering runs: beside the device thread on a GPU, on it on a CPU."""
     if is_cpu(device_name):
         return Inline()
-    return AnswerThread()  # cuda-only
+    return LaneAnswers()  # cuda-only
 
 
 class DeviceThread:
@@ -132,7 +132,7 @@ class DeviceThread:
             out_of_memory = is_out_of_memory(exc)
             halves = self._failed_pass(batch, exc, out_of_memory)
         else:
-            self._answers.submit(lambda: self._answerer.answer(launched))
+            self._answers.submit(batch.lane, lambda: self._answerer.answer(launched))
             return
         # Out of the handler, the failed pass is gone: the exception held it (its traceback's
         # frames, with their tensors) until now; only now can the device's cache be given back.
@@ -208,16 +208,16 @@ class DeviceThread:
         """Out of memory: the batch's two halves to retry, so that only the input that does not
         fit alone fails. A device fault ends the engine; any other error fails the batch's jobs."""
         if is_device_fault(exc):
-            self._answers.submit(lambda: self._answerer.device_failed(batch.items, exc))
+            self._answers.submit(batch.lane, lambda: self._answerer.device_failed(batch.items, exc))
             raise DeviceFault(str(exc)) from None
         if not out_of_memory:
             log.error("Forward pass failed for %d inputs: %s", len(batch.items), exc, exc_info=True)
-            self._fail_later(batch.items, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
+            self._fail_later(batch, ErrorCode.FORWARD_FAILED, "the model failed on this batch")
             return []
         if len(batch.items) == 1:
             item = batch.items[0]
             log.error("Out of memory on one input of %d tokens: %s", item.length, exc)
-            self._fail_later(batch.items, ErrorCode.OUT_OF_MEMORY,
+            self._fail_later(batch, ErrorCode.OUT_OF_MEMORY,
                              f"an input of {item.length} tokens needs more memory than the device has")
             return []
         log.warning("Out of memory on %d inputs (%d tokens); retrying in two halves",
@@ -231,6 +231,6 @@ class DeviceThread:
                 halves.append(retry)
         return halves
 
-    def _fail_later(self, items: list[Item], code: ErrorCode, message: str) -> None:
-        """Fail the jobs of ``items`` where the answers run, after the answers of earlier passes."""
-        self._answers.submit(lambda: self._answerer.fail(items, code, message))
+    def _fail_later(self, batch: Batch, code: ErrorCode, message: str) -> None:
+        """Fail the jobs of ``batch`` where its lane's answers run, after the answers of earlier passes."""
+        self._answers.submit(batch.lane, lambda: self._answerer.fail(batch.items, code, message))

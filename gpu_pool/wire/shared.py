@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+import threading
 from dataclasses import dataclass, field, fields
 from multiprocessing.context import BaseContext
 
@@ -104,6 +105,9 @@ _COUNTS = frozenset(f.name for f in fields(EngineStats) if f.type == "int")  # k
 _COUNTERS = tuple((i, f.name) for i, f in enumerate(fields(EngineStats)) if not f.metadata.get("gauge"))
 
 
+_ADDING = threading.Lock()  # one per process: only the engine's own threads add to its figures
+
+
 class EngineState(enum.IntEnum):
     LOADING = 0
     READY = 1
@@ -126,10 +130,12 @@ class EngineShared:
         return sum(self.in_flight)
 
     def add_stats(self, delta: EngineStats) -> None:
-        """Add ``delta``'s counters (its gauges are left alone)."""
-        for i, name in _COUNTERS:
-            if value := getattr(delta, name):
-                self.stats[i] += value
+        """Add ``delta``'s counters (its gauges are left alone). The engine's threads add at once
+        (the device thread, the answer threads): each ``+=`` reads, then writes."""
+        with _ADDING:
+            for i, name in _COUNTERS:
+                if value := getattr(delta, name):
+                    self.stats[i] += value
 
     def set_queues(self, interactive: int, bulk: int) -> None:
         self._set("interactive_queue", interactive)

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from gpu_pool.devices import is_cpu
-from gpu_pool.engine.answers import AnswerThread, DeviceFault, is_device_fault
+from gpu_pool.engine.answers import AnswerThread, DeviceFault, LaneAnswers, is_device_fault
 from gpu_pool.engine.device_thread import Inline, for_device
 from gpu_pool.engine.loop import Engine
 from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.model.port import Outputs
 from gpu_pool.wire import protocol
-from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Job, Kind, Stop
+from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Job, Kind, Lane, Stop
 from gpu_pool.wire.segment import Layout, Segment
 from gpu_pool.wire.shared import EngineShared
 
@@ -37,16 +37,30 @@ def test_a_device_name_is_a_cpu_with_or_without_its_index(device, cpu):
     assert is_cpu(device) is cpu
 
 
-def test_a_gpu_gets_the_answer_thread_a_cpu_answers_inline():
-    assert isinstance(for_device("cuda:0"), AnswerThread)
+def test_a_gpu_gets_answer_threads_a_cpu_answers_inline():
+    gpu = for_device("cuda:0")
+    assert isinstance(gpu, LaneAnswers)
+    gpu.close()
     assert isinstance(for_device("cpu:0"), Inline)
     inline = for_device("cpu")
     assert isinstance(inline, Inline)
     ran: list[int] = []
-    inline.submit(lambda: ran.append(1))
+    inline.submit(Lane.BULK, lambda: ran.append(1))
     assert ran == [1]  # at once, on this thread
-    inline.submit(lambda: 1 / 0)  # a failing task is logged, not raised into the device thread
+    inline.submit(Lane.INTERACTIVE, lambda: 1 / 0)  # a failing task is logged, not raised into the device thread
     inline.close()
+
+
+def test_a_query_is_answered_while_a_bulk_answer_is_still_being_written():
+    answers = LaneAnswers()
+    writing, order = threading.Event(), []
+    answers.submit(Lane.BULK, lambda: (writing.wait(5), order.append("bulk")))
+    answered = threading.Event()
+    answers.submit(Lane.INTERACTIVE, lambda: (order.append("query"), answered.set()))
+    assert answered.wait(5), "the query's answer waited for the bulk pass's"
+    writing.set()
+    answers.close()  # runs both lanes' tasks to their end
+    assert order == ["query", "bulk"]
 
 
 def test_tasks_run_in_order_and_a_failing_one_stops_none_after_it():
