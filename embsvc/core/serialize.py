@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import orjson
@@ -17,6 +18,17 @@ _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _WIRE_DTYPES = {"float32": "<f4", "float16": "<f2"}
 
 Decode = Callable[[np.ndarray], list[str]]
+
+
+def give_way() -> None:
+    """Let another thread of this worker take the GIL, if one waits for it. CPython hands the GIL
+    over on request only once a thread has waited 5 ms for it, and a thread that lets it go for
+    a moment and takes it straight back (numpy does, in each sort or cast of more than a few
+    hundred values) restarts that wait: a loop over a bulk answer's items kept a query's thread
+    out for the whole loop (the H200's queries beside bulk of all kinds: p99 51 ms in the web
+    workers, against 7 ms beside dense bulk; bench/gil.py measures it). A sleep of 0 lets it go
+    across a system call, in which the waiting thread takes it."""
+    time.sleep(0)
 
 
 def _vectors(array: np.ndarray, encoding_format: str, dtype: str) -> np.ndarray | str:
@@ -44,6 +56,8 @@ def embedding_items(result: Vectors, kinds: Kind, encoding_format: str, dtype: s
     result: serialize them before it is closed."""
     items = []
     for i in range(len(result)):
+        if i:
+            give_way()
         item: dict[str, object] = {"object": "embedding", "index": i}
         dense = sparse = colbert = None
         if kinds & Kind.DENSE:
@@ -67,10 +81,21 @@ def dumps(payload: object) -> bytes:
     return orjson.dumps(payload, option=_OPTIONS)
 
 
+def dumps_list(values: Iterable[object]) -> list[bytes]:
+    """A JSON array's pieces (to be joined), its values serialized one at a time. orjson holds
+    the GIL for all of one call: tens of milliseconds for a batch of ColBERT matrices, in which
+    no other request of this worker (a query) moves. Between values, they move (``give_way``)."""
+    pieces = [b"["]
+    for value in values:
+        if len(pieces) > 1:
+            give_way()
+            pieces.append(b",")
+        pieces.append(dumps(value))
+    pieces.append(b"]")
+    return pieces
+
+
 def dumps_items(before: dict[str, object], key: str, items: list[dict[str, object]],
                 after: dict[str, object]) -> bytes:
-    """``{**before, key: items, **after}`` as JSON, the items serialized one at a time. orjson
-    holds the GIL for all of one call: tens of milliseconds for a batch of ColBERT matrices, in
-    which no other request of this worker (a query) moves. Item by item, they move between."""
-    parts = [dumps(item) for item in items]  # a loop in Python: the GIL may pass on between items
-    return b"".join((dumps(before)[:-1], b',"', key.encode(), b'":[', b",".join(parts), b"],", dumps(after)[1:]))
+    """``{**before, key: items, **after}`` as JSON, the items serialized one at a time."""
+    return b"".join((dumps(before)[:-1], b',"', key.encode(), b'":', *dumps_list(items), b",", dumps(after)[1:]))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from embsvc.core.embedding import EmbeddingRequest, EmbeddingService
 from embsvc.core.scoring import RerankRequest, ScoreService
-from embsvc.core.serialize import dumps
+from embsvc.core.serialize import dumps, dumps_list
 from embsvc.core.tokenize import TokenizeService
 from embsvc.core.tokenizer import Token
 from embsvc.core.windows import Vectors
@@ -32,8 +32,8 @@ def _sparse(result: Vectors) -> bytes:
 
 def _per_token(result: Vectors) -> bytes:
     """``[[[float]]]``: TEI's per-token vectors (EmbedAllResponse); here the ColBERT vectors,
-    a row per token but the first."""
-    return dumps([result.colbert(i) for i in range(len(result))])
+    a row per token but the first: input by input, the worker's other requests moving between."""
+    return b"".join(dumps_list(result.colbert(i) for i in range(len(result))))
 
 
 _BODIES: dict[Kind, Callable[[Vectors], bytes]] = {
