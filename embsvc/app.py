@@ -19,6 +19,7 @@ from embsvc.api.embeddings import parse_embedding_request
 from embsvc.api.json_post import JsonPost
 from embsvc.api.request_id import RequestId
 from embsvc.api.scoring import parse_rerank_request, parse_score_request
+from embsvc.api.server_timing import ServerTiming
 from embsvc.api.tokenize import Tokenize
 from embsvc.config import Settings
 from embsvc.core.backend import Backend
@@ -44,8 +45,8 @@ def create_app(settings: Settings, backend: Backend,
     # the error shape is settled before authentication can refuse a request.
     # Annotated: from it mypy learns the request and response types the middleware must take.
     # The body drain comes first, so that its process_response runs last, after any refusal.
-    app: App = head.App(middleware=[DrainUnreadBody(settings.max_request_bytes), RequestId(), *_cors(settings),
-                                    metrics.MetricsMiddleware(recorded),
+    app: App = head.App(middleware=[DrainUnreadBody(settings.max_request_bytes), RequestId(), ServerTiming(),
+                                    *_cors(settings), metrics.MetricsMiddleware(recorded),
                                     errors.ErrorShape(), BearerAuth(settings.api_tokens)])
     app.req_options.strip_url_path_trailing_slash = True
     tokenizer = LazyTokenizer(settings.model_path, lambda: EngineState.READY in backend.states())
@@ -90,7 +91,8 @@ def _cors(settings: Settings) -> list[falcon.CORSMiddleware[falcon.asgi.Request,
     origins = "*" if settings.allowed_origins == ("*",) else settings.allowed_origins
     # (falcon types the middleware by its ASGI side; its WSGI side serves this WSGI app.)
     vary = [] if origins == "*" else [VaryOrigin()]
-    return [falcon.CORSMiddleware(allow_origins=origins, expose_headers=["X-Request-ID", "Retry-After"]), *vary]
+    exposed = ["X-Request-ID", "Retry-After", "Server-Timing"]
+    return [falcon.CORSMiddleware(allow_origins=origins, expose_headers=exposed), *vary]
 
 
 class _Routes:

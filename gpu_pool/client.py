@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -46,6 +47,12 @@ from gpu_pool.wire.shared import EngineState
 _LISTEN_POLL_S = 0.2
 _GONE_POLL_S = 0.1  # how often a waiting request looks whether its client is still there
 _INTERACTIVE_ROOM = 0.2  # of MAX_QUEUE_SIZE, kept for interactive requests beyond it
+
+
+# The seconds the current web request has waited for engines, from handing a job over to its
+# answer (a one-item list that the web layer sets per request for its Server-Timing header;
+# None: nobody counts).
+engine_seconds: ContextVar[list[float] | None] = ContextVar("engine_seconds", default=None)
 
 
 @dataclass(frozen=True)
@@ -230,6 +237,7 @@ class EngineClient:
         waiter = _Waiter(engine, generation)
         with self._lock:
             self._waiters[job.job_id] = waiter
+        began = time.perf_counter()
         try:
             # One write of a few hundred bytes: atomic with other workers' writes.
             engine.requests_out.send_bytes(protocol.encode(job))
@@ -237,6 +245,8 @@ class EngineClient:
         finally:
             with self._lock:
                 self._waiters.pop(job.job_id, None)
+            if (spent := engine_seconds.get()) is not None:
+                spent[0] += time.perf_counter() - began
         self._raise_for(waiter)
 
     def _wait(self, waiter: _Waiter, job: Job, gone: Callable[[], bool] | None) -> None:

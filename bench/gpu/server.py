@@ -78,9 +78,12 @@ def bodies(texts: list[str], counts: list[int], per_request: int, extra: dict[st
     return out
 
 
+QUERY_ID = "check-query"  # the queries' X-Request-ID: their lines in the access log
+
+
 def queries(texts: list[str], counts: list[int]) -> list[httpload.Request]:
-    extra = {**DENSE_ONLY, "encoding_format": "base64"}
-    return [httpload.Request(httpload.post("/v1/embeddings", orjson.dumps({"input": text, **extra}), AUTH), n)
+    extra, headers = {**DENSE_ONLY, "encoding_format": "base64"}, {**AUTH, "X-Request-ID": QUERY_ID}
+    return [httpload.Request(httpload.post("/v1/embeddings", orjson.dumps({"input": text, **extra}), headers), n)
             for text, n in zip(texts, counts, strict=True)]
 
 
@@ -194,31 +197,31 @@ def queries_under_bulk(server: Server, plan: Plan, bulk: list[httpload.Request],
     queries = {key: figures[key] for key in ("requests", "errors", "p50_ms", "p99_ms", "max_ms")}
     return {"queries": queries, "bulk_tokens_per_s": beside[0]["tokens_per_s"] if beside else None,
             "p99_vs_lone_p50": round(queries["p99_ms"] / lone_p50_ms, 2) if lone_p50_ms else None,
-            "queries_in_web_workers_ms": query_durations(server.log_path, logged),
+            "queries_in_the_server": query_durations(server.log_path, logged),
             **{key: figures[key] for key in ("engine_interactive_ms", "web_workers_cores", "engine_cores",
                                              "machine_busy_cores")}}
 
 
-QUERY_BYTES = 100_000  # a query's answer is a few kB; a bulk one of all kinds tens of MB
-
-
-def query_durations(log_path: Path, start: int) -> dict[str, float] | None:
-    """The web workers' own times (gunicorn's, from reading the request to the last byte sent)
-    of the small embedding answers logged after byte ``start`` of the server's JSON log."""
-    times = []
+def query_durations(log_path: Path, start: int) -> dict[str, Any] | None:
+    """The queries (``QUERY_ID``) logged after byte ``start`` of the server's JSON log: their
+    times in the web workers (gunicorn's, from reading the request to the last byte sent) and
+    the engine's part of them (``engine_ms``, the app's Server-Timing), p50 / p99 / max."""
+    worker, engine = [], []
     with open(log_path, "rb") as log:
         log.seek(start)
         for line in log:
-            if b'"duration_ms"' not in line or b"/v1/embeddings" not in line:
-                continue
-            record = orjson.loads(line)
-            if (record.get("bytes") or 0) < QUERY_BYTES:
-                times.append(record["duration_ms"])
-    if not times:
+            if QUERY_ID.encode() in line and b'"duration_ms"' in line:
+                record = orjson.loads(line)
+                worker.append(record["duration_ms"])
+                engine.append(record.get("engine_ms") or 0.0)
+    if not worker:
         return None
-    times.sort()
-    return {"requests": len(times), "p50": times[len(times) // 2], "p99": times[int(len(times) * 0.99)],
-            "max": times[-1]}
+    return {"requests": len(worker), "web_workers_ms": spread(worker), "engine_ms": spread(engine)}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"p50": ordered[len(ordered) // 2], "p99": ordered[int(len(ordered) * 0.99)], "max": ordered[-1]}
 
 
 def gpu_memory_mib() -> dict[str, int]:

@@ -4,15 +4,17 @@ gunicorn formats its access line from ``access_log_format``, a printf string
 with quotes escaped its own way, which no JSON shipper can parse. This logger
 hands the same facts to the logging set-up of ``runtime.logs`` as fields, so
 that ``LOG_FORMAT=json`` gives ``{"status": 200, "duration_ms": 3.1, ...}`` and
-``LOG_FORMAT=text`` a classic line, query values redacted. The request id comes from the response's
-``X-Request-ID`` header: the app's middleware has finished, and reset the
-request's context, by the time gunicorn logs.
+``LOG_FORMAT=text`` a classic line, query values redacted. The request id comes from the
+response's ``X-Request-ID`` header: the app's middleware has finished, and reset the
+request's context, by the time gunicorn logs; ``engine_ms`` (the part of the request's time
+spent waiting for the model) from its ``Server-Timing`` header.
 
 Wired in gunicorn.conf.py with ``logger_class``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -55,6 +57,7 @@ class AccessLogger(Logger):
             "duration_ms": round(duration_ms, 3),
             "user_agent": environ.get("HTTP_USER_AGENT"),
             "request_id": _header(resp, "x-request-id"),
+            "engine_ms": engine_ms(_header(resp, "server-timing")),
         }
         self.access_log.info('%s "%s %s %s" %s %s %.1fms', remote, method, uri, protocol, code,
                              "-" if sent is None else sent, duration_ms, extra=fields)
@@ -65,6 +68,18 @@ def redact(query: str) -> str:
     where the Authorization header belongs), and a log keeps it for anyone who reads it."""
     names = (part.partition("=") for part in query.split("&"))
     return "&".join(f"{name}={REDACTED}" if sep and value else f"{name}{sep}" for name, sep, value in names)
+
+
+def engine_ms(server_timing: str | None) -> float | None:
+    """The engine's part of a request's time, from the app's ``Server-Timing`` header
+    (embsvc/api/server_timing.py); None where the request reached no engine."""
+    if not server_timing:
+        return None
+    match = _ENGINE_TIMING.search(server_timing)
+    return float(match.group(1)) if match else None
+
+
+_ENGINE_TIMING = re.compile(r"\bengine;dur=([0-9.]+)")
 
 
 def _header(resp: object, name: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import tempfile
 import time
@@ -157,6 +158,11 @@ def test_request_id_is_echoed_and_in_the_access_line(server):
     assert lines["e2e-trace-1"]["status"] == 200 and lines["e2e-trace-1"]["path"] == "/v1/embeddings"
     assert lines["e2e-trace-1"]["method"] == "POST" and lines["e2e-trace-1"]["duration_ms"] > 0
     assert lines[made_id]["path"] == "/v1/models" and lines[made_id]["logger"] == "gunicorn.access"
+    # The engine's part of the time: in the answer's Server-Timing header and in the access line.
+    timing = re.fullmatch(r"engine;dur=([0-9.]+)", given.headers["Server-Timing"])
+    assert timing and 0 < float(timing.group(1)) == lines["e2e-trace-1"]["engine_ms"]
+    assert lines["e2e-trace-1"]["engine_ms"] <= lines["e2e-trace-1"]["duration_ms"]
+    assert "Server-Timing" not in made.headers and "engine_ms" not in lines[made_id]  # no engine asked
 
 
 def test_every_line_is_json(server):

@@ -70,6 +70,7 @@ def int8_client(tiny_model):
         pool.stop()
 
 
+@pytest.mark.slow
 def test_an_int8_engine_serves_every_kind(int8_client, client, tokenizer):
     ids = tokenizer.encode(MIXED_TEXTS[:4])
     answers = []
@@ -112,6 +113,7 @@ print(rss_mb() - before)
 """
 
 
+@pytest.mark.slow
 def test_prepacked_products_keep_their_memory_over_many_pass_shapes(tiny_model):
     """oneDNN's and ideep's caches keep a primitive per row count, 1,024 each by default: without
     cpu_linear's bound the tiny model's process grew by some 450 MB over these 400 passes of new

@@ -268,6 +268,7 @@ print(json.dumps({"note": note, "dense": out["dense_vecs"].tolist(), "sparse": l
 """
 
 
+@pytest.mark.slow
 def test_flagembedding_encodes_with_datasets_stood_in_where_it_does_not_import(tiny_model):
     done = subprocess.run([sys.executable, "-c", FLAG_WITHOUT_DATASETS, str(tiny_model)], cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300,

@@ -156,10 +156,14 @@ def test_access_log_is_one_json_record_with_fields(captured):
     assert {k: entry[k] for k in ("method", "path", "query", "status", "bytes", "remote_addr", "request_id")} == {
         "method": "POST", "path": "/v1/embeddings", "query": "x=***&token=***", "status": 201, "bytes": 1234,
         "remote_addr": "10.0.0.7", "request_id": "rid-77"}
-    assert entry["duration_ms"] == 12.5
+    assert entry["duration_ms"] == 12.5 and "engine_ms" not in entry  # no Server-Timing: no engine asked
     assert entry["user_agent"] == 'curl/8 "quoted"'  # kept as sent, not escaped twice
     assert entry["message"] == '10.0.0.7 "POST /v1/embeddings?x=***&token=*** HTTP/1.1" 201 1234 12.5ms'
     assert "s3cret" not in stream.getvalue()  # a token sent in the query never reaches the log
+    timed = _Response()
+    timed.headers.append(("Server-Timing", "engine;dur=8.25"))
+    logger.access(timed, None, _environ(), timedelta(milliseconds=12, microseconds=500))
+    assert json.loads(stream.getvalue().splitlines()[-1])["engine_ms"] == 8.25
     # gunicorn's own handlers are gone: one line per event, in one format, not two.
     assert logging.getLogger("gunicorn.access").handlers == [] == logging.getLogger("gunicorn.error").handlers
 

@@ -59,10 +59,16 @@ def planner() -> Iterator[Callable[[int, int], tuple[JobTable, Handoff]]]:
 
     yield start
     for handoff, thread in started:
-        with handoff.ready:
-            handoff.stopping = True
-            handoff.ready.notify_all()
-        thread.join(5)
+        deadline = time.monotonic() + 5
+        while thread.is_alive() and time.monotonic() < deadline:
+            with handoff.ready:  # taken as a device thread takes them: the planner hands over the rest and ends
+                handoff.stopping = True
+                handoff.interactive.clear()
+                handoff.bulk.clear()
+                handoff.bulk_in_progress = 0
+                handoff.ready.notify_all()
+            thread.join(0.05)
+        assert not thread.is_alive(), "the planner did not end once stopping"
 
 
 def add(table: JobTable, handoff: Handoff, *actives: ActiveJob) -> None:

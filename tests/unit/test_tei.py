@@ -302,6 +302,7 @@ def test_cors_only_for_allowed_origins(make_settings, engine):
     answer = app.simulate_post("/v1/embeddings", json={"input": "a"}, headers={**AUTH, "Origin": "https://app.example"})
     assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
     assert "X-Request-ID" in answer.headers["access-control-expose-headers"]
+    assert "Server-Timing" in answer.headers["access-control-expose-headers"]
     refused = app.simulate_post("/v1/embeddings", json={"input": "a"}, headers={"Origin": "http://localhost:3000"})
     assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == "http://localhost:3000"
     other = app.simulate_options("/v1/embeddings", headers={**preflight, "Origin": "https://evil.example"})
