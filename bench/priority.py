@@ -54,7 +54,7 @@ import requests
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from bench.gpu.server import embedding_requests
+from bench.gpu.server import access_records, embedding_requests
 from bench.gpu.server import lone_query as timed_lone_query
 from testkit import httpload
 from testkit import server as testkit_server
@@ -125,11 +125,15 @@ def bulk_alone(server: Server, seconds: float, words: tuple[int, int] = BULK_WOR
     return closed_loop(server.port, work, 4, seconds)
 
 
+LANES_QUERY_ID = "lanes-query"  # the query's X-Request-ID beside bulk: its lines in the access log
+
+
 def bulk_with_queries(server: Server, seconds: float, words: tuple[int, int] = BULK_WORDS) -> dict:
     """The bulk load, and a query every 1.5 s from the moment the bulk load runs."""
     result: dict = {}
     work = embedding_requests(server, bulk_bodies(words))
-    query = embedding_requests(server, [{"input": QUERY, "return_sparse": False, "return_colbert": False}])
+    query = embedding_requests(server, [{"input": QUERY, "return_sparse": False, "return_colbert": False}],
+                               LANES_QUERY_ID)
     bulk = threading.Thread(target=lambda: result.update(bulk=closed_loop(server.port, work, 4, seconds)))
     bulk.start()
     result["queries"] = httpload.run("127.0.0.1", server.port, query, 1, 1, seconds - 3, drain=True,
@@ -374,7 +378,7 @@ def main() -> None:
 def full_server(model: Path, workdir: Path) -> Server:
     """The server on the full-size model, DTYPE=auto; a bulk request of eight long texts takes
     tens of seconds on a CPU: none may time out."""
-    return Server(model, workdir / "full.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000",
+    return Server(model, workdir / "full.log", API_TOKEN=TOKEN, DTYPE="auto", MAX_QUEUE_SIZE="1000", LOG_FORMAT="json",
                   REQUEST_TIMEOUT_S="900").start(timeout=600)
 
 
@@ -390,9 +394,11 @@ def lanes_runs(runs: int, seconds: float, words: tuple[int, int]) -> dict:
         try:
             report["lone_query"] = lone = lone_query(server, bare)
             for _ in range(runs):
-                alone, beside = bulk_alone(server, seconds, words), bulk_with_queries(server, seconds, words)
+                alone = bulk_alone(server, seconds, words)
+                logged = server.log_path.stat().st_size
+                beside = bulk_with_queries(server, seconds, words)
                 queries = beside["queries"]
-                run = {"bulk_alone_tokens_per_s": alone["tokens_per_s"],
+                run = {**slowest_query(server.log_path, logged),"bulk_alone_tokens_per_s": alone["tokens_per_s"],
                        "bulk_with_queries_tokens_per_s": beside["bulk"]["tokens_per_s"],
                        "queries": queries["requests"], "query_p50_ms": queries["p50_ms"],
                        "query_max_ms": queries["max_ms"],
@@ -403,6 +409,16 @@ def lanes_runs(runs: int, seconds: float, words: tuple[int, int]) -> dict:
         finally:
             server.stop()
     return report
+
+
+def slowest_query(log_path: Path, start: int) -> dict:
+    """Where the slowest query's time went: its web worker's time (gunicorn's) and the engine's
+    part (``engine_ms``), from the access log after byte ``start``."""
+    records = access_records(log_path, start, LANES_QUERY_ID)
+    if not records:
+        return {}
+    slowest = max(records, key=lambda r: r["duration_ms"])
+    return {"slowest_query_in_web_worker_ms": slowest["duration_ms"], "its_engine_ms": slowest.get("engine_ms")}
 
 
 def ratios(r: dict) -> dict:

@@ -87,9 +87,12 @@ def queries(texts: list[str], counts: list[int]) -> list[httpload.Request]:
             for text, n in zip(texts, counts, strict=True)]
 
 
-def embedding_requests(server: Server, bodies: list[dict[str, Any]]) -> list[httpload.Request]:
-    """``/v1/embeddings`` requests of ``bodies``, each weighed by its tokens."""
-    return [httpload.Request(httpload.post("/v1/embeddings", orjson.dumps(body), server.auth), server.tokens(body))
+def embedding_requests(server: Server, bodies: list[dict[str, Any]],
+                       request_id: str | None = None) -> list[httpload.Request]:
+    """``/v1/embeddings`` requests of ``bodies``, each weighed by its tokens; ``request_id``:
+    their X-Request-ID (to find their lines in the access log)."""
+    headers = {**server.auth, **({"X-Request-ID": request_id} if request_id else {})}
+    return [httpload.Request(httpload.post("/v1/embeddings", orjson.dumps(body), headers), server.tokens(body))
             for body in bodies]
 
 
@@ -202,21 +205,23 @@ def queries_under_bulk(server: Server, plan: Plan, bulk: list[httpload.Request],
                                              "machine_busy_cores")}}
 
 
-def query_durations(log_path: Path, start: int) -> dict[str, Any] | None:
-    """The queries (``QUERY_ID``) logged after byte ``start`` of the server's JSON log: their
-    times in the web workers (gunicorn's, from reading the request to the last byte sent) and
-    the engine's part of them (``engine_ms``, the app's Server-Timing), p50 / p99 / max."""
-    worker, engine = [], []
+def access_records(log_path: Path, start: int, request_id: str) -> list[dict[str, Any]]:
+    """The access log's records of the requests with ``request_id`` after byte ``start`` of the
+    server's JSON log."""
     with open(log_path, "rb") as log:
         log.seek(start)
-        for line in log:
-            if QUERY_ID.encode() in line and b'"duration_ms"' in line:
-                record = orjson.loads(line)
-                worker.append(record["duration_ms"])
-                engine.append(record.get("engine_ms") or 0.0)
-    if not worker:
+        return [orjson.loads(line) for line in log if request_id.encode() in line and b'"duration_ms"' in line]
+
+
+def query_durations(log_path: Path, start: int) -> dict[str, Any] | None:
+    """The queries (``QUERY_ID``) logged after byte ``start``: their times in the web workers
+    (gunicorn's, from reading the request to the last byte sent) and the engine's part of them
+    (``engine_ms``, the app's Server-Timing), p50 / p99 / max."""
+    records = access_records(log_path, start, QUERY_ID)
+    if not records:
         return None
-    return {"requests": len(worker), "web_workers_ms": spread(worker), "engine_ms": spread(engine)}
+    return {"requests": len(records), "web_workers_ms": spread([r["duration_ms"] for r in records]),
+            "engine_ms": spread([r.get("engine_ms") or 0.0 for r in records])}
 
 
 def spread(values: list[float]) -> dict[str, float]:

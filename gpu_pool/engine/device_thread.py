@@ -175,19 +175,20 @@ class DeviceThread:
         time (the interleaved passes left out), and the seconds the interactive batches took."""
         step_seconds: list[float] = []
         began, interleaved = time.perf_counter(), 0.0
-        step_began = began
-        while not running.step():
+        while True:
+            step_began = time.perf_counter()
+            last = running.step()
             step_seconds.append(time.perf_counter() - step_began)
-            # On a GPU, at most a layer queued: a query arriving waits behind that, not the pass.
-            running.keep_ahead(running.steps_per_layer)
+            if not last:  # on a GPU, at most a layer queued: a query arriving waits behind that, not the pass
+                running.keep_ahead(running.steps_per_layer)
+            # After the last step too: a query goes before the pass's heads and its answer.
             if self._handoff.interactive:  # a deque's truth is safe to read unlocked
                 # On a GPU the steps queued so far finish first: the query then queues behind
                 # none of them, and the clock below measures the device, not the queueing.
                 running.sync()
                 interleaved += self._interleave(running, time.perf_counter() - began - interleaved, interleaved)
-            step_began = time.perf_counter()
-        step_seconds.append(time.perf_counter() - step_began)
-        return step_seconds, interleaved
+            if last:
+                return step_seconds, interleaved
 
     def _interleave(self, running: RunningPass, bulk_s: float, interactive_s: float) -> float:
         """Run the waiting interactive batch now, if bulk has had its share; the time it took."""

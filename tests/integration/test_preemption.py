@@ -63,6 +63,7 @@ def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenize
     assert interrupted == bulk.steps - 1 == bulk.steps_per_layer * model.layers - 1
     assert (bulk.steps_per_layer == 4) is (scores_per_token == ONE_PART and step_tokens is None)  # one part, one chunk
     assert bulk.step_tokens <= (step_tokens or len(bulk_ids)) < 2 * bulk.step_tokens  # equal chunks
+    assert_equal(run(model, query_ids, query_lengths), query_alone)  # and after the last step, before the heads
     assert_equal(bulk.outputs_async().wait(), alone)
 
     # And both equal FlagEmbedding's (the same tolerance as the vector tests).
