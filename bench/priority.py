@@ -412,13 +412,14 @@ def lanes_runs(runs: int, seconds: float, words: tuple[int, int]) -> dict:
 
 
 def slowest_query(log_path: Path, start: int) -> dict:
-    """Where the slowest query's time went: its web worker's time (gunicorn's) and the engine's
-    part (``engine_ms``), from the access log after byte ``start``."""
+    """Where the slowest query's time went: its web worker's time (gunicorn's), the engine's part
+    and that part's queue and passes (Server-Timing), from the access log after byte ``start``."""
     records = access_records(log_path, start, LANES_QUERY_ID)
     if not records:
         return {}
     slowest = max(records, key=lambda r: r["duration_ms"])
-    return {"slowest_query_in_web_worker_ms": slowest["duration_ms"], "its_engine_ms": slowest.get("engine_ms")}
+    return {"slowest_query_in_web_worker_ms": slowest["duration_ms"], "its_engine_ms": slowest.get("engine_ms"),
+            "its_engine_queue_ms": slowest.get("queue_ms"), "its_engine_passes_ms": slowest.get("passes_ms")}
 
 
 def ratios(r: dict) -> dict:

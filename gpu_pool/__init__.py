@@ -36,7 +36,7 @@ them back per engine (``stats.EngineSnapshot``) and adds them up (``stats``).
 The web side uses only the names in ``__all__`` (tests/unit/test_layout.py checks it).
 """
 
-from gpu_pool.client import DEFAULT_OPTIONS, EngineClient, JobOptions, engine_seconds
+from gpu_pool.client import DEFAULT_OPTIONS, EngineClient, EngineTime, JobOptions, engine_time
 from gpu_pool.devices import is_cpu
 from gpu_pool.engine.spec import EngineSpec, engine_specs
 from gpu_pool.errors import (
@@ -71,6 +71,7 @@ __all__ = [
     "EngineSpec",
     "EngineState",
     "EngineStats",
+    "EngineTime",
     "EngineTimeout",
     "EngineUnavailable",
     "JobOptions",
@@ -80,8 +81,8 @@ __all__ = [
     "NoFreeSlot",
     "SharedMemoryFull",
     "batching_stats",
-    "engine_seconds",
     "engine_specs",
+    "engine_time",
     "is_cpu",
     "lane_stats",
     "shared_memory_needed",

@@ -49,10 +49,21 @@ _GONE_POLL_S = 0.1  # how often a waiting request looks whether its client is st
 _INTERACTIVE_ROOM = 0.2  # of MAX_QUEUE_SIZE, kept for interactive requests beyond it
 
 
-# The seconds the current web request has waited for engines, from handing a job over to its
-# answer (a one-item list that the web layer sets per request for its Server-Timing header;
-# None: nobody counts).
-engine_seconds: ContextVar[list[float] | None] = ContextVar("engine_seconds", default=None)
+@dataclass
+class EngineTime:
+    """What a web request spent waiting for engines, summed over its jobs: from handing a job
+    over to its answer (``total_s``), and of that, in the engine, from the job's arrival to its
+    first pass (``queue_s``) and from there to its answer (``passes_s``); the rest is the pipes'
+    and the threads' wake-ups on both sides."""
+
+    total_s: float = 0.0
+    queue_s: float = 0.0
+    passes_s: float = 0.0
+
+
+# The current web request's ``EngineTime``, which the web layer sets per request for its
+# Server-Timing header (None: nobody counts).
+engine_time: ContextVar[EngineTime | None] = ContextVar("engine_time", default=None)
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,10 @@ class EngineClient:
                                layout.n_tokens, kinds, lane=lane, deadline=time.monotonic() + self.timeout_s,
                                **fields)
                 self._submit(engine, generation, job, options.gone)
+                if (spent := engine_time.get()) is not None:
+                    queue_s, passes_s = seg.arrays["times"].tolist()
+                    spent.queue_s += queue_s
+                    spent.passes_s += passes_s
                 return seg
             except BaseException:
                 seg.discard()  # never reused: the engine may still write into it
@@ -245,8 +260,8 @@ class EngineClient:
         finally:
             with self._lock:
                 self._waiters.pop(job.job_id, None)
-            if (spent := engine_seconds.get()) is not None:
-                spent[0] += time.perf_counter() - began
+            if (spent := engine_time.get()) is not None:
+                spent.total_s += time.perf_counter() - began
         self._raise_for(waiter)
 
     def _wait(self, waiter: _Waiter, job: Job, gone: Callable[[], bool] | None) -> None:

@@ -216,12 +216,13 @@ def access_records(log_path: Path, start: int, request_id: str) -> list[dict[str
 def query_durations(log_path: Path, start: int) -> dict[str, Any] | None:
     """The queries (``QUERY_ID``) logged after byte ``start``: their times in the web workers
     (gunicorn's, from reading the request to the last byte sent) and the engine's part of them
-    (``engine_ms``, the app's Server-Timing), p50 / p99 / max."""
+    (``engine_ms``, the app's Server-Timing) and its parts in the engine (``queue_ms``,
+    ``passes_ms``), p50 / p99 / max."""
     records = access_records(log_path, start, QUERY_ID)
     if not records:
         return None
     return {"requests": len(records), "web_workers_ms": spread([r["duration_ms"] for r in records]),
-            "engine_ms": spread([r.get("engine_ms") or 0.0 for r in records])}
+            **{key: spread([r.get(key) or 0.0 for r in records]) for key in ("engine_ms", "queue_ms", "passes_ms")}}
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -7,7 +7,8 @@ that ``LOG_FORMAT=json`` gives ``{"status": 200, "duration_ms": 3.1, ...}`` and
 ``LOG_FORMAT=text`` a classic line, query values redacted. The request id comes from the
 response's ``X-Request-ID`` header: the app's middleware has finished, and reset the
 request's context, by the time gunicorn logs; ``engine_ms`` (the part of the request's time
-spent waiting for the model) from its ``Server-Timing`` header.
+spent waiting for the model), ``queue_ms`` and ``passes_ms`` (its parts in the engine) from
+its ``Server-Timing`` header.
 
 Wired in gunicorn.conf.py with ``logger_class``.
 """
@@ -57,7 +58,7 @@ class AccessLogger(Logger):
             "duration_ms": round(duration_ms, 3),
             "user_agent": environ.get("HTTP_USER_AGENT"),
             "request_id": _header(resp, "x-request-id"),
-            "engine_ms": engine_ms(_header(resp, "server-timing")),
+            **engine_times(_header(resp, "server-timing")),
         }
         self.access_log.info('%s "%s %s %s" %s %s %.1fms', remote, method, uri, protocol, code,
                              "-" if sent is None else sent, duration_ms, extra=fields)
@@ -70,16 +71,14 @@ def redact(query: str) -> str:
     return "&".join(f"{name}={REDACTED}" if sep and value else f"{name}{sep}" for name, sep, value in names)
 
 
-def engine_ms(server_timing: str | None) -> float | None:
-    """The engine's part of a request's time, from the app's ``Server-Timing`` header
-    (embsvc/api/server_timing.py); None where the request reached no engine."""
-    if not server_timing:
-        return None
-    match = _ENGINE_TIMING.search(server_timing)
-    return float(match.group(1)) if match else None
+def engine_times(server_timing: str | None) -> dict[str, float]:
+    """The engine's part of a request's time and its parts, from the app's ``Server-Timing``
+    header (embsvc/api/server_timing.py): ``engine_ms``, ``queue_ms``, ``passes_ms``; none where
+    the request reached no engine."""
+    return {f"{name}_ms": float(ms) for name, ms in _TIMING.findall(server_timing or "")}
 
 
-_ENGINE_TIMING = re.compile(r"\bengine;dur=([0-9.]+)")
+_TIMING = re.compile(r"\b(engine|queue|passes);dur=([0-9.]+)")
 
 
 def _header(resp: object, name: str) -> str | None:

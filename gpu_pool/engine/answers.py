@@ -155,14 +155,17 @@ class Answerer:
 
     def _answer_done(self, actives: list[ActiveJob]) -> None:
         by_slot: dict[int, list[int]] = {}
+        now = time.monotonic()
         for active in actives:
+            began = active.began or now
+            active.segment.arrays["times"][:] = (began - active.arrived, now - began)  # for Server-Timing
             self._forget(active)
             by_slot.setdefault(active.job.slot, []).append(active.job.job_id)
         for slot, job_ids in by_slot.items():
             # One message per slot and batch; chunks keep each write atomic.
             for start in range(0, len(job_ids), _DONE_CHUNK):
                 self._send(slot, Done(tuple(job_ids[start : start + _DONE_CHUNK])))
-        self._shared.add_stats(_answered(actives, time.monotonic()))
+        self._shared.add_stats(_answered(actives, now))
 
     def _forget(self, active: ActiveJob) -> None:
         with self._ready:

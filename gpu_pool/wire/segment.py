@@ -5,8 +5,11 @@ and unlinks it once it has read the vectors (or keeps a small one for its next
 request: gpu_pool/wire/segment_pool.py); the engine only attaches, writes its outputs
 and closes. Layout, each region 64-byte aligned::
 
-    lengths int32[n_inputs] | ids int32[n_tokens] | dense f32[n_inputs, dim]
+    lengths int32[n_inputs] | ids int32[n_tokens] | times f64[2] | dense f32[n_inputs, dim]
     | sparse f32[n_tokens] | colbert f32[n_tokens - n_inputs, dim]
+
+``times``: the engine's seconds for the job, written before it answers: from its arrival to
+its first pass (``queue``), and from then to its answer (``passes``).
 
 Output regions exist only for the kinds the job asked for; dense and colbert are float16
 when it asked for ``Kind.HALF``. A score job
@@ -113,6 +116,7 @@ def _regions(layout: Layout) -> dict[str, tuple[int, tuple[int, ...], type]]:
     shapes: list[tuple[str, tuple[int, ...], type]] = [
         ("lengths", (n_inputs,), np.int32),
         ("ids", (n_tokens,), np.int32),
+        ("times", (2,), np.float64),
     ]
     # A score job's vectors stay in the engine; its segment holds only the scores. A rerank job
     # has no vectors at all, one logit per pair.

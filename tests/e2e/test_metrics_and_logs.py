@@ -158,10 +158,14 @@ def test_request_id_is_echoed_and_in_the_access_line(server):
     assert lines["e2e-trace-1"]["status"] == 200 and lines["e2e-trace-1"]["path"] == "/v1/embeddings"
     assert lines["e2e-trace-1"]["method"] == "POST" and lines["e2e-trace-1"]["duration_ms"] > 0
     assert lines[made_id]["path"] == "/v1/models" and lines[made_id]["logger"] == "gunicorn.access"
-    # The engine's part of the time: in the answer's Server-Timing header and in the access line.
-    timing = re.fullmatch(r"engine;dur=([0-9.]+)", given.headers["Server-Timing"])
-    assert timing and 0 < float(timing.group(1)) == lines["e2e-trace-1"]["engine_ms"]
-    assert lines["e2e-trace-1"]["engine_ms"] <= lines["e2e-trace-1"]["duration_ms"]
+    # The engine's part of the time and its parts: in the answer's Server-Timing header and in the access line.
+    timing = re.fullmatch(r"engine;dur=([0-9.]+), queue;dur=([0-9.]+), passes;dur=([0-9.]+)",
+                          given.headers["Server-Timing"])
+    assert timing
+    engine, queue, passes = (float(ms) for ms in timing.groups())
+    line = lines["e2e-trace-1"]
+    assert (line["engine_ms"], line["queue_ms"], line["passes_ms"]) == (engine, queue, passes)
+    assert passes > 0 and queue + passes <= engine <= line["duration_ms"]
     assert "Server-Timing" not in made.headers and "engine_ms" not in lines[made_id]  # no engine asked
 
 

@@ -161,9 +161,10 @@ def test_access_log_is_one_json_record_with_fields(captured):
     assert entry["message"] == '10.0.0.7 "POST /v1/embeddings?x=***&token=*** HTTP/1.1" 201 1234 12.5ms'
     assert "s3cret" not in stream.getvalue()  # a token sent in the query never reaches the log
     timed = _Response()
-    timed.headers.append(("Server-Timing", "engine;dur=8.25"))
+    timed.headers.append(("Server-Timing", "engine;dur=8.25, queue;dur=1.50, passes;dur=6.00"))
     logger.access(timed, None, _environ(), timedelta(milliseconds=12, microseconds=500))
-    assert json.loads(stream.getvalue().splitlines()[-1])["engine_ms"] == 8.25
+    entry = json.loads(stream.getvalue().splitlines()[-1])
+    assert (entry["engine_ms"], entry["queue_ms"], entry["passes_ms"]) == (8.25, 1.5, 6.0)
     # gunicorn's own handlers are gone: one line per event, in one format, not two.
     assert logging.getLogger("gunicorn.access").handlers == [] == logging.getLogger("gunicorn.error").handlers
 

@@ -39,7 +39,7 @@ def test_oversized_message_is_refused():
 def test_layout_has_only_requested_regions_aligned():
     layout = Layout(n_inputs=3, n_tokens=10, dim=8, kinds=Kind.SPARSE | Kind.COLBERT)
     regions = layout.regions()
-    assert set(regions) == {"lengths", "ids", "sparse", "colbert"}
+    assert set(regions) == {"lengths", "ids", "times", "sparse", "colbert"}
     assert regions["colbert"][1] == (7, 8)
     assert all(offset % 64 == 0 for offset, _, _ in regions.values())
 
@@ -48,8 +48,8 @@ def test_half_layouts_hold_dense_and_colbert_in_float16():
     full = Layout(n_inputs=3, n_tokens=100, dim=64, kinds=Kind.DENSE | Kind.SPARSE | Kind.COLBERT)
     half = Layout(n_inputs=3, n_tokens=100, dim=64, kinds=full.kinds | Kind.HALF)
     types = {name: dtype for name, (_, _, dtype) in half.regions().items()}
-    assert types == {"lengths": np.int32, "ids": np.int32, "dense": np.float16, "sparse": np.float32,
-                     "colbert": np.float16}
+    assert types == {"lengths": np.int32, "ids": np.int32, "times": np.float64, "dense": np.float16,
+                     "sparse": np.float32, "colbert": np.float16}
     vectors = (3 + 97) * 64  # dense rows, then ColBERT rows
     assert full.size() - half.size() >= vectors * 2 - 2 * 64  # two bytes fewer a number, within alignment
     assert all(offset % 64 == 0 for offset, _, _ in half.regions().values())

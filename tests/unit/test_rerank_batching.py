@@ -53,7 +53,7 @@ def test_the_chooser_never_mixes_models_and_plans_every_item_once():
 
 def test_a_rerank_segment_holds_the_pairs_and_one_float32_logit_each():
     regions = Layout(3, 40, 1024, Kind.RERANK).regions()
-    assert list(regions) == ["lengths", "ids", "logits"]
+    assert list(regions) == ["lengths", "ids", "times", "logits"]
     offset, shape, dtype = regions["logits"]
     assert shape == (3,) and dtype == np.float32 and offset % 64 == 0
     segment = Segment.create(f"bgem3-test-rerank-{os.getpid()}", Layout(3, 40, 1024, Kind.RERANK))

@@ -86,7 +86,7 @@ def test_score_job_message_is_small():
 
 def test_score_layout_holds_only_ids_and_scores():
     regions = Layout(n_inputs=4, n_tokens=20, dim=8, kinds=SCORE_KINDS).regions()
-    assert set(regions) == {"lengths", "ids", "scores"}
+    assert set(regions) == {"lengths", "ids", "times", "scores"}
     assert regions["scores"][1] == (3, len(SCORE_MODES))
 
 

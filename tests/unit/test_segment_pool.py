@@ -34,7 +34,7 @@ def test_a_finished_segment_serves_the_next_request_with_that_requests_layout(wo
     assert exists(name), "kept for the next request"
     second = worker.take(OTHER)
     assert second.name == name
-    assert second.layout == OTHER and set(second.arrays) == {"lengths", "ids", "dense", "colbert"}
+    assert second.layout == OTHER and set(second.arrays) == {"lengths", "ids", "times", "dense", "colbert"}
     assert second.arrays["colbert"].shape == (2, 8)
     second.close()
 
