@@ -13,7 +13,9 @@ On the full-size random bge-m3 (the real model's compute), DTYPE=auto, default s
   3. bulk alone: four clients in a closed loop, each sending eight 150-400-word texts (all
      kinds) per request: bulk tokens/s;
   4. the same bulk load with one client sending a five-word query (dense) every 1.5 s: the
-     query's p50/p99/max, and the bulk tokens/s beside it;
+     query's p50/p99/max, and the bulk tokens/s beside it (``--lanes``: and where the slowest
+     query's time went, from the access log: its web worker's, the engine's, the engine's
+     queue and passes);
   5. mixed all-kinds throughput alone (bench.run's workload: 1 to 8 texts per request);
 then on the tiny model, one short text per request from 16 connections, with wrk and with
 testkit's load generator (testkit/httpload.py), against a bare Falcon app (testkit/bare_app.py)
@@ -398,7 +400,8 @@ def lanes_runs(runs: int, seconds: float, words: tuple[int, int]) -> dict:
                 logged = server.log_path.stat().st_size
                 beside = bulk_with_queries(server, seconds, words)
                 queries = beside["queries"]
-                run = {**slowest_query(server.log_path, logged),"bulk_alone_tokens_per_s": alone["tokens_per_s"],
+                run = {**slowest_query(server.log_path, logged),
+                       "bulk_alone_tokens_per_s": alone["tokens_per_s"],
                        "bulk_with_queries_tokens_per_s": beside["bulk"]["tokens_per_s"],
                        "queries": queries["requests"], "query_p50_ms": queries["p50_ms"],
                        "query_max_ms": queries["max_ms"],
