@@ -226,8 +226,7 @@ def query_durations(log_path: Path, start: int) -> dict[str, Any] | None:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50": ordered[len(ordered) // 2], "p99": ordered[int(len(ordered) * 0.99)], "max": ordered[-1]}
+    return {"p50": httpload.percentile(values, 50), "p99": httpload.percentile(values, 99), "max": max(values)}
 
 
 def gpu_memory_mib() -> dict[str, int]:
