@@ -91,7 +91,7 @@ class DeviceThread:
                 if batch.lane == Lane.BULK:
                     with self._handoff.ready:
                         self._handoff.bulk_in_progress -= 1
-                        self._handoff.ready.notify_all()
+                        self._handoff.ready.notify()
         except DeviceFault:
             self._answers.close()  # the earlier passes' answers first (those on the device fail too)
             self._answerer.fail_all(DEVICE_FAULT_MESSAGE)
@@ -106,11 +106,11 @@ class DeviceThread:
                 lane = next_lane(bool(handoff.interactive), bool(handoff.bulk), self._last_lane)
                 if lane is not None:
                     batch = (handoff.interactive if lane == Lane.INTERACTIVE else handoff.bulk).popleft()
-                    handoff.ready.notify_all()  # the planner may prepare the next one
+                    handoff.batch_taken(lane, self._table)
                     return batch
                 if handoff.planner_done:
                     return None  # stopping, and nothing left prepared
-                handoff.ready.wait(POLL_S)
+                handoff.prepared.wait(POLL_S)
 
     def _raise_if_faulted(self) -> None:
         """The answer thread found the device failed (on a pass's outputs): the engine ends."""
@@ -198,7 +198,7 @@ class DeviceThread:
             if not self._handoff.interactive:
                 return 0.0
             batch = self._handoff.interactive.popleft()
-            self._handoff.ready.notify_all()
+            self._handoff.batch_taken(Lane.INTERACTIVE, self._table)
         began = time.perf_counter()
         self._run(batch)
         running.sync()  # on a GPU, until the query has run: the clock measures the device

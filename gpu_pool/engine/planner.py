@@ -20,16 +20,33 @@ POLL_S = 0.25
 
 @dataclass
 class Handoff:
-    """The state the threads share, read and written under ``ready`` (with the ``JobTable``): the
+    """The state the threads share, read and written under ``lock`` (with the ``JobTable``): the
     reader says that the engine stops, the planner hands over its batches and says when it has
-    finished, the device thread says when a bulk batch is done."""
+    finished, the device thread says when a bulk batch is done.
 
-    ready: threading.Condition = field(default_factory=threading.Condition)
+    Two conditions over the one lock, so that each change wakes only the thread it concerns (a
+    thread woken for nothing costs two context switches and a turn of the GIL: with one condition
+    for all, every job read woke the waiting device thread, every batch taken the planner):
+    ``ready``, the planner's (jobs queued, room for a batch, stopping), and ``prepared``, the
+    device thread's (a batch prepared, the planner done). ``with handoff.ready`` takes the lock."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    ready: threading.Condition = field(init=False)
+    prepared: threading.Condition = field(init=False)
     interactive: deque[Batch] = field(default_factory=deque)  # at most one prepared interactive batch
     bulk: deque[Batch] = field(default_factory=deque)  # prepared bulk batches
     bulk_in_progress: int = 0  # bulk batches prepared or running: at most ``concurrency``
     stopping: bool = False
     planner_done: bool = False  # stopping, and every queued item is in a batch
+
+    def __post_init__(self) -> None:
+        self.ready, self.prepared = threading.Condition(self.lock), threading.Condition(self.lock)
+
+    def batch_taken(self, lane: Lane, table: JobTable) -> None:
+        """The device thread took a prepared batch of ``lane`` (under the lock): the planner may make
+        the next interactive one, if queries wait. (A bulk batch taken still counts as in progress.)"""
+        if lane == Lane.INTERACTIVE and table.queued[Lane.INTERACTIVE]:
+            self.ready.notify()
 
 
 def batch_of(table: JobTable, items: list[Item], lane: Lane) -> Batch:
@@ -57,7 +74,7 @@ class Planner:
                 work = self._gather()
                 if work is None:
                     handoff.planner_done = True
-                    handoff.ready.notify_all()
+                    handoff.prepared.notify()
                     return
                 lane, items = work
                 batch = batch_of(self._table, items, lane)
@@ -66,7 +83,7 @@ class Planner:
                 else:
                     handoff.bulk.append(batch)
                     handoff.bulk_in_progress += 1
-                handoff.ready.notify_all()
+                handoff.prepared.notify()
 
     def _gather(self) -> tuple[Lane, list[Item]] | None:
         """The next batch's lane and items, once it may be made; None when stopping with nothing left."""

@@ -45,7 +45,8 @@ class Reader:
     def stop(self) -> None:
         with self._handoff.ready:
             self._handoff.stopping = True
-            self._handoff.ready.notify_all()
+            self._handoff.ready.notify()
+            self._handoff.prepared.notify()
 
     def _handle(self, messages: list[protocol.Message]) -> None:
         # A job cancelled in the same read is never accepted: no pass can begin in between.
@@ -67,7 +68,7 @@ class Reader:
             return
         with self._handoff.ready:
             self._table.add(actives)
-            self._handoff.ready.notify_all()
+            self._handoff.ready.notify()  # the planner's: the device thread waits for batches only
 
     def _attach(self, job: Job) -> ActiveJob | None:
         self._seq += 1
