@@ -130,8 +130,14 @@ def onnx_int8(model: Path) -> Path:
         encoder = AutoModel.from_pretrained(str(model), add_pooling_layer=False, dtype=torch.float32).eval()
 
         class Hidden(torch.nn.Module):  # positional inputs for the exporter
+            def __init__(self) -> None:
+                super().__init__()
+                # A submodule, so that its weights are exported as the graph's initializers (a
+                # closure's become constants, which the exporter refuses while they need gradients).
+                self.encoder = encoder
+
             def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                out: torch.Tensor = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                out: torch.Tensor = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
                 return out
 
         ids = torch.ones(2, 16, dtype=torch.long)
