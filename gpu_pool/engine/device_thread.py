@@ -28,7 +28,7 @@ from gpu_pool.engine.choosing import Item
 from gpu_pool.engine.jobs import JobTable
 from gpu_pool.engine.lanes import PassSizer, may_interleave, next_lane
 from gpu_pool.engine.packed import Batch, pack
-from gpu_pool.engine.planner import POLL_S, Handoff, batch_of
+from gpu_pool.engine.planner import POLL_S, Handoff, Planner, batch_of
 from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.model.port import Model, RunningPass
 from gpu_pool.wire.protocol import ErrorCode, Kind, Lane
@@ -60,9 +60,9 @@ def for_device(device_name: str) -> LaneAnswers | Inline:
 
 
 class DeviceThread:
-    def __init__(self, spec: EngineSpec, model: Model, table: JobTable, handoff: Handoff, sizer: PassSizer,
-                 answerer: Answerer, shared: EngineShared) -> None:
-        self._spec, self._model, self._table, self._handoff = spec, model, table, handoff
+    def __init__(self, spec: EngineSpec, model: Model, table: JobTable, handoff: Handoff, planner: Planner,
+                 sizer: PassSizer, answerer: Answerer, shared: EngineShared) -> None:
+        self._spec, self._model, self._table, self._handoff, self._planner = spec, model, table, handoff, planner
         self._sizer, self._answerer, self._shared = sizer, answerer, shared
         self._answers = for_device(model.device_name)
         self._last_lane: Lane | None = None
@@ -106,7 +106,7 @@ class DeviceThread:
                 lane = next_lane(bool(handoff.interactive), bool(handoff.bulk), self._last_lane)
                 if lane is not None:
                     batch = (handoff.interactive if lane == Lane.INTERACTIVE else handoff.bulk).popleft()
-                    handoff.batch_taken(lane, self._table)
+                    self._planner.batch_taken(lane)
                     return batch
                 if handoff.planner_done:
                     return None  # stopping, and nothing left prepared
@@ -198,7 +198,7 @@ class DeviceThread:
             if not self._handoff.interactive:
                 return 0.0
             batch = self._handoff.interactive.popleft()
-            self._handoff.batch_taken(Lane.INTERACTIVE, self._table)
+            self._planner.batch_taken(Lane.INTERACTIVE)
         began = time.perf_counter()
         self._run(batch)
         running.sync()  # on a GPU, until the query has run: the clock measures the device

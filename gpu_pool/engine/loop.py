@@ -1,15 +1,16 @@
 """The engine's loop: jobs in from the request pipe, batches through the model, answers out.
 
 Three threads, four on a GPU, so that the device never waits on Python; each is a class of
-its own, and they share a ``JobTable`` and a ``Handoff`` under one condition:
+its own, and they share a ``JobTable`` and a ``Handoff`` under one lock:
 
 - the reader (``reader.Reader``) takes jobs off the request pipe, attaches their shared
   memory and queues their inputs in the job table;
 - the planner (``planner.Planner``) chooses the next batch of each lane
   (``choosing.choose_batch``) and packs its ids into one row (``packed.pack``) while the
-  current batch runs. An interactive batch is made at once (one waits at a time; the queries
-  that arrive while it waits join it as long as all of them fit, the rest gather into the
-  next). A bulk batch is made at once for an idle device; while the
+  current batch runs. An interactive batch is made at once, on the reader's thread or the
+  device thread's (one waits at a time; the queries that arrive while it waits join it as
+  long as all of them fit, the rest gather into the next). On the planner's own thread, a
+  bulk batch is made at once for an idle device; while the
   device is busy it keeps filling until it is full (``batch_size`` jobs or its token budget,
   sized by time: ``lanes.PassSizer``) or its oldest job has waited ``batch_timeout_ms``. At
   most ``concurrency`` bulk batches are in progress: one running, the rest prepared. Jobs
@@ -54,9 +55,9 @@ class Engine:
         table, handoff = JobTable(shared), Handoff()
         sizer = PassSizer(spec.interactive_max_wait_ms / 1000, spec.max_batch_tokens)
         self._answerer = Answerer(model.device_name, table, handoff.ready, slots, shared, sizer)
-        self._reader = Reader(requests, model.dim, table, handoff, shared)
         self._planner = Planner(spec, table, handoff, sizer)
-        self._device = DeviceThread(spec, model, table, handoff, sizer, self._answerer, shared)
+        self._reader = Reader(requests, model.dim, table, handoff, self._planner, shared)
+        self._device = DeviceThread(spec, model, table, handoff, self._planner, sizer, self._answerer, shared)
 
     def warm_up(self) -> None:
         self._device.warm_up()

@@ -1,5 +1,5 @@
-"""The planner thread: chooses each lane's next batch and packs it while the device runs the
-current one; and ``Handoff``, what the engine's threads tell each other."""
+"""The planner: chooses each lane's next batch and packs it while the device runs the current
+one; and ``Handoff``, what the engine's threads tell each other."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ class Handoff:
     Two conditions over the one lock, so that each change wakes only the thread it concerns (a
     thread woken for nothing costs two context switches and a turn of the GIL: with one condition
     for all, every job read woke the waiting device thread, every batch taken the planner):
-    ``ready``, the planner's (jobs queued, room for a batch, stopping), and ``prepared``, the
-    device thread's (a batch prepared, the planner done). ``with handoff.ready`` takes the lock."""
+    ``ready``, the planner thread's (bulk jobs queued, room for a bulk batch, stopping), and
+    ``prepared``, the device thread's (a batch prepared, the planner done). ``with handoff.ready``
+    takes the lock."""
 
     lock: threading.RLock = field(default_factory=threading.RLock)
     ready: threading.Condition = field(init=False)
@@ -42,12 +43,6 @@ class Handoff:
     def __post_init__(self) -> None:
         self.ready, self.prepared = threading.Condition(self.lock), threading.Condition(self.lock)
 
-    def batch_taken(self, lane: Lane, table: JobTable) -> None:
-        """The device thread took a prepared batch of ``lane`` (under the lock): the planner may make
-        the next interactive one, if queries wait. (A bulk batch taken still counts as in progress.)"""
-        if lane == Lane.INTERACTIVE and table.queued[Lane.INTERACTIVE]:
-            self.ready.notify()
-
 
 def batch_of(table: JobTable, items: list[Item], lane: Lane) -> Batch:
     """The items packed for a pass (under ``ready``, so that no job is forgotten in the middle of the copy)."""
@@ -58,53 +53,74 @@ def batch_of(table: JobTable, items: list[Item], lane: Lane) -> Batch:
 
 class Planner:
     """An interactive batch is made at once (one waits at a time); the queries that arrive while
-    it waits for the device join it as long as all of them fit, the rest gather into the next. A
-    bulk batch is made at once for an idle device; while the device is busy it keeps filling
-    until it is full (``batch_size`` jobs or its token budget, sized by time:
-    ``lanes.PassSizer``) or its oldest job has waited ``batch_timeout_ms``. Jobs whose deadline
-    has passed are dropped before their first pass."""
+    it waits for the device join it as long as all of them fit, the rest gather into the next.
+    It is made on the thread that changed what it depends on, under the lock (``plan_queries``):
+    the reader's when queries arrive, the device thread's when it takes the prepared one; a
+    query's pass then waits for no third thread to wake (the planner thread's wake-up, GIL
+    included, was some 100 µs of the engine's CPU a pass of one query on a CPU).
+
+    The planner thread (``run``) makes the bulk batches: one at once for an idle device; while
+    the device is busy it keeps filling until it is full (``batch_size`` jobs or its token
+    budget, sized by time: ``lanes.PassSizer``) or its oldest job has waited
+    ``batch_timeout_ms``. Jobs whose deadline has passed are dropped before their first pass."""
 
     def __init__(self, spec: EngineSpec, table: JobTable, handoff: Handoff, sizer: PassSizer) -> None:
         self._spec, self._table, self._handoff, self._sizer = spec, table, handoff, sizer
 
+    def plan_queries(self) -> None:
+        """Make the interactive batch, or let the queries that came join the one prepared (under the lock)."""
+        items = self._interactive()
+        if items is not None:
+            self._handoff.interactive.append(batch_of(self._table, items, Lane.INTERACTIVE))
+            self._handoff.prepared.notify()
+
+    def batch_taken(self, lane: Lane) -> None:
+        """The device thread took a prepared batch of ``lane`` (under the lock): the queries that
+        waited for room make the next. (A bulk batch taken still counts as in progress.)"""
+        if lane == Lane.INTERACTIVE:
+            self.plan_queries()
+
     def run(self) -> None:
+        """The planner thread: bulk batches, until stopping with nothing left."""
         handoff = self._handoff
         while True:
             with handoff.ready:
-                work = self._gather()
-                if work is None:
+                items = self._gather_bulk()
+                if items is None:
                     handoff.planner_done = True
                     handoff.prepared.notify()
                     return
-                lane, items = work
-                batch = batch_of(self._table, items, lane)
-                if lane == Lane.INTERACTIVE:
-                    handoff.interactive.append(batch)
-                else:
-                    handoff.bulk.append(batch)
-                    handoff.bulk_in_progress += 1
+                handoff.bulk.append(batch_of(self._table, items, Lane.BULK))
+                handoff.bulk_in_progress += 1
                 handoff.prepared.notify()
 
-    def _gather(self) -> tuple[Lane, list[Item]] | None:
-        """The next batch's lane and items, once it may be made; None when stopping with nothing left."""
+    def _interactive(self) -> list[Item] | None:
+        """The next interactive batch's items, if one may be made now."""
+        handoff, queued = self._handoff, self._table.queued[Lane.INTERACTIVE]
+        if not queued:
+            return None
+        if not handoff.interactive:
+            return self._table.take(Lane.INTERACTIVE, self._spec.batch_size, self._spec.max_batch_tokens)
+        if self._joins(handoff.interactive[-1]):
+            # The prepared batch has not begun: the queries that came since join it. A pass of a
+            # few short texts costs the host about what a pass of one costs.
+            prepared = handoff.interactive.pop()
+            joined = self._table.held(prepared.items) + self._table.take(
+                Lane.INTERACTIVE, self._spec.batch_size, self._spec.max_batch_tokens)
+            return sorted(joined, key=lambda item: -item.length)
+        return None
+
+    def _gather_bulk(self) -> list[Item] | None:
+        """The next bulk batch's items, once it may be made; None when stopping with nothing left."""
         handoff, queued = self._handoff, self._table.queued
         while True:
             self._table.drop_expired()
-            if queued[Lane.INTERACTIVE] and not handoff.interactive:
-                return Lane.INTERACTIVE, self._table.take(Lane.INTERACTIVE, self._spec.batch_size,
-                                                          self._spec.max_batch_tokens)
-            if queued[Lane.INTERACTIVE] and self._joins(handoff.interactive[-1]):
-                # The prepared batch has not begun: the queries that came since join it. A pass of a
-                # few short texts costs the host about what a pass of one costs.
-                prepared = handoff.interactive.pop()
-                joined = self._table.held(prepared.items) + self._table.take(
-                    Lane.INTERACTIVE, self._spec.batch_size, self._spec.max_batch_tokens)
-                return Lane.INTERACTIVE, sorted(joined, key=lambda item: -item.length)
+            self.plan_queries()  # queries waiting for room are never stranded, however it came
             wait_s = POLL_S
             if queued[Lane.BULK] and handoff.bulk_in_progress < self._spec.concurrency:
                 wait_s = self._fill_time_left()
                 if wait_s <= 0:
-                    return Lane.BULK, self._table.take(Lane.BULK, self._spec.batch_size, self._sizer.budget())
+                    return self._table.take(Lane.BULK, self._spec.batch_size, self._sizer.budget())
             elif handoff.stopping and not any(queued.values()):
                 return None
             handoff.ready.wait(min(wait_s, POLL_S))

@@ -1,5 +1,6 @@
 """The reader thread: takes jobs off the request pipe, attaches their shared memory and queues
-their inputs; drops the jobs cancelled before their first pass; hears ``Stop``."""
+their inputs (a query's batch made at once: ``Planner.plan_queries``); drops the jobs cancelled
+before their first pass; hears ``Stop``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import os
 from multiprocessing.connection import Connection
 
 from gpu_pool.engine.jobs import ActiveJob, JobTable
-from gpu_pool.engine.planner import POLL_S, Handoff
+from gpu_pool.engine.planner import POLL_S, Handoff, Planner
 from gpu_pool.engine.score_job import ActiveScoreJob
 from gpu_pool.wire import protocol
 from gpu_pool.wire.frames import FrameReader
-from gpu_pool.wire.protocol import Cancel, Job, ScoreJob, Stop
+from gpu_pool.wire.protocol import Cancel, Job, Lane, ScoreJob, Stop
 from gpu_pool.wire.segment_pool import EngineMappings
 from gpu_pool.wire.shared import EngineShared, EngineStats
 
@@ -20,9 +21,10 @@ log = logging.getLogger("gpu_pool.engine")
 
 
 class Reader:
-    def __init__(self, requests: Connection, dim: int, table: JobTable, handoff: Handoff,
+    def __init__(self, requests: Connection, dim: int, table: JobTable, handoff: Handoff, planner: Planner,
                  shared: EngineShared) -> None:
         self._requests, self._dim, self._table, self._handoff, self._shared = requests, dim, table, handoff, shared
+        self._planner = planner
         self._mappings = EngineMappings()  # this thread's alone
         self._seq = 0
         self._parent = os.getppid()
@@ -68,7 +70,9 @@ class Reader:
             return
         with self._handoff.ready:
             self._table.add(actives)
-            self._handoff.ready.notify()  # the planner's: the device thread waits for batches only
+            self._planner.plan_queries()
+            if any(active.job.lane == Lane.BULK for active in actives):
+                self._handoff.ready.notify()  # the planner thread makes the bulk batches
 
     def _attach(self, job: Job) -> ActiveJob | None:
         self._seq += 1

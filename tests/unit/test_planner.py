@@ -1,5 +1,6 @@
-"""The engine's planner thread (gpu_pool/engine/planner.py): the queries that arrive while an
-interactive batch waits for the device join it, as long as all of them fit."""
+"""The engine's planner (gpu_pool/engine/planner.py): the queries that arrive while an
+interactive batch waits for the device join it, as long as all of them fit; a query's batch is
+made on the thread that queued it, without the planner thread."""
 
 from __future__ import annotations
 
@@ -43,19 +44,17 @@ def spec(batch_size: int, max_batch_tokens: int) -> EngineSpec:
 
 
 @pytest.fixture
-def planner() -> Iterator[Callable[[int, int], tuple[JobTable, Handoff]]]:
-    """``planner(batch_size, max_batch_tokens)``: a running planner's job table and handoff (no device
-    thread takes its batches)."""
+def planner() -> Iterator[Callable[[int, int], tuple[JobTable, Handoff, Planner]]]:
+    """``planner(batch_size, max_batch_tokens)``: a running planner's job table, handoff and planner
+    (no device thread takes its batches)."""
     started: list[tuple[Handoff, threading.Thread]] = []
 
-    def start(batch_size: int, max_batch_tokens: int) -> tuple[JobTable, Handoff]:
-        table, handoff = JobTable(EngineShared(multiprocessing.get_context("spawn"), 1)), Handoff()
-        sizer = PassSizer(0.05, max_batch_tokens)
-        thread = threading.Thread(target=Planner(spec(batch_size, max_batch_tokens), table, handoff, sizer).run,
-                                  daemon=True)
+    def start(batch_size: int, max_batch_tokens: int) -> tuple[JobTable, Handoff, Planner]:
+        table, handoff, plans = unstarted(batch_size, max_batch_tokens)
+        thread = threading.Thread(target=plans.run, daemon=True)
         thread.start()
         started.append((handoff, thread))
-        return table, handoff
+        return table, handoff, plans
 
     yield start
     for handoff, thread in started:
@@ -71,10 +70,18 @@ def planner() -> Iterator[Callable[[int, int], tuple[JobTable, Handoff]]]:
         assert not thread.is_alive(), "the planner did not end once stopping"
 
 
-def add(table: JobTable, handoff: Handoff, *actives: ActiveJob) -> None:
+def unstarted(batch_size: int, max_batch_tokens: int) -> tuple[JobTable, Handoff, Planner]:
+    """A planner whose thread does not run (it makes bulk batches only)."""
+    table, handoff = JobTable(EngineShared(multiprocessing.get_context("spawn"), 1)), Handoff()
+    return table, handoff, Planner(spec(batch_size, max_batch_tokens), table, handoff,
+                                   PassSizer(0.05, max_batch_tokens))
+
+
+def add(table: JobTable, handoff: Handoff, plans: Planner, *actives: ActiveJob) -> None:
+    """As the reader queues jobs."""
     with handoff.ready:
         table.add(actives)
-        handoff.ready.notify_all()
+        plans.plan_queries()
 
 
 def prepared(table: JobTable, handoff: Handoff, expected: list[list[int]]) -> list[list[int]]:
@@ -89,11 +96,11 @@ def prepared(table: JobTable, handoff: Handoff, expected: list[list[int]]) -> li
 
 
 def test_queries_arriving_while_a_batch_waits_join_it(planner):
-    table, handoff = planner(8, 100)
-    add(table, handoff, query(1, 5))
+    table, handoff, plans = planner(8, 100)
+    add(table, handoff, plans, query(1, 5))
     assert prepared(table, handoff, [[1]]) == [[1]]
-    add(table, handoff, query(2, 7))
-    add(table, handoff, query(3, 6))
+    add(table, handoff, plans, query(2, 7))
+    add(table, handoff, plans, query(3, 6))
     assert prepared(table, handoff, [[1, 2, 3]]) == [[1, 2, 3]], "one pass for the three"
     with handoff.ready:
         batch = handoff.interactive[0]
@@ -103,39 +110,59 @@ def test_queries_arriving_while_a_batch_waits_join_it(planner):
 
 
 def test_queries_that_would_overfill_the_waiting_batch_wait_for_the_next(planner):
-    table, handoff = planner(2, 100)
-    add(table, handoff, query(1, 5))
+    table, handoff, plans = planner(2, 100)
+    add(table, handoff, plans, query(1, 5))
     prepared(table, handoff, [[1]])
-    add(table, handoff, query(2, 5), query(3, 5))  # three jobs: more than a batch takes
+    add(table, handoff, plans, query(2, 5), query(3, 5))  # three jobs: more than a batch takes
     time.sleep(0.2)
     assert prepared(table, handoff, [[1]]) == [[1]]
     assert [item.job_seq for item in table.queued[Lane.INTERACTIVE]] == [2, 3]
 
-    table, handoff = planner(8, 12)
-    add(table, handoff, query(1, 5))
+    table, handoff, plans = planner(8, 12)
+    add(table, handoff, plans, query(1, 5))
     prepared(table, handoff, [[1]])
-    add(table, handoff, query(2, 8))  # 13 tokens: past the budget
+    add(table, handoff, plans, query(2, 8))  # 13 tokens: past the budget
     time.sleep(0.2)
     assert prepared(table, handoff, [[1]]) == [[1]]
     assert [item.job_seq for item in table.queued[Lane.INTERACTIVE]] == [2]
 
 
 def test_a_rerank_pair_never_joins_a_batch_of_bge_m3_texts(planner):
-    table, handoff = planner(8, 100)
-    add(table, handoff, query(1, 5))
+    table, handoff, plans = planner(8, 100)
+    add(table, handoff, plans, query(1, 5))
     prepared(table, handoff, [[1]])
-    add(table, handoff, query(2, 5, Kind.RERANK))
+    add(table, handoff, plans, query(2, 5, Kind.RERANK))
     time.sleep(0.2)
     assert prepared(table, handoff, [[1]]) == [[1]]
     assert [item.job_seq for item in table.queued[Lane.INTERACTIVE]] == [2]
 
 
 def test_a_job_dropped_while_its_batch_waited_is_left_out_when_others_join(planner):
-    table, handoff = planner(8, 100)
+    table, handoff, plans = planner(8, 100)
     first = query(1, 5)
-    add(table, handoff, first)
+    add(table, handoff, plans, first)
     prepared(table, handoff, [[1]])
     with handoff.ready:
         table.drop([first])  # its client left: the batch made of it keeps the item until it runs
-    add(table, handoff, query(2, 5))
+    add(table, handoff, plans, query(2, 5))
     assert prepared(table, handoff, [[2]]) == [[2]]
+
+
+def test_a_query_batch_is_made_on_the_thread_that_queued_it():
+    table, handoff, plans = unstarted(8, 100)
+    add(table, handoff, plans, query(1, 5))
+    assert [[item.job_seq for item in batch.items] for batch in handoff.interactive] == [[1]], \
+        "made at once, with no planner thread running"
+
+
+def test_taking_the_prepared_batch_makes_the_next_of_the_queries_that_waited():
+    table, handoff, plans = unstarted(2, 100)
+    add(table, handoff, plans, query(1, 5))
+    add(table, handoff, plans, query(2, 5), query(3, 5))  # three jobs: more than a batch takes
+    assert len(handoff.interactive) == 1
+    with handoff.ready:  # as the device thread takes a batch
+        taken = handoff.interactive.popleft()
+        plans.batch_taken(Lane.INTERACTIVE)
+    assert [item.job_seq for item in taken.items] == [1]
+    assert [sorted(item.job_seq for item in batch.items) for batch in handoff.interactive] == [[2, 3]]
+    assert table.queued[Lane.INTERACTIVE] == []
