@@ -29,7 +29,8 @@ the real one included: random weights have no activation outliers, so their int8
 upper bounds, and the real model's are the ones to trust.
 
 ``products`` times the engine's bare forward (no HTTP, dense) with its products run by
-``F.linear``, prepacked for oneDNN, and in int8, in turns: the candidates one by one.
+``F.linear``, prepacked for oneDNN (float32; bfloat16 too on a CPU with bf16), and in int8, in
+turns: the candidates one by one.
 """
 
 from __future__ import annotations
@@ -298,6 +299,7 @@ def products(args: argparse.Namespace) -> None:
     import torch
 
     from gpu_pool.model import cpu_linear
+    from gpu_pool.model.device import cpu_has_fast_bf16
     from gpu_pool.model.m3 import M3Model
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
@@ -305,6 +307,8 @@ def products(args: argparse.Namespace) -> None:
     ways = {"f_linear": (torch.float32, cpu_linear.Dense, cpu_linear.Dense),
             "prepacked": (torch.float32, cpu_linear.Prepacked.of, cpu_linear.Prepacked.of),
             "int8": (cpu_linear.INT8, cpu_linear.int8, cpu_linear.Prepacked.of)}
+    if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU
+        ways["prepacked_bf16"] = (torch.bfloat16, cpu_linear.Prepacked.of, cpu_linear.Prepacked.of)
     chosen = cpu_linear.products
     engines = {}
     for name, (dtype, prepare, down) in ways.items():
