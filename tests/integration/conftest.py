@@ -6,15 +6,18 @@ one engine that also holds the tiny cross-encoder (``rerank_pool``, ``rerank_cli
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
-from FlagEmbedding import BGEM3FlagModel
 
 from embsvc.core.tokenizer import TextTokenizer
 from gpu_pool.client import EngineClient
 from gpu_pool.engine.spec import EngineSpec
 from gpu_pool.pool import EnginePool
 from testkit.engines import engine_spec, wait_ready
+
+if TYPE_CHECKING:
+    from FlagEmbedding import BGEM3FlagModel
 
 
 def running_pool(spec: EngineSpec) -> Iterator[EnginePool]:
@@ -38,6 +41,10 @@ def client(pool) -> EngineClient:
 
 @pytest.fixture(scope="session")
 def reference(tiny_model) -> BGEM3FlagModel:
+    # Imported here, not at the top: FlagEmbedding takes seconds to import, and a run of tests
+    # that never ask for the reference (test_simulated_device_coverage.py's) need not pay them.
+    from FlagEmbedding import BGEM3FlagModel
+
     return BGEM3FlagModel(str(tiny_model), use_fp16=False, devices="cpu")
 
 
