@@ -5,7 +5,7 @@ one engine that also holds the tiny cross-encoder (``rerank_pool``, ``rerank_cli
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import pytest
@@ -46,6 +46,22 @@ def reference(tiny_model) -> BGEM3FlagModel:
     from FlagEmbedding import BGEM3FlagModel
 
     return BGEM3FlagModel(str(tiny_model), use_fp16=False, devices="cpu")
+
+
+@pytest.fixture(scope="session")
+def encoded(reference) -> Callable[..., dict]:
+    """``encoded(texts, max_length, **options)``: ``reference.encode(texts, max_length=..., **options)``,
+    computed once a session for each question asked: FlagEmbedding's passes at 8192 tokens take
+    seconds, and several tests compare with the same answer (which they only read)."""
+    answers: dict[tuple, dict] = {}
+
+    def encode(texts: Sequence[str], max_length: int, **options: object) -> dict:
+        key = (tuple(texts), max_length, tuple(sorted(options.items())))
+        if key not in answers:
+            answers[key] = reference.encode(list(texts), max_length=max_length, **options)
+        return answers[key]
+
+    return encode
 
 
 @pytest.fixture(scope="session")
