@@ -20,18 +20,45 @@ if TYPE_CHECKING:
     from FlagEmbedding import BGEM3FlagModel
 
 
-def running_pool(spec: EngineSpec) -> Iterator[EnginePool]:
-    """One engine on ``spec``, ready, stopped after the session (each pool names its segments apart)."""
-    pool = EnginePool([spec], n_slots=2)
-    pool.start()
+# The session's two engines, started side by side: each takes some 4-5 s to start (a fresh
+# process imports torch and transformers), nearly all of it on one core. Collection says which
+# of them the run needs; the first of them asked for starts them all, then waits for its own.
+SESSION_POOLS = ("pool", "rerank_pool")
+_wanted: set[str] = set()
+_started: dict[str, EnginePool] = {}
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    _wanted.update(name for item in items for name in SESSION_POOLS if name in getattr(item, "fixturenames", ()))
+
+
+def pytest_sessionfinish() -> None:
+    for started in _started.values():  # each fixture stops its own; this stops one never asked for
+        started.stop()
+
+
+def _spec(name: str, request: pytest.FixtureRequest) -> EngineSpec:
+    model = request.getfixturevalue("tiny_model")
+    if name == "rerank_pool":
+        return engine_spec(model, reranker_path=str(request.getfixturevalue("tiny_reranker")))
+    return engine_spec(model)
+
+
+def session_pool(name: str, request: pytest.FixtureRequest) -> Iterator[EnginePool]:
+    """The session engine ``name``, ready, stopped after the session (each pool names its segments apart)."""
+    for other in sorted((_wanted | {name}) - _started.keys()):
+        _started[other] = EnginePool([_spec(other, request)], n_slots=2)
+        _started[other].start()
+    pool = _started[name]
     wait_ready(pool)
     yield pool
     pool.stop()
 
 
 @pytest.fixture(scope="session")
-def pool(tiny_model):
-    yield from running_pool(engine_spec(tiny_model))
+def pool(request: pytest.FixtureRequest) -> Iterator[EnginePool]:
+    yield from session_pool("pool", request)
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +97,8 @@ def tokenizer(tiny_model) -> TextTokenizer:
 
 
 @pytest.fixture(scope="session")
-def rerank_pool(tiny_model, tiny_reranker):
-    yield from running_pool(engine_spec(tiny_model, reranker_path=str(tiny_reranker)))
+def rerank_pool(request: pytest.FixtureRequest) -> Iterator[EnginePool]:
+    yield from session_pool("rerank_pool", request)
 
 
 @pytest.fixture(scope="session")
