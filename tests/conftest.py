@@ -17,15 +17,23 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 ANY = object()  # ``param`` of check_error: not checked
 
 
+def build_tiny_model() -> Path:
+    return build_model(MODELS / "bge-m3-tiny", "tiny")
+
+
+def build_tiny_reranker() -> Path:
+    return build_reranker(MODELS / "bge-reranker-v2-m3-tiny", "tiny")
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    return build_model(MODELS / "bge-m3-tiny", "tiny")
+    return build_tiny_model()
 
 
 @pytest.fixture(scope="session")
 def tiny_reranker() -> Path:
     """A tiny random cross-encoder in the bge-reranker-v2-m3 layout, with the tiny model's tokenizer."""
-    return build_reranker(MODELS / "bge-reranker-v2-m3-tiny", "tiny")
+    return build_tiny_reranker()
 
 
 def check_error(status: int, text: str, body: Callable[[], Any], want_status: int, error_type: str | None,

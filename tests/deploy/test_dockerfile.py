@@ -167,7 +167,8 @@ class _Health(http.server.BaseHTTPRequestHandler):
 def health_server() -> Iterator[tuple[http.server.ThreadingHTTPServer, type[_Health]]]:
     handler = type("Handler", (_Health,), {"status": 200})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's end.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield server, handler
     server.shutdown()

@@ -217,7 +217,8 @@ class _Answer(BaseHTTPRequestHandler):
 def test_a_replica_answering_503_stays_in_the_rotation_and_its_answer_reaches_the_client() -> None:
     busy, fine = _Upstream(503), _Upstream(200)
     for upstream in (busy, fine):
-        threading.Thread(target=upstream.serve_forever, daemon=True).start()
+        # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's end.
+        threading.Thread(target=upstream.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     try:
         addresses = [f"127.0.0.1:{u.server_address[1]}" for u in (busy, fine)]
         with nginx_proxy.running(addresses) as (port, _):

@@ -110,20 +110,20 @@ def test_the_start_log_gives_the_size_and_warns_that_it_is_too_small(small):
         assert words in warning, warning
 
 
-def test_nothing_is_left_in_the_namespace_s_shm_after_exit(tiny_model, tmp_path):
-    server = Server(tiny_model, tmp_path / "server.log", shm_size="4m", API_TOKEN="t").start()
+def test_nothing_is_left_in_the_namespace_s_shm_after_exit(small):
+    """Last in this module: it stops the module's server (the same settings a server of its own had)."""
+    server = small
     rng = random.Random(15)
     bodies = [{"input": texts(rng, 300 if i % 2 else 20), **ALL_KINDS} for i in range(16)]  # large and pooled
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda body: requests.post(f"{server.url}/v1/embeddings", json=body, timeout=60,
-                                                            headers={"Authorization": "Bearer t"}).status_code,
+                                                            headers=AUTH).status_code,
                                  bodies))
     assert set(statuses) <= {200, 503} and 200 in statuses
     # A large request that waits for room takes back what its worker kept: the burst may end with
     # nothing kept. Small requests one at a time, with room to spare, leave their segments kept.
     for body in bodies[0:4:2]:
-        assert requests.post(f"{server.url}/v1/embeddings", json=body, timeout=60,
-                             headers={"Authorization": "Bearer t"}).status_code == 200
+        assert requests.post(f"{server.url}/v1/embeddings", json=body, timeout=60, headers=AUTH).status_code == 200
     assert server.shm_entries(), "the workers keep finished segments for reuse while they run"
     os.kill(procs.engine_pid(server), signal.SIGKILL)  # a crash on the way out, for good measure
     procs.wait_for(lambda: requests.get(f"{server.url}/health", timeout=5).status_code == 200, 60)

@@ -60,10 +60,13 @@ def test_int8_stays_close_to_float32_on_the_tiny_model(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def int8_client(tiny_model):
+def int8_client(tiny_model, request):
     pool = EnginePool([engine_spec(tiny_model, dtype="int8")], n_slots=1)
     pool.start()
     try:
+        # The test compares with the session's float32 engine: it starts (and is waited for)
+        # while this one loads, not after it.
+        request.getfixturevalue("client")
         wait_ready(pool)
         yield EngineClient(pool, pool.take_slot(), max_queue_size=50, timeout_s=60)
     finally:

@@ -44,7 +44,7 @@ def assert_equal(got: Outputs, expected: Outputs) -> None:
 
 
 @pytest.mark.parametrize("scores_per_token, step_tokens", [(ONE_PART, None), (3, None), (ONE_PART, 37)])
-def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenizer, reference, scores_per_token,
+def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenizer, encoded, scores_per_token,
                                                                   step_tokens, monkeypatch):
     # 3 scores per token: attention in several parts, texts cut by query rows (as long texts
     # are); 37 rows a step: every product in chunks, as a long text's bulk pass runs.
@@ -67,8 +67,7 @@ def test_a_pass_interrupted_at_every_step_gives_the_same_vectors(model, tokenize
     assert_equal(bulk.outputs_async().wait(), alone)
 
     # And both equal FlagEmbedding's (the same tolerance as the vector tests).
-    ref = reference.encode(MIXED_TEXTS[:6], max_length=512, return_dense=True, return_sparse=True,
-                           return_colbert_vecs=True)
+    ref = encoded(MIXED_TEXTS[:6], 512, return_dense=True, return_sparse=True, return_colbert_vecs=True)
     got = bulk.outputs_async().wait()
     for i, dense in enumerate(got.dense):
         assert dense @ ref["dense_vecs"][i] / np.linalg.norm(ref["dense_vecs"][i]) >= 0.99999

@@ -24,9 +24,8 @@ def served(client, tokenizer, texts, max_length, kinds=ALL) -> list[dict]:
         return [{k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in item.items()} for item in items]
 
 
-def expected(reference, texts, max_length) -> dict:
-    return reference.encode(texts, max_length=max_length, batch_size=4, return_dense=True, return_sparse=True,
-                            return_colbert_vecs=True)
+def expected(encoded, texts, max_length) -> dict:
+    return encoded(texts, max_length, batch_size=4, return_dense=True, return_sparse=True, return_colbert_vecs=True)
 
 
 def assert_same(item: dict, ref: dict, i: int, kinds: Kind = ALL) -> None:
@@ -53,31 +52,31 @@ def assert_same(item: dict, ref: dict, i: int, kinds: Kind = ALL) -> None:
 
 
 @pytest.mark.parametrize("max_length", [8192, 512, 16])
-def test_batched_inputs_match(client, tokenizer, reference, max_length):
+def test_batched_inputs_match(client, tokenizer, encoded, max_length):
     items = served(client, tokenizer, TEXTS, max_length)
-    ref = expected(reference, TEXTS, max_length)
+    ref = expected(encoded, TEXTS, max_length)
     for i, item in enumerate(items):
         assert_same(item, ref, i)
 
 
-def test_single_inputs_match(client, tokenizer, reference):
-    ref = expected(reference, TEXTS, 8192)
+def test_single_inputs_match(client, tokenizer, encoded):
+    ref = expected(encoded, TEXTS, 8192)
     for i, text in enumerate(TEXTS):
         assert_same(served(client, tokenizer, [text], 8192)[0], ref, i)
 
 
-def test_longest_input_runs(client, tokenizer, reference):
+def test_longest_input_runs(client, tokenizer, encoded):
     text = PARAGRAPH * 200
     ids = tokenizer.encode([text])[0]
     assert len(ids) > 8192
     item = served(client, tokenizer, [text], 8192)[0]
     assert item["colbert_embedding"].shape[0] == 8191
-    assert_same(item, expected(reference, [text], 8192), 0)
+    assert_same(item, expected(encoded, [text], 8192), 0)
 
 
-def test_concurrent_jobs_with_mixed_kinds_each_get_their_own(client, tokenizer, reference):
+def test_concurrent_jobs_with_mixed_kinds_each_get_their_own(client, tokenizer, encoded):
     kind_sets = [Kind.DENSE, Kind.SPARSE, Kind.COLBERT, Kind.DENSE | Kind.SPARSE, ALL, Kind.SPARSE | Kind.COLBERT]
-    ref = expected(reference, TEXTS, 8192)
+    ref = expected(encoded, TEXTS, 8192)
     jobs = [(i % len(TEXTS), kind_sets[i % len(kind_sets)]) for i in range(36)]
 
     def run(job):

@@ -3,14 +3,19 @@ falcon's TestClient; no process, no model beyond the tiny model's tokenizer file
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from falcon import testing
+from tokenizers import Tokenizer
 
 from embsvc.app import create_app
 from embsvc.config import Settings, load_settings
+from embsvc.core import rerank_pairs
+from embsvc.core import tokenizer as text_tokenizer
 from testkit.server import AUTH, TOKEN
 from tests.conftest import ANY, check_error
 from tests.unit.fake_engine import FakeEngine
@@ -18,6 +23,35 @@ from tests.unit.fake_engine import FakeEngine
 __all__ = ["AUTH", "LIMITS", "TOKEN", "assert_error", "post"]
 # Small limits, so that the tests reach them with small bodies.
 LIMITS = {"MAX_INPUTS": "4", "MAX_REQUEST_BYTES": "4096", "MAX_TOKENS": "64"}
+
+
+class _ParsedOnce:
+    """``tokenizers.Tokenizer`` as embsvc sees it here: ``from_file`` parses each file once a session.
+    The tiny model's tokenizer.json is 2 MB of JSON, some 60 ms to parse, and every app these tests
+    build parsed it again on its first request (about 130 times a run). embsvc only reads the
+    tokenizer it gets and sets no truncation and no padding on it, so one can serve them all."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[str, int, int], Tokenizer] = {}
+
+    def from_file(self, path: str) -> Tokenizer:
+        stat = os.stat(path)
+        key = (path, stat.st_mtime_ns, stat.st_size)  # a test's own, changed file is parsed anew
+        if key not in self._parsed:
+            self._parsed[key] = Tokenizer.from_file(path)
+        return self._parsed[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(Tokenizer, name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tokenizer_files_parsed_once() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        shared = _ParsedOnce()
+        patch.setattr(text_tokenizer, "Tokenizer", shared)
+        patch.setattr(rerank_pairs, "Tokenizer", shared)
+        yield
 
 
 @pytest.fixture

@@ -37,7 +37,8 @@ class Handler(BaseHTTPRequestHandler):
 def port() -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's end.
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
 
