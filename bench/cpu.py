@@ -29,8 +29,9 @@ the real one included: random weights have no activation outliers, so their int8
 upper bounds, and the real model's are the ones to trust.
 
 ``products`` times the engine's bare forward (no HTTP, dense) with its products run by
-``F.linear``, prepacked for oneDNN (float32; bfloat16 too on a CPU with bf16), and in int8, in
-turns: the candidates one by one.
+``F.linear``, prepacked for oneDNN (float32; bfloat16 too on a CPU with bf16), and in int8 as
+served (on a CPU with bf16 also with the feed-forward's second product in float32, as served
+elsewhere), in turns: the candidates one by one.
 """
 
 from __future__ import annotations
@@ -304,12 +305,13 @@ def products(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     model = args.model or build_model(MODELS / "bge-m3-full", "full")
+    chosen = cpu_linear.products
     ways = {"f_linear": (torch.float32, cpu_linear.Dense, cpu_linear.Dense),
             "prepacked": (torch.float32, cpu_linear.Prepacked.of, cpu_linear.Prepacked.of),
-            "int8": (cpu_linear.INT8, cpu_linear.int8, cpu_linear.Prepacked.of)}
-    if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU
+            "int8": (cpu_linear.INT8, *chosen(torch.device("cpu"), cpu_linear.INT8)[1:])}  # as served
+    if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU, and int8 as it is served elsewhere
         ways["prepacked_bf16"] = (torch.bfloat16, cpu_linear.Prepacked.of, cpu_linear.Prepacked.of)
-    chosen = cpu_linear.products
+        ways["int8_float32_down"] = (cpu_linear.INT8, cpu_linear.int8, cpu_linear.Prepacked.of)
     engines = {}
     for name, (dtype, prepare, down) in ways.items():
         cpu_linear.products = lambda device, dtype, name=name, prepare=prepare, down=down: (name, prepare, down)

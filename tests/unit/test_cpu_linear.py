@@ -1,5 +1,6 @@
-"""The encoder's products as the CPU runs them: prepacked float32 equals F.linear, int8 stays close,
-and DTYPE=int8 is a CPU choice that auto never makes."""
+"""The encoder's products as the CPU runs them: prepacked float32 equals F.linear, int8 and a
+bfloat16 product between float32 activations stay close, and DTYPE=int8 is a CPU choice that
+auto never makes."""
 
 from __future__ import annotations
 
@@ -44,16 +45,35 @@ def test_int8_stays_close_to_float32():
     torch.testing.assert_close(cpu_linear.int8(weight, bias).gelu(x), F.gelu(got))
 
 
-def test_products_chosen_by_device_and_dtype():
+def test_products_chosen_by_device_and_dtype(monkeypatch):
     cpu = torch.device("cpu")
     assert cpu_linear.products(cpu, cpu_linear.INT8)[1] is cpu_linear.int8
     name, prepare, down = cpu_linear.products(cpu, torch.float32)
     assert (name, prepare, down) == ("oneDNN prepacked", cpu_linear.prepacked, cpu_linear.prepacked)
-    # int8: the feed-forward's second product stays float32
+    # int8: the feed-forward's second product stays float32, or bfloat16 where the CPU has bf16
+    monkeypatch.setattr(cpu_linear, "cpu_has_fast_bf16", lambda: False)
     assert cpu_linear.products(cpu, cpu_linear.INT8)[2] == cpu_linear.prepacked
+    monkeypatch.setattr(cpu_linear, "cpu_has_fast_bf16", lambda: True)
+    name, _, down = cpu_linear.products(cpu, cpu_linear.INT8)
+    assert "second product bfloat16" in name
+    assert isinstance(down(*weights()), cpu_linear.InBfloat16)
     assert cpu_linear.products(torch.device("cuda", 0), torch.float16)[1] is cpu_linear.Dense
     with pytest.raises(ValueError, match="CPU only"):
         cpu_linear.products(torch.device("cuda", 0), cpu_linear.INT8)
+
+
+def test_a_bfloat16_product_between_float32_activations():
+    weight, bias = weights(256, 512)
+    x = torch.randn(32, 512, generator=torch.Generator().manual_seed(2))
+    product = cpu_linear.in_bfloat16(cpu_linear.Dense)(weight, bias)
+    expected = F.linear(x, weight, bias)
+    got = product(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    assert F.cosine_similarity(got, expected, dim=-1).min() > 0.999
+    assert not torch.equal(got, expected), "the product ran in bfloat16"
+    gelu = product.gelu(x)
+    assert gelu.dtype == torch.float32
+    assert F.cosine_similarity(gelu, F.gelu(expected), dim=-1).min() > 0.999
 
 
 def test_int8_only_when_asked():
