@@ -89,7 +89,7 @@ class Prepacked:
 @dataclass(frozen=True)
 class InBfloat16:
     """A bfloat16 product between float32 activations: int8's feed-forward second product on a
-    CPU with bf16, where it runs at 2-2.5 times float32's rate (a third of int8's FLOPs)."""
+    CPU with bf16, where it runs at 2-2.5 times float32's rate (it is a third of the products' FLOPs)."""
 
     product: Product  # with bfloat16 weights
 
