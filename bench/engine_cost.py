@@ -5,15 +5,18 @@
 One CPU engine on the tiny model (testkit's engine spec, batches of up to 32 jobs), two web
 worker slots, ``--clients`` threads in a closed loop, each sending one short text (dense) per
 job through ``EngineClient``: the engine is the bottleneck, as on a host whose web side keeps
-up. Reads the engine process's CPU time (/proc) before and after, and its batch counts. Prints
-one JSON line: µs of engine CPU per request, requests/s, requests per pass. Run it under two
-checkouts' PYTHONPATH in turns for a before and after: run as a file (not ``-m``, which would
-put the working directory first), it and the engine process import ``gpu_pool`` from there.
+up. Reads the engine process's CPU time and its threads' context switches (/proc) before and
+after, and its batch counts. Prints one JSON line: µs of engine CPU and context switches per
+request, requests/s, requests per pass. Run it under two checkouts' PYTHONPATH in turns for a
+before and after: run as a file (not ``-m``, which would put the working directory first), it
+and the engine process import ``gpu_pool`` from there. (Few clients, ``--clients 2``, leave the
+engine idle between passes of one or two requests, as a web side that is the bottleneck does.)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import threading
@@ -36,6 +39,16 @@ _UNUSED = np.array([0, 1, 2, 3], dtype=np.int32)
 def cpu_us(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * 1e6 / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def switches(pid: int) -> int:
+    """The context switches of every thread of ``pid`` so far (each a sleep or a preemption)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            total += sum(int(line.split()[1]) for line in status.read_text().splitlines()
+                         if line.endswith("ctxt_switches", 0, line.find(":")))
+    return total
 
 
 def closed_loop(clients: list[EngineClient], threads: int, count: int) -> None:
@@ -74,13 +87,15 @@ def main() -> None:
         closed_loop(clients, args.clients, 500)  # warm-up
         handle = pool.engines[0]
         assert handle.process is not None and handle.process.pid is not None
-        before, stats_before = cpu_us(handle.process.pid), handle.shared.read_stats()
+        pid = handle.process.pid
+        before, switched, stats_before = cpu_us(pid), switches(pid), handle.shared.read_stats()
         began = time.perf_counter()
         closed_loop(clients, args.clients, args.requests)
         seconds = time.perf_counter() - began
-        after, stats = cpu_us(handle.process.pid), handle.shared.read_stats()
+        after, stats = cpu_us(pid), handle.shared.read_stats()
         passes = max(1, stats.batches - stats_before.batches)
         print(json.dumps({"engine_us": round((after - before) / args.requests, 1),
+                          "engine_switches": round((switches(pid) - switched) / args.requests, 2),
                           "requests_per_s": round(args.requests / seconds, 1),
                           "requests_per_pass": round((stats.batched_requests - stats_before.batched_requests) / passes,
                                                      2)}))
