@@ -16,9 +16,7 @@ engine idle between passes of one or two requests, as a web side that is the bot
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -30,25 +28,11 @@ from gpu_pool.pool import EnginePool
 from gpu_pool.wire.protocol import Kind
 from testkit.engines import engine_spec, wait_ready
 from testkit.model_builder import build_model
+from testkit.procs import cpu_us, switches
 
 ROOT = Path(__file__).resolve().parent.parent
 _IDS = [np.array([0, *range(5, 14), 2], dtype=np.int32)]  # ten tokens: a short query
 _UNUSED = np.array([0, 1, 2, 3], dtype=np.int32)
-
-
-def cpu_us(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1e6 / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def switches(pid: int) -> int:
-    """The context switches of every thread of ``pid`` so far (each a sleep or a preemption)."""
-    total = 0
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
-            total += sum(int(line.split()[1]) for line in status.read_text().splitlines()
-                         if line.endswith("ctxt_switches", 0, line.find(":")))
-    return total
 
 
 def closed_loop(clients: list[EngineClient], threads: int, count: int) -> None:

@@ -41,9 +41,7 @@ compare this server's CPU per request with the other's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import statistics
 import subprocess
 import tempfile
@@ -61,6 +59,7 @@ from bench.gpu.server import lone_query as timed_lone_query
 from testkit import httpload
 from testkit import server as testkit_server
 from testkit.model_builder import build_model
+from testkit.procs import cpu_us, switches
 from testkit.server import AUTH, GUNICORN, TOKEN, Server, free_port
 from testkit.workload import requests_of, texts, texts_of_words
 
@@ -175,7 +174,6 @@ def bare_falcon(seconds: int, workdir: Path) -> dict:
         process.wait(30)
 
 
-_TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 _BUFFERED = "embsvc.master.buffered_worker.BufferedThreadWorker"
 _GTHREAD = "gthread"
 
@@ -190,37 +188,20 @@ class Target:
     def counters(self) -> dict[str, float]:
         """So far, by role (engine; web: its workers summed; master): CPU time (µs) and context
         switches (each a thread's sleep or preemption: the wake-ups a request costs)."""
-        roles = {"engine_us": 0.0, "web_us": 0.0, "master_us": _cpu_us(self.master), "engine_switches": 0.0,
+        roles = {"engine_us": 0.0, "web_us": 0.0, "master_us": cpu_us(self.master), "engine_switches": 0.0,
                  "web_switches": 0.0}
         for child in _children(self.master):
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
             if b"resource_tracker" in cmdline:
                 continue
             role = "engine" if b"spawn_main" in cmdline else "web"
-            roles[f"{role}_us"] += _cpu_us(child)
-            roles[f"{role}_switches"] += _switches(child)
+            roles[f"{role}_us"] += cpu_us(child)
+            roles[f"{role}_switches"] += switches(child)
         return roles
 
 
 def _children(pid: int) -> list[int]:
     return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def _cpu_us(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0  # gone between listing and reading
-    return (int(fields[11]) + int(fields[12])) * _TICK_US  # utime, stime (fields 14 and 15)
-
-
-def _switches(pid: int) -> int:
-    total = 0
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
-            total += sum(int(line.split()[1]) for line in status.read_text().splitlines()
-                         if line.endswith("ctxt_switches", 0, line.find(":")))
-    return total
 
 
 def _bare_target(name: str, worker_class: str) -> Target:

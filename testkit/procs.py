@@ -25,6 +25,7 @@ from testkit.server import Server
 SHM = Path("/dev/shm")
 FAULTS = Path(__file__).resolve().parent / "engine_faults"
 T = TypeVar("T")
+_TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,25 @@ class Proc:
     session: int
     state: str  # R, S, D, T (stopped), Z (zombie), ...
     cmdline: str
+
+
+def cpu_us(pid: int) -> float:
+    """The CPU time ``pid`` has used so far (utime + stime), in µs; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0  # gone between listing and reading
+    return (int(fields[11]) + int(fields[12])) * _TICK_US  # utime, stime (fields 14 and 15)
+
+
+def switches(pid: int) -> int:
+    """The context switches of every thread of ``pid`` so far (each a sleep or a preemption)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            total += sum(int(line.split()[1]) for line in status.read_text().splitlines()
+                         if line.endswith("ctxt_switches", 0, line.find(":")))
+    return total
 
 
 def proc(pid: int) -> Proc | None:
