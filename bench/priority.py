@@ -22,10 +22,10 @@ testkit's load generator (testkit/httpload.py), against a bare Falcon app (testk
 on the same gunicorn settings with the same clients. Prints one JSON line of figures and ratios.
 The bulk loads count every request sent in their window, however late its answer.
 
-``--host-cost``: the host's CPU per short request, per process role, on the tiny model in float32. Four
-servers are up at once and take turns, in a rotating order: the server (its buffered worker),
-the server under gunicorn's gthread (``GUNICORN_CMD_ARGS=-k gthread``), and the bare Falcon
-app under each of the two worker classes. Each turn sends a fixed number of requests (one
+``--host-cost``: the host's CPU per short request, per process role, on the tiny model in
+float32. Four servers are up at once and take turns, in a rotating order: the server (its
+buffered worker), the server under gunicorn's gthread (``GUNICORN_CMD_ARGS=-k gthread``), and
+the bare Falcon app under each of the two worker classes. Each turn sends a fixed number of requests (one
 short text each) from 16 connections (testkit's load generator, 2 processes) and reads the
 CPU time (utime + stime, /proc/PID/stat) and the context switches (/proc/PID/task/*/status) of
 the engine and of each web worker before and after: CPU time moves less than a rate while

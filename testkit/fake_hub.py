@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+from testkit.loopback import serve
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -28,8 +29,7 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> FakeHub:
-        # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's end.
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        serve(self._server)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,6 @@ import http.server
 import json
 import re
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from testkit import scripts
+from testkit.loopback import serve
 
 from .helpers import ROOT, run, tool
 
@@ -167,9 +167,7 @@ class _Health(http.server.BaseHTTPRequestHandler):
 def health_server() -> Iterator[tuple[http.server.ThreadingHTTPServer, type[_Health]]]:
     handler = type("Handler", (_Health,), {"status": 200})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's end.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
+    serve(server)
     yield server, handler
     server.shutdown()
     server.server_close()

@@ -9,7 +9,6 @@ import pwd
 import re
 import shutil
 import tempfile
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +16,7 @@ from types import ModuleType
 import pytest
 
 from testkit import nginx as nginx_proxy
+from testkit.loopback import serve
 
 from .helpers import DEPLOY, api_default, load_render, run, tool
 
@@ -217,8 +217,7 @@ class _Answer(BaseHTTPRequestHandler):
 def test_a_replica_answering_503_stays_in_the_rotation_and_its_answer_reaches_the_client() -> None:
     busy, fine = _Upstream(503), _Upstream(200)
     for upstream in (busy, fine):
-        # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's end.
-        threading.Thread(target=upstream.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        serve(upstream)
     try:
         addresses = [f"127.0.0.1:{u.server_address[1]}" for u in (busy, fine)]
         with nginx_proxy.running(addresses) as (port, _):

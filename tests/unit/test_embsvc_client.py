@@ -9,7 +9,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from embsvc_client import (
 )
 from embsvc_client.errors import error_from, parse_retry_after
 from embsvc_client.results import floats
+from testkit.loopback import serve
 
 DIM = 4
 
@@ -250,9 +250,7 @@ def stub(*script: tuple[int, dict[str, str], object]) -> Iterator[Stub]:
             pass  # quiet: pytest shows the assertions
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's end.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
+    serve(server)
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         yield state

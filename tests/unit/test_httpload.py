@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from testkit import httpload
+from testkit.loopback import serve
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -37,8 +37,7 @@ class Handler(BaseHTTPRequestHandler):
 def port() -> Iterator[int]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every test's end.
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+    serve(server)
     yield server.server_address[1]
     server.shutdown()
 
