@@ -59,7 +59,7 @@ from bench.gpu.server import lone_query as timed_lone_query
 from testkit import httpload
 from testkit import server as testkit_server
 from testkit.model_builder import build_model
-from testkit.procs import cpu_us, switches
+from testkit.procs import children, cpu_us, switches
 from testkit.server import AUTH, GUNICORN, TOKEN, Server, free_port
 from testkit.workload import requests_of, texts, texts_of_words
 
@@ -190,18 +190,13 @@ class Target:
         switches (each a thread's sleep or preemption: the wake-ups a request costs)."""
         roles = {"engine_us": 0.0, "web_us": 0.0, "master_us": cpu_us(self.master), "engine_switches": 0.0,
                  "web_switches": 0.0}
-        for child in _children(self.master):
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"resource_tracker" in cmdline:
+        for child in children(self.master):
+            if "resource_tracker" in child.cmdline:
                 continue
-            role = "engine" if b"spawn_main" in cmdline else "web"
-            roles[f"{role}_us"] += cpu_us(child)
-            roles[f"{role}_switches"] += switches(child)
+            role = "engine" if "spawn_main" in child.cmdline else "web"
+            roles[f"{role}_us"] += cpu_us(child.pid)
+            roles[f"{role}_switches"] += switches(child.pid)
         return roles
-
-
-def _children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _bare_target(name: str, worker_class: str) -> Target:
