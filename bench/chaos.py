@@ -77,6 +77,9 @@ GROWTH_LIMIT = 0.10
 # come (6.1 -> 7.0 MiB in a 30 s run), which is not a leak; a leaking engine or web worker
 # grows by far more.
 GROWTH_FLOOR_MB = 2.0
+# Idle before each memory reading: a new engine or worker settles, and each process gives its
+# free heap back (runtime/malloc.py trims a second after its last request).
+SETTLE_S = 2.0
 # Answers that a fault or the load explains: a full queue, a restarting engine, a full /dev/shm,
 # nginx's own 503 for a request whose worker was killed, /health's 503 while the engine is away;
 # 400s are the bad requests sent on purpose.
@@ -284,6 +287,7 @@ def _under_load(server: Server, nginx_pid: int, port: int, shape: tuple[int, flo
     load.gate.set()
     time.sleep(warmup)
     load.quiesce()  # memory is compared idle: under load it swings by the batch in hand
+    time.sleep(SETTLE_S)
     roles_start = processes(server, nginx_pid)
     start = rss(roles_start)
     offset = (logs / "access.log").stat().st_size
@@ -294,7 +298,7 @@ def _under_load(server: Server, nginx_pid: int, port: int, shape: tuple[int, flo
     load.quiesce()  # every request sent is answered (or not) and counted
     tally.measuring = False
     procs.wait_for(lambda: _healthy(server), 120, interval=0.2, what="the server to be ready again")
-    time.sleep(2.0)  # a new engine or worker settles
+    time.sleep(SETTLE_S)
     roles_end = processes(server, nginx_pid)
     end = rss(roles_end)
     load.finish()

@@ -6,11 +6,15 @@ measured +15 to +40 % over a minute), without any leak:
 - each thread may get a malloc arena of its own (up to 8 per core), and memory
   freed across many arenas is seldom returned: a web worker has 32 threads;
 - freed memory inside the heap stays mapped: only the top of the heap goes back
-  by itself, so the engine kept the pages of its largest batches.
+  by itself, so the engine kept the pages of its largest batches and a web worker
+  those of its largest answers (glibc raises its threshold for mmap to each large
+  block freed, so later ones come from the heap).
 
 Two arenas per process fix the first at little cost (the web workers' threads
-mostly wait, the engine has few). For the second, the engine trims its heap
-whenever it has been idle for a moment, which costs nothing under load.
+mostly wait, the engine has few). For the second, the engine and each web worker
+trim their heap whenever they have been idle for a moment, which costs nothing under
+load (a fixed mmap threshold would instead fault a large answer's pages in anew each
+time: 25 % slower JSON for a 17 MB ColBERT answer).
 """
 
 from __future__ import annotations
