@@ -27,6 +27,7 @@ import contextlib
 import errno
 import selectors
 import socket
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -36,6 +37,7 @@ from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from embsvc.master.framing import RequestFrame
+from runtime import malloc
 
 _RECV = 64 * 1024
 _SMALL = 64 * 1024  # a request this small is read whatever the budget: probes and queries are
@@ -82,9 +84,26 @@ class BufferedThreadWorker(ThreadWorker):
         self.whole: set[TConn] = set()  # read here, on their way to a thread
         self.paused: list[_Reading] = []  # waiting for room in the budget, unread
         self.buffered = 0  # bytes held by the connections being read
+        self.handling = 0  # requests in the threads' hands
+        self._handling_lock = threading.Lock()
         cfg = self.cfg
         # The longest head gunicorn's parser takes: a longer one is refused without waiting.
         self.max_head = cfg.limit_request_line + 2 + cfg.limit_request_fields * (cfg.limit_request_field_size + 2) + 2
+
+    def init_process(self) -> None:
+        # A large answer (a ColBERT batch's JSON: megabytes) leaves its pages in the heap: given
+        # back once no request is in hand, so that a worker's idle memory is not its largest answer's.
+        malloc.trim_when_idle(lambda: self.handling > 0)
+        super().init_process()
+
+    def handle(self, conn: TConn) -> Any:
+        with self._handling_lock:
+            self.handling += 1
+        try:
+            return super().handle(conn)
+        finally:
+            with self._handling_lock:
+                self.handling -= 1
 
     def accept(self, listener: socket.socket) -> None:
         try:

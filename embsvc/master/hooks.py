@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sized
 from pathlib import Path
 from typing import Protocol
 
@@ -38,7 +37,6 @@ class _Worker(Protocol):
 
     pid: int
     slot: int | None
-    futures: Sized  # gthread's requests in hand
 
 
 _settings: Settings | None = None
@@ -109,8 +107,6 @@ def pre_fork(server: object, worker: _Worker) -> None:
 def post_fork(server: object, worker: _Worker) -> None:
     global _client
     malloc.limit_arenas()
-    # A large answer (a ColBERT batch's JSON: megabytes) leaves its pages in the heap; idle, they go back.
-    malloc.trim_when_idle(lambda: len(worker.futures) > 0)
     pool = _require_pool()
     pool.detach_from_engines()
     if worker.slot is None:

@@ -6,13 +6,17 @@ docs/reliability.md)."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from bench import chaos
+from testkit import procs
+from tests.e2e.conftest import post
 
 
 @pytest.mark.slow
@@ -32,3 +36,18 @@ def test_a_short_soak_behind_nginx_passes():
     for role in ("engine", "web worker", "nginx worker", "gunicorn master"):
         assert role in roles, f"{role} missing from the memory table: {result['rss_mb']}"
     assert all(row["peak_mb"] >= row["start_mb"] for row in result["rss_mb"] if row["start_mb"]), result["rss_mb"]
+
+
+def test_a_web_worker_gives_back_the_memory_of_large_answers_once_idle(server):
+    # Each answer is megabytes of JSON (ColBERT rows of 8 long texts); freed, its pages stay in
+    # the heap until the worker, idle, trims it (runtime/malloc.py).
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "kappa"]
+    body = {"input": [" ".join(random.Random(i).choices(words, k=400)) for i in range(8)],
+            "return_dense": True, "return_sparse": True, "return_colbert": True}
+    with ThreadPoolExecutor(8) as pool:
+        for answer in pool.map(lambda _: post(server, "/v1/embeddings", body), range(48)):
+            assert answer.status_code == 200, answer.text
+    workers = procs.worker_pids(server)
+    loaded = sum(procs.rss_mb(pid) for pid in workers)
+    procs.wait_for(lambda: sum(procs.rss_mb(pid) for pid in workers) < loaded - 4, 10, interval=0.2,
+                   what=f"the web workers' memory ({loaded:.1f} MiB after the answers) to shrink by 4 MiB")
