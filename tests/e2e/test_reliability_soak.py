@@ -1,7 +1,7 @@
 """The soak of bench/chaos.py without faults, short: real nginx in front of real gunicorn and
 engine, many clients, mixed requests; no error but the deliberate ones, no process restarted,
 none growing by more than 10 % (and 2 MiB) (the full run: python -m bench.chaos --soak,
-docs/reliability.md)."""
+docs/reliability.md); and web workers that give back the memory of large answers once idle."""
 
 from __future__ import annotations
 
