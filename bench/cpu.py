@@ -4,6 +4,8 @@
     .venv/bin/python -m bench.cpu        (or: make bench-cpu)
     .venv/bin/python -m bench.cpu precision --model FOLDER [--against float32] [--dtype int8]
     .venv/bin/python -m bench.cpu products [--model FOLDER]
+    .venv/bin/python -m bench.cpu split [--shapes 8x128 2x512 1x16]
+    .venv/bin/python -m bench.cpu attention [--shapes 8x128 2x512 1x1024]
 
 ``run`` (the default) builds the full-size random bge-m3 (models/bge-m3-full, git-ignored;
 its compute is the real model's), converts it once for OpenVINO (models/bge-m3-full-ov) and
@@ -28,15 +30,25 @@ query's ten best documents by dense score, and by sparse, in both). Any bge-m3 f
 the real one included: random weights have no activation outliers, so their int8 figures are
 upper bounds, and the real model's are the ones to trust.
 
+``split`` shows where one forward's time goes, per shape: the engine's (``auto``'s dtype, dense)
+by operator (torch's profiler, CPU time of each operator itself) and OpenVINO's by node type
+(its ``PERF_COUNT`` counters, of a model compiled for that shape alone), after three warm passes.
+
+``attention`` times one layer's attention over a packed batch (bfloat16, or float32 on a CPU
+without bf16) as the engine runs it (``scaled_dot_product_attention``, per length) and the two
+ways torch's own operators offer instead, with each one's largest error against float32.
+
 ``products`` times the engine's bare forward (no HTTP, dense) with its products run by
-``F.linear``, prepacked for oneDNN (float32; bfloat16 too on a CPU with bf16), and in int8 as
-served (on a CPU with bf16 also with the feed-forward's second product in float32, as served
-elsewhere), in turns: the candidates one by one.
+``F.linear``, prepacked for oneDNN (float32; on a CPU with bf16 also bfloat16 as served, between
+float32 activations, and as it ran before, bfloat16 throughout), and in int8 as served (on a
+CPU with bf16 also with the feed-forward's second product in float32, as served elsewhere), in
+turns: the candidates one by one.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -306,17 +318,21 @@ def products(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     model = args.model or build_model(MODELS / "bge-m3-full", "full")
     chosen = cpu_linear.products
-    ways = {"f_linear": (torch.float32, cpu_linear.Dense, cpu_linear.Dense),
-            "prepacked": (torch.float32, cpu_linear.Prepacked.of, cpu_linear.Prepacked.of),
-            "int8": (cpu_linear.INT8, *chosen(torch.device("cpu"), cpu_linear.INT8)[1:])}  # as served
-    if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU, and int8 as it is served elsewhere
-        ways["prepacked_bf16"] = (torch.bfloat16, cpu_linear.Prepacked.of, cpu_linear.Prepacked.of)
-        ways["int8_float32_down"] = (cpu_linear.INT8, cpu_linear.int8, cpu_linear.Prepacked.of)
+    cpu, f32, bf16 = torch.device("cpu"), torch.float32, torch.bfloat16
+    ways = {"f_linear": (f32, cpu_linear.Products("F.linear", cpu_linear.Dense, cpu_linear.Dense, f32, f32)),
+            "prepacked": (f32, cpu_linear.Products("prepacked", *(cpu_linear.Prepacked.of,) * 2, f32, f32)),
+            "int8": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8))}  # as served
+    if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU, as it ran before, and int8 as served elsewhere
+        ways["prepacked_bf16"] = (bf16, chosen(cpu, bf16))
+        ways["prepacked_bf16_activations"] = (bf16, cpu_linear.Products("bfloat16 throughout",
+                                                                        *(cpu_linear.Prepacked.of,) * 2, bf16, bf16))
+        ways["int8_float32_down"] = (cpu_linear.INT8, cpu_linear.Products("int8, float32 down", cpu_linear.int8,
+                                                                          cpu_linear.Prepacked.of, f32, f32))
     engines = {}
-    for name, (dtype, prepare, down) in ways.items():
-        cpu_linear.products = lambda device, dtype, name=name, prepare=prepare, down=down: (name, prepare, down)
+    for name, (dtype, way) in ways.items():
+        cpu_linear.products = lambda device, dtype, way=way: way
         try:
-            engines[name] = M3Model(model, torch.device("cpu"), dtype, torch.get_num_threads())
+            engines[name] = M3Model(model, cpu, dtype, torch.get_num_threads())
         finally:
             cpu_linear.products = chosen
     forwards: dict[str, Forward] = {name: lambda batch, e=engine: dense(e, batch) for name, engine in engines.items()}
@@ -334,6 +350,89 @@ def products(args: argparse.Namespace) -> None:
         print(json.dumps({"round": number, **figures}), flush=True)
         rounds.append(figures)
     print(json.dumps({"medians": {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}}))
+
+
+def split(args: argparse.Namespace) -> None:
+    """Where one forward's time goes: the engine's by operator, OpenVINO's by node type (ms)."""
+    import openvino as ov
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from gpu_pool.model.device import cpu_has_fast_bf16
+    from gpu_pool.model.m3 import M3Model
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    model = args.model or build_model(MODELS / "bge-m3-full", "full")
+    engine = M3Model(model, torch.device("cpu"), torch.bfloat16 if cpu_has_fast_bf16() else torch.float32, threads)
+    openvino_forward(model, threads)  # converts the model once
+    for shape in args.shapes:
+        count, length = (int(n) for n in shape.split("x"))
+        ids = tokenized(model, (count, length))
+        inputs = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        # Compiled afresh for each shape: its counters average over every pass the model has run.
+        compiled = ov.Core().compile_model(str(MODELS / f"{model.name}-ov" / "model.xml"), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        for _ in range(3):
+            dense(engine, ids)
+            request.infer(inputs)
+        with profile(activities=[ProfilerActivity.CPU]) as profiled:
+            dense(engine, ids)
+        # Each operator's own time as the calling thread saw it (its OpenMP threads run inside), µs to ms.
+        ours = {e.key: e.self_cpu_time_total / 1000 for e in profiled.key_averages()}
+        theirs: dict[str, float] = {}
+        for node in request.profiling_info:
+            theirs[node.node_type] = theirs.get(node.node_type, 0.0) + node.real_time.total_seconds() * 1000
+        print(json.dumps({"shape": shape, "engine_dtype": engine.dtype_name, "engine_ms": _largest(ours),
+                          "openvino_ms": _largest(theirs)}), flush=True)
+
+
+def attention_ways(args: argparse.Namespace) -> None:
+    """One layer's attention three ways, ms per call and the largest error against float32."""
+    import torch
+    import torch.nn.functional as F
+
+    from gpu_pool.model.device import cpu_has_fast_bf16
+
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    heads, width = 16, 64  # bge-m3's
+
+    def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scores: torch.dtype) -> torch.Tensor:
+        """Softmax(q kᵀ / √d) v by batched products, the scores in ``scores``, so many heads at a
+        time that their scores take at most 4 MB (the fastest of 256 KB to 16 MB measured here)."""
+        q, k, v = (x.reshape(-1, *x.shape[-2:]) for x in (q, k, v))  # [texts * heads, length, width]
+        out = torch.empty_like(v)
+        step = max(1, (4 << 20) // (length * length * 4))
+        for first in range(0, len(q), step):
+            rows = slice(first, first + step)
+            product = torch.bmm(q[rows].to(scores), k[rows].to(scores).transpose(1, 2)) * width ** -0.5
+            torch.bmm(torch.softmax(product, -1).to(v.dtype), v[rows], out=out[rows])
+        return out.view(count, heads, length, width)
+
+    for shape in args.shapes:
+        count, length = (int(n) for n in shape.split("x"))
+        qkv = torch.randn(count * length, 3 * heads * width, generator=torch.Generator().manual_seed(0)).to(dtype)
+        q, k, v = qkv.view(count, length, 3, heads, width).permute(2, 0, 3, 1, 4)  # as the engine's views
+        exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+        ways: dict[str, Callable[..., torch.Tensor]] = {
+            "sdpa_served": F.scaled_dot_product_attention,
+            "bmm_scores_in_dtype": lambda *qkv: explicit(*qkv, dtype),
+            "bmm_scores_float32": lambda *qkv: explicit(*qkv, torch.float32)}
+        figures: dict[str, float] = {}
+        for name, way in ways.items():
+            timed = functools.partial(way, q, k, v)
+            figures[f"{name}_ms"] = round(query_ms(lambda _ids, timed=timed: timed(), np.zeros(0), args.repeats), 3)
+            figures[f"{name}_max_error"] = round((way(q, k, v).float() - exact).abs().max().item(), 4)
+        print(json.dumps({"shape": shape, "dtype": str(dtype).removeprefix("torch."), **figures}), flush=True)
+
+
+def _largest(times: dict[str, float], shown: int = 6) -> dict[str, float]:
+    """The ``shown`` largest entries, the rest summed as "other", and the total, rounded."""
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])
+    kept = {name: round(ms, 1) for name, ms in ranked[:shown]}
+    return {**kept, "other": round(sum(ms for _, ms in ranked[shown:]), 1), "total": round(sum(times.values()), 1)}
 
 
 def dense(engine: Any, ids: np.ndarray) -> np.ndarray:
@@ -420,8 +519,18 @@ def main() -> None:
     forward.add_argument("--repeats", type=int, default=3, help="timed calls per shape and way, after a warm-up")
     forward.add_argument("--shapes", nargs="+", default=["8x128", "2x512", "1x16"], help="TEXTSxTOKENS")
     forward.add_argument("--references", action="store_true", help="OpenVINO and ONNX Runtime int8 too")
+    where = commands.add_parser("split", help="where one forward's time goes, the engine's and OpenVINO's")
+    where.add_argument("--model", type=Path, default=None, help="a bge-m3 folder (default: the full random one)")
+    where.add_argument("--shapes", nargs="+", default=["8x128", "2x512", "1x16"], help="TEXTSxTOKENS")
+    layer = commands.add_parser("attention", help="one layer's attention: as served, and torch's other ways")
+    layer.add_argument("--shapes", nargs="+", default=["8x128", "2x512", "1x1024"], help="TEXTSxTOKENS")
+    layer.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    if args.command == "precision":
+    if args.command == "split":
+        split(args)
+    elif args.command == "attention":
+        attention_ways(args)
+    elif args.command == "precision":
         precision(args)
     elif args.command == "products":
         products(args)

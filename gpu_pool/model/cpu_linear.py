@@ -6,6 +6,11 @@ so that the encoder's steps (gpu_pool/model/xlmr.py) need not know how it runs:
 - ``Dense``: ``F.linear`` on the weight as transformers loaded it (CUDA, and the reference);
 - ``Prepacked`` (the CPU in float32 or bfloat16): the weight reordered once into oneDNN's
   blocked layout (what torch inductor's freezing and IPEX do), GELU fused into the product.
+  In bfloat16 (``InBfloat16``) the products run between float32 activations: the embeddings'
+  sum, the residual sums and the norms stay float32, as OpenVINO keeps them. A pass at the same
+  speed (full model, in process: 8×128 1,733 against 1,727 ms, 2×512 2,001 against 2,025, 1×16
+  44.8 against 44.2), and a dense cosine to float32's of 0.99994 at least instead of 0.99973
+  (24 texts; a bare transformers forward in bfloat16: 0.99974);
   ``F.linear`` hands the row-major weight to the BLAS, which repacks it on every call: for a
   16-token query that repacking is most of the memory read per layer (micro-benchmark on
   24 distinct 1024×4096 weights, 16 rows, 2 threads: 2.4× faster prepacked, same bits in float32);
@@ -18,7 +23,8 @@ so that the encoder's steps (gpu_pool/model/xlmr.py) need not know how it runs:
   0.9949 with it in int8, 0.9969 without; dense 0.9984, 0.9989).
 
 ``products(device, dtype)`` chooses, and falls back to ``Dense`` where the installed torch or
-the CPU lacks the kernel (oneDNN's bfloat16 reorder needs AVX-512 or AVX-NE-CONVERT).
+the CPU lacks the kernel (oneDNN's bfloat16 reorder needs AVX-512 or AVX-NE-CONVERT); its
+``Products`` also say in which type the activations and the embedding table are kept.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +79,9 @@ class Prepacked:
 
     @classmethod
     def of(cls, weight: torch.Tensor, bias: torch.Tensor) -> Prepacked:
-        # No batch-size hint: one layout serves every pass's row count.
-        return cls(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None), bias.contiguous())
+        # No batch-size hint: one layout serves every pass's row count. The bias copied: a view
+        # would keep transformers' map of the weights file (gpu_pool/model/xlmr.py, ``_own``).
+        return cls(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None), bias.clone())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
@@ -88,16 +95,19 @@ class Prepacked:
 
 @dataclass(frozen=True)
 class InBfloat16:
-    """A bfloat16 product between float32 activations: int8's feed-forward second product on a
-    CPU with bf16, where it runs at 2-2.5 times float32's rate (it is a third of the products' FLOPs)."""
+    """A bfloat16 product between float32 activations (every product of ``DTYPE=bfloat16`` on a
+    CPU; int8's feed-forward second product on a CPU with bf16, where it runs at 2-2.5 times
+    float32's rate). Its input is rounded to bfloat16 (already so: attention's output, the
+    feed-forward's middle), its output stays bfloat16: the residual sum that takes it widens it
+    to float32 on the way, and the next product or attention would round it again."""
 
     product: Product  # with bfloat16 weights
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.product(x.to(torch.bfloat16)).float()
+        return self.product(x.to(torch.bfloat16))
 
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
-        return self.product.gelu(x.to(torch.bfloat16)).float()
+        return self.product.gelu(x.to(torch.bfloat16))
 
 
 def in_bfloat16(prepare: Prepare) -> Prepare:
@@ -120,7 +130,7 @@ class Int8:
             # still its int8 CPU kernel, and a test fails the day the ops are gone.
             warnings.simplefilter("ignore", UserWarning)
             quantized = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-        return cls(torch.ops.quantized.linear_prepack(quantized, bias.float()))
+        return cls(torch.ops.quantized.linear_prepack(quantized, bias.float().clone()))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # reduce_range=False: all 8 bits of the activations. Measured on AVX2 (no VNNI), 64 rows
@@ -143,24 +153,37 @@ for _name, _capacity in PRIMITIVE_CACHES.items():
     os.environ.setdefault(_name, _capacity)
 
 
-def products(device: torch.device | Device, dtype: torch.dtype) -> tuple[str, Prepare, Prepare]:
+class Products(NamedTuple):
+    """How the encoder runs on a device in a dtype (``products``)."""
+
+    name: str  # for the load log
+    prepare: Prepare  # every product's weight but the feed-forward's second (and the ColBERT head's)
+    prepare_down: Prepare  # the feed-forward's second product and the ColBERT head: floating point always
+    activations: torch.dtype  # of the embeddings' sum, the residual sums and the norms (their weights too)
+    table: torch.dtype  # of the embedding table: the largest tensor, kept as small as its products' type
+
+
+def products(device: torch.device | Device, dtype: torch.dtype) -> Products:
     """How the encoder's weights are prepared on ``device`` in ``dtype`` (``INT8``: the CPU's
-    int8 products): its name for the load log, then the preparation of every product but the
-    feed-forward's second, and of that one. An accelerator's products are ``F.linear``'s, also
-    where its tensors live in host memory (the simulated device's)."""
+    int8 products), and the types around them. An accelerator's products are ``F.linear``'s,
+    also where its tensors live in host memory (the simulated device's)."""
     on_host = Device.of(device).accelerator is None
     if dtype == INT8:
         if not on_host:
             raise ValueError(f"DTYPE=int8 runs on the CPU only, not on {Device.of(device).name}")
         down_type = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-        name, down = products(device, down_type)[::2]
-        if down_type == torch.bfloat16:
-            down = in_bfloat16(down)
-        return (f"int8 dynamic quantized linear (fbgemm); the feed-forward's second product "
-                f"{str(down_type).removeprefix('torch.')}, {name}"), int8, down
+        down = products(device, down_type)
+        # Between int8's float32 activations; bfloat16 products that fall back to F.linear need the wrapper too.
+        prepare_down = down.prepare if down.activations == torch.float32 else in_bfloat16(down.prepare)
+        return Products(f"int8 dynamic quantized linear (fbgemm); the feed-forward's second product "
+                        f"{str(down_type).removeprefix('torch.')}, {down.name}", int8, prepare_down,
+                        torch.float32, torch.float32)
     if on_host and _prepacks(dtype):
-        return "oneDNN prepacked", prepacked, prepacked
-    return "F.linear", Dense, Dense
+        if dtype == torch.bfloat16:
+            return Products("oneDNN prepacked, bfloat16 between float32 activations", in_bfloat16(prepacked),
+                            in_bfloat16(prepacked), torch.float32, dtype)
+        return Products("oneDNN prepacked", prepacked, prepacked, dtype, dtype)
+    return Products("F.linear", Dense, Dense, dtype, dtype)
 
 
 # Smaller weights run through F.linear: oneDNN's cost per call outweighs the weight read it saves

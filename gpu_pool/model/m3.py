@@ -56,21 +56,25 @@ class M3Model:
         self.where = Device.of(device)  # with its accelerator, where there is one
         self.device, self.threads = self.where.tensors, threads
         device = self.device
-        self.products, prepare, prepare_down = cpu_linear.products(self.where, dtype)
-        self.prepare = prepare  # also the cross-encoder's (gpu_pool/model/reranker.py)
-        # The type of the weights outside the products and of the activations: int8 runs float32 around its products.
-        self.dtype = dtype = torch.float32 if dtype == cpu_linear.INT8 else dtype
+        products = cpu_linear.products(self.where, dtype)
+        self.products, self.prepare = products.name, products.prepare  # also the cross-encoder's
+        self.table = products.table  # gpu_pool/model/reranker.py's too
         self.device_name = self.where.name
-        self.dtype_name = "int8" if prepare is cpu_linear.int8 else str(dtype).removeprefix("torch.")
+        self.dtype_name = "int8" if dtype == cpu_linear.INT8 else str(dtype).removeprefix("torch.")
+        # The type of the weights outside the products and of the activations: float32 around
+        # int8's products, and around bfloat16's on a CPU.
+        self.dtype = dtype = products.activations
         model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
         model.requires_grad_(False).to(device).eval()
         self.attention, kernel = attention.select(device, dtype, attention_path)
-        self.encoder = PackedEncoder(model, kernel, prepare, prepare_down)
+        self.encoder = PackedEncoder(model, kernel, products.prepare, products.prepare_down, products.table)
         self.layers = len(self.encoder.layers)
         hidden = model.config.hidden_size
         self.dim = hidden
         self.sparse_linear = _load_linear(path / "sparse_linear.pt", hidden, 1, device, dtype)
-        self.colbert_linear = _load_linear(path / "colbert_linear.pt", hidden, hidden, device, dtype)
+        colbert = _load_linear(path / "colbert_linear.pt", hidden, hidden, device, dtype)
+        # A product as the feed-forward's second: floating point on every path, int8's too.
+        self.colbert_linear = products.prepare_down(colbert.weight, colbert.bias)
         self.pad_id = int(model.config.pad_token_id)
         config = model.config
         self.flops_per_token = flops_per_token(config.num_hidden_layers, hidden, config.intermediate_size)

@@ -267,19 +267,22 @@ def layer_steps(chunks: Sequence[Chunk], parts: Sequence[Attention]) -> tuple[St
 
 class PackedEncoder:
     def __init__(self, model: XLMRobertaModel, kernel: Kernel | None = None, prepare: Prepare = Dense,
-                 prepare_down: Prepare | None = None) -> None:
+                 prepare_down: Prepare | None = None, table: torch.dtype | None = None) -> None:
         """``kernel``: the varlen attention kernel (``attention.select``); None: attention per length;
         ``prepare``: how each product's weight is prepared (``cpu_linear.products``); ``prepare_down``:
-        the feed-forward's second product's (None: as the others)."""
+        the feed-forward's second product's (None: as the others); ``table``: the word embeddings'
+        type (None: the model's; a smaller one widens to it in the embeddings' sum)."""
         config = model.config
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
                              f"position_embedding_type={config.position_embedding_type!r}")
         self.eps = config.layer_norm_eps
         emb = model.embeddings
-        self.word, self.position = emb.word_embeddings.weight, emb.position_embeddings.weight
-        self.token_type = emb.token_type_embeddings.weight[0]  # bge-m3 has one token type
-        self.embedding_norm = (emb.LayerNorm.weight, emb.LayerNorm.bias)
+        word = emb.word_embeddings.weight
+        self.word = word.to(table or word.dtype, copy=True)
+        self.position = _own(emb.position_embeddings.weight)
+        self.token_type = _own(emb.token_type_embeddings.weight[0])  # bge-m3 has one token type
+        self.embedding_norm = _norm(emb.LayerNorm)
         # nn.ModuleList is not generic: its items are typed Module, though each is an XLMRobertaLayer.
         down = prepare if prepare_down is None else prepare_down
         self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps, prepare, down)
@@ -321,14 +324,25 @@ def _layer(layer: XLMRobertaLayer, heads: int, eps: float, prepare: Prepare, pre
     return Layer(
         qkv=prepare(torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections])),
         attention_out=prepare(*_params(layer.attention.output.dense)),
-        attention_norm=_params(layer.attention.output.LayerNorm),
+        attention_norm=_norm(layer.attention.output.LayerNorm),
         intermediate=prepare(*_params(layer.intermediate.dense)),
         output=prepare_down(*_params(layer.output.dense)),
-        output_norm=_params(layer.output.LayerNorm),
+        output_norm=_norm(layer.output.LayerNorm),
         heads=heads,
         eps=eps,
     )
 
 
-def _params(module: torch.nn.Linear | torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+def _params(module: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     return module.weight, module.bias
+
+
+def _norm(module: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    return _own(module.weight), _own(module.bias)
+
+
+def _own(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy in memory of its own. transformers maps the weights file, and a tensor kept as a
+    view of it keeps the whole file mapped once the products have made their own copies of the
+    rest (the full model's float32 file: 2.3 GB of the engine's memory)."""
+    return tensor.clone()

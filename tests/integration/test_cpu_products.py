@@ -1,4 +1,5 @@
-"""The CPU engine's products on the tiny model: prepacked float32 gives F.linear's vectors, and
+"""The CPU engine's products on the tiny model: prepacked float32 gives F.linear's vectors,
+bfloat16 products between float32 activations come closer to float32 than bfloat16 throughout, and
 DTYPE=int8 stays close to float32 through a real engine process (the full model's figures:
 docs/performance.md, "int8 on a CPU")."""
 
@@ -39,12 +40,31 @@ def test_prepacked_float32_gives_f_linear_outputs(tiny_model, monkeypatch):
     monkeypatch.setattr(cpu_linear, "PREPACK_MIN_WEIGHTS", 0)  # the tiny model's weights too
     prepacked = M3Model(tiny_model, torch.device("cpu"), torch.float32)
     assert prepacked.products == "oneDNN prepacked"
-    monkeypatch.setattr(cpu_linear, "products", lambda device, dtype: ("F.linear", cpu_linear.Dense, cpu_linear.Dense))
+    f32 = torch.float32
+    plain_products = cpu_linear.Products("F.linear", cpu_linear.Dense, cpu_linear.Dense, f32, f32)
+    monkeypatch.setattr(cpu_linear, "products", lambda device, dtype: plain_products)
     plain = M3Model(tiny_model, torch.device("cpu"), torch.float32)
     lengths = [9, 17, 4, 17]
     got, expected = outputs(prepacked, lengths), outputs(plain, lengths)
     for kind in ("dense", "sparse", "colbert"):
         np.testing.assert_allclose(getattr(got, kind), getattr(expected, kind), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_products_run_between_float32_activations(tiny_model, monkeypatch):
+    """``auto`` on a CPU with bf16 (monkeypatched so on any CPU): bfloat16 products, float32 sums
+    and norms, the embedding table in bfloat16. What it gains over bfloat16 throughout shows over
+    24 layers, not the tiny model's (the full model's figures: docs/performance.md)."""
+    monkeypatch.setattr(cpu_linear, "_prepacks", lambda dtype: True)
+    model = M3Model(tiny_model, torch.device("cpu"), torch.bfloat16)
+    assert (model.dtype, model.dtype_name, model.encoder.word.dtype) == (torch.float32, "bfloat16", torch.bfloat16)
+    assert isinstance(model.encoder.layers[0].qkv, cpu_linear.InBfloat16), model.products
+    assert isinstance(model.colbert_linear, cpu_linear.InBfloat16)
+    got = outputs(model, [9, 17, 4])
+    assert got.dense.dtype == got.sparse.dtype == got.colbert.dtype == np.float32
+    figures = compare(tiny_model, "bfloat16", documents=30, queries=10, threads=1)
+    assert figures["dense_cosine_min"] >= 0.999 and figures["sparse_cosine_min"] >= 0.999, figures
+    assert figures["colbert_cosine_mean"] >= 0.999, figures
+    assert figures["dense_cosine_mean"] < 1.0, "the products ran in bfloat16"
 
 
 def test_int8_stays_close_to_float32_on_the_tiny_model(tiny_model):

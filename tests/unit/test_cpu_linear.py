@@ -47,17 +47,24 @@ def test_int8_stays_close_to_float32():
 
 def test_products_chosen_by_device_and_dtype(monkeypatch):
     cpu = torch.device("cpu")
-    assert cpu_linear.products(cpu, cpu_linear.INT8)[1] is cpu_linear.int8
-    name, prepare, down = cpu_linear.products(cpu, torch.float32)
-    assert (name, prepare, down) == ("oneDNN prepacked", cpu_linear.prepacked, cpu_linear.prepacked)
+    f32, bf16 = torch.float32, torch.bfloat16
+    int8 = cpu_linear.products(cpu, cpu_linear.INT8)
+    assert int8.prepare is cpu_linear.int8 and (int8.activations, int8.table) == (f32, f32)
+    assert cpu_linear.products(cpu, f32) == ("oneDNN prepacked", cpu_linear.prepacked, cpu_linear.prepacked, f32, f32)
     # int8: the feed-forward's second product stays float32, or bfloat16 where the CPU has bf16
     monkeypatch.setattr(cpu_linear, "cpu_has_fast_bf16", lambda: False)
-    assert cpu_linear.products(cpu, cpu_linear.INT8)[2] == cpu_linear.prepacked
+    assert cpu_linear.products(cpu, cpu_linear.INT8).prepare_down == cpu_linear.prepacked
     monkeypatch.setattr(cpu_linear, "cpu_has_fast_bf16", lambda: True)
-    name, _, down = cpu_linear.products(cpu, cpu_linear.INT8)
-    assert "second product bfloat16" in name
-    assert isinstance(down(*weights()), cpu_linear.InBfloat16)
-    assert cpu_linear.products(torch.device("cuda", 0), torch.float16)[1] is cpu_linear.Dense
+    int8 = cpu_linear.products(cpu, cpu_linear.INT8)
+    assert "second product bfloat16" in int8.name
+    assert isinstance(int8.prepare_down(*weights()), cpu_linear.InBfloat16)
+    # bfloat16 products on a CPU run between float32 activations; the embedding table stays bfloat16
+    monkeypatch.setattr(cpu_linear, "_prepacks", lambda dtype: True)
+    on_cpu = cpu_linear.products(cpu, bf16)
+    assert (on_cpu.activations, on_cpu.table) == (f32, bf16)
+    assert all(isinstance(prepare(*weights()), cpu_linear.InBfloat16) for prepare in on_cpu[1:3])
+    cuda = cpu_linear.products(torch.device("cuda", 0), torch.float16)
+    assert cuda.prepare is cpu_linear.Dense and cuda.activations == cuda.table == torch.float16
     with pytest.raises(ValueError, match="CPU only"):
         cpu_linear.products(torch.device("cuda", 0), cpu_linear.INT8)
 
@@ -68,12 +75,14 @@ def test_a_bfloat16_product_between_float32_activations():
     product = cpu_linear.in_bfloat16(cpu_linear.Dense)(weight, bias)
     expected = F.linear(x, weight, bias)
     got = product(x)
-    assert got.dtype == torch.float32 and got.shape == expected.shape
-    assert F.cosine_similarity(got, expected, dim=-1).min() > 0.999
-    assert not torch.equal(got, expected), "the product ran in bfloat16"
+    # bfloat16 out: the residual sum that takes it widens it to float32
+    assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+    assert (got + expected).dtype == torch.float32
+    assert F.cosine_similarity(got.float(), expected, dim=-1).min() > 0.999
+    torch.testing.assert_close(product(x.bfloat16()), got, rtol=0, atol=0)  # an input already rounded: the same
     gelu = product.gelu(x)
-    assert gelu.dtype == torch.float32
-    assert F.cosine_similarity(gelu, F.gelu(expected), dim=-1).min() > 0.999
+    assert gelu.dtype == torch.bfloat16
+    assert F.cosine_similarity(gelu.float(), F.gelu(expected), dim=-1).min() > 0.999
 
 
 def test_int8_only_when_asked():
