@@ -6,14 +6,14 @@ so that the encoder's steps (gpu_pool/model/xlmr.py) need not know how it runs:
 - ``Dense``: ``F.linear`` on the weight as transformers loaded it (CUDA, and the reference);
 - ``Prepacked`` (the CPU in float32 or bfloat16): the weight reordered once into oneDNN's
   blocked layout (what torch inductor's freezing and IPEX do), GELU fused into the product.
-  In bfloat16 (``InBfloat16``) the products run between float32 activations: the embeddings'
-  sum, the residual sums and the norms stay float32, as OpenVINO keeps them. A pass at the same
-  speed (full model, in process: 8×128 1,733 against 1,727 ms, 2×512 2,001 against 2,025, 1×16
-  44.8 against 44.2), and a dense cosine to float32's of 0.99994 at least instead of 0.99973
-  (24 texts; a bare transformers forward in bfloat16: 0.99974);
   ``F.linear`` hands the row-major weight to the BLAS, which repacks it on every call: for a
   16-token query that repacking is most of the memory read per layer (micro-benchmark on
   24 distinct 1024×4096 weights, 16 rows, 2 threads: 2.4× faster prepacked, same bits in float32);
+- ``InBfloat16`` around them (the CPU in bfloat16): the products run between float32
+  activations; the embeddings' sum, the residual sums and the norms stay float32, as OpenVINO
+  keeps them. Against bfloat16 throughout, on the full model in process: a dense cosine to
+  float32's of 0.99994 at the least instead of 0.99973 (24 texts), for 1 to 2 % more time
+  (8×128 1,739 against 1,718 ms; docs/performance.md, "bfloat16's precision");
 - ``Int8`` (``DTYPE=int8``, CPU only): dynamic quantization through torch's own quantized
   linear (fbgemm): weights int8 per output channel, each call's activations quantized per
   tensor on the fly, accumulated in int32 and returned in float32. The feed-forward's second

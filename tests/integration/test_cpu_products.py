@@ -1,6 +1,6 @@
 """The CPU engine's products on the tiny model: prepacked float32 gives F.linear's vectors,
-bfloat16 products between float32 activations come closer to float32 than bfloat16 throughout, and
-DTYPE=int8 stays close to float32 through a real engine process (the full model's figures:
+bfloat16 products run between float32 activations and stay close to float32, and DTYPE=int8
+stays close to float32 through a real engine process (the full model's figures:
 docs/performance.md, "int8 on a CPU")."""
 
 from __future__ import annotations
