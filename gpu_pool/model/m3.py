@@ -58,7 +58,6 @@ class M3Model:
         device = self.device
         products = cpu_linear.products(self.where, dtype)
         self.products, self.prepare = products.name, products.prepare  # also the cross-encoder's
-        self.table = products.table  # gpu_pool/model/reranker.py's too
         self.device_name = self.where.name
         self.dtype_name = "int8" if dtype == cpu_linear.INT8 else str(dtype).removeprefix("torch.")
         # The type of the weights outside the products and of the activations: float32 around

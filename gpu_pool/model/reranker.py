@@ -57,7 +57,8 @@ class CrossEncoder:
             raise ValueError(f"{path} is no one-label XLM-RoBERTa cross-encoder (model_type={config.model_type!r}, "
                              f"num_labels={config.num_labels})")
         loaded.requires_grad_(False).to(self.device).eval()
-        self.encoder = PackedEncoder(model.roberta, embedder.encoder.kernel, embedder.prepare, table=embedder.table)
+        self.encoder = PackedEncoder(model.roberta, embedder.encoder.kernel, embedder.prepare,
+                                     table=embedder.encoder.word.dtype)
         self.layers = len(self.encoder.layers)
         head: XLMRobertaClassificationHead = model.classifier
         self.dense = (head.dense.weight, head.dense.bias)
