@@ -22,7 +22,7 @@ TOOLS  := $(VENV)/tools
 LOCK_ARGS := --python-version 3.11 --python-platform x86_64-manylinux_2_36 --generate-hashes \
 	--index-url https://pypi.org/simple --custom-compile-command "make lock" --quiet
 
-.PHONY: install install-test serve test test-fast test-compat lint clean gpu-check tools lock lock-cpu audit audit-if-reachable \
+.PHONY: install install-test native serve test test-fast test-compat lint clean gpu-check tools lock lock-cpu audit audit-if-reachable \
 	bench-deps bench-cpu
 
 $(VENV)/.installed: requirements.txt
@@ -41,15 +41,20 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-serve: install
+# The engine's attention kernel for CPUs with AVX-512 BF16 (gpu_pool/model/native); without a C
+# compiler the engine runs torch's attention and says so, so a failed build stops nothing.
+native: install
+	-$(PY) gpu_pool/model/native/compiler.py
+
+serve: install native
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py embsvc.wsgi:app
 
 # Every test but those that need a CUDA device (bench/gpu/check.sh runs them on the GPU machine).
-test: lint audit-if-reachable
+test: lint audit-if-reachable native
 	$(PY) -m pytest -q -m "not gpu"
 
 # Unit and integration tests without the slow ones, no lint: under a minute, for every edit.
-test-fast: install-test
+test-fast: install-test native
 	$(PY) -m pytest -q -m "not slow and not gpu" tests/unit tests/integration
 
 # The unit and integration tiers under the GPU machine's torch and transformers

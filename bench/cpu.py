@@ -331,10 +331,13 @@ def products(args: argparse.Namespace) -> None:
             "int8": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8))}  # as served
     if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU, as it ran before, and int8 as served elsewhere
         ways["prepacked_bf16"] = (bf16, chosen(cpu, bf16))
+        ways["prepacked_bf16_torch_attention"] = ways["prepacked_bf16"]  # as served before the native kernel
         ways["prepacked_bf16_activations"] = (bf16, cpu_linear.Products("bfloat16 throughout",
                                                                         *(cpu_linear.Prepacked.of,) * 2, bf16, bf16))
         ways["int8_float32_down"] = (cpu_linear.INT8, cpu_linear.Products("int8, float32 down", cpu_linear.int8,
                                                                           cpu_linear.Prepacked.of, f32, f32))
+    if args.ways:
+        ways = {name: way for name, way in ways.items() if name in args.ways}
     engines = {}
     for name, (dtype, way) in ways.items():
         cpu_linear.products = lambda device, dtype, way=way: way
@@ -342,6 +345,8 @@ def products(args: argparse.Namespace) -> None:
             engines[name] = M3Model(model, cpu, dtype, torch.get_num_threads())
         finally:
             cpu_linear.products = chosen
+    if "prepacked_bf16_torch_attention" in engines:
+        engines["prepacked_bf16_torch_attention"].encoder.native = None
     forwards: dict[str, Forward] = {name: lambda batch, e=engine: dense(e, batch) for name, engine in engines.items()}
     if args.references:
         threads = torch.get_num_threads()
@@ -396,15 +401,20 @@ def split(args: argparse.Namespace) -> None:
 
 
 def attention_ways(args: argparse.Namespace) -> None:
-    """One layer's attention three ways, ms per call and the largest error against float32."""
+    """One layer's attention as served (the native kernel where it runs), and torch's ways, ms per call
+    and the largest error against float32."""
     import torch
     import torch.nn.functional as F
 
+    from gpu_pool.model import attention, native
+    from gpu_pool.model.attention import Block
     from gpu_pool.model.device import cpu_has_fast_bf16
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     dtype = torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     heads, width = 16, 64  # bge-m3's
+    kernel, which = native.load()
+    print(json.dumps({"native": which}), flush=True)
 
     def explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scores: torch.dtype) -> torch.Tensor:
         """Softmax(q kᵀ / √d) v by batched products, the scores in ``scores``, so many heads at a
@@ -418,15 +428,24 @@ def attention_ways(args: argparse.Namespace) -> None:
             torch.bmm(torch.softmax(product, -1).to(v.dtype), v[rows], out=out[rows])
         return out.view(count, heads, length, width)
 
+    def compiled(qkv: torch.Tensor, count: int, length: int) -> torch.Tensor:
+        """The engine's own kernel (gpu_pool/model/native) over the whole qkv, as one part."""
+        assert kernel is not None
+        context = attention.new_context(qkv)
+        kernel(qkv, context, [Block(0, length, count, (0, length))], heads)
+        return context.view(count, length, heads, width).transpose(1, 2)
+
     for shape in args.shapes:
         count, length = (int(n) for n in shape.split("x"))
         qkv = torch.randn(count * length, 3 * heads * width, generator=torch.Generator().manual_seed(0)).to(dtype)
         q, k, v = qkv.view(count, length, 3, heads, width).permute(2, 0, 3, 1, 4)  # as the engine's views
         exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
         ways: dict[str, Callable[..., torch.Tensor]] = {
-            "sdpa_served": F.scaled_dot_product_attention,
+            "torch_fused": F.scaled_dot_product_attention,  # as served before the native kernel, and in float32
             "bmm_scores_in_dtype": lambda *qkv: explicit(*qkv, dtype),
             "bmm_scores_float32": lambda *qkv: explicit(*qkv, torch.float32)}
+        if kernel is not None and kernel.takes(qkv, heads):
+            ways["native"] = lambda *_, qkv=qkv, count=count, length=length: compiled(qkv, count, length)
         figures: dict[str, float] = {}
         for name, way in ways.items():
             timed = functools.partial(way, q, k, v)
@@ -526,6 +545,7 @@ def main() -> None:
     forward.add_argument("--repeats", type=int, default=3, help="timed calls per shape and way, after a warm-up")
     forward.add_argument("--shapes", nargs="+", default=["8x128", "2x512", "1x16"], help="TEXTSxTOKENS")
     forward.add_argument("--references", action="store_true", help="OpenVINO and ONNX Runtime int8 too")
+    forward.add_argument("--ways", nargs="+", default=None, help="only these ways (default: all)")
     where = commands.add_parser("split", help="where one forward's time goes, the engine's and OpenVINO's")
     where.add_argument("--model", type=Path, default=None, help="a bge-m3 folder (default: the full random one)")
     where.add_argument("--shapes", nargs="+", default=["8x128", "2x512", "1x16"], help="TEXTSxTOKENS")

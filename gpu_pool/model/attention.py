@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gpu_pool.model.native import BlocksAttention
+
 PER_LENGTH = "per-length"
 VARLEN = "varlen"
 HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -137,9 +139,14 @@ def new_context(qkv: torch.Tensor) -> torch.Tensor:
     return qkv.new_empty(qkv.shape[0], qkv.shape[1] // 3)
 
 
-def attend(qkv: torch.Tensor, context: torch.Tensor, blocks: Sequence[Block], heads: int) -> None:
+def attend(qkv: torch.Tensor, context: torch.Tensor, blocks: Sequence[Block], heads: int,
+           native: BlocksAttention | None = None) -> None:
     """Write the attention of ``blocks`` into their rows of ``context`` [tokens, hidden]: one
-    fused call each, without a mask."""
+    call of ``native`` for them all where it takes ``qkv`` (bfloat16 on a CPU), else one fused
+    call of torch's each, without a mask."""
+    if native is not None and native.takes(qkv, heads):
+        native(qkv, context, blocks, heads)
+        return
     hidden = context.shape[1]
     for block in blocks:
         end = block.start + block.count * block.length

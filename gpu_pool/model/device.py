@@ -206,11 +206,16 @@ def resolve_dtype(name: str, device: torch.device | Device) -> torch.dtype:
 
 
 def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    return bool(_FAST_BF16_FLAGS & cpu_flags(cpuinfo))
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first CPU's feature flags, as /proc/cpuinfo names them; none where it cannot be read."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return False
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return bool(_FAST_BF16_FLAGS & set(line.split(":", 1)[1].split()))
-    return False
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()

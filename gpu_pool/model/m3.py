@@ -12,6 +12,7 @@ come back in one asynchronous copy (gpu_pool/model/transfer.py).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from gpu_pool.model import attention, cpu_linear
 from gpu_pool.model.device import Device
 from gpu_pool.model.flops import flops_per_token
 from gpu_pool.model.graphs import EncoderGraphs
+from gpu_pool.model.native import load as load_native
 from gpu_pool.model.port import Outputs
 from gpu_pool.model.transfer import HostCopy, PassTimer, release_memory, to_device
 from gpu_pool.model.xlmr import PackedEncoder, Plan, State
@@ -66,7 +68,11 @@ class M3Model:
         model = AutoModel.from_pretrained(str(path), dtype=dtype, add_pooling_layer=False)
         model.requires_grad_(False).to(device).eval()
         self.attention, kernel = attention.select(device, dtype, attention_path)
-        self.encoder = PackedEncoder(model, kernel, products.prepare, products.prepare_down, products.table)
+        native = None
+        if self.where.accelerator is None and self.dtype_name == "bfloat16":  # the products give bfloat16
+            native, which = load_native()
+            self.attention = replace(self.attention, reason=f"{self.attention.reason}; {which}")
+        self.encoder = PackedEncoder(model, kernel, products.prepare, products.prepare_down, products.table, native)
         self.layers = len(self.encoder.layers)
         hidden = model.config.hidden_size
         self.dim = hidden

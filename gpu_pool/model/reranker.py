@@ -58,7 +58,7 @@ class CrossEncoder:
                              f"num_labels={config.num_labels})")
         loaded.requires_grad_(False).to(self.device).eval()
         self.encoder = PackedEncoder(model.roberta, embedder.encoder.kernel, embedder.prepare,
-                                     table=embedder.encoder.word.dtype)
+                                     table=embedder.encoder.word.dtype, native=embedder.encoder.native)
         self.layers = len(self.encoder.layers)
         head: XLMRobertaClassificationHead = model.classifier
         self.dense = (head.dense.weight, head.dense.bias)

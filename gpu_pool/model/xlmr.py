@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from gpu_pool.model import attention
 from gpu_pool.model.attention import Block, Kernel, Spans
 from gpu_pool.model.cpu_linear import Dense, Prepare, Product
+from gpu_pool.model.native import BlocksAttention
 from gpu_pool.model.transfer import to_device
 
 if TYPE_CHECKING:
@@ -165,13 +166,14 @@ class AttentionPart:
     the output projection run in the same step (``layer_steps`` says when)."""
 
     blocks: tuple[Block, ...]
+    native: BlocksAttention | None = None
     then: AttentionOutput | None = None
 
     def run(self, layer: Layer, state: State) -> State:
         qkv = state.qkv
         assert qkv is not None, "attention follows the projection"
         context = attention.new_context(qkv) if state.context is None else state.context
-        attention.attend(qkv, context, self.blocks, layer.heads)
+        attention.attend(qkv, context, self.blocks, layer.heads, self.native)
         state = State(hidden=state.hidden, qkv=qkv, context=context)
         return state if self.then is None else self.then.run(layer, state)
 
@@ -267,11 +269,13 @@ def layer_steps(chunks: Sequence[Chunk], parts: Sequence[Attention]) -> tuple[St
 
 class PackedEncoder:
     def __init__(self, model: XLMRobertaModel, kernel: Kernel | None = None, prepare: Prepare = Dense,
-                 prepare_down: Prepare | None = None, table: torch.dtype | None = None) -> None:
+                 prepare_down: Prepare | None = None, table: torch.dtype | None = None,
+                 native: BlocksAttention | None = None) -> None:
         """``kernel``: the varlen attention kernel (``attention.select``); None: attention per length;
         ``prepare``: how each product's weight is prepared (``cpu_linear.products``); ``prepare_down``:
         the feed-forward's second product's (None: as the others); ``table``: the word embeddings'
-        type (None: the model's; a smaller one widens to it in the embeddings' sum)."""
+        type (None: the model's; a smaller one widens to it in the embeddings' sum); ``native``: the
+        compiled attention for bfloat16 on a CPU (``gpu_pool.model.native``), on the per-length path."""
         config = model.config
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
@@ -288,6 +292,7 @@ class PackedEncoder:
         self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps, prepare, down)
                        for layer in model.encoder.layer]
         self.kernel = kernel
+        self.native = native
 
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """The input of the first layer: [tokens, hidden]."""
@@ -304,7 +309,7 @@ class PackedEncoder:
         parts: tuple[Attention, ...]
         if self.kernel is None:
             spans = Spans(lengths, part_scores=SCORES_PER_TOKEN * widest(chunks))
-            parts = tuple(AttentionPart(blocks=tuple(blocks)) for blocks in spans.parts)
+            parts = tuple(AttentionPart(blocks=tuple(blocks), native=self.native) for blocks in spans.parts)
         else:
             if cu_seqlens is None:
                 cu_seqlens = to_device(attention.cu_seqlens(lengths), self.word.device, np.int32)

@@ -1,0 +1,211 @@
+/* Attention over a packed batch in bfloat16 with float32 scores, for CPUs with AVX-512 BF16.
+ *
+ * Why it exists: torch's fused CPU attention reaches a sixth of its products' rate on such a CPU
+ * (docs/performance.md, "Where the bfloat16 gap to OpenVINO lies"), and torch has no batched
+ * product of bfloat16 inputs with float32 output. This kernel does what OpenVINO's does: the
+ * two products in bfloat16 (vdpbf16ps, float32 sums), the softmax in float32, the weights
+ * rounded to bfloat16 for the second product.
+ *
+ * One call runs a list of blocks (gpu_pool/model/attention.py's Block: `count` texts of
+ * `length` tokens from token `start`, query rows [first, last) of each), one task per text and
+ * head, spread over OpenMP threads: the same libgomp that torch loads, so the same threads.
+ * Plain C on raw pointers, no torch headers: it builds in a second with any C compiler.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ROWS 8     /* query rows per score tile */
+#define COLS 32    /* keys per score tile: two vectors of 16 */
+#define OUT_ROWS 4 /* query rows per output tile */
+
+typedef struct {
+    uint16_t *keys;    /* [head_dim / 2][padded][2]: key pairs along head_dim, per key */
+    uint16_t *values;  /* [padded / 2][head_dim][2]: value pairs along the keys, per dim */
+    float *scores;     /* [ROWS][padded] */
+    uint16_t *weights; /* [ROWS][padded]: exp(score - max) in bfloat16 */
+    size_t capacity;   /* padded length the buffers hold */
+} Scratch;
+
+static _Thread_local Scratch scratch;
+
+static int reserve(Scratch *s, size_t padded, size_t dim) {
+    if (padded <= s->capacity) return 0;
+    free(s->keys); free(s->values); free(s->scores); free(s->weights);
+    s->keys = aligned_alloc(64, padded * dim * 2);
+    s->values = aligned_alloc(64, padded * dim * 2);
+    s->scores = aligned_alloc(64, ROWS * padded * 4);
+    s->weights = aligned_alloc(64, ROWS * padded * 2);
+    s->capacity = (s->keys && s->values && s->scores && s->weights) ? padded : 0;
+    return s->capacity ? 0 : -1;
+}
+
+/* exp(x) for x <= 0: 2^(x log2 e) as 2^n * 2^f, f in [-0.5, 0.5], a degree-6 polynomial (rel. error ~1e-7). */
+static inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504f));
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(1.5403530e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __m512bh pair(const uint16_t *at) {
+    uint32_t bits;
+    memcpy(&bits, at, 4);
+    return (__m512bh)_mm512_set1_epi32((int)bits);
+}
+
+/* Keys and values of one text and head into the pair layouts vdpbf16ps reads, zeros past `length`. */
+static void pack(Scratch *s, const uint16_t *key, const uint16_t *value, size_t stride, int length,
+                 int padded, int dim) {
+    uint32_t *keys = (uint32_t *)s->keys;
+    for (int j = 0; j < padded; j++) {
+        const uint16_t *row = key + (size_t)j * stride;
+        for (int d = 0; d < dim / 2; d++) {
+            uint32_t bits = 0;
+            if (j < length) memcpy(&bits, row + 2 * d, 4);
+            keys[(size_t)d * padded + j] = bits;
+        }
+    }
+    for (int j = 0; j < padded; j += 2) {
+        uint16_t *out = s->values + (size_t)j * dim;
+        const uint16_t *even = value + (size_t)j * stride, *odd = even + stride;
+        for (int d = 0; d < dim; d++) {
+            out[2 * d] = j < length ? even[d] : 0;
+            out[2 * d + 1] = j + 1 < length ? odd[d] : 0;
+        }
+    }
+}
+
+/* scores[r][j] = q_r . k_j for ROWS query rows (rows past the last repeat it) and every key. */
+static void score_tile(Scratch *s, const uint16_t *const *query, int padded, int dim) {
+    const uint16_t *keys = s->keys;
+    for (int j = 0; j < padded; j += COLS) {
+        __m512 acc[ROWS][2];
+        for (int r = 0; r < ROWS; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int d = 0; d < dim / 2; d++) {
+            const uint16_t *k = keys + ((size_t)d * padded + j) * 2;
+            __m512bh k0 = (__m512bh)_mm512_loadu_si512(k), k1 = (__m512bh)_mm512_loadu_si512(k + 32);
+            for (int r = 0; r < ROWS; r++) {
+                __m512bh q = pair(query[r] + 2 * d);
+                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], q, k0);
+                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], q, k1);
+            }
+        }
+        for (int r = 0; r < ROWS; r++) {
+            _mm512_storeu_ps(s->scores + (size_t)r * padded + j, acc[r][0]);
+            _mm512_storeu_ps(s->scores + (size_t)r * padded + j + 16, acc[r][1]);
+        }
+    }
+}
+
+/* Each row's softmax numerators exp(scale * (score - max)) into bfloat16 weights; returns 1 / their sum per row. */
+static void softmax_tile(Scratch *s, int length, int padded, float scale, float *inverse) {
+    __mmask16 tail = (__mmask16)((1u << (length % 16)) - 1u);
+    for (int r = 0; r < ROWS; r++) {
+        const float *row = s->scores + (size_t)r * padded;
+        uint16_t *weights = s->weights + (size_t)r * padded;
+        __m512 top = _mm512_set1_ps(-INFINITY);
+        int j = 0;
+        for (; j + 16 <= length; j += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(row + j));
+        if (tail) top = _mm512_mask_max_ps(top, tail, top, _mm512_maskz_loadu_ps(tail, row + j));
+        __m512 shift = _mm512_set1_ps(-_mm512_reduce_max_ps(top) * scale), factor = _mm512_set1_ps(scale);
+        __m512 sum = _mm512_setzero_ps();
+        for (j = 0; j < padded; j += 16) {
+            __m512 e = exp_ps(_mm512_fmadd_ps(_mm512_loadu_ps(row + j), factor, shift));
+            if (j + 16 > length) e = _mm512_maskz_mov_ps(j < length ? tail : 0, e);
+            sum = _mm512_add_ps(sum, e);
+            _mm256_storeu_si256((__m256i *)(weights + j), (__m256i)_mm512_cvtneps_pbh(e));
+        }
+        inverse[r] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+}
+
+/* out_r[d, d + 16 * vectors) = (weights_r . values) / sum_r for `rows` rows (at most OUT_ROWS) from
+ * weight row `first`. Inlined with `vectors` a constant (4, or 1 for a head_dim's last 16s). */
+static inline __attribute__((always_inline)) void output_tile(Scratch *s, int first, int rows, uint16_t *const *out,
+                                                              const float *inverse, int padded, int dim, int d,
+                                                              const int vectors) {
+    __m512 acc[OUT_ROWS][4];
+    for (int r = 0; r < OUT_ROWS; r++)
+        for (int v = 0; v < vectors; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int j = 0; j < padded; j += 2) {
+        const uint16_t *values = s->values + (size_t)j * dim + 2 * d;
+        __m512bh value[4];
+        for (int v = 0; v < vectors; v++) value[v] = (__m512bh)_mm512_loadu_si512(values + 32 * v);
+        for (int r = 0; r < OUT_ROWS; r++) {
+            __m512bh w = pair(s->weights + (size_t)(first + r) * padded + j);
+            for (int v = 0; v < vectors; v++) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], w, value[v]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        __m512 scale = _mm512_set1_ps(inverse[first + r]);
+        for (int v = 0; v < vectors; v++) {
+            __m256bh bf = _mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][v], scale));
+            _mm256_storeu_si256((__m256i *)(out[r] + d + 16 * v), (__m256i)bf);
+        }
+    }
+}
+
+static void output_rows(Scratch *s, int first, int rows, uint16_t *const *out, const float *inverse, int padded,
+                        int dim) {
+    int d = 0;
+    for (; d + 64 <= dim; d += 64) output_tile(s, first, rows, out, inverse, padded, dim, d, 4);
+    for (; d < dim; d += 16) output_tile(s, first, rows, out, inverse, padded, dim, d, 1);
+}
+
+/* One text and head: query rows [first, last) of a text of `length` tokens. */
+static int attend_one(const uint16_t *qkv, uint16_t *context, int start, int length, int first, int last,
+                      int head, int heads, int dim, float scale) {
+    size_t hidden = (size_t)heads * dim, stride = 3 * hidden;
+    int padded = (length + COLS - 1) / COLS * COLS;
+    Scratch *s = &scratch;
+    if (reserve(s, (size_t)padded, (size_t)dim)) return -1;
+    const uint16_t *base = qkv + (size_t)start * stride + (size_t)head * dim;
+    pack(s, base + hidden, base + 2 * hidden, stride, length, padded, dim);
+    float inverse[ROWS];
+    for (int row = first; row < last; row += ROWS) {
+        const uint16_t *query[ROWS];
+        uint16_t *out[ROWS];
+        for (int r = 0; r < ROWS; r++) {
+            int at = row + r < last ? row + r : last - 1;
+            query[r] = base + (size_t)at * stride;
+            out[r] = context + (size_t)(start + at) * hidden + (size_t)head * dim;
+        }
+        score_tile(s, query, padded, dim);
+        softmax_tile(s, length, padded, scale, inverse);
+        int rows = last - row < ROWS ? last - row : ROWS;
+        for (int r = 0; r < rows; r += OUT_ROWS)
+            output_rows(s, r, rows - r < OUT_ROWS ? rows - r : OUT_ROWS, out + r, inverse, padded, dim);
+    }
+    return 0;
+}
+
+/* qkv: bfloat16 [tokens][3][heads][dim]; context: bfloat16 [tokens][heads][dim], the blocks' rows written.
+ * blocks: `count` rows of (start, length, texts, first row, last row). dim: a multiple of 16.
+ * Returns 0, or -1 when scratch memory could not be had (the rows are then incomplete). */
+int attend_blocks(const uint16_t *qkv, uint16_t *context, const int32_t *blocks, int count, int heads, int dim,
+                  float scale, int threads) {
+    int tasks = 0;
+    for (int b = 0; b < count; b++) tasks += blocks[5 * b + 2] * heads;
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(| : failed)
+    for (int task = 0; task < tasks; task++) {
+        int b = 0, rest = task;
+        while (rest >= blocks[5 * b + 2] * heads) rest -= blocks[5 * b + 2] * heads, b++;
+        const int32_t *block = blocks + 5 * b;
+        int text = rest / heads, head = rest % heads, length = block[1];
+        failed |= attend_one(qkv, context, block[0] + text * length, length, block[3], block[4], head, heads, dim,
+                             scale);
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,109 @@
+"""The compiled attention (gpu_pool/model/native): built by the machine's compiler, as close to
+float32 attention as torch's bfloat16 kernel is, over every kind of block the engine makes; the
+engine serves with it on a CPU with AVX-512 BF16 and falls back to torch's kernel, saying why,
+where it cannot be built."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gpu_pool.model import attention, native
+from gpu_pool.model.attention import Block
+from gpu_pool.model.device import cpu_flags
+from gpu_pool.model.m3 import M3Model
+from gpu_pool.model.native import compiler
+
+from .test_cpu_products import outputs
+
+MISSING = native.NEEDED_CPU_FLAGS - cpu_flags()
+needs_cpu = pytest.mark.skipif(bool(MISSING), reason=f"the CPU lacks {sorted(MISSING)}")
+
+
+@pytest.fixture(scope="module")
+def kernel() -> native.BlocksAttention:
+    loaded, which = native.load()
+    assert loaded is not None, which
+    return loaded
+
+
+def reference(qkv: torch.Tensor, blocks: list[Block], heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """torch's attention of each block in ``dtype``; rows outside the blocks stay zero."""
+    context = torch.zeros(qkv.shape[0], qkv.shape[1] // 3, dtype=dtype)
+    attention.attend(qkv.to(dtype), context, blocks, heads)
+    return context
+
+
+@needs_cpu
+@pytest.mark.parametrize(("heads", "dim", "blocks"), [
+    (16, 64, [Block(0, 128, 8, (0, 128))]),  # bge-m3's heads, a batch of equal lengths
+    (2, 16, [Block(0, 5, 3, (0, 5)), Block(15, 1, 2, (0, 1)), Block(17, 33, 1, (0, 33))]),  # the tiny model's
+    (3, 48, [Block(0, 100, 1, (0, 37)), Block(0, 100, 1, (37, 100)), Block(100, 50, 4, (0, 50))]),  # rows cut
+    (2, 80, [Block(0, 300, 1, (290, 300))]),  # a long text's last rows: a 64-wide and a 16-wide output tile
+])
+def test_kernel_is_as_close_to_float32_as_torchs(kernel, heads, dim, blocks):
+    tokens = max(b.start + b.count * b.length for b in blocks) + 3  # rows past the blocks
+    generator = torch.Generator().manual_seed(heads * dim)
+    qkv = (torch.randn(tokens, 3 * heads * dim, generator=generator) * 2).bfloat16()
+    context = torch.full((tokens, heads * dim), 7.0, dtype=torch.bfloat16)
+    assert native.BlocksAttention.takes(qkv, heads)
+    kernel(qkv, context, blocks, heads)
+    exact, torchs = reference(qkv, blocks, heads, torch.float32), reference(qkv, blocks, heads, torch.bfloat16)
+    inside = torch.zeros(tokens, dtype=torch.bool)
+    for b in blocks:
+        for text in range(b.count):
+            first = b.start + text * b.length
+            inside[first + b.rows[0]:first + b.rows[1]] = True
+    assert (context[~inside] == 7.0).all(), "rows outside the blocks were written"
+    error = (context[inside].float() - exact[inside]).abs().max().item()
+    torch_error = (torchs[inside].float() - exact[inside]).abs().max().item()
+    assert error <= 1.5 * torch_error + 1e-3, (error, torch_error)
+
+
+@needs_cpu
+def test_kernel_refuses_what_it_cannot_run(kernel):
+    qkv = torch.zeros(4, 3 * 2 * 16, dtype=torch.bfloat16)
+    assert not native.BlocksAttention.takes(qkv.float(), 2)
+    assert not native.BlocksAttention.takes(torch.zeros(4, 3 * 2 * 24, dtype=torch.bfloat16), 2)  # 24-wide heads
+    with pytest.raises(ValueError, match="contiguous"):
+        kernel(qkv, torch.zeros(4, 32, dtype=torch.float32), [Block(0, 4, 1, (0, 4))], 2)
+
+
+def test_the_build_is_named_by_its_source(tmp_path, monkeypatch):
+    first = compiler.library_path(tmp_path)
+    monkeypatch.setattr(compiler, "SOURCE", tmp_path / "attention.c")
+    (tmp_path / "attention.c").write_text("int changed;\n")
+    assert compiler.library_path(tmp_path) != first
+
+
+@needs_cpu
+def test_no_compiler_keeps_torchs_kernel_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "library_path", lambda: tmp_path / "attention-x.so")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    loaded, which = native.load()
+    assert loaded is None and "no C compiler" in which, which
+
+
+def test_another_cpu_keeps_torchs_kernel_and_says_why(monkeypatch):
+    monkeypatch.setattr(native, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    loaded, which = native.load()
+    assert loaded is None and "avx512_bf16" in which, which
+
+
+@needs_cpu
+def test_the_bfloat16_engine_serves_with_the_kernel(tiny_model):
+    """The tiny model's heads are 16 wide: the kernel runs its attention; its vectors match the
+    same engine's with torch's kernel as closely as two bfloat16 attentions can."""
+    served = M3Model(tiny_model, torch.device("cpu"), torch.bfloat16)
+    assert served.encoder.native is not None and "native" in served.attention.reason, served.attention
+    with_torch = M3Model(tiny_model, torch.device("cpu"), torch.bfloat16)
+    with_torch.encoder.native = None
+    lengths = [9, 17, 4, 17, 60]
+    got, expected = outputs(served, lengths), outputs(with_torch, lengths)
+    cosine = (got.dense * expected.dense).sum(1) / np.linalg.norm(got.dense, axis=1) / np.linalg.norm(
+        expected.dense, axis=1)
+    assert cosine.min() > 0.999, cosine
+    assert not np.array_equal(got.dense, expected.dense), "the two engines ran the same attention"
+    assert outputs(served, [3]).dense.shape == (1, served.dim)
