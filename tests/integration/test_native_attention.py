@@ -5,6 +5,11 @@ where it cannot be built."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +20,7 @@ from gpu_pool.model.device import cpu_flags
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.model.native import compiler
 
-from .test_cpu_products import outputs
+from .test_cpu_products import ROOT, outputs
 
 MISSING = native.NEEDED_CPU_FLAGS - cpu_flags()
 needs_cpu = pytest.mark.skipif(bool(MISSING), reason=f"the CPU lacks {sorted(MISSING)}")
@@ -68,6 +73,37 @@ def test_kernel_refuses_what_it_cannot_run(kernel):
     assert not native.BlocksAttention.takes(torch.zeros(4, 3 * 2 * 24, dtype=torch.bfloat16), 2)  # 24-wide heads
     with pytest.raises(ValueError, match="contiguous"):
         kernel(qkv, torch.zeros(4, 32, dtype=torch.float32), [Block(0, 4, 1, (0, 4))], 2)
+
+
+ASAN_CALLS = """
+import ctypes, sys, torch
+from gpu_pool.model.attention import Block
+from gpu_pool.model.native import BlocksAttention
+kernel = BlocksAttention(ctypes.CDLL(sys.argv[1]))
+torch.set_num_threads(2)
+# Each thread's scratch grows with the keys, then must grow again for wider heads.
+for heads, dim, blocks in [(2, 16, [Block(0, 200, 1, (0, 200))]), (16, 64, [Block(0, 128, 2, (0, 128))]),
+                           (3, 48, [Block(0, 7, 3, (0, 7)), Block(21, 333, 1, (300, 333))]),
+                           (2, 80, [Block(0, 1, 1, (0, 1))])]:
+    tokens = max(b.start + b.count * b.length for b in blocks)
+    qkv = torch.randn(tokens, 3 * heads * dim).bfloat16()
+    kernel(qkv, torch.empty(tokens, heads * dim, dtype=torch.bfloat16), blocks, heads)
+print("calls done")
+"""
+
+
+@needs_cpu
+def test_kernel_stays_in_its_memory_under_address_sanitizer(tmp_path):
+    """Out-of-bounds reads and writes do not always crash; AddressSanitizer reports each one."""
+    runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=False)
+    if not Path(runtime.stdout.strip()).is_file():
+        pytest.skip("gcc's AddressSanitizer runtime is not installed")
+    library = compiler.build(tmp_path / "attention-asan.so", ("-fsanitize=address", "-fno-omit-frame-pointer", "-g"))
+    env = {**os.environ, "LD_PRELOAD": runtime.stdout.strip(), "ASAN_OPTIONS": "detect_leaks=0",
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", ASAN_CALLS, str(library)], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0 and "calls done" in done.stdout, done.stderr[-3000:]
 
 
 def test_the_build_is_named_by_its_source(tmp_path, monkeypatch):

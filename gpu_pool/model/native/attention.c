@@ -26,20 +26,29 @@ typedef struct {
     uint16_t *values;  /* [padded / 2][head_dim][2]: value pairs along the keys, per dim */
     float *scores;     /* [ROWS][padded] */
     uint16_t *weights; /* [ROWS][padded]: exp(score - max) in bfloat16 */
-    size_t capacity;   /* padded length the buffers hold */
+    size_t padded;     /* the keys the score rows hold */
+    size_t pairs;      /* the entries (keys × head_dim) the keys and values hold */
 } Scratch;
 
 static _Thread_local Scratch scratch;
 
+/* Room for `padded` keys of `dim` each; the buffers grow, never shrink (one set per thread). */
 static int reserve(Scratch *s, size_t padded, size_t dim) {
-    if (padded <= s->capacity) return 0;
-    free(s->keys); free(s->values); free(s->scores); free(s->weights);
-    s->keys = aligned_alloc(64, padded * dim * 2);
-    s->values = aligned_alloc(64, padded * dim * 2);
-    s->scores = aligned_alloc(64, ROWS * padded * 4);
-    s->weights = aligned_alloc(64, ROWS * padded * 2);
-    s->capacity = (s->keys && s->values && s->scores && s->weights) ? padded : 0;
-    return s->capacity ? 0 : -1;
+    if (padded > s->padded) {
+        free(s->scores); free(s->weights);
+        s->scores = aligned_alloc(64, ROWS * padded * 4);
+        s->weights = aligned_alloc(64, ROWS * padded * 2);
+        s->padded = (s->scores && s->weights) ? padded : 0;
+        if (!s->padded) return -1;
+    }
+    if (padded * dim > s->pairs) {
+        free(s->keys); free(s->values);
+        s->keys = aligned_alloc(64, padded * dim * 2);
+        s->values = aligned_alloc(64, padded * dim * 2);
+        s->pairs = (s->keys && s->values) ? padded * dim : 0;
+        if (!s->pairs) return -1;
+    }
+    return 0;
 }
 
 /* exp(x) for x <= 0: 2^(x log2 e) as 2^n * 2^f, f in [-0.5, 0.5], a degree-6 polynomial (rel. error ~1e-7). */

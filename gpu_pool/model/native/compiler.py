@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("attention.c")
@@ -31,16 +32,17 @@ def find_compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
 
 
-def build(target: Path | None = None) -> Path:
+def build(target: Path | None = None, extra: Sequence[str] = ()) -> Path:
     """Compile to ``target`` (default: ``library_path()``), written whole or not at all, so that
-    engines starting at once never load half a file. Raises RuntimeError saying why it could not."""
+    engines starting at once never load half a file; ``extra``: more flags (the tests' sanitizer).
+    Raises RuntimeError saying why it could not."""
     target = target or library_path()
     cc = find_compiler()
     if cc is None:
         raise RuntimeError("no C compiler (cc, gcc or $CC) on PATH")
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
-        done = subprocess.run([cc, *CFLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True,
+        done = subprocess.run([cc, *CFLAGS, *extra, "-o", str(partial), str(SOURCE)], capture_output=True, text=True,
                               check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {(done.stderr or done.stdout).strip()[-500:]}")
