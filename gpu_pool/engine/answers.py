@@ -144,14 +144,16 @@ class Answerer:
             active.write(item.index, dense if active.wants(Kind.DENSE) else None,
                          sparse if active.wants(Kind.SPARSE) else None, colbert, logit)
             touched[active.seq] = active
-        self._answer_done([a for a in touched.values() if a.remaining == 0])
         self._shared.add_stats(_pass_stats(launched, len(touched)))
+        self._answer_done([a for a in touched.values() if a.remaining == 0])
 
     def _fail(self, actives: list[ActiveJob], code: ErrorCode, message: str) -> None:
+        # Counted before answered, here and in _answer_done: a client that reads /stats after
+        # its answer finds its request in them.
+        self._shared.add_stats(EngineStats(failed_requests=len(actives)))
         for active in actives:
             self._forget(active)
             self._send(active.job.slot, Failed(active.job.job_id, code, message))
-        self._shared.add_stats(EngineStats(failed_requests=len(actives)))
 
     def _answer_done(self, actives: list[ActiveJob]) -> None:
         by_slot: dict[int, list[int]] = {}
@@ -161,11 +163,11 @@ class Answerer:
             active.segment.arrays["times"][:] = (began - active.arrived, now - began)  # for Server-Timing
             self._forget(active)
             by_slot.setdefault(active.job.slot, []).append(active.job.job_id)
+        self._shared.add_stats(_answered(actives, now))
         for slot, job_ids in by_slot.items():
             # One message per slot and batch; chunks keep each write atomic.
             for start in range(0, len(job_ids), _DONE_CHUNK):
                 self._send(slot, Done(tuple(job_ids[start : start + _DONE_CHUNK])))
-        self._shared.add_stats(_answered(actives, now))
 
     def _forget(self, active: ActiveJob) -> None:
         with self._ready:

@@ -6,6 +6,11 @@ runs one layer's attention of 8 texts of 128 tokens in a third of its time, at O
 (docs/performance.md). It is plain C on raw pointers, built by the machine's C compiler in about a
 second (compiler.py: at ``make install``, in the image's build stage, or here at load when missing).
 Without a compiler, or on another CPU, ``load`` says why and the engine keeps torch's kernel.
+
+Runs in:      the engine process only (its device thread, and torch's OpenMP threads).
+May import:   torch, numpy, ``gpu_pool.model.device``; compiler.py the standard library only.
+Owns:         attention.c, its build (``compiler``) and its call (``BlocksAttention``).
+Entry points: ``load`` (called by ``gpu_pool.model.m3``); ``python gpu_pool/model/native/compiler.py``.
 """
 
 from __future__ import annotations
