@@ -51,8 +51,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
-import torch
-from transformers import AutoModel, AutoTokenizer
 
 from bench.gpu.server import access_records, embedding_requests
 from bench.gpu.server import lone_query as timed_lone_query
@@ -73,6 +71,11 @@ class BareForward:
     and torch's defaults (what a user of the library gets)."""
 
     def __init__(self, model: Path, text: str, dtype: str = "bfloat16") -> None:
+        # Imported here, not at the top: testkit.httpload's load processes import this module
+        # (spawn imports the parent's main), and torch would cost each 2 s of CPU as it starts.
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
         tokenizer = AutoTokenizer.from_pretrained(str(model))
         self.model = AutoModel.from_pretrained(str(model), dtype=getattr(torch, dtype), add_pooling_layer=False)
         self.model.eval()
@@ -81,6 +84,8 @@ class BareForward:
         self.times(3)  # the first passes pay for allocations
 
     def times(self, count: int) -> list[float]:
+        import torch
+
         out = []
         with torch.inference_mode():
             for _ in range(count):
@@ -295,6 +300,8 @@ def host_summary(results: dict[str, list[dict[str, float]]]) -> dict:
 
 
 def bare_forward_alone(model: Path, text: str, repeats: int = 30) -> None:
+    import torch
+
     bare = BareForward(model, text)
     p50 = statistics.median(bare.times(repeats))
     print(json.dumps({"tokens": bare.tokens, "threads": torch.get_num_threads(), "p50_ms": _ms(p50)}))

@@ -31,16 +31,19 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import requests
-from FlagEmbedding import FlagReranker
 
 from testkit import httpload
 from testkit.model_builder import build_model
 from testkit.reranker_builder import build_reranker
 from testkit.server import TOKEN, Server
 from testkit.workload import texts_of_words
+
+if TYPE_CHECKING:  # imported where used: testkit.httpload's load processes import this module as they start
+    from FlagEmbedding import FlagReranker
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -149,6 +152,8 @@ def main() -> None:
             result: dict = {"model": args.size, "dtype": reranker_dtype(server), "words": args.words,
                             "per_request": args.per_request}
             if args.part in ("all", "throughput"):
+                from FlagEmbedding import FlagReranker
+
                 reference = FlagReranker(str(reranker), use_fp16=False, devices="cpu")  # float32, as on a CPU
                 result["throughput"] = throughput(server, reference, work, documents, args.turns)
                 del reference  # its memory back before the load
