@@ -2,9 +2,9 @@
 bfloat16 with float32 scores (attention.c), on a CPU with AVX-512 BF16.
 
 torch's fused CPU attention reaches a sixth of its products' rate on such a CPU; this kernel
-runs one layer's attention of 8 texts of 128 tokens in a third of its time, at OpenVINO's speed
+runs one layer's attention of 8 texts of 128 tokens in 0.4 of its time, about OpenVINO's
 (docs/performance.md). It is plain C on raw pointers, built by the machine's C compiler in about a
-second (compiler.py: at ``make install``, in the image's build stage, or here at load when missing).
+second (compiler.py: by ``make native``, in the image's build stage, or here at load when missing).
 Without a compiler, or on another CPU, ``load`` says why and the engine keeps torch's kernel.
 
 Runs in:      the engine process only (its device thread, and torch's OpenMP threads).
