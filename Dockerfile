@@ -56,15 +56,18 @@ RUN if [ -n "$TORCH_INDEX_URL" ] && [ "$REQUIREMENTS_LOCK" = "requirements.lock"
     && pip check \
     && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-# The engine's compiled attention for CPUs with AVX-512 BF16 (gpu_pool/model/native): built here,
-# so that the final stage gets the library and no compiler. Debian's gcc and libc headers of the
-# base image's release, unpinned: a pinned libc6-dev leaves the mirror at the next point release.
+# The engine's compiled attention for x86-64 CPUs with AVX-512 BF16 (gpu_pool/model/native): built
+# here, so that the final stage gets the library and no compiler (elsewhere the engine runs torch's
+# attention). Debian's gcc and libc headers of the base image's release, unpinned: a pinned
+# libc6-dev leaves the mirror at the next point release.
 COPY gpu_pool/model/native/attention.c gpu_pool/model/native/compiler.py /opt/native/
 # hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && rm -rf /var/lib/apt/lists/* \
-    && python /opt/native/compiler.py
+RUN if [ "$(uname -m)" = x86_64 ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends gcc libc6-dev \
+        && rm -rf /var/lib/apt/lists/* \
+        && python /opt/native/compiler.py; \
+    fi
 
 # ---------------------------------------------------------------- final stage
 # No compiler, no pip cache, no build files: the venv and the application only.
@@ -95,7 +98,8 @@ WORKDIR /app
 COPY --chown=app:app gunicorn.conf.py ./
 COPY --chown=app:app embsvc/ ./embsvc/
 COPY --chown=app:app gpu_pool/ ./gpu_pool/
-COPY --from=build --chown=app:app /opt/native/*.so ./gpu_pool/model/native/
+# The folder, not a glob: on another machine it holds no library, and the copy must not fail.
+COPY --from=build --chown=app:app /opt/native/ ./gpu_pool/model/native/
 COPY --chown=app:app runtime/ ./runtime/
 COPY --chown=app:app deploy/docker/healthcheck.py ./deploy/docker/healthcheck.py
 
