@@ -328,7 +328,8 @@ def products(args: argparse.Namespace) -> None:
     cpu, f32, bf16 = torch.device("cpu"), torch.float32, torch.bfloat16
     ways = {"f_linear": (f32, cpu_linear.Products("F.linear", cpu_linear.Dense, cpu_linear.Dense, f32, f32)),
             "prepacked": (f32, cpu_linear.Products("prepacked", *(cpu_linear.Prepacked.of,) * 2, f32, f32)),
-            "int8": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8))}  # as served
+            "int8": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8)),  # as served
+            "int8_torch_attention": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8))}  # as served before
     if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU, as it ran before, and int8 as served elsewhere
         ways["prepacked_bf16"] = (bf16, chosen(cpu, bf16))
         ways["prepacked_bf16_torch_attention"] = ways["prepacked_bf16"]  # as served before the native kernel
@@ -345,8 +346,9 @@ def products(args: argparse.Namespace) -> None:
             engines[name] = M3Model(model, cpu, dtype, torch.get_num_threads())
         finally:
             cpu_linear.products = chosen
-    if "prepacked_bf16_torch_attention" in engines:
-        engines["prepacked_bf16_torch_attention"].encoder.native = None
+    for name in ("prepacked_bf16_torch_attention", "int8_torch_attention"):  # without the native kernel
+        if name in engines:
+            engines[name].encoder.native = None
     forwards: dict[str, Forward] = {name: lambda batch, e=engine: dense(e, batch) for name, engine in engines.items()}
     if args.references:
         threads = torch.get_num_threads()

@@ -69,8 +69,8 @@ class M3Model:
         model.requires_grad_(False).to(device).eval()
         self.attention, kernel = attention.select(device, dtype, attention_path)
         native = None
-        if self.where.accelerator is None and self.dtype_name == "bfloat16":  # the products give bfloat16
-            native, which = load_native()
+        if self.where.accelerator is None and self.dtype_name in ("bfloat16", "int8"):  # int8's in float32
+            native, which = load_native(rounding=self.dtype_name == "int8")
             self.attention = replace(self.attention, reason=f"{self.attention.reason}; {which}")
         self.encoder = PackedEncoder(model, kernel, products.prepare, products.prepare_down, products.table, native)
         self.layers = len(self.encoder.layers)

@@ -52,7 +52,7 @@ def test_kernel_is_as_close_to_float32_as_torchs(kernel, heads, dim, blocks):
     generator = torch.Generator().manual_seed(heads * dim)
     qkv = (torch.randn(tokens, 3 * heads * dim, generator=generator) * 2).bfloat16()
     context = torch.full((tokens, heads * dim), 7.0, dtype=torch.bfloat16)
-    assert native.BlocksAttention.takes(qkv, heads)
+    assert kernel.takes(qkv, heads) and not kernel.takes(qkv.float(), heads)
     kernel(qkv, context, blocks, heads)
     exact, torchs = reference(qkv, blocks, heads, torch.float32), reference(qkv, blocks, heads, torch.bfloat16)
     inside = torch.zeros(tokens, dtype=torch.bool)
@@ -67,10 +67,30 @@ def test_kernel_is_as_close_to_float32_as_torchs(kernel, heads, dim, blocks):
 
 
 @needs_cpu
+def test_rounding_kernel_takes_float32_and_writes_only_the_blocks_query_rows():
+    """DTYPE=int8's activations are float32: rounded to bfloat16 for the kernel, widened back; two
+    calls, so that the second reuses the first's rounded copies."""
+    rounding, which = native.load(rounding=True)
+    assert rounding is not None and "rounded" in which, which
+    heads, dim = 3, 32
+    for blocks in ([Block(0, 40, 2, (0, 40)), Block(80, 100, 1, (0, 30))], [Block(0, 100, 1, (30, 100))]):
+        tokens = 190
+        qkv = torch.randn(tokens, 3 * heads * dim, generator=torch.Generator().manual_seed(len(blocks))) * 2
+        assert rounding.takes(qkv, heads)
+        context = torch.full((tokens, heads * dim), 7.0)
+        rounding(qkv, context, blocks, heads)
+        exact, torchs = reference(qkv, blocks, heads, torch.float32), reference(qkv, blocks, heads, torch.bfloat16)
+        written = exact != 0
+        assert (context[~written] == 7.0).all(), "rows outside the blocks' query rows were written"
+        error = (context[written] - exact[written]).abs().max().item()
+        assert error <= 1.5 * (torchs.float()[written] - exact[written]).abs().max().item() + 1e-3, error
+
+
+@needs_cpu
 def test_kernel_refuses_what_it_cannot_run(kernel):
     qkv = torch.zeros(4, 3 * 2 * 16, dtype=torch.bfloat16)
-    assert not native.BlocksAttention.takes(qkv.float(), 2)
-    assert not native.BlocksAttention.takes(torch.zeros(4, 3 * 2 * 24, dtype=torch.bfloat16), 2)  # 24-wide heads
+    assert not kernel.takes(qkv.float(), 2)
+    assert not kernel.takes(torch.zeros(4, 3 * 2 * 24, dtype=torch.bfloat16), 2)  # 24-wide heads
     with pytest.raises(ValueError, match="contiguous"):
         kernel(qkv, torch.zeros(4, 32, dtype=torch.float32), [Block(0, 4, 1, (0, 4))], 2)
 
