@@ -24,20 +24,13 @@ from pathlib import Path
 
 from bench.gpu.server import embedding_requests
 from bench.priority import QUERY, bulk_bodies, closed_loop, full_server
+from testkit import procs
 from testkit.model_builder import build_model
-from testkit.procs import children
+from testkit.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
-Sample = tuple[float, list[int], tuple[int, int]]  # when, each process's CPU ticks, the machine's (all, idle)
-
-
-def process_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
+Sample = tuple[float, list[float], tuple[int, int]]  # when, each process's CPU µs, the machine's ticks (all, idle)
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -46,30 +39,23 @@ def machine_ticks() -> tuple[int, int]:
     return sum(fields), fields[3]
 
 
-def tree(pid: int) -> list[int]:
-    return [pid, *(grandchild for child in children(pid) for grandchild in tree(child.pid))]
-
-
-def name(pid: int) -> str:
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return str(pid)
-    text = " ".join(w.decode(errors="replace") for w in words if w)
-    role = ("engine" if "multiprocessing.spawn" in text and pid in SERVER else
-            "load process" if "multiprocessing.spawn" in text else
-            "gunicorn" if "gunicorn" in text else "this benchmark" if pid == os.getpid() else text[:40])
-    return f"{role} {pid}"
-
-
-SERVER: set[int] = set()
+def watched(server: Server) -> dict[int, str]:
+    """The processes to watch, each with its role: the server's, the load processes (this
+    process's spawned children) and this one."""
+    roles = {server.process.pid: "gunicorn master", os.getpid(): "this benchmark"}
+    roles |= {pid: "engine" for pid in procs.engine_pids(server)}
+    roles |= {pid: "web worker" for pid in procs.worker_pids(server)}
+    loads = (p for p in procs.children(os.getpid()) if "spawn_main" in p.cmdline and p.state != "Z")
+    roles |= {p.pid: "load process" for p in loads}
+    return {pid: f"{role} {pid}" for pid, role in roles.items()}
 
 
 class Watch:
-    """Samples the CPU ticks of ``pids`` every 10 ms on a thread of its own."""
+    """Samples the CPU time of ``names``' processes every 10 ms on a thread of its own."""
 
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
+    def __init__(self, names: dict[int, str]) -> None:
+        self.names = names
+        self.pids = list(names)
         self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -77,7 +63,7 @@ class Watch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), [process_ticks(p) for p in self.pids], machine_ticks()))
+            self.samples.append((time.monotonic(), [procs.cpu_us(p) for p in self.pids], machine_ticks()))
             time.sleep(0.01)
 
     def stop(self) -> None:
@@ -89,10 +75,10 @@ class Watch:
         inside = [s for s in self.samples if first <= s[0] <= last]
         if len(inside) < 2:
             return {}
-        (t0, ticks0, (all0, idle0)), (t1, ticks1, (all1, idle1)) = inside[0], inside[-1]
+        (t0, used0, (all0, idle0)), (t1, used1, (all1, idle1)) = inside[0], inside[-1]
         busy = round(((all1 - all0) - (idle1 - idle0)) * TICK_MS)
         return {"window_ms": round((t1 - t0) * 1000), "machine_cpu_ms": busy,
-                **{name(p): round((b - a) * TICK_MS) for p, a, b in zip(self.pids, ticks0, ticks1, strict=True)
+                **{self.names[p]: round((b - a) / 1000) for p, a, b in zip(self.pids, used0, used1, strict=True)
                    if b > a}}
 
 
@@ -107,8 +93,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = full_server(full, Path(tmp))
         try:
-            SERVER.update(tree(server.process.pid))
-
             def query() -> tuple[float, float]:
                 connection = http.client.HTTPConnection("127.0.0.1", server.port)  # the server ends idle ones
                 started = time.monotonic()
@@ -125,7 +109,7 @@ def main() -> None:
                 bulk = threading.Thread(target=closed_loop, args=(server.port, work, 4, args.seconds))
                 bulk.start()
                 time.sleep(3.0)  # the load process started and connected
-                watch = Watch(sorted(set(tree(server.process.pid) + tree(os.getpid()))))
+                watch = Watch(watched(server))
                 began, queries = time.monotonic(), []
                 while time.monotonic() < began + args.seconds - 8:
                     queries.append(query())
