@@ -4,9 +4,9 @@
   other (the planner sorts by length), and each run of them is one call of PyTorch's
   fused ``scaled_dot_product_attention`` without a mask. A pass of many distinct
   lengths makes many calls per layer, which the CPU does not mind (each call has real
-  work) but a GPU does: each is a kernel launch and a few Python operations. In bfloat16 on
-  a CPU with AVX-512 BF16, the engine's own kernel (gpu_pool/model/native) takes a whole
-  part in one call instead: torch's reaches a sixth of its products' rate there.
+  work) but a GPU does: each is a kernel launch and a few Python operations. In bfloat16 and
+  int8 on a CPU with AVX-512 BF16, the engine's own kernel (gpu_pool/model/native) takes a
+  whole part in one call instead: torch's reaches a sixth of its products' rate there.
 - **varlen** (CUDA in float16 or bfloat16): one call per layer over the whole packed
   batch of the flash-attention kernel that torch ships, told where each text starts by
   ``cu_seqlens`` (the running sum of the lengths). Flash kernels take half-precision
@@ -144,7 +144,8 @@ def new_context(qkv: torch.Tensor) -> torch.Tensor:
 def attend(qkv: torch.Tensor, context: torch.Tensor, blocks: Sequence[Block], heads: int,
            native: BlocksAttention | None = None) -> None:
     """Write the attention of ``blocks`` into their rows of ``context`` [tokens, hidden]: one
-    call of ``native`` for them all where it takes ``qkv`` (bfloat16 on a CPU), else one fused
+    call of ``native`` for them all where it takes ``qkv`` (a CPU's bfloat16, or int8's float32
+    rounded to it), else one fused
     call of torch's each, without a mask."""
     if native is not None and native.takes(qkv, heads):
         native(qkv, context, blocks, heads)

@@ -275,7 +275,8 @@ class PackedEncoder:
         ``prepare``: how each product's weight is prepared (``cpu_linear.products``); ``prepare_down``:
         the feed-forward's second product's (None: as the others); ``table``: the word embeddings'
         type (None: the model's; a smaller one widens to it in the embeddings' sum); ``native``: the
-        compiled attention for bfloat16 on a CPU (``gpu_pool.model.native``), on the per-length path."""
+        compiled CPU attention (``gpu_pool.model.native``: bfloat16, and int8's float32 rounded for
+        it), on the per-length path."""
         config = model.config
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
