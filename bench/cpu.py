@@ -35,14 +35,16 @@ by operator (torch's profiler, CPU time of each operator itself) and OpenVINO's 
 (its ``PERF_COUNT`` counters, of a model compiled for that shape alone), after three warm passes.
 
 ``attention`` times one layer's attention over a packed batch (bfloat16, or float32 on a CPU
-without bf16) as the engine runs it (``scaled_dot_product_attention``, per length) and the two
-ways torch's own operators offer instead, with each one's largest error against float32.
+without bf16): the engine's native kernel where it runs (gpu_pool/model/native), torch's fused
+``scaled_dot_product_attention`` (per length, as served before it) and the two ways torch's own
+operators offer instead, with each one's largest error against float32.
 
 ``products`` times the engine's bare forward (no HTTP, dense) with its products run by
 ``F.linear``, prepacked for oneDNN (float32; on a CPU with bf16 also bfloat16 as served, between
 float32 activations, and as it ran before, bfloat16 throughout), and in int8 as served (on a
 CPU with bf16 also with the feed-forward's second product in float32, as served elsewhere), in
-turns: the candidates one by one.
+turns: the candidates one by one. ``*_torch_attention``: as served, but with torch's attention
+instead of the native kernel.
 """
 
 from __future__ import annotations
