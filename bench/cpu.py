@@ -333,8 +333,10 @@ def products(args: argparse.Namespace) -> None:
             "int8": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8)),  # as served
             "int8_torch_attention": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8))}  # as served before
     if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU, as it ran before, and int8 as served elsewhere
-        ways["prepacked_bf16"] = (bf16, chosen(cpu, bf16))
+        ways["prepacked_bf16"] = (bf16, chosen(cpu, bf16))  # as served: the native products and attention
         ways["prepacked_bf16_torch_attention"] = ways["prepacked_bf16"]  # as served before the native kernel
+        ways["onednn_bf16"] = (bf16, cpu_linear.Products("oneDNN prepacked, bfloat16", *(cpu_linear.in_bfloat16(
+            cpu_linear.prepacked),) * 2, f32, bf16))  # as served before the native products
         ways["prepacked_bf16_activations"] = (bf16, cpu_linear.Products("bfloat16 throughout",
                                                                         *(cpu_linear.Prepacked.of,) * 2, bf16, bf16))
         ways["int8_float32_down"] = (cpu_linear.INT8, cpu_linear.Products("int8, float32 down", cpu_linear.int8,

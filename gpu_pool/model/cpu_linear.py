@@ -29,6 +29,7 @@ the CPU lacks the kernel (oneDNN's bfloat16 reorder needs AVX-512 or AVX-NE-CONV
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import warnings
@@ -39,6 +40,7 @@ from typing import NamedTuple, Protocol
 import torch
 import torch.nn.functional as F
 
+from gpu_pool.model import native
 from gpu_pool.model.device import Device, cpu_has_fast_bf16
 
 log = logging.getLogger("gpu_pool.engine")
@@ -178,6 +180,13 @@ def products(device: torch.device | Device, dtype: torch.dtype) -> Products:
         return Products(f"int8 dynamic quantized linear (fbgemm); the feed-forward's second product "
                         f"{str(down_type).removeprefix('torch.')}, {down.name}", int8, prepare_down,
                         torch.float32, torch.float32)
+    if on_host and dtype == torch.bfloat16:
+        kernels, which = native.library()
+        if kernels is not None:
+            prepare = packed_by(kernels, in_bfloat16(prepacked) if _prepacks(dtype) else in_bfloat16(Dense))
+            return Products(f"native bfloat16 products ({which}) between float32 activations", prepare, prepare,
+                            torch.float32, dtype)
+        log.info("No native products: %s", which)
     if on_host and _prepacks(dtype):
         if dtype == torch.bfloat16:
             return Products("oneDNN prepacked, bfloat16 between float32 activations", in_bfloat16(prepacked),
@@ -195,6 +204,13 @@ PREPACK_MIN_WEIGHTS = 1 << 16
 def prepacked(weight: torch.Tensor, bias: torch.Tensor) -> Product:
     """``Prepacked`` where the weight is large enough to pay for it, else ``Dense``."""
     return Prepacked.of(weight, bias) if weight.numel() >= PREPACK_MIN_WEIGHTS else Dense(weight, bias)
+
+
+def packed_by(kernels: ctypes.CDLL, otherwise: Prepare) -> Prepare:
+    """The native products kernel's ``PackedProduct`` where it takes the weight's shape, else ``otherwise``."""
+    def prepare(weight: torch.Tensor, bias: torch.Tensor) -> Product:
+        return native.PackedProduct(kernels, weight, bias) if native.PackedProduct.takes(weight) else otherwise(weight, bias)
+    return prepare
 
 
 def int8(weight: torch.Tensor, bias: torch.Tensor) -> Product:

@@ -17,7 +17,7 @@ import torch
 from bench.cpu import compare
 from embsvc.core.serialize import embedding_items
 from gpu_pool.client import EngineClient
-from gpu_pool.model import cpu_linear
+from gpu_pool.model import cpu_linear, native
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.pool import EnginePool
 from gpu_pool.wire.protocol import Kind
@@ -55,6 +55,7 @@ def test_bfloat16_products_run_between_float32_activations(tiny_model, monkeypat
     and norms, the embedding table in bfloat16. What it gains over bfloat16 throughout shows over
     24 layers, not the tiny model's (the full model's figures: docs/performance.md)."""
     monkeypatch.setattr(cpu_linear, "_prepacks", lambda dtype: True)
+    monkeypatch.setattr(native, "library", lambda: (None, "not built"))  # oneDNN's (the native: test_native_products.py)
     model = M3Model(tiny_model, torch.device("cpu"), torch.bfloat16)
     assert (model.dtype, model.dtype_name, model.encoder.word.dtype) == (torch.float32, "bfloat16", torch.bfloat16)
     assert isinstance(model.encoder.layers[0].qkv, cpu_linear.InBfloat16), model.products
@@ -111,7 +112,7 @@ _MANY_SHAPES = """
 import sys
 import numpy as np, torch
 from pathlib import Path
-from gpu_pool.model import cpu_linear
+from gpu_pool.model import cpu_linear, native
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.wire.protocol import Kind
 cpu_linear.PREPACK_MIN_WEIGHTS = 0  # the tiny model's weights too

@@ -98,9 +98,14 @@ def test_kernel_refuses_what_it_cannot_run(kernel):
 ASAN_CALLS = """
 import ctypes, sys, torch
 from gpu_pool.model.attention import Block
-from gpu_pool.model.native import BlocksAttention
-kernel = BlocksAttention(ctypes.CDLL(sys.argv[1]))
+from gpu_pool.model.native import BlocksAttention, PackedProduct, declared
+library = declared(ctypes.CDLL(sys.argv[1]))
+kernel = BlocksAttention(library)
 torch.set_num_threads(2)
+# The products: every tile's rows and blocks, rows past a chunk, in and out of every width's tail.
+for rows, out, width_in in [(1, 16, 2), (7, 80, 30), (203, 112, 96), (13, 1024, 1024)]:
+    product = PackedProduct(library, torch.randn(out, width_in), torch.randn(out))
+    product(torch.randn(rows, width_in)), product.gelu(torch.randn(rows, width_in))
 # Each thread's scratch grows with the keys, then must grow again for wider heads.
 for heads, dim, blocks in [(2, 16, [Block(0, 200, 1, (0, 200))]), (16, 64, [Block(0, 128, 2, (0, 128))]),
                            (3, 48, [Block(0, 7, 3, (0, 7)), Block(21, 333, 1, (300, 333))]),
@@ -114,11 +119,12 @@ print("calls done")
 
 @needs_cpu
 def test_kernel_stays_in_its_memory_under_address_sanitizer(tmp_path):
-    """Out-of-bounds reads and writes do not always crash; AddressSanitizer reports each one."""
+    """Out-of-bounds reads and writes do not always crash; AddressSanitizer reports each one, in
+the attention kernel and in the products (one library)."""
     runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=False)
     if not Path(runtime.stdout.strip()).is_file():
         pytest.skip("gcc's AddressSanitizer runtime is not installed")
-    library = compiler.build(tmp_path / "attention-asan.so", ("-fsanitize=address", "-fno-omit-frame-pointer", "-g"))
+    library = compiler.build(tmp_path / "kernels-asan.so", ("-fsanitize=address", "-fno-omit-frame-pointer", "-g"))
     env = {**os.environ, "LD_PRELOAD": runtime.stdout.strip(), "ASAN_OPTIONS": "detect_leaks=0",
            "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", ASAN_CALLS, str(library)], capture_output=True, text=True,
@@ -128,14 +134,14 @@ def test_kernel_stays_in_its_memory_under_address_sanitizer(tmp_path):
 
 def test_the_build_is_named_by_its_source(tmp_path, monkeypatch):
     first = compiler.library_path(tmp_path)
-    monkeypatch.setattr(compiler, "SOURCE", tmp_path / "attention.c")
-    (tmp_path / "attention.c").write_text("int changed;\n")
+    monkeypatch.setattr(compiler, "SOURCES", (*compiler.SOURCES[:-1], tmp_path / "products.c"))
+    (tmp_path / "products.c").write_text("int changed;\n")
     assert compiler.library_path(tmp_path) != first
 
 
 @needs_cpu
 def test_no_compiler_keeps_torchs_kernel_and_says_why(tmp_path, monkeypatch):
-    monkeypatch.setattr(native, "library_path", lambda: tmp_path / "attention-x.so")
+    monkeypatch.setattr(native, "library_path", lambda: tmp_path / "kernels-x.so")
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CC", raising=False)
     loaded, which = native.load()

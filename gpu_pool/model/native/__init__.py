@@ -1,16 +1,21 @@
-"""Compiled code the engine runs where torch's own is slow: attention over a packed batch in
-bfloat16 with float32 scores (attention.c), on a CPU with AVX-512 BF16.
+"""Compiled code the engine runs where torch's own is slow, on a CPU with AVX-512 BF16:
+attention over a packed batch in bfloat16 with float32 scores (attention.c), and the encoder's
+matrix products in bfloat16 with float32 sums (products.c).
 
-torch's fused CPU attention reaches a sixth of its products' rate on such a CPU; this kernel
-runs one layer's attention of 8 texts of 128 tokens in 0.4 of its time, about OpenVINO's
-(docs/performance.md). It is plain C on raw pointers, built by the machine's C compiler in about a
-second (compiler.py: by ``make native``, in the image's build stage, or here at load when missing).
-Without a compiler, or on another CPU, ``load`` says why and the engine keeps torch's kernel.
+torch's fused CPU attention reaches a sixth of its products' rate on such a CPU; the attention
+kernel runs one layer's attention of 8 texts of 128 tokens in 0.4 of its time, about OpenVINO's.
+oneDNN's bfloat16 products run a lone query's 16 rows at about 0.8 of the products kernel's rate,
+and a batch's rows at its rate (docs/performance.md). Both are plain C on raw pointers, built by
+the machine's C compiler in about a second into one library (compiler.py: by ``make native``, in
+the image's build stage, or here at load when missing). Without a compiler, or on another CPU,
+``library`` says why and the engine keeps torch's attention and oneDNN's products.
 
 Runs in:      the engine process only (its device thread, and torch's OpenMP threads).
 May import:   torch, numpy, ``gpu_pool.model.device``; compiler.py the standard library only.
-Owns:         attention.c, its build (``compiler``) and its call (``BlocksAttention``).
-Entry points: ``load`` (called by ``gpu_pool.model.m3``); ``python gpu_pool/model/native/compiler.py``.
+Owns:         the kernels' sources, their build (``compiler``) and their calls (``BlocksAttention``,
+              ``PackedProduct``).
+Entry points: ``load`` (called by ``gpu_pool.model.m3``), ``library`` (by ``gpu_pool.model.cpu_linear``);
+              ``python gpu_pool/model/native/compiler.py``.
 """
 
 from __future__ import annotations
@@ -40,11 +45,7 @@ class BlocksAttention:
     kernel and its outputs widened back."""
 
     def __init__(self, library: ctypes.CDLL, rounding: bool = False) -> None:
-        # ctypes lets go of the GIL for the call: the engine's other threads run meanwhile.
         self.call = library.attend_blocks
-        self.call.restype = ctypes.c_int
-        self.call.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_float, ctypes.c_int]
         self.types = (torch.bfloat16, torch.float32) if rounding else (torch.bfloat16,)
         # The rounded copies, kept between calls: a pass's size of fresh memory each layer costs its page faults.
         self._narrow = torch.empty(0, dtype=torch.bfloat16)
@@ -85,18 +86,72 @@ class BlocksAttention:
                 context[rows] = out[rows]
 
 
-def load(rounding: bool = False) -> tuple[BlocksAttention | None, str]:
-    """The kernel, built first if need be, or None; and a line for the load log saying which and why.
-    ``rounding``: it also takes float32 activations, rounded to bfloat16 (``DTYPE=int8``)."""
+class PackedProduct:
+    """``x @ weight.T + bias`` (``gelu``: then exact GELU) by products.c, the ``Product`` of
+    gpu_pool/model/cpu_linear.py: the weight rounded to bfloat16 and packed once for the kernel
+    (``[out / 16][in / 2][16][2]``), the bias kept in float32; each call's input rounded to
+    bfloat16 (float32 activations) and its output in bfloat16, as oneDNN's bfloat16 product
+    between float32 activations gives it."""
+
+    def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        if not self.takes(weight):
+            raise ValueError(f"the products kernel takes weights of even input width and output width a "
+                             f"multiple of 16, not {tuple(weight.shape)}")
+        self.call = library.product
+        self.width, width_in = weight.shape
+        self.packed = (weight.to(torch.bfloat16).reshape(self.width // 16, 16, width_in // 2, 2)
+                       .permute(0, 2, 1, 3).contiguous())
+        self.bias = bias.to(torch.float32, copy=True)
+
+    @staticmethod
+    def takes(weight: torch.Tensor) -> bool:
+        return weight.dim() == 2 and weight.shape[0] % 16 == 0 and weight.shape[1] % 2 == 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, gelu=False)
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, gelu=True)
+
+    def _run(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+        rows = x.to(torch.bfloat16).reshape(-1, x.shape[-1]).contiguous()
+        out = torch.empty(rows.shape[0], self.width, dtype=torch.bfloat16)
+        if self.call(rows.data_ptr(), rows.shape[0], rows.shape[1], self.packed.data_ptr(), self.width,
+                     self.bias.data_ptr(), out.data_ptr(), 1, int(gelu), torch.get_num_threads()):
+            raise ValueError(f"the products kernel refused {tuple(x.shape)} times {tuple(self.packed.shape)}")
+        return out.view(*x.shape[:-1], self.width)
+
+
+def library() -> tuple[ctypes.CDLL | None, str]:
+    """The kernels' library, built first if need be, its calls declared; or None and why."""
     missing = NEEDED_CPU_FLAGS - cpu_flags()
     if missing:
-        return None, f"torch's fused kernel (the CPU lacks {', '.join(sorted(missing))})"
+        return None, f"the CPU lacks {', '.join(sorted(missing))}"
     path = library_path()
     try:
         if not path.exists():
             build(path)
-        library = ctypes.CDLL(str(path))
+        loaded = declared(ctypes.CDLL(str(path)))
     except (RuntimeError, OSError) as exc:
-        return None, f"torch's fused kernel (the native kernel is not built: {exc})"
+        return None, f"the native kernels are not built: {exc}"
+    return loaded, path.name
+
+
+def declared(loaded: ctypes.CDLL) -> ctypes.CDLL:
+    """The library with its calls' types declared. ctypes lets go of the GIL for each call: the
+    engine's other threads run meanwhile."""
+    loaded.attend_blocks.restype = loaded.product.restype = ctypes.c_int
+    pointer, number = ctypes.c_void_p, ctypes.c_int
+    loaded.attend_blocks.argtypes = [pointer, pointer, pointer, number, number, number, ctypes.c_float, number]
+    loaded.product.argtypes = [pointer, number, number, pointer, number, pointer, pointer, number, number, number]
+    return loaded
+
+
+def load(rounding: bool = False) -> tuple[BlocksAttention | None, str]:
+    """The attention kernel, or None; and a line for the load log saying which and why.
+    ``rounding``: it also takes float32 activations, rounded to bfloat16 (``DTYPE=int8``)."""
+    loaded, which = library()
+    if loaded is None:
+        return None, f"torch's fused kernel ({which})"
     rounded = ", float32 rounded to bfloat16 for it" if rounding else ""
-    return BlocksAttention(library, rounding), f"native bfloat16 kernel ({path.name}){rounded}"
+    return BlocksAttention(loaded, rounding), f"native bfloat16 kernel ({which}){rounded}"

@@ -1,5 +1,5 @@
-"""Builds attention.c into a shared library beside it, named by the source's hash so that a
-changed source is never served by an old build. Standard library only, so that the image's
+"""Builds the kernels (attention.c, products.c) into one shared library beside them, named by
+the sources' hash so that a changed source is never served by an old build. Standard library only, so that the image's
 build stage runs it before anything is installed (``python gpu_pool/model/native/compiler.py``);
 the engine calls ``build`` itself when the library is missing (``gpu_pool.model.native``).
 """
@@ -15,7 +15,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("attention.c")
+FOLDER = Path(__file__).parent
+SOURCES = (FOLDER / "attention.c", FOLDER / "products.c")
+HEADERS = (FOLDER / "simd.h",)
 # The instructions the kernel is written in; the engine calls it only on a CPU that has them all.
 ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma")
 # -fopenmp links libgomp.so.1: in the engine that is torch's own, already loaded, so the kernel
@@ -24,8 +26,8 @@ CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp", "-Wall", "-Wextra
 
 
 def library_path(folder: Path | None = None) -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    return (folder or SOURCE.parent) / f"attention-{digest}.so"
+    text = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS)) + " ".join(CFLAGS).encode()
+    return (folder or FOLDER) / f"kernels-{hashlib.sha256(text).hexdigest()[:16]}.so"
 
 
 def find_compiler() -> str | None:
@@ -42,7 +44,7 @@ def build(target: Path | None = None, extra: Sequence[str] = ()) -> Path:
         raise RuntimeError("no C compiler (cc, gcc or $CC) on PATH")
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
-        done = subprocess.run([cc, *CFLAGS, *extra, "-o", str(partial), str(SOURCE)], capture_output=True, text=True,
+        done = subprocess.run([cc, *CFLAGS, *extra, "-o", str(partial), *map(str, SOURCES)], capture_output=True, text=True,
                               check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {(done.stderr or done.stdout).strip()[-500:]}")
@@ -58,7 +60,7 @@ def main() -> int:
     try:
         build(path)
     except (RuntimeError, OSError) as exc:
-        print(f"attention kernel not built ({exc}); the engine will use torch's attention", file=sys.stderr)
+        print(f"kernels not built ({exc}); the engine will use torch's attention and products", file=sys.stderr)
         return 1
     print(f"built {path}")
     return 0

@@ -1,0 +1,113 @@
+/* The encoder's matrix products, x·Wᵀ + b (then exact GELU where asked), in bfloat16 with float32
+ * sums, for CPUs with AVX-512 BF16.
+ *
+ * Why it exists: torch's bfloat16 product on the CPU (oneDNN's, weights prepacked) reaches about
+ * 0.8 of this kernel's rate at 16 rows, the rows of a lone query, whose pass is almost all
+ * products (docs/performance.md, "The native products"); at a batch's rows it is as fast.
+ *
+ * The weight is packed once at load (gpu_pool/model/native/__init__.py) into blocks of 16 output
+ * columns, [out / 16][in / 2][16][2]: one 64-byte load holds a pair of inputs for each of 16
+ * columns, what vdpbf16ps multiplies with a broadcast pair of one input row. A tile is up to 6
+ * rows by 4 blocks: 24 accumulators of the 32 registers, each weight load serving 6 rows and each
+ * broadcast 4 blocks. A task is a panel of 4 blocks over a chunk of rows, so that the panel stays
+ * in the core's cache across the chunk; tasks go to OpenMP threads (torch's libgomp, as in
+ * attention.c) in order, so that a thread's tasks share their panels.
+ */
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "simd.h"
+
+#define TILE_ROWS 6
+#define TILE_BLOCKS 4
+#define CHUNK_ROWS 96
+
+typedef struct {
+    const uint32_t *x;  /* [rows][in / 2]: bfloat16 pairs */
+    const uint16_t *w;  /* [out / 16][in / 2][16][2] bfloat16 */
+    const float *bias;  /* [out] */
+    void *out;          /* [rows][out], bfloat16 or float32 */
+    int pairs;          /* in / 2 */
+    int width;          /* out */
+    int bf16_out;
+    int gelu;
+} Product;
+
+/* Exact GELU, x·Φ(x): Φ(x) = erfc(z) / 2 below 0 and 1 - erfc(z) / 2 above, z = |x| / √2, with
+ * erfc(z) = t·exp(-z² + P(t)), t = 1 / (1 + z / 2): Numerical Recipes' fit, fractional error
+ * under 1.2e-7 everywhere, far below bfloat16's rounding of the result. */
+static inline __m512 gelu_ps(__m512 x) {
+    static const float fit[] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                                -0.18628806f, 0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f};
+    __m512 z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678f));
+    __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f)));
+    __m512 p = _mm512_set1_ps(fit[0]);
+    for (int i = 1; i < 10; i++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(fit[i]));
+    __m512 erfc = _mm512_mul_ps(t, exp_ps(_mm512_fnmadd_ps(z, z, p)));
+    __m512 half = _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), erfc);
+    __mmask16 positive = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+    return _mm512_mask_sub_ps(half, positive, x, half);
+}
+
+static inline void store(const Product *p, size_t row, int column, __m512 value) {
+    if (p->gelu) value = gelu_ps(value);
+    size_t at = row * (size_t)p->width + (size_t)column;
+    if (p->bf16_out)
+        _mm256_storeu_si256((__m256i *)((uint16_t *)p->out + at), (__m256i)_mm512_cvtneps_pbh(value));
+    else
+        _mm512_storeu_ps((float *)p->out + at, value);
+}
+
+/* Rows [row, row + R) by blocks [block, block + B): R and B are constants in each instance below,
+ * so that the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void tile(const Product *p, int row, int block, const int R,
+                                                       const int B) {
+    __m512 acc[TILE_ROWS][TILE_BLOCKS];
+    const size_t stride = (size_t)p->pairs * 32; /* one block of the weight, in bfloat16s */
+    const uint16_t *w = p->w + (size_t)block * stride;
+    const uint32_t *x = p->x + (size_t)row * p->pairs;
+    for (int j = 0; j < B; j++) {
+        __m512 bias = _mm512_loadu_ps(p->bias + (block + j) * 16);
+        for (int i = 0; i < R; i++) acc[i][j] = bias;
+    }
+    for (int k = 0; k < p->pairs; k++) {
+        __m512bh weights[TILE_BLOCKS];
+        for (int j = 0; j < B; j++) weights[j] = (__m512bh)_mm512_loadu_si512(w + j * stride + (size_t)k * 32);
+        for (int i = 0; i < R; i++) {
+            __m512bh pair = (__m512bh)_mm512_set1_epi32((int)x[(size_t)i * p->pairs + k]);
+            for (int j = 0; j < B; j++) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], pair, weights[j]);
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < B; j++) store(p, (size_t)(row + i), (block + j) * 16, acc[i][j]);
+}
+
+typedef void (*Tile)(const Product *, int, int);
+#define TILE(R, B) \
+    static void tile_##R##_##B(const Product *p, int row, int block) { tile(p, row, block, R, B); }
+#define TILES(R) TILE(R, 1) TILE(R, 2) TILE(R, 3) TILE(R, 4)
+TILES(1) TILES(2) TILES(3) TILES(4) TILES(5) TILES(6)
+#define ROW_OF_TILES(R) {tile_##R##_1, tile_##R##_2, tile_##R##_3, tile_##R##_4}
+static const Tile tiles[TILE_ROWS][TILE_BLOCKS] = {ROW_OF_TILES(1), ROW_OF_TILES(2), ROW_OF_TILES(3),
+                                                   ROW_OF_TILES(4), ROW_OF_TILES(5), ROW_OF_TILES(6)};
+
+static inline int least(int a, int b) { return a < b ? a : b; }
+
+/* x: bfloat16 [rows][in]; weight: packed as above; bias: float32 [out]; out: [rows][out], bfloat16
+ * when bf16_out, else float32; gelu: exact GELU after the bias. in: even; out: a multiple of 16.
+ * Returns 0, or -1 for sizes it does not take (nothing written). */
+int product(const uint16_t *x, int rows, int in, const uint16_t *weight, int out, const float *bias, void *result,
+            int bf16_out, int gelu, int threads) {
+    if (in <= 0 || in % 2 || out <= 0 || out % 16 || rows < 0) return -1;
+    const Product p = {(const uint32_t *)x, weight, bias, result, in / 2, out, bf16_out, gelu};
+    const int blocks = out / 16, panels = (blocks + TILE_BLOCKS - 1) / TILE_BLOCKS;
+    const int chunks = (rows + CHUNK_ROWS - 1) / CHUNK_ROWS;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int task = 0; task < panels * chunks; task++) {
+        const int block = task / chunks * TILE_BLOCKS, first = task % chunks * CHUNK_ROWS;
+        const int width = least(blocks - block, TILE_BLOCKS), end = least(first + CHUNK_ROWS, rows);
+        for (int row = first; row < end; row += TILE_ROWS) tiles[least(end - row, TILE_ROWS) - 1][width - 1](&p, row, block);
+    }
+    return 0;
+}
