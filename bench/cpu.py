@@ -331,6 +331,7 @@ def products(args: argparse.Namespace) -> None:
     ways = {"f_linear": (f32, cpu_linear.Products("F.linear", cpu_linear.Dense, cpu_linear.Dense, f32, f32)),
             "prepacked": (f32, cpu_linear.Products("prepacked", *(cpu_linear.Prepacked.of,) * 2, f32, f32)),
             "int8": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8)),  # as served
+            "int8_fbgemm": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8)._replace(prepare=cpu_linear.int8)),
             "int8_torch_attention": (cpu_linear.INT8, chosen(cpu, cpu_linear.INT8))}  # as served before
     if cpu_has_fast_bf16():  # what ``auto`` runs on such a CPU, as it ran before, and int8 as served elsewhere
         ways["prepacked_bf16"] = (bf16, chosen(cpu, bf16))  # as served: the native products and attention

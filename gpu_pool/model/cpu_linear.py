@@ -177,13 +177,18 @@ def products(device: torch.device | Device, dtype: torch.dtype) -> Products:
         down = products(device, down_type)
         # Between int8's float32 activations; bfloat16 products that fall back to F.linear need the wrapper too.
         prepare_down = down.prepare if down.activations == torch.float32 else in_bfloat16(down.prepare)
-        return Products(f"int8 dynamic quantized linear (fbgemm); the feed-forward's second product "
-                        f"{str(down_type).removeprefix('torch.')}, {down.name}", int8, prepare_down,
-                        torch.float32, torch.float32)
+        kernels, which = native.library()
+        prepare, name = int8, "int8 dynamic quantized linear (fbgemm)"
+        if kernels is not None:
+            prepare = packed_by(kernels, native.Int8Product, int8)
+            name = f"native int8 products ({which}), activations quantized per row"
+        return Products(f"{name}; the feed-forward's second product {str(down_type).removeprefix('torch.')}, "
+                        f"{down.name}", prepare, prepare_down, torch.float32, torch.float32)
     if on_host and dtype == torch.bfloat16:
         kernels, which = native.library()
         if kernels is not None:
-            prepare = packed_by(kernels, in_bfloat16(prepacked) if _prepacks(dtype) else in_bfloat16(Dense))
+            prepare = packed_by(kernels, native.PackedProduct,
+                                in_bfloat16(prepacked) if _prepacks(dtype) else in_bfloat16(Dense))
             return Products(f"native bfloat16 products ({which}) between float32 activations", prepare, prepare,
                             torch.float32, dtype)
         log.info("No native products: %s", which)
@@ -206,10 +211,11 @@ def prepacked(weight: torch.Tensor, bias: torch.Tensor) -> Product:
     return Prepacked.of(weight, bias) if weight.numel() >= PREPACK_MIN_WEIGHTS else Dense(weight, bias)
 
 
-def packed_by(kernels: ctypes.CDLL, otherwise: Prepare) -> Prepare:
-    """The native products kernel's ``PackedProduct`` where it takes the weight's shape, else ``otherwise``."""
+def packed_by(kernels: ctypes.CDLL, kind: type[native.PackedProduct | native.Int8Product],
+              otherwise: Prepare) -> Prepare:
+    """A native product of ``kind`` where its kernel takes the weight's shape, else ``otherwise``'s."""
     def prepare(weight: torch.Tensor, bias: torch.Tensor) -> Product:
-        return native.PackedProduct(kernels, weight, bias) if native.PackedProduct.takes(weight) else otherwise(weight, bias)
+        return kind(kernels, weight, bias) if kind.takes(weight) else otherwise(weight, bias)
     return prepare
 
 

@@ -48,12 +48,12 @@ def test_int8_stays_close_to_float32():
 def test_products_chosen_by_device_and_dtype(monkeypatch):
     cpu = torch.device("cpu")
     f32, bf16 = torch.float32, torch.bfloat16
+    # Without the native kernels (gpu_pool/model/native: tests/integration/test_native_products.py)
+    monkeypatch.setattr(native, "library", lambda: (None, "not built"))
     int8 = cpu_linear.products(cpu, cpu_linear.INT8)
     assert int8.prepare is cpu_linear.int8 and (int8.activations, int8.table) == (f32, f32)
     assert cpu_linear.products(cpu, f32) == ("oneDNN prepacked", cpu_linear.prepacked, cpu_linear.prepacked, f32, f32)
-    # int8: the feed-forward's second product stays float32, or bfloat16 where the CPU has bf16;
-    # here without the native kernels (gpu_pool/model/native: tests/integration/test_native_products.py)
-    monkeypatch.setattr(native, "library", lambda: (None, "not built"))
+    # int8: the feed-forward's second product stays float32, or bfloat16 where the CPU has bf16
     monkeypatch.setattr(cpu_linear, "cpu_has_fast_bf16", lambda: False)
     assert cpu_linear.products(cpu, cpu_linear.INT8).prepare_down == cpu_linear.prepacked
     monkeypatch.setattr(cpu_linear, "cpu_has_fast_bf16", lambda: True)

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from gpu_pool.model.attention import Block
 
 # What the compiler flags enable, as /proc/cpuinfo names it.
-NEEDED_CPU_FLAGS = frozenset(flag.removeprefix("-m").replace("avx512bf16", "avx512_bf16") for flag in ISA_FLAGS)
+CPUINFO_NAMES = {"avx512bf16": "avx512_bf16", "avx512vnni": "avx512_vnni"}
+NEEDED_CPU_FLAGS = frozenset(CPUINFO_NAMES.get(flag := isa.removeprefix("-m"), flag) for isa in ISA_FLAGS)
 HEAD_DIM_STEP = 16  # the kernel writes a head's outputs 16 at a time
 
 
@@ -122,6 +123,49 @@ class PackedProduct:
         return out.view(*x.shape[:-1], self.width)
 
 
+class Int8Product:
+    """``x @ weight.T + bias`` (``gelu``: then exact GELU, in bfloat16 for the next product) by
+    products.c's int8 kernel, the ``Product`` of ``DTYPE=int8``: the weight rounded to int8 per
+    output channel (symmetric, each row's largest magnitude at 127) and packed once
+    (``[out / 16][in / 4][16][4]``); each call's float32 input quantized to uint8 per row, over
+    the row's own range (finer than one scale for a whole pass); int32 sums; float32 out."""
+
+    def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        if not self.takes(weight):
+            raise ValueError(f"the int8 products kernel takes weights of input width a multiple of 16 and "
+                             f"output width a multiple of 16, not {tuple(weight.shape)}")
+        self.call = library.product_int8
+        weight = weight.float()
+        self.width, width_in = weight.shape
+        self.scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        quantized = torch.round(weight / self.scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.sums = quantized.sum(dim=1, dtype=torch.int32)
+        self.packed = quantized.reshape(self.width // 16, 16, width_in // 4, 4).permute(0, 2, 1, 3).contiguous()
+        self.bias = bias.to(torch.float32, copy=True)
+
+    @staticmethod
+    def takes(weight: torch.Tensor) -> bool:
+        return weight.dim() == 2 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, gelu=False)
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, gelu=True)
+
+    def _run(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+        rows = x.to(torch.float32).reshape(-1, x.shape[-1]).contiguous()
+        count, width_in = rows.shape
+        quantized = torch.empty(count, width_in, dtype=torch.uint8)
+        scale, zero = torch.empty(count), torch.empty(count, dtype=torch.int32)
+        out = torch.empty(count, self.width, dtype=torch.bfloat16 if gelu else torch.float32)
+        if self.call(rows.data_ptr(), count, width_in, self.packed.data_ptr(), self.width, self.scale.data_ptr(),
+                     self.sums.data_ptr(), self.bias.data_ptr(), out.data_ptr(), int(gelu), int(gelu),
+                     quantized.data_ptr(), scale.data_ptr(), zero.data_ptr(), torch.get_num_threads()):
+            raise ValueError(f"the int8 products kernel refused {tuple(x.shape)} times {tuple(self.packed.shape)}")
+        return out.view(*x.shape[:-1], self.width)
+
+
 def library() -> tuple[ctypes.CDLL | None, str]:
     """The kernels' library, built first if need be, its calls declared; or None and why."""
     missing = NEEDED_CPU_FLAGS - cpu_flags()
@@ -144,6 +188,9 @@ def declared(loaded: ctypes.CDLL) -> ctypes.CDLL:
     pointer, number = ctypes.c_void_p, ctypes.c_int
     loaded.attend_blocks.argtypes = [pointer, pointer, pointer, number, number, number, ctypes.c_float, number]
     loaded.product.argtypes = [pointer, number, number, pointer, number, pointer, pointer, number, number, number]
+    loaded.product_int8.restype = ctypes.c_int
+    loaded.product_int8.argtypes = [pointer, number, number, pointer, number, pointer, pointer, pointer, pointer,
+                                    number, number, pointer, pointer, pointer, number]
     return loaded
 
 

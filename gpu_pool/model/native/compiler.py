@@ -19,7 +19,7 @@ FOLDER = Path(__file__).parent
 SOURCES = (FOLDER / "attention.c", FOLDER / "products.c")
 HEADERS = (FOLDER / "simd.h",)
 # The instructions the kernel is written in; the engine calls it only on a CPU that has them all.
-ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma")
+ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-mfma")
 # -fopenmp links libgomp.so.1: in the engine that is torch's own, already loaded, so the kernel
 # runs on torch's threads.
 CFLAGS = ("-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp", "-Wall", "-Wextra", "-Werror", *ISA_FLAGS)
