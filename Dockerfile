@@ -56,11 +56,11 @@ RUN if [ -n "$TORCH_INDEX_URL" ] && [ "$REQUIREMENTS_LOCK" = "requirements.lock"
     && pip check \
     && python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-# The engine's compiled attention for x86-64 CPUs with AVX-512 BF16 (gpu_pool/model/native): built
-# here, so that the final stage gets the library and no compiler (elsewhere the engine runs torch's
-# attention). Debian's gcc and libc headers of the base image's release, unpinned: a pinned
-# libc6-dev leaves the mirror at the next point release.
-COPY gpu_pool/model/native/attention.c gpu_pool/model/native/compiler.py /opt/native/
+# The engine's compiled attention and products for x86-64 CPUs with AVX-512 BF16 and VNNI
+# (gpu_pool/model/native): built here, so that the final stage gets the library and no compiler
+# (elsewhere the engine runs torch's attention and oneDNN's products). Debian's gcc and libc headers
+# of the base image's release, unpinned: a pinned libc6-dev leaves the mirror at the next point release.
+COPY gpu_pool/model/native/*.c gpu_pool/model/native/*.h gpu_pool/model/native/compiler.py /opt/native/
 # hadolint ignore=DL3008
 RUN if [ "$(uname -m)" = x86_64 ]; then \
         apt-get update \

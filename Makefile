@@ -41,8 +41,9 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-# The engine's attention kernel for CPUs with AVX-512 BF16 (gpu_pool/model/native); without a C
-# compiler the engine runs torch's attention and says so, so a failed build stops nothing.
+# The engine's attention and products kernels for CPUs with AVX-512 BF16 and VNNI (gpu_pool/model/native);
+# without a C compiler the engine runs torch's attention and oneDNN's products and says so, so a
+# failed build stops nothing.
 native: install
 	-$(PY) gpu_pool/model/native/compiler.py
 

@@ -6,6 +6,7 @@
     .venv/bin/python -m bench.cpu products [--model FOLDER]
     .venv/bin/python -m bench.cpu split [--shapes 8x128 2x512 1x16]
     .venv/bin/python -m bench.cpu attention [--shapes 8x128 2x512 1x1024]
+    .venv/bin/python -m bench.cpu matmul [--rows 1 16 128 1024]
 
 ``run`` (the default) builds the full-size random bge-m3 (models/bge-m3-full, git-ignored;
 its compute is the real model's), converts it once for OpenVINO (models/bge-m3-full-ov) and
@@ -38,6 +39,10 @@ by operator (torch's profiler, CPU time of each operator itself) and OpenVINO's 
 without bf16): the engine's native kernel where it runs (gpu_pool/model/native), torch's fused
 ``scaled_dot_product_attention`` (per length, as served before it) and the two ways torch's own
 operators offer instead, with each one's largest error against float32.
+
+``matmul`` times one product of each of bge-m3's four shapes at a few row counts: oneDNN's
+bfloat16 (prepacked) and fbgemm's int8 (torch's own), and the engine's native kernels where they
+run (gpu_pool/model/native/products.c), bfloat16 and int8.
 
 ``products`` times the engine's bare forward (no HTTP, dense) with its products run by
 ``F.linear``, prepacked for oneDNN (float32; on a CPU with bf16 also bfloat16 as served, between
@@ -461,6 +466,45 @@ def attention_ways(args: argparse.Namespace) -> None:
         print(json.dumps({"shape": shape, "dtype": str(dtype).removeprefix("torch."), **figures}), flush=True)
 
 
+# bge-m3's products (out, in): the query, key and value projection, attention's output, the feed-forward's two
+PRODUCT_SHAPES = {"qkv": (3072, 1024), "attention_out": (1024, 1024), "up": (4096, 1024), "down": (1024, 4096)}
+
+
+def matmul(args: argparse.Namespace) -> None:
+    """One product of each of bge-m3's shapes per way, ms per call: 8 distinct random weights in
+    turn (604 MB a pass in bfloat16 cannot stay in cache; neither can these), the best of 5 loops."""
+    import torch
+
+    from gpu_pool.model import cpu_linear, native
+
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    kernels, which = native.library()
+    ways: dict[str, cpu_linear.Prepare] = {"onednn_bf16": cpu_linear.in_bfloat16(cpu_linear.Prepacked.of),
+                                           "fbgemm_int8": cpu_linear.int8}
+    if kernels is not None:
+        ways |= {"native_bf16": functools.partial(native.PackedProduct, kernels),
+                 "native_int8": functools.partial(native.Int8Product, kernels)}
+    print(json.dumps({"native": which}), flush=True)
+    generator = torch.Generator().manual_seed(0)
+    for rows in args.rows:
+        for name, (out, width_in) in PRODUCT_SHAPES.items():
+            weights = [(torch.randn(out, width_in, generator=generator) * 0.05, torch.randn(out, generator=generator))
+                       for _ in range(8)]
+            x = torch.randn(rows, width_in, generator=generator)
+            figures = {}
+            for way, prepare in ways.items():
+                products = [prepare(*weight) for weight in weights]
+                loops = []
+                for _ in range(6):  # the first a warm-up
+                    started = time.perf_counter()
+                    for product in products:
+                        product(x)
+                    loops.append((time.perf_counter() - started) / len(products) * 1000)
+                figures[f"{way}_ms"] = round(min(loops[1:]), 3)
+                del products
+            print(json.dumps({"rows": rows, "product": name, "shape": [out, width_in], **figures}), flush=True)
+
+
 def _largest(times: dict[str, float], shown: int = 6) -> dict[str, float]:
     """The ``shown`` largest entries, the rest summed as "other", and the total, rounded."""
     ranked = sorted(times.items(), key=lambda kv: -kv[1])
@@ -559,8 +603,12 @@ def main() -> None:
     layer = commands.add_parser("attention", help="one layer's attention: as served, and torch's other ways")
     layer.add_argument("--shapes", nargs="+", default=["8x128", "2x512", "1x1024"], help="TEXTSxTOKENS")
     layer.add_argument("--repeats", type=int, default=20)
+    product = commands.add_parser("matmul", help="one product of each of bge-m3's shapes, per way of running it")
+    product.add_argument("--rows", nargs="+", type=int, default=[1, 16, 128, 1024])
     args = parser.parse_args()
-    if args.command == "split":
+    if args.command == "matmul":
+        matmul(args)
+    elif args.command == "split":
         split(args)
     elif args.command == "attention":
         attention_ways(args)

@@ -9,12 +9,20 @@ so that the encoder's steps (gpu_pool/model/xlmr.py) need not know how it runs:
   ``F.linear`` hands the row-major weight to the BLAS, which repacks it on every call: for a
   16-token query that repacking is most of the memory read per layer (micro-benchmark on
   24 distinct 1024×4096 weights, 16 rows, 2 threads: 2.4× faster prepacked, same bits in float32);
-- ``InBfloat16`` around them (the CPU in bfloat16): the products run between float32
+- ``InBfloat16`` around oneDNN's (the CPU in bfloat16): the products run between float32
   activations; the embeddings' sum, the residual sums and the norms stay float32, as OpenVINO
   keeps them. Against bfloat16 throughout, on the full model in process: a dense cosine to
   float32's of 0.99994 at the least instead of 0.99973 (24 texts), for 1 to 2 % more time
   (8×128 1,739 against 1,718 ms; docs/performance.md, "bfloat16's precision");
-- ``Int8`` (``DTYPE=int8``, CPU only): dynamic quantization through torch's own quantized
+- ``native.PackedProduct`` (the CPU in bfloat16, where gpu_pool/model/native builds and the CPU
+  has AVX-512 BF16 and VNNI): the engine's own kernel between the same float32 activations, the
+  weight packed once for ``vdpbf16ps``; a 16-row product in 0.8 of oneDNN's time, a batch's at
+  its rate (docs/performance.md, "The native products");
+- ``native.Int8Product`` (``DTYPE=int8`` where the native kernels run): int8 weights per output
+  channel, each row of activations quantized to uint8 over its own range, ``vpdpbusd``; faster
+  than fbgemm and closer to float32, so that the feed-forward's second product and the ColBERT
+  head run in int8 too (docs/performance.md, "The native products");
+- ``Int8`` (``DTYPE=int8`` elsewhere, CPU only): dynamic quantization through torch's own quantized
   linear (fbgemm): weights int8 per output channel, each call's activations quantized per
   tensor on the fly, accumulated in int32 and returned in float32. The feed-forward's second
   product stays in floating point (prepacked; ``InBfloat16`` on a CPU with bf16, else float32):
@@ -160,7 +168,7 @@ class Products(NamedTuple):
 
     name: str  # for the load log
     prepare: Prepare  # every product's weight but the feed-forward's second (and the ColBERT head's)
-    prepare_down: Prepare  # the feed-forward's second product and the ColBERT head: floating point always
+    prepare_down: Prepare  # the feed-forward's second product and the ColBERT head: floating point but in native int8
     activations: torch.dtype  # of the embeddings' sum, the residual sums and the norms (their weights too)
     table: torch.dtype  # of the embedding table: the largest tensor, kept as small as its products' type
 
@@ -178,12 +186,13 @@ def products(device: torch.device | Device, dtype: torch.dtype) -> Products:
         # Between int8's float32 activations; bfloat16 products that fall back to F.linear need the wrapper too.
         prepare_down = down.prepare if down.activations == torch.float32 else in_bfloat16(down.prepare)
         kernels, which = native.library()
-        prepare, name = int8, "int8 dynamic quantized linear (fbgemm)"
-        if kernels is not None:
-            prepare = packed_by(kernels, native.Int8Product, int8)
-            name = f"native int8 products ({which}), activations quantized per row"
-        return Products(f"{name}; the feed-forward's second product {str(down_type).removeprefix('torch.')}, "
-                        f"{down.name}", prepare, prepare_down, torch.float32, torch.float32)
+        if kernels is not None:  # per-row scales: every product in int8 (docs/performance.md, "The native products")
+            return Products(f"native int8 products ({which}), activations quantized per row",
+                            packed_by(kernels, native.Int8Product, int8),
+                            packed_by(kernels, native.Int8Product, prepare_down), torch.float32, torch.float32)
+        return Products(f"int8 dynamic quantized linear (fbgemm); the feed-forward's second product "
+                        f"{str(down_type).removeprefix('torch.')}, {down.name}", int8, prepare_down,
+                        torch.float32, torch.float32)
     if on_host and dtype == torch.bfloat16:
         kernels, which = native.library()
         if kernels is not None:

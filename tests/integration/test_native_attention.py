@@ -98,14 +98,15 @@ def test_kernel_refuses_what_it_cannot_run(kernel):
 ASAN_CALLS = """
 import ctypes, sys, torch
 from gpu_pool.model.attention import Block
-from gpu_pool.model.native import BlocksAttention, PackedProduct, declared
+from gpu_pool.model.native import BlocksAttention, Int8Product, PackedProduct, declared
 library = declared(ctypes.CDLL(sys.argv[1]))
 kernel = BlocksAttention(library)
 torch.set_num_threads(2)
 # The products: every tile's rows and blocks, rows past a chunk, in and out of every width's tail.
-for rows, out, width_in in [(1, 16, 2), (7, 80, 30), (203, 112, 96), (13, 1024, 1024)]:
-    product = PackedProduct(library, torch.randn(out, width_in), torch.randn(out))
-    product(torch.randn(rows, width_in)), product.gelu(torch.randn(rows, width_in))
+for rows, out, width_in in [(1, 16, 16), (7, 80, 32), (203, 112, 96), (13, 1024, 1024)]:
+    for kind in (PackedProduct, Int8Product):
+        product = kind(library, torch.randn(out, width_in), torch.randn(out))
+        product(torch.randn(rows, width_in)), product.gelu(torch.randn(rows, width_in))
 # Each thread's scratch grows with the keys, then must grow again for wider heads.
 for heads, dim, blocks in [(2, 16, [Block(0, 200, 1, (0, 200))]), (16, 64, [Block(0, 128, 2, (0, 128))]),
                            (3, 48, [Block(0, 7, 3, (0, 7)), Block(21, 333, 1, (300, 333))]),

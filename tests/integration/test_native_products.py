@@ -1,7 +1,8 @@
-"""The compiled products (gpu_pool/model/native/products.c): as close to float32 as oneDNN's
-bfloat16 product over every tile the kernel has (1 to 6 rows by 1 to 4 blocks of 16 columns, and
-rows past a task's chunk), its GELU exact to float32's precision, and the bfloat16 engine serving
-with them where the CPU has AVX-512 BF16."""
+"""The compiled products (gpu_pool/model/native/products.c): bfloat16 as close to float32 as
+oneDNN's bfloat16 product over every tile the kernel has (1 to 6 rows by 1 to 4 blocks of 16
+columns, and rows past a task's chunk), int8 closer than fbgemm's, GELU exact to float32's
+precision, and the bfloat16 and int8 engines serving with them where the CPU has AVX-512 BF16
+and VNNI."""
 
 from __future__ import annotations
 
@@ -50,6 +51,25 @@ def test_products_are_as_close_to_float32_as_onednns(kernels, rows, out, width_i
     torch.testing.assert_close(ours(x.bfloat16()), ours(x), rtol=0, atol=0)  # an input already rounded: the same
 
 
+@pytest.mark.parametrize(("rows", "out", "width_in"), [(1, 16, 16), (7, 80, 32), (16, 1024, 1024), (203, 112, 96)])
+def test_int8_products_are_closer_to_float32_than_fbgemms(kernels, rows, out, width_in):
+    """Per-row scales against fbgemm's one scale per call; a row of zeros gives the bias."""
+    weight, bias = weights(out, width_in, rows)
+    x = torch.randn(rows, width_in, generator=torch.Generator().manual_seed(out)) * 2
+    x[0] *= 30  # one loud row: it coarsens fbgemm's scale for every row, ours for its own only
+    x[-1] = 0
+    ours, fbgemm = native.Int8Product(kernels, weight, bias), cpu_linear.int8(weight, bias)
+    exact = F.linear(x, weight, bias)
+    got = ours(x)
+    assert got.dtype == torch.float32 and got.shape == (rows, out)
+    torch.testing.assert_close(got[-1], bias, rtol=0, atol=1e-6)
+    error, theirs = ((y - exact).abs().amax(dim=1) / exact.abs().amax(dim=1) for y in (got, fbgemm(x)))
+    assert (error <= 0.02).all() and error.mean() <= theirs.mean(), (error, theirs)
+    gelu = ours.gelu(x)
+    assert gelu.dtype == torch.bfloat16  # the next product's input
+    torch.testing.assert_close(gelu.float(), F.gelu(got), rtol=1e-2, atol=1e-2)
+
+
 def test_gelu_is_exact_to_float32(kernels):
     """The kernel's float32 output (the engine asks for bfloat16) shows its erf's precision."""
     width_in, out = 2, 1024
@@ -75,6 +95,7 @@ def test_rows_of_a_chunk_and_leading_dimensions(kernels):
 
 def test_shapes_it_does_not_take_fall_back_to_onednn(kernels):
     assert not native.PackedProduct.takes(torch.zeros(24, 64)) and not native.PackedProduct.takes(torch.zeros(32, 63))
+    assert native.Int8Product.takes(torch.zeros(32, 64)) and not native.Int8Product.takes(torch.zeros(32, 40))
     with pytest.raises(ValueError, match="multiple of 16"):
         native.PackedProduct(kernels, torch.zeros(24, 64), torch.zeros(24))
     prepare = cpu_linear.packed_by(kernels, native.PackedProduct, cpu_linear.in_bfloat16(cpu_linear.Prepacked.of))
@@ -83,16 +104,16 @@ def test_shapes_it_does_not_take_fall_back_to_onednn(kernels):
 
 
 def test_the_bfloat16_engine_serves_with_the_products(tiny_model, monkeypatch):
-    """``auto`` on this CPU: every product of the tiny model, and int8's feed-forward second
-    product, run by the kernel; the vectors as close to float32 as oneDNN's products keep them,
+    """``auto`` on this CPU: every product of the tiny model run by the bfloat16 kernel, and
+    ``DTYPE=int8``'s by the int8 one; the vectors as close to float32 as oneDNN's products keep them,
     and not equal to them."""
     served = M3Model(tiny_model, torch.device("cpu"), torch.bfloat16)
     assert "native bfloat16 products" in served.products, served.products
     layer = served.encoder.layers[0]
     assert all(isinstance(p, native.PackedProduct) for p in (layer.qkv, layer.attention_out, layer.intermediate,
                                                               layer.output, served.colbert_linear))
-    assert isinstance(M3Model(tiny_model, torch.device("cpu"), cpu_linear.INT8).encoder.layers[0].output,
-                      native.PackedProduct)
+    int8 = M3Model(tiny_model, torch.device("cpu"), cpu_linear.INT8).encoder.layers[0]
+    assert isinstance(int8.qkv, native.Int8Product) and isinstance(int8.output, native.Int8Product)
     figures = compare(tiny_model, "bfloat16", documents=30, queries=10, threads=1)
     assert figures["dense_cosine_min"] >= 0.999 and figures["sparse_cosine_min"] >= 0.999, figures
     assert figures["colbert_cosine_mean"] >= 0.999, figures
