@@ -55,7 +55,8 @@ def test_bfloat16_products_run_between_float32_activations(tiny_model, monkeypat
     and norms, the embedding table in bfloat16. What it gains over bfloat16 throughout shows over
     24 layers, not the tiny model's (the full model's figures: docs/performance.md)."""
     monkeypatch.setattr(cpu_linear, "_prepacks", lambda dtype: True)
-    monkeypatch.setattr(native, "library", lambda: (None, "not built"))  # oneDNN's (the native: test_native_products.py)
+    # oneDNN's products (the native kernel's: test_native_products.py)
+    monkeypatch.setattr(native, "library", lambda: (None, "not built"))
     model = M3Model(tiny_model, torch.device("cpu"), torch.bfloat16)
     assert (model.dtype, model.dtype_name, model.encoder.word.dtype) == (torch.float32, "bfloat16", torch.bfloat16)
     assert isinstance(model.encoder.layers[0].qkv, cpu_linear.InBfloat16), model.products

@@ -44,8 +44,8 @@ def build(target: Path | None = None, extra: Sequence[str] = ()) -> Path:
         raise RuntimeError("no C compiler (cc, gcc or $CC) on PATH")
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
-        done = subprocess.run([cc, *CFLAGS, *extra, "-o", str(partial), *map(str, SOURCES)], capture_output=True, text=True,
-                              check=False)
+        done = subprocess.run([cc, *CFLAGS, *extra, "-o", str(partial), *map(str, SOURCES)], capture_output=True,
+                              text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {(done.stderr or done.stdout).strip()[-500:]}")
         os.replace(partial, target)
