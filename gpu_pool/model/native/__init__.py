@@ -1,11 +1,12 @@
-"""Compiled code the engine runs where torch's own is slow, on a CPU with AVX-512 BF16:
-attention over a packed batch in bfloat16 with float32 scores (attention.c), and the encoder's
-matrix products in bfloat16 with float32 sums (products.c).
+"""Compiled code the engine runs where torch's own is slow, on a CPU with AVX-512 BF16 and
+VNNI: attention over a packed batch in bfloat16 with float32 scores (attention.c), and the
+encoder's matrix products in bfloat16 with float32 sums, or in int8 (products.c).
 
 torch's fused CPU attention reaches a sixth of its products' rate on such a CPU; the attention
 kernel runs one layer's attention of 8 texts of 128 tokens in 0.4 of its time, about OpenVINO's.
 oneDNN's bfloat16 products run a lone query's 16 rows at about 0.8 of the products kernel's rate,
-and a batch's rows at its rate (docs/performance.md). Both are plain C on raw pointers, built by
+and a batch's rows at its rate; fbgemm's int8 ones at 0.8–0.9 of the int8 kernel's, with one
+activation scale per call where it takes one per row (docs/performance.md). Both are plain C on raw pointers, built by
 the machine's C compiler in about a second into one library (compiler.py: by ``make native``, in
 the image's build stage, or here at load when missing). Without a compiler, or on another CPU,
 ``library`` says why and the engine keeps torch's attention and oneDNN's products.
@@ -13,7 +14,7 @@ the image's build stage, or here at load when missing). Without a compiler, or o
 Runs in:      the engine process only (its device thread, and torch's OpenMP threads).
 May import:   torch, numpy, ``gpu_pool.model.device``; compiler.py the standard library only.
 Owns:         the kernels' sources, their build (``compiler``) and their calls (``BlocksAttention``,
-              ``PackedProduct``).
+              ``PackedProduct``, ``Int8Product``).
 Entry points: ``load`` (called by ``gpu_pool.model.m3``), ``library`` (by ``gpu_pool.model.cpu_linear``);
               ``python gpu_pool/model/native/compiler.py``.
 """

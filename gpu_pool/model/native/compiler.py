@@ -1,7 +1,8 @@
 """Builds the kernels (attention.c, products.c) into one shared library beside them, named by
-the sources' hash so that a changed source is never served by an old build. Standard library only, so that the image's
-build stage runs it before anything is installed (``python gpu_pool/model/native/compiler.py``);
-the engine calls ``build`` itself when the library is missing (``gpu_pool.model.native``).
+the sources' hash so that a changed source is never served by an old build. Standard library
+only, so that the image's build stage runs it before anything is installed (``python
+gpu_pool/model/native/compiler.py``); the engine calls ``build`` itself when the library is
+missing (``gpu_pool.model.native``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 FOLDER = Path(__file__).parent
 SOURCES = (FOLDER / "attention.c", FOLDER / "products.c")
 HEADERS = (FOLDER / "simd.h",)
-# The instructions the kernel is written in; the engine calls it only on a CPU that has them all.
+# The instructions the kernels are written in; the engine calls them only on a CPU that has them all.
 ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-mfma")
 # -fopenmp links libgomp.so.1: in the engine that is torch's own, already loaded, so the kernel
 # runs on torch's threads.

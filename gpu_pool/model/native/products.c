@@ -1,9 +1,10 @@
 /* The encoder's matrix products, x·Wᵀ + b (then exact GELU where asked), in bfloat16 with float32
- * sums, for CPUs with AVX-512 BF16.
+ * sums, or in int8 with int32 sums, for CPUs with AVX-512 BF16 and VNNI.
  *
  * Why it exists: torch's bfloat16 product on the CPU (oneDNN's, weights prepacked) reaches about
  * 0.8 of this kernel's rate at 16 rows, the rows of a lone query, whose pass is almost all
- * products (docs/performance.md, "The native products"); at a batch's rows it is as fast.
+ * products (docs/performance.md, "The native products"); at a batch's rows it is as fast. Its
+ * int8 product (fbgemm's) takes one activation scale per call; this one a scale per row.
  *
  * The weight is packed once at load (gpu_pool/model/native/__init__.py) into blocks of 16 output
  * columns, [out / 16][in / 2][16][2]: one 64-byte load holds a pair of inputs for each of 16
