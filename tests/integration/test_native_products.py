@@ -96,7 +96,7 @@ def test_rows_of_a_chunk_and_leading_dimensions(kernels):
 def test_shapes_it_does_not_take_fall_back_to_onednn(kernels):
     assert not native.PackedProduct.takes(torch.zeros(24, 64)) and not native.PackedProduct.takes(torch.zeros(32, 63))
     assert native.Int8Product.takes(torch.zeros(32, 64)) and not native.Int8Product.takes(torch.zeros(32, 40))
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ValueError, match="output width a multiple of 16"):
         native.PackedProduct(kernels, torch.zeros(24, 64), torch.zeros(24))
     prepare = cpu_linear.packed_by(kernels, native.PackedProduct, cpu_linear.in_bfloat16(cpu_linear.Prepacked.of))
     assert isinstance(prepare(*weights(24, 64, 0)), cpu_linear.InBfloat16)

@@ -88,7 +88,33 @@ class BlocksAttention:
                 context[rows] = out[rows]
 
 
-class PackedProduct:
+class _Product:
+    """A native ``Product`` (gpu_pool/model/cpu_linear.py): ``x @ weight.T + bias`` by ``_run``,
+    then GELU with ``gelu``; a weight of ``IN_STEP``'s multiple of inputs and 16's of outputs."""
+
+    IN_STEP = 2
+    width: int
+
+    @classmethod
+    def takes(cls, weight: torch.Tensor) -> bool:
+        return weight.dim() == 2 and weight.shape[0] % 16 == 0 and weight.shape[1] % cls.IN_STEP == 0
+
+    def _refuse_unless_taken(self, weight: torch.Tensor) -> None:
+        if not self.takes(weight):
+            raise ValueError(f"{type(self).__name__} takes weights of output width a multiple of 16 and input "
+                             f"width a multiple of {self.IN_STEP}, not {tuple(weight.shape)}")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, gelu=False)
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, gelu=True)
+
+    def _run(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PackedProduct(_Product):
     """``x @ weight.T + bias`` (``gelu``: then exact GELU) by products.c, the ``Product`` of
     gpu_pool/model/cpu_linear.py: the weight rounded to bfloat16 and packed once for the kernel
     (``[out / 16][in / 2][16][2]``), the bias kept in float32; each call's input rounded to
@@ -96,24 +122,12 @@ class PackedProduct:
     between float32 activations gives it."""
 
     def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        if not self.takes(weight):
-            raise ValueError(f"the products kernel takes weights of even input width and output width a "
-                             f"multiple of 16, not {tuple(weight.shape)}")
+        self._refuse_unless_taken(weight)
         self.call = library.product
         self.width, width_in = weight.shape
         self.packed = (weight.to(torch.bfloat16).reshape(self.width // 16, 16, width_in // 2, 2)
                        .permute(0, 2, 1, 3).contiguous())
         self.bias = bias.to(torch.float32, copy=True)
-
-    @staticmethod
-    def takes(weight: torch.Tensor) -> bool:
-        return weight.dim() == 2 and weight.shape[0] % 16 == 0 and weight.shape[1] % 2 == 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x, gelu=False)
-
-    def gelu(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x, gelu=True)
 
     def _run(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         rows = x.to(torch.bfloat16).reshape(-1, x.shape[-1]).contiguous()
@@ -124,17 +138,17 @@ class PackedProduct:
         return out.view(*x.shape[:-1], self.width)
 
 
-class Int8Product:
+class Int8Product(_Product):
     """``x @ weight.T + bias`` (``gelu``: then exact GELU, in bfloat16 for the next product) by
     products.c's int8 kernel, the ``Product`` of ``DTYPE=int8``: the weight rounded to int8 per
     output channel (symmetric, each row's largest magnitude at 127) and packed once
     (``[out / 16][in / 4][16][4]``); each call's float32 input quantized to uint8 per row, over
     the row's own range (finer than one scale for a whole pass); int32 sums; float32 out."""
 
+    IN_STEP = 16  # the rows' quantization reads 16 inputs at a time
+
     def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        if not self.takes(weight):
-            raise ValueError(f"the int8 products kernel takes weights of input width a multiple of 16 and "
-                             f"output width a multiple of 16, not {tuple(weight.shape)}")
+        self._refuse_unless_taken(weight)
         self.call = library.product_int8
         weight = weight.float()
         self.width, width_in = weight.shape
@@ -143,16 +157,6 @@ class Int8Product:
         self.sums = quantized.sum(dim=1, dtype=torch.int32)
         self.packed = quantized.reshape(self.width // 16, 16, width_in // 4, 4).permute(0, 2, 1, 3).contiguous()
         self.bias = bias.to(torch.float32, copy=True)
-
-    @staticmethod
-    def takes(weight: torch.Tensor) -> bool:
-        return weight.dim() == 2 and weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x, gelu=False)
-
-    def gelu(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x, gelu=True)
 
     def _run(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
         rows = x.to(torch.float32).reshape(-1, x.shape[-1]).contiguous()
