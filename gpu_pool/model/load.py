@@ -3,6 +3,9 @@ settings turned into torch objects, then the weights."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import sys
 import time
@@ -51,11 +54,22 @@ def load(path: Path, device_name: str, dtype_name: str, threads: int, reranker_p
         sizes = "/".join(str(graph.tokens) for graph in model.graphs.graphs)
         log.info("CUDA graphs recorded for whole passes of up to %s tokens", sizes)
     if not reranker_path:
+        trim_heap()
         return Served(model)
     started = time.monotonic()
     reranker = CrossEncoder(Path(reranker_path), model)
     log.info("Cross-encoder loaded from %s in %.1f s", reranker_path, time.monotonic() - started)
+    trim_heap()
     return Served(model, reranker)
+
+
+def trim_heap() -> None:
+    """Give the heap's free memory back to the system once the weights are prepared. Preparing
+    them frees temporaries the size of each weight, and glibc keeps what it freed in its heap
+    once its mmap threshold has risen past them: the full model in int8 held 3.9 GB after load
+    against 1.8 GB so trimmed. glibc only; elsewhere nothing to do."""
+    with contextlib.suppress(OSError, AttributeError):  # no such library, or no malloc_trim in it
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def adopt_transformers_logging() -> None:

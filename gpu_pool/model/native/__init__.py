@@ -153,7 +153,7 @@ class Int8Product(_Product):
         weight = weight.float()
         self.width, width_in = weight.shape
         self.scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
-        quantized = torch.round(weight / self.scale[:, None]).clamp(-127, 127).to(torch.int8)
+        quantized = (weight / self.scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # one float temporary
         self.sums = quantized.sum(dim=1, dtype=torch.int32)
         self.packed = quantized.reshape(self.width // 16, 16, width_in // 4, 4).permute(0, 2, 1, 3).contiguous()
         self.bias = bias.to(torch.float32, copy=True)
