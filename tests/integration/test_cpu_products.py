@@ -113,7 +113,7 @@ _MANY_SHAPES = """
 import sys
 import numpy as np, torch
 from pathlib import Path
-from gpu_pool.model import cpu_linear, native
+from gpu_pool.model import cpu_linear
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.wire.protocol import Kind
 cpu_linear.PREPACK_MIN_WEIGHTS = 0  # the tiny model's weights too

@@ -121,7 +121,7 @@ print("calls done")
 @needs_cpu
 def test_kernel_stays_in_its_memory_under_address_sanitizer(tmp_path):
     """Out-of-bounds reads and writes do not always crash; AddressSanitizer reports each one, in
-the attention kernel and in the products (one library)."""
+    the attention kernel and in the products (one library)."""
     runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=False)
     if not Path(runtime.stdout.strip()).is_file():
         pytest.skip("gcc's AddressSanitizer runtime is not installed")
