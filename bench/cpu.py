@@ -34,8 +34,9 @@ upper bounds, and the real model's are the ones to trust.
 ``split`` shows where one forward's time goes, per shape: the engine's (``auto``'s dtype, dense)
 by operator (torch's profiler, CPU time of each operator itself; the native kernels, called
 through ctypes, are not operators: the pass's wall time less the operators' is theirs and
-Python's, and the profiler charges part of theirs to the operator after each) and OpenVINO's by node type
-(its ``PERF_COUNT`` counters, of a model compiled for that shape alone), after three warm passes.
+Python's, and the profiler charges part of theirs to the operator after each) and OpenVINO's
+by node type (its ``PERF_COUNT`` counters, of a model compiled for that shape alone), after
+three warm passes.
 
 ``attention`` times one layer's attention over a packed batch (bfloat16, or float32 on a CPU
 without bf16): the engine's native kernel where it runs (gpu_pool/model/native), torch's fused
@@ -51,7 +52,8 @@ run (gpu_pool/model/native/products.c), bfloat16 and int8.
 float32 activations, and as it ran before, bfloat16 throughout), and in int8 as served (on a
 CPU with bf16 also with the feed-forward's second product in float32, as served elsewhere), in
 turns: the candidates one by one. ``*_torch_attention``: as served, but with torch's attention
-instead of the native kernel.
+instead of the native kernel; ``onednn_bf16`` and ``int8_fbgemm``: as served before the native
+products (oneDNN's bfloat16, fbgemm's int8).
 """
 
 from __future__ import annotations

@@ -53,12 +53,11 @@ def load(path: Path, device_name: str, dtype_name: str, threads: int, reranker_p
     if model.graphs is not None:
         sizes = "/".join(str(graph.tokens) for graph in model.graphs.graphs)
         log.info("CUDA graphs recorded for whole passes of up to %s tokens", sizes)
-    if not reranker_path:
-        trim_heap()
-        return Served(model)
-    started = time.monotonic()
-    reranker = CrossEncoder(Path(reranker_path), model)
-    log.info("Cross-encoder loaded from %s in %.1f s", reranker_path, time.monotonic() - started)
+    reranker = None
+    if reranker_path:
+        started = time.monotonic()
+        reranker = CrossEncoder(Path(reranker_path), model)
+        log.info("Cross-encoder loaded from %s in %.1f s", reranker_path, time.monotonic() - started)
     trim_heap()
     return Served(model, reranker)
 

@@ -104,6 +104,13 @@ class _Product:
             raise ValueError(f"{type(self).__name__} takes weights of output width a multiple of 16 and input "
                              f"width a multiple of {self.IN_STEP}, not {tuple(weight.shape)}")
 
+    @staticmethod
+    def _packed(weight: torch.Tensor, group: int) -> torch.Tensor:
+        """[out, in] as the kernel reads it: [out / 16][in / group][16][group], ``group`` inputs of
+        16 columns in one 64-byte load."""
+        width, width_in = weight.shape
+        return weight.reshape(width // 16, 16, width_in // group, group).permute(0, 2, 1, 3).contiguous()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, gelu=False)
 
@@ -117,16 +124,15 @@ class _Product:
 class PackedProduct(_Product):
     """``x @ weight.T + bias`` (``gelu``: then exact GELU) by products.c, the ``Product`` of
     gpu_pool/model/cpu_linear.py: the weight rounded to bfloat16 and packed once for the kernel
-    (``[out / 16][in / 2][16][2]``), the bias kept in float32; each call's input rounded to
+    (``_packed`` in pairs), the bias kept in float32; each call's input rounded to
     bfloat16 (float32 activations) and its output in bfloat16, as oneDNN's bfloat16 product
     between float32 activations gives it."""
 
     def __init__(self, library: ctypes.CDLL, weight: torch.Tensor, bias: torch.Tensor) -> None:
         self._refuse_unless_taken(weight)
         self.call = library.product
-        self.width, width_in = weight.shape
-        self.packed = (weight.to(torch.bfloat16).reshape(self.width // 16, 16, width_in // 2, 2)
-                       .permute(0, 2, 1, 3).contiguous())
+        self.width = weight.shape[0]
+        self.packed = self._packed(weight.to(torch.bfloat16), 2)
         self.bias = bias.to(torch.float32, copy=True)
 
     def _run(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
@@ -142,7 +148,7 @@ class Int8Product(_Product):
     """``x @ weight.T + bias`` (``gelu``: then exact GELU, in bfloat16 for the next product) by
     products.c's int8 kernel, the ``Product`` of ``DTYPE=int8``: the weight rounded to int8 per
     output channel (symmetric, each row's largest magnitude at 127) and packed once
-    (``[out / 16][in / 4][16][4]``); each call's float32 input quantized to uint8 per row, over
+    (``_packed`` in fours); each call's float32 input quantized to uint8 per row, over
     the row's own range (finer than one scale for a whole pass); int32 sums; float32 out."""
 
     IN_STEP = 16  # the rows' quantization reads 16 inputs at a time
@@ -151,11 +157,11 @@ class Int8Product(_Product):
         self._refuse_unless_taken(weight)
         self.call = library.product_int8
         weight = weight.float()
-        self.width, width_in = weight.shape
+        self.width = weight.shape[0]
         self.scale = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
         quantized = (weight / self.scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # one float temporary
         self.sums = quantized.sum(dim=1, dtype=torch.int32)
-        self.packed = quantized.reshape(self.width // 16, 16, width_in // 4, 4).permute(0, 2, 1, 3).contiguous()
+        self.packed = self._packed(quantized, 4)
         self.bias = bias.to(torch.float32, copy=True)
 
     def _run(self, x: torch.Tensor, gelu: bool) -> torch.Tensor:
