@@ -22,7 +22,7 @@ import os
 import re
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -133,18 +133,60 @@ class JsonFormatter(logging.Formatter):
         self._seconds = _UtcSeconds()
 
     def format(self, record: logging.LogRecord) -> str:
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(record.created, record.levelname, record.name, record.process, record.getMessage(),
+                         extra_fields(record), exception)
+
+    def line(self, created: float, level: str, logger: str, pid: int | None, message: str,
+             fields: dict[str, object], exception: str | None = None) -> str:
+        """A record's line from its parts: ``fields`` are its extra ones (None values left out)."""
         entry: dict[str, object] = {
-            "time": f"{self._seconds(record.created)}.{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "pid": record.process,
-            "message": plain(record.getMessage()),
+            "time": f"{self._seconds(created)}.{int(created * 1000) % 1000:03d}Z",
+            "level": level,
+            "logger": logger,
+            "pid": pid,
+            "message": plain(message),
         }
-        entry.update((k, plain(v) if isinstance(v, str) else v) for k, v in extra_fields(record).items())
-        if record.exc_info:
-            entry["exception"] = plain(self.formatException(record.exc_info))
+        entry.update((k, plain(v) if isinstance(v, str) else v) for k, v in fields.items() if v is not None)
+        if exception is not None:
+            entry["exception"] = plain(exception)
         # default=str: an odd extra value (a Path, an enum) must not cost the line.
         return orjson.dumps(entry, default=str).decode()
+
+
+def write_info(logger: logging.Logger, message: str, fields: dict[str, object]) -> None:
+    """``logger.info(message, extra=fields)``, in the same JSON line, without a LogRecord, its
+    filters and its handler's call chain where the set-up is this module's own (``LOG_FORMAT=json``:
+    the root's one handler, nothing else on the way): the access log writes one record per request,
+    and that chain was most of its cost. Any other set-up goes through logging."""
+    handler = _own_json_handler(logger)
+    if handler is None:
+        logger.info(message, extra=fields)
+        return
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    formatter = cast("JsonFormatter", handler.formatter)
+    line = formatter.line(time.time(), "INFO", logger.name, os.getpid(), message, fields)
+    with handler.lock:  # type: ignore[union-attr]  # a Handler's lock exists once it is made
+        handler.stream.write(line + handler.terminator)
+        handler.stream.flush()
+
+
+def _own_json_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
+    """The root's handler, where a record of ``logger`` reaches only it and it is this module's JSON one."""
+    node: logging.Logger | None = logger
+    while node is not None and node is not logging.root:
+        if node.handlers or node.filters or not node.propagate:
+            return None
+        node = node.parent
+    handlers = logging.root.handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (type(handler) is not logging.StreamHandler or not isinstance(handler.formatter, JsonFormatter)
+            or handler.level > logging.INFO):
+        return None
+    return handler
 
 
 class TextFormatter(logging.Formatter):

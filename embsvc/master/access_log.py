@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from gunicorn.glogging import Logger
 
+from runtime import logs
+
 if TYPE_CHECKING:
     from gunicorn.asgi.protocol import ASGIResponseInfo
     from gunicorn.http.wsgi import Response
@@ -46,7 +48,7 @@ class AccessLogger(Logger):
         protocol = environ.get("SERVER_PROTOCOL", "-")
         remote = environ.get("REMOTE_ADDR", "-")
         sent = getattr(resp, "sent", None)
-        fields = {
+        fields: dict[str, object] = {
             "event": "access",
             "remote_addr": remote,
             "method": method,
@@ -60,8 +62,8 @@ class AccessLogger(Logger):
             "request_id": _header(resp, "x-request-id"),
             **engine_times(_header(resp, "server-timing")),
         }
-        self.access_log.info('%s "%s %s %s" %s %s %.1fms', remote, method, uri, protocol, code,
-                             "-" if sent is None else sent, duration_ms, extra=fields)
+        message = f'{remote} "{method} {uri} {protocol}" {code} {"-" if sent is None else sent} {duration_ms:.1f}ms'
+        logs.write_info(self.access_log, message, fields)
 
 
 def redact(query: str) -> str:

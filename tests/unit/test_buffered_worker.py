@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import selectors
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -135,3 +137,49 @@ def test_what_framing_cannot_read_goes_to_gthread_as_it_comes(harness):
     h.worker.cfg.set("protocol", "uwsgi")  # not HTTP: gthread's own reading
     h.connect()
     assert len(h.handed) == 1 and not h.worker.reading
+
+
+class _Pool:
+    """The worker's thread pool as ``_next_request_here`` sees it: its queue of connections."""
+
+    def __init__(self) -> None:
+        self._work_queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+
+def _answered(h: Harness, linger_s: float = 0.05) -> tuple[socket.socket, TConn]:
+    """A kept-alive connection whose request a thread has just answered."""
+    h.worker.linger_s = linger_s
+    h.worker.tpool = _Pool()
+    client = h.connect(HEALTH)
+    h.spin()
+    conn = h.handed[0]
+    conn.parser.unreader.take_buffered()  # the thread's parser read it
+    return client, conn
+
+
+def test_the_next_request_of_a_busy_client_stays_with_its_thread(harness):
+    h = harness()
+    client, conn = _answered(h)
+    threading.Timer(0.01, client.sendall, [HEALTH]).start()
+    assert h.worker._next_request_here(conn) and h.held(conn) == HEALTH
+
+
+def test_a_quiet_or_partial_next_request_goes_back_to_the_event_loop(harness):
+    h = harness()
+    client, conn = _answered(h, linger_s=0.02)
+    began = time.monotonic()
+    assert not h.worker._next_request_here(conn) and h.held(conn) == b""
+    assert 0.015 < time.monotonic() - began < 1.0
+    client.sendall(HEALTH[:10])
+    assert not h.worker._next_request_here(conn) and h.held(conn) == HEALTH[:10]  # the loop reads the rest
+
+
+def test_a_thread_waits_for_no_next_request_while_connections_wait_for_threads(harness):
+    h = harness()
+    client, conn = _answered(h)
+    client.sendall(HEALTH)
+    h.worker.tpool._work_queue.put(object())
+    assert not h.worker._next_request_here(conn) and h.held(conn) == b""  # not read: the loop sees it readable
+    h.worker.tpool = _Pool()
+    h.worker.alive = False  # stopping: the loop answers it with "Connection: close"
+    assert not h.worker._next_request_here(conn) and h.held(conn) == b""

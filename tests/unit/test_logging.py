@@ -271,3 +271,21 @@ def test_the_load_report_is_one_line_in_text_logs_too(captured, transformers_log
 def test_a_report_of_another_shape_still_takes_one_line():
     text = "Model LOAD REPORT from: x\nsomething\n\nelse"
     assert logs.one_line_report(text) == "Model LOAD REPORT from: x something else"
+
+
+def test_a_record_written_past_logging_matches_the_one_through_it(captured):
+    lines = captured("json")
+    log = logging.getLogger("embsvc.test.fast")
+    logs.write_info(log, "done", {"status": 200, "empty": None, "kind": "x"})  # the set-up's own: written directly
+    collected: list[logging.LogRecord] = []
+    catcher = logging.Handler()
+    catcher.emit = collected.append  # type: ignore[method-assign]
+    log.addHandler(catcher)  # another handler on the way: through logging, which it sees
+    try:
+        logs.write_info(log, "done", {"status": 200, "empty": None, "kind": "x"})
+    finally:
+        log.removeHandler(catcher)
+    direct, through = (json.loads(line) for line in lines())
+    assert collected and collected[0].status == 200
+    assert {k: v for k, v in direct.items() if k != "time"} == {k: v for k, v in through.items() if k != "time"}
+    assert direct["message"] == "done" and direct["kind"] == "x" and "empty" not in direct
