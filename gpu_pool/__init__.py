@@ -52,7 +52,7 @@ from gpu_pool.errors import (
 from gpu_pool.pool import EnginePool, NoFreeSlot
 from gpu_pool.results import EmbeddingResult
 from gpu_pool.stats import EngineSnapshot, batching_stats, lane_stats
-from gpu_pool.wire.protocol import SCORE_MODES, Kind, Lane
+from gpu_pool.wire.protocol import SCORE_MODES, Kind, Lane, has_kind
 from gpu_pool.wire.segment import space as shared_memory_space
 from gpu_pool.wire.segment_pool import bytes_needed as shared_memory_needed
 from gpu_pool.wire.shared import EngineState, EngineStats
@@ -83,6 +83,7 @@ __all__ = [
     "batching_stats",
     "engine_specs",
     "engine_time",
+    "has_kind",
     "is_cpu",
     "lane_stats",
     "shared_memory_needed",

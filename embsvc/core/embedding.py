@@ -18,7 +18,7 @@ from embsvc.core.tokenizer import (
     within_chars,
 )
 from embsvc.core.windows import Vectors, Windowed, split_all
-from gpu_pool import DEFAULT_OPTIONS, JobOptions, Kind
+from gpu_pool import DEFAULT_OPTIONS, JobOptions, Kind, has_kind
 
 KIND_NAMES = (("dense", Kind.DENSE), ("sparse", Kind.SPARSE), ("colbert", Kind.COLBERT))
 
@@ -86,6 +86,6 @@ class EmbeddingService:
         n_tokens = sum(len(x) for x in result.ids)
         return dumps_items(
             {"object": "list", "model": self.model_name,
-             "embedding_types": [name for name, flag in KIND_NAMES if request.kinds & flag]},
+             "embedding_types": [name for name, flag in KIND_NAMES if has_kind(request.kinds, flag)]},
             "data", embedding_items(result, request.kinds, request.encoding_format, request.embedding_dtype, decode),
             {"usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})

@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 
 from embsvc.core.windows import Vectors
-from gpu_pool import Kind
+from gpu_pool import Kind, has_kind
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -60,17 +60,17 @@ def embedding_items(result: Vectors, kinds: Kind, encoding_format: str, dtype: s
             give_way()
         item: dict[str, object] = {"object": "embedding", "index": i}
         dense = sparse = colbert = None
-        if kinds & Kind.DENSE:
+        if has_kind(kinds, Kind.DENSE):
             dense = _vectors(result.dense(i), encoding_format, dtype)
             item["embedding"] = dense
         item["dense_embedding"] = dense
-        if kinds & Kind.SPARSE:
+        if has_kind(kinds, Kind.SPARSE):
             keys, weights = result.sparse(i)
             sparse = dict(zip(map(str, keys.tolist()), weights, strict=True))
         item["sparse_embedding"] = sparse
         if decode is not None and sparse is not None:
             item["sparse_tokens"] = sparse_tokens(result, i, decode)
-        if kinds & Kind.COLBERT:
+        if has_kind(kinds, Kind.COLBERT):
             colbert = _vectors(result.colbert(i), encoding_format, dtype)
         item["colbert_embedding"] = colbert
         items.append(item)

@@ -32,7 +32,7 @@ from gpu_pool.engine.lanes import PassSizer, longest_step
 from gpu_pool.engine.packed import Batch, per_item
 from gpu_pool.model.port import Pending
 from gpu_pool.wire import protocol
-from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Kind, Lane
+from gpu_pool.wire.protocol import Done, ErrorCode, Failed, Kind, Lane, has_kind
 from gpu_pool.wire.shared import EngineShared, EngineStats
 
 log = logging.getLogger("gpu_pool.engine")
@@ -184,7 +184,7 @@ class Answerer:
 def _pass_stats(launched: Launched, jobs: int) -> EngineStats:
     """The counts of a pass that ran ``jobs``' inputs, the cross-encoder's counted apart too."""
     batch, seconds = launched.batch, launched.seconds()
-    rerank = bool(batch.kinds & Kind.RERANK)
+    rerank = has_kind(batch.kinds, Kind.RERANK)
     return EngineStats(batches=1, batched_requests=jobs, batched_inputs=len(batch.items), tokens=len(batch.ids),
                        processing_seconds=seconds, rerank_batches=int(rerank),
                        rerank_inputs=len(batch.items) if rerank else 0, rerank_tokens=len(batch.ids) if rerank else 0,

@@ -11,7 +11,7 @@ import numpy as np
 
 from gpu_pool.engine.choosing import Item, choose_batch
 from gpu_pool.wire.packing import Packing
-from gpu_pool.wire.protocol import Job, Kind, Lane
+from gpu_pool.wire.protocol import Job, Kind, Lane, has_kind
 from gpu_pool.wire.segment import Layout, Segment
 from gpu_pool.wire.segment_pool import EngineMappings
 from gpu_pool.wire.shared import EngineShared, EngineStats
@@ -43,7 +43,7 @@ class ActiveJob:
         return self.segment.arrays["ids"][self.packing.tokens(index)]
 
     def wants(self, kind: Kind) -> bool:
-        return bool(self.job.kinds & kind)
+        return has_kind(self.job.kinds, kind)
 
     def expired(self, now: float) -> bool:
         """Its request timed out before its first pass: nobody waits for it any more."""

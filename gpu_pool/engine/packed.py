@@ -11,7 +11,7 @@ import numpy as np
 from gpu_pool.engine.choosing import Item
 from gpu_pool.model.port import Outputs
 from gpu_pool.wire.packing import Packing
-from gpu_pool.wire.protocol import Kind, Lane
+from gpu_pool.wire.protocol import Kind, Lane, has_kind
 
 
 @dataclass(frozen=True)
@@ -29,9 +29,9 @@ def pack(items: list[Item], ids: Sequence[np.ndarray], kinds: Sequence[Kind], la
     wanted = Kind(0)
     for kind in kinds:
         wanted |= kind
-    if not all(kind & Kind.HALF for kind in kinds):
+    if not all(has_kind(kind, Kind.HALF) for kind in kinds):
         wanted &= ~Kind.HALF  # float32 outputs, which the float16 segments take by conversion
-    colbert = [i for i, kind in enumerate(kinds) if kind & Kind.COLBERT]
+    colbert = [i for i, kind in enumerate(kinds) if has_kind(kind, Kind.COLBERT)]
     lengths = np.array([item.length for item in items], dtype=np.int64)
     return Batch(items, np.concatenate(ids), lengths, wanted, np.array(colbert, dtype=np.int64), lane)
 

@@ -30,7 +30,7 @@ from gpu_pool.model.port import Outputs
 from gpu_pool.model.transfer import HostCopy, PassTimer, release_memory, to_device
 from gpu_pool.model.xlmr import PackedEncoder, Plan, State
 from gpu_pool.wire import packing
-from gpu_pool.wire.protocol import Kind
+from gpu_pool.wire.protocol import Kind, has_kind
 
 # On a CPU, a pass with less work than this runs on one thread: waking the other
 # threads for each of its many small operations costs more than they save, most of
@@ -125,14 +125,14 @@ class M3Model:
         their way to the host."""
         dense = sparse = colbert = None
         # Normalized in float32, then rounded once to what the answer carries.
-        vector_type = torch.float16 if kinds & Kind.HALF else torch.float32
-        if kinds & Kind.DENSE:
+        vector_type = torch.float16 if has_kind(kinds, Kind.HALF) else torch.float32
+        if has_kind(kinds, Kind.DENSE):
             dense = F.normalize(hidden[self._tensor(packing.token_starts(lengths))].float(), dim=-1).to(vector_type)
-        if kinds & Kind.SPARSE:
+        if has_kind(kinds, Kind.SPARSE):
             # Float32 always (float16 stays float16 on its way to the host): the weights feed sums
             # (a score job's lexical score) that float16 would round.
             sparse = torch.relu(self.sparse_linear(hidden).float()).squeeze(-1)
-        if kinds & Kind.COLBERT and len(colbert_texts):
+        if has_kind(kinds, Kind.COLBERT) and len(colbert_texts):
             rows = self._tensor(packing.colbert_sources(lengths, colbert_texts))
             colbert = F.normalize(self.colbert_linear(hidden[rows]).float(), dim=-1).to(vector_type)
         return HostCopy([dense, sparse, colbert], self.where)
