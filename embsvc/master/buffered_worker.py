@@ -9,6 +9,10 @@ can go on without waiting (as nginx buffers a request before passing it on); onl
 does a thread take it, its bytes put back in front of gunicorn's parser. A slow client
 costs a file descriptor and its buffer, never a thread.
 
+A thread that answered a kept-alive connection waits a moment (``linger_s``) for the client's
+next request and serves it itself when it comes whole and no other connection waits for a
+thread (``_next_request_here``): a busy client then skips the event loop and the hand-over.
+
 The bounds (READ_TIMEOUT_S, READ_DEADLINE_S): a request that brings no byte for
 ``read_timeout_s``, or is not whole ``read_deadline_s`` after its first byte, is answered
 408 and closed; a connection that never sends a byte is closed after ``read_timeout_s``.
