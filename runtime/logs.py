@@ -157,8 +157,9 @@ class JsonFormatter(logging.Formatter):
 def write_info(logger: logging.Logger, message: str, fields: dict[str, object]) -> None:
     """``logger.info(message, extra=fields)``, in the same JSON line, without a LogRecord, its
     filters and its handler's call chain where the set-up is this module's own (``LOG_FORMAT=json``:
-    the root's one handler, nothing else on the way): the access log writes one record per request,
-    and that chain was most of its cost. Any other set-up goes through logging."""
+    the root's one handler, nothing else on the way; its filters have nothing to add to a record that
+    carries its request id): the access log writes one record per request, and that chain was most
+    of its cost. Any other set-up goes through logging."""
     handler = _own_json_handler(logger)
     if handler is None:
         logger.info(message, extra=fields)

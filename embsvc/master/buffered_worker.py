@@ -118,9 +118,9 @@ class BufferedThreadWorker(ThreadWorker):
     def _next_request_here(self, conn: TConn) -> bool:
         """Whether the connection's next request came whole within ``linger_s`` of its answer, and
         this thread serves it. A busy client's next request then skips the event loop and the hand-over
-        to a thread (waking both, registering the socket again: a third of a short request's CPU in
-        the web worker). Only while no other connection waits for a thread; whatever part of a request
-        came is left in the parser, where the event loop takes it up as for a pipelined one."""
+        to a thread (waking both, registering the socket again; docs/performance.md measures it). Only
+        while no other connection waits for a thread; whatever part of a request came is left in the
+        parser, where the event loop takes it up as for a pipelined one."""
         parser = conn.parser
         if (self.linger_s <= 0 or not self.alive or not isinstance(parser, Parser) or not self._reads_here(conn)
                 or parser.unreader.buf.getvalue() or _waiting(self.tpool)):
