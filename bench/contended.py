@@ -51,30 +51,22 @@ def passes(count: int) -> dict[str, list[float]]:
 
     torch.set_num_threads(2)
     model = M3Model(MODEL, torch.device("cpu"), torch.bfloat16, threads=2)
-    ids = np.array([0, *range(1000, 1014), 2], dtype=np.int32)
-    lengths, no_colbert = np.array([len(ids)], dtype=np.int32), np.zeros(0, dtype=np.int32)
+    no_colbert = np.zeros(0, dtype=np.int32)
 
-    def one() -> float:
+    def timed(ids: np.ndarray, texts: int) -> float:
+        """One dense pass of ``texts`` texts of equal length, ms."""
         began = time.perf_counter()
-        run = model.start(ids, lengths, Kind.DENSE, no_colbert)
+        run = model.start(ids, np.full(texts, len(ids) // texts, dtype=np.int32), Kind.DENSE, no_colbert)
         run.finish()
         run.outputs_async().wait()
         return (time.perf_counter() - began) * 1000
 
-    bulk_ids = np.resize(np.arange(1000, 1128, dtype=np.int32), 8 * 128)
-    bulk_lengths = np.full(8, 128, dtype=np.int32)
-
-    def bulk() -> float:  # a bulk pass of 8 texts of 128 tokens, alone: what the spin count costs it
-        began = time.perf_counter()
-        run = model.start(bulk_ids, bulk_lengths, Kind.DENSE, no_colbert)
-        run.finish()
-        run.outputs_async().wait()
-        return (time.perf_counter() - began) * 1000
-
+    query = np.array([0, *range(1000, 1014), 2], dtype=np.int32)
+    bulk = np.resize(np.arange(1000, 1128, dtype=np.int32), 8 * 128)  # 8 texts of 128 tokens
     for _ in range(5):
-        one()
-    bulk()
-    bulk_times = [bulk() for _ in range(5)]
+        timed(query, 1)
+    timed(bulk, 8)
+    bulk_times = [timed(bulk, 8) for _ in range(5)]  # alone: what the spin count costs bulk work
     figures = {"bulk_8x128_alone": [round(statistics.median(bulk_times), 1), round(max(bulk_times), 1)]}
     context = multiprocessing.get_context("spawn")
     for others in (0, 1, 2):
@@ -83,7 +75,7 @@ def passes(count: int) -> dict[str, list[float]]:
         for worker in workers:
             worker.start()
         time.sleep(0.3)  # started
-        times = [one() for _ in range(count)]
+        times = [timed(query, 1) for _ in range(count)]
         stop.set()
         for worker in workers:
             worker.join()
