@@ -160,11 +160,11 @@ def write_info(logger: logging.Logger, message: str, fields: dict[str, object]) 
     the root's one handler, nothing else on the way; its filters have nothing to add to a record that
     carries its request id): the access log writes one record per request, and that chain was most
     of its cost. Any other set-up goes through logging."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     handler = _own_json_handler(logger)
     if handler is None:
         logger.info(message, extra=fields)
-        return
-    if not logger.isEnabledFor(logging.INFO):
         return
     formatter = cast("JsonFormatter", handler.formatter)
     line = formatter.line(time.time(), "INFO", logger.name, os.getpid(), message, fields)

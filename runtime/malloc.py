@@ -41,6 +41,13 @@ def limit_arenas(arenas: int = 2) -> None:
         libc.mallopt(_M_ARENA_MAX, arenas)
 
 
+def trim() -> None:
+    """Give the heap's free pages back to the system now (glibc only; elsewhere nothing to do)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def trim_when_idle(busy: Callable[[], bool], every_s: float = 1.0) -> None:
     """Start a thread that gives the heap's free pages back once ``busy()`` turns false."""
     libc = _glibc()
