@@ -80,6 +80,9 @@ class Settings:
     dtype: str
     default_return: tuple[str, ...]
     web_concurrency: int
+    # Added to each web worker's niceness, so that an engine's threads win a core they share
+    # with a web worker (a query pass's two threads wait for each other at every step).
+    web_worker_nice: int
     log_level: str
     log_format: str
     bind: str
@@ -149,6 +152,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         dtype=get.choice("DTYPE", "auto", DTYPES),
         default_return=_kinds(get.list("DEFAULT_RETURN", ",".join(KINDS))),
         web_concurrency=get.int("WEB_CONCURRENCY", default_workers(len(os.sched_getaffinity(0)), gpu_engines), 1),
+        web_worker_nice=get.int("WEB_WORKER_NICE", 5, 0),
         log_level=get.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
         log_format=get.choice("LOG_FORMAT", "json", ("json", "text")),
         bind=get.str("BIND", "0.0.0.0:8000"),

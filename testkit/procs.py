@@ -56,6 +56,15 @@ def switches(pid: int) -> int:
     return total
 
 
+def niceness(pid: int) -> set[int]:
+    """The niceness of each thread of ``pid`` (Linux keeps one per thread)."""
+    values = set()
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            values.add(int(stat.read_text().rsplit(")", 1)[1].split()[16]))  # field 19
+    return values
+
+
 def proc(pid: int) -> Proc | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

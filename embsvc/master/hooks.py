@@ -107,12 +107,15 @@ def pre_fork(server: object, worker: _Worker) -> None:
 def post_fork(server: object, worker: _Worker) -> None:
     global _client
     malloc.limit_arenas()
+    s = _require_settings()
+    # Before any thread starts (each inherits it): the engines, the master's children, keep
+    # niceness 0 and so go first on a shared core (docs/performance.md, "Lanes").
+    os.nice(s.web_worker_nice)
     pool = _require_pool()
     pool.detach_from_engines()
     if worker.slot is None:
         time.sleep(_NO_SLOT_RETRY_S)  # not a tight fork loop while the old workers finish
         sys.exit(0)
-    s = _require_settings()
     _client = EngineClient(pool, worker.slot, s.max_queue_size, s.request_timeout_s, s.interactive_max_tokens)
 
 

@@ -159,7 +159,12 @@ class DeviceThread:
         bulk = batch.lane == Lane.BULK
         # A bulk pass of one long text keeps its steps to the budget's rows; queries run whole.
         step_tokens = self._sizer.budget() if bulk else None
-        running = self._model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts, step_tokens)
+        # A query while bulk work is under way runs on one thread (on a CPU): the bulk requests'
+        # web side keeps the cores busy, and a pass on two threads waits at each of its ~200
+        # barriers for a partner the scheduler preempted (bench.contended, beside one busy
+        # process: slowest of 25 query passes 285-413 ms on two threads, 66 ms on one).
+        running = self._model.start(batch.ids, batch.lengths, batch.kinds, batch.colbert_texts, step_tokens,
+                                    one_thread=not bulk and self._handoff.bulk_in_progress > 0)
         if bulk:
             step_seconds, interleaved = self._steps(running)
         else:

@@ -100,9 +100,9 @@ class M3Model:
 
     @torch.inference_mode()
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
-              step_tokens: int | None = None) -> Pass:
+              step_tokens: int | None = None, one_thread: bool = False) -> Pass:
         """A pass that runs a part of a layer per ``step``, over at most ``step_tokens`` rows
-        (None: all); its outputs once every step is done."""
+        (None: all); its outputs once every step is done. ``one_thread``: as ``port.Model.start``."""
         timer = PassTimer(self.where)
         # XLM-R numbers each text's positions from pad_id + 1.
         positions = packing.positions(lengths, first=self.pad_id + 1)
@@ -114,7 +114,7 @@ class M3Model:
                         replayed_steps_per_layer=graph.steps_per_layer)
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
         return Pass(self, timer, hidden, lengths=lengths, kinds=kinds, colbert_texts=colbert_texts,
-                    step_tokens=step_tokens)
+                    step_tokens=step_tokens, one_thread=one_thread)
 
     def release_memory(self) -> None:
         release_memory(self.where)
@@ -163,10 +163,13 @@ class Pass:
     steps the engine may run another pass whole, and this one goes on from the state it keeps."""
 
     def __init__(self, model: Encoding, timer: PassTimer, hidden: torch.Tensor, *, lengths: np.ndarray, kinds: Kind,
-                 colbert_texts: np.ndarray, step_tokens: int | None = None, replayed_steps_per_layer: int = 0) -> None:
+                 colbert_texts: np.ndarray, step_tokens: int | None = None, replayed_steps_per_layer: int = 0,
+                 one_thread: bool = False) -> None:
         """``replayed_steps_per_layer``: ``hidden`` is the last layer's already (a graph's replay,
-        gpu_pool/model/graphs.py), which ran as so many steps a layer; 0: the embeddings."""
+        gpu_pool/model/graphs.py), which ran as so many steps a layer; 0: the embeddings.
+        ``one_thread``: on a CPU, its steps run on one thread whatever its size."""
         self.model, self.timer, self.state, self.tokens = model, timer, State(hidden=hidden), len(hidden)
+        self._thread_tokens = 0 if one_thread else self.tokens  # what sizes its threads: 0 takes one
         self.lengths, self.kinds, self.colbert_texts = lengths, kinds, colbert_texts
         self._plan: Plan | None = None
         if replayed_steps_per_layer:
@@ -180,7 +183,7 @@ class Pass:
     @torch.inference_mode()
     def step(self) -> bool:
         """Run the next step; True once the last one has run."""
-        self.model.use_threads(self.tokens)  # another pass, of another size, may have run since
+        self.model.use_threads(self._thread_tokens)  # another pass, of another size, may have run since
         self._next()
         return self.done == self.steps
 
@@ -188,7 +191,7 @@ class Pass:
     def finish(self) -> None:
         """Run every step left, in a row: a pass that no other runs between (an interactive one)
         pays the per-step bookkeeping (inference mode, threads) once, not once a step."""
-        self.model.use_threads(self.tokens)
+        self.model.use_threads(self._thread_tokens)
         for _ in range(self.steps - self.done):
             self._next()
 

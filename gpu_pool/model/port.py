@@ -68,10 +68,11 @@ class Model(Protocol):
     reranks: bool  # whether a cross-encoder is loaded: passes of ``Kind.RERANK`` run it
 
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
-              step_tokens: int | None = None) -> RunningPass:
+              step_tokens: int | None = None, one_thread: bool = False) -> RunningPass:
         """A pass over the packed ``ids``, run a part of a layer per ``step`` so that it can stop
         between, each step over at most ``step_tokens`` rows (None: all); with ``Kind.RERANK`` in
-        ``kinds``, of the cross-encoder, each text a (query, passage) pair."""
+        ``kinds``, of the cross-encoder, each text a (query, passage) pair. ``one_thread``: on a
+        CPU, on one thread whatever its size (its cores are wanted by other work)."""
         ...
 
     def release_memory(self) -> None:

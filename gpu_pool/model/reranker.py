@@ -75,13 +75,13 @@ class CrossEncoder:
 
     @torch.inference_mode()
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
-              step_tokens: int | None = None) -> Pass:
+              step_tokens: int | None = None, one_thread: bool = False) -> Pass:
         """A pass over packed pairs, a part of a layer per ``step`` (as ``M3Model.start``)."""
         timer = PassTimer(self.where)
         positions = packing.positions(lengths, first=self.pad_id + 1)
         hidden = self.encoder.embed(self._tensor(ids), self._tensor(positions))
         return Pass(self, timer, hidden, lengths=lengths, kinds=kinds, colbert_texts=colbert_texts,
-                    step_tokens=step_tokens)
+                    step_tokens=step_tokens, one_thread=one_thread)
 
     @torch.inference_mode()
     def heads(self, hidden: torch.Tensor, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray) -> HostCopy:
@@ -110,12 +110,12 @@ class Served:
         self.reranks = reranker is not None
 
     def start(self, ids: np.ndarray, lengths: np.ndarray, kinds: Kind, colbert_texts: np.ndarray,
-              step_tokens: int | None = None) -> Pass:
+              step_tokens: int | None = None, one_thread: bool = False) -> Pass:
         if not kinds & Kind.RERANK:
-            return self.embedder.start(ids, lengths, kinds, colbert_texts, step_tokens)
+            return self.embedder.start(ids, lengths, kinds, colbert_texts, step_tokens, one_thread)
         if self.reranker is None:
             raise NotServed("this engine holds no cross-encoder (RERANKER_PATH is not set)")
-        return self.reranker.start(ids, lengths, kinds, colbert_texts, step_tokens)
+        return self.reranker.start(ids, lengths, kinds, colbert_texts, step_tokens, one_thread)
 
     def release_memory(self) -> None:
         self.embedder.release_memory()  # one device, one cache: both models' memory

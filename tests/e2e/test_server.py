@@ -80,6 +80,16 @@ def test_model_is_loaded_once_and_only_in_the_engine(server):
     assert len(processes) >= 3
 
 
+def test_the_web_workers_yield_the_cores_to_the_engine(server):
+    """Every thread of a web worker runs WEB_WORKER_NICE (5) nicer than the master; the engine's
+    threads, the master's children, as the master."""
+    (master,) = procs.niceness(server.process.pid)
+    embed(server, {"input": ["every thread started"]})
+    assert {pid: procs.niceness(pid) for pid in procs.worker_pids(server)} == {
+        pid: {master + 5} for pid in procs.worker_pids(server)}
+    assert procs.niceness(procs.engine_pid(server)) == {master}
+
+
 def test_original_readme_examples_work_as_written(server):
     # The original service's README, with its URL and token replaced.
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpu_pool.model import xlmr
+from gpu_pool.model import m3, xlmr
 from gpu_pool.model.m3 import M3Model
 from gpu_pool.model.port import Outputs
 from gpu_pool.wire.protocol import Kind
@@ -87,3 +87,29 @@ def test_two_passes_stepped_in_turn_do_not_disturb_each_other(model, tokenizer):
         pass
     assert_equal(first.outputs_async().wait(), run(model, first_ids, first_lengths))
     assert_equal(second.outputs_async().wait(), run(model, second_ids, second_lengths))
+
+
+def test_a_pass_told_one_thread_runs_on_one_between_the_steps_of_a_pass_on_two(tiny_model, tokenizer, monkeypatch):
+    """The engine runs a query on one thread while bulk work is under way (device_thread.py):
+    each pass sets its own threads at every step, whatever ran between."""
+    monkeypatch.setattr(m3, "PARALLEL_MIN_FLOPS", 1.0)  # the tiny model's passes count as large
+    two = M3Model(tiny_model, torch.device("cpu"), torch.float32, threads=2)
+    bulk_ids, bulk_lengths = packed(tokenizer, MIXED_TEXTS[:3])
+    query_ids, query_lengths = packed(tokenizer, MIXED_TEXTS[3:4])
+    saved = torch.get_num_threads()
+    try:
+        bulk = two.start(bulk_ids, bulk_lengths, ALL, np.arange(len(bulk_lengths)))
+        bulk.step()
+        assert torch.get_num_threads() == 2
+        query = two.start(query_ids, query_lengths, ALL, np.arange(1), one_thread=True)
+        query.finish()
+        assert torch.get_num_threads() == 1
+        got = query.outputs_async().wait()
+        bulk.step()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+    # The same vectors as on two threads (float32: a sum split otherwise may round differently).
+    expected = run(two, query_ids, query_lengths)
+    for name in ("dense", "sparse", "colbert"):
+        np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=0, atol=1e-6, err_msg=name)

@@ -137,7 +137,7 @@ class FakeModel:
         self.errors: dict[int, Exception] = {}
         self.start_errors: dict[int, Exception] = {}  # raised by the pass itself, on the device thread
 
-    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None) -> OnePass:
+    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None, one_thread=False) -> OnePass:
         first = int(ids[0])
         self.started.append(first)
         if first in self.start_errors:
@@ -179,7 +179,7 @@ class Harness:
         except BaseException as exc:  # noqa: BLE001 - the test looks at it
             self.raised = exc
 
-    def send(self, first_id: int) -> tuple[int, Segment]:
+    def send(self, first_id: int, lane: Lane = Lane.BULK) -> tuple[int, Segment]:
         """A job of one input whose first id is ``first_id``: its id and segment."""
         layout = Layout(1, 3, DIM, Kind.DENSE)
         segment = Segment.create(f"bgem3-test-answers-{os.getpid()}-{next(_names)}", layout)
@@ -187,7 +187,7 @@ class Harness:
         segment.arrays["lengths"][:] = [3]
         segment.arrays["ids"][:] = [first_id, 7, 2]
         job_id = first_id
-        self.requests_out.send_bytes(protocol.encode(Job(job_id, 0, segment.name, 1, 3, Kind.DENSE)))
+        self.requests_out.send_bytes(protocol.encode(Job(job_id, 0, segment.name, 1, 3, Kind.DENSE, lane=lane)))
         return job_id, segment
 
     def let_through(self, first_id: int) -> None:
@@ -304,7 +304,7 @@ class SplittingModel(FakeModel):
         self.failed: weakref.ref[SplitPass] | None = None
         self.dropped_before_release: list[bool] = []
 
-    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None) -> SplitPass:
+    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None, one_thread=False) -> SplitPass:
         dense = np.full((len(lengths), DIM), int(ids[0]), dtype=np.float32)
         gate = threading.Event()
         gate.set()
@@ -336,6 +336,61 @@ def test_the_out_of_memory_split_drops_the_failed_pass_before_it_gives_memory_ba
         harness.stop()
 
 
+class SteppedPass(OnePass):
+    """A bulk pass of ``steps`` steps of 5 ms each."""
+
+    steps = 40
+
+    def __init__(self, outputs: Arriving, tokens: int) -> None:
+        super().__init__(outputs, tokens)
+        self.done = 0
+
+    def step(self) -> bool:
+        time.sleep(0.005)
+        self.done += 1
+        return self.done == self.steps
+
+    def keep_ahead(self, steps: int) -> None:
+        pass
+
+
+class ThreadsModel(FakeModel):
+    """Records whether each pass was told to run on one thread; the pass of id 31 has steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one_thread: list[tuple[int, bool]] = []  # each pass's first id, and its one_thread
+
+    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None, one_thread=False) -> OnePass:
+        first = int(ids[0])
+        self.one_thread.append((first, one_thread))
+        gate = threading.Event()
+        gate.set()
+        arriving = Arriving(Outputs(np.full((len(lengths), DIM), first, dtype=np.float32), None, None), gate, None)
+        return (SteppedPass if first == 31 else OnePass)(arriving, len(ids))
+
+
+def test_a_query_run_while_bulk_work_is_under_way_is_told_to_run_on_one_thread():
+    """On a CPU the bulk requests' web side keeps the cores busy while bulk work is under way,
+    and a query pass on two threads would wait at each step for a partner preempted."""
+    harness = Harness()
+    harness.model = model = ThreadsModel()
+    harness.engine._device._model = model
+    try:
+        bulk, _ = harness.send(31)
+        deadline = time.monotonic() + 10
+        while not model.one_thread:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        query, _ = harness.send(32, Lane.INTERACTIVE)  # runs between the bulk pass's steps
+        assert {harness.answer(), harness.answer()} == {Done((bulk,)), Done((query,))}
+        alone, _ = harness.send(33, Lane.INTERACTIVE)
+        assert harness.answer() == Done((alone,))
+        assert model.one_thread == [(31, False), (32, True), (33, False)]
+    finally:
+        harness.stop()
+
+
 class Timed(Arriving):
     """Outputs there at once, of a pass that took ``took`` seconds on the device."""
 
@@ -356,7 +411,7 @@ class WarmingModel(FakeModel):
         super().__init__()
         self.passes: list[tuple[Kind, int]] = []  # kinds, ColBERT texts
 
-    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None) -> OnePass:
+    def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None, one_thread=False) -> OnePass:
         self.passes.append((kinds, len(colbert_texts)))
         return OnePass(Timed(1.0 if len(self.passes) == 1 else 0.001), len(ids))
 
