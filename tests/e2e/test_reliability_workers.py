@@ -8,6 +8,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -81,6 +82,16 @@ def test_many_clients_through_recycled_workers_each_get_their_own_answer(server,
     assert not procs.leaked_segments(server)
 
 
+def wait_for_answers(server, served: Callable[[], int], count: int) -> None:
+    """Until ``served()`` reaches ``count``: counted to a number of answers rather than over a
+    fixed time, so that a slow or paused machine (workers recycle every 25-35 requests here, and
+    boot again) does not fail it; a server that stopped serving still does, after 20 s."""
+    try:
+        procs.wait_for(lambda: served() >= count, 20, interval=0.05, what=f"{count} answers")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the server's log ends:\n{server.log()[-4000:]}") from None
+
+
 def test_a_killed_worker_disturbs_no_other_request(server, auth, texts, alone):
     engine, restarts = procs.engine_pid(server), procs.engine_restarts(server, auth)
     outcomes: list[tuple[float, str]] = []  # (started, "ok" or the error)
@@ -114,14 +125,8 @@ def test_a_killed_worker_disturbs_no_other_request(server, auth, texts, alone):
         victim = max(procs.worker_pids(server))
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
-        # Serving goes on: counted to a number of answers rather than over a fixed time, so that
-        # a slow or paused machine (workers recycle every 25-35 requests here, and boot again)
-        # does not fail it; a server that stopped serving still does, after 20 s.
         try:
-            procs.wait_for(lambda: served_after(killed + 0.5) >= 40, 20, interval=0.05,
-                           what="40 answers after the kill")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; the server's log ends:\n{server.log()[-4000:]}") from None
+            wait_for_answers(server, lambda: served_after(killed + 0.5), 40)
         finally:
             stop.set()
             for c in clients:
