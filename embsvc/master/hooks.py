@@ -108,15 +108,23 @@ def post_fork(server: object, worker: _Worker) -> None:
     global _client
     malloc.limit_arenas()
     s = _require_settings()
-    # Before any thread starts (each inherits it): the engines, the master's children, keep
-    # niceness 0 and so go first on a shared core (docs/performance.md, "Lanes").
-    os.nice(s.web_worker_nice)
+    _yield_to_engines(s.web_worker_nice)
     pool = _require_pool()
     pool.detach_from_engines()
     if worker.slot is None:
         time.sleep(_NO_SLOT_RETRY_S)  # not a tight fork loop while the old workers finish
         sys.exit(0)
     _client = EngineClient(pool, worker.slot, s.max_queue_size, s.request_timeout_s, s.interactive_max_tokens)
+
+
+def _yield_to_engines(nice: int) -> None:
+    """Before any thread of the worker starts (each inherits it): the engines, the master's
+    children, keep the master's niceness and so go first on a core they share with a web worker
+    (docs/performance.md, "Lanes"). Where the system refuses it, the worker goes on without."""
+    try:
+        os.nice(nice)
+    except OSError as exc:
+        log.warning("WEB_WORKER_NICE=%d not applied: %s", nice, exc)
 
 
 def post_worker_init(worker: _Worker) -> None:
