@@ -114,6 +114,7 @@ def run(host: str, port: int, requests: list[Request], connections: int, process
         parent, child = context.Pipe()
         worker = context.Process(target=_worker, args=(host, port, mine, count, mode, child), daemon=True)
         worker.start()
+        child.close()  # the worker's end: a worker that dies then reads as EOFError here, not a wait forever
         pipes.append(parent)
         workers.append(worker)
     for pipe in pipes:
