@@ -106,6 +106,13 @@ class Arriving:
         return 0.001
 
 
+def opened() -> threading.Event:
+    """A gate already open: outputs on the host at once."""
+    gate = threading.Event()
+    gate.set()
+    return gate
+
+
 class OnePass:
     steps = steps_per_layer = 1
 
@@ -306,9 +313,7 @@ class SplittingModel(FakeModel):
 
     def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None, one_thread=False) -> SplitPass:
         dense = np.full((len(lengths), DIM), int(ids[0]), dtype=np.float32)
-        gate = threading.Event()
-        gate.set()
-        running = SplitPass(Arriving(Outputs(dense, None, None), gate, None), len(ids), len(lengths))
+        running = SplitPass(Arriving(Outputs(dense, None, None), opened(), None), len(ids), len(lengths))
         if len(lengths) > 1:
             self.failed = weakref.ref(running)
         return running
@@ -364,9 +369,7 @@ class ThreadsModel(FakeModel):
     def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None, one_thread=False) -> OnePass:
         first = int(ids[0])
         self.one_thread.append((first, one_thread))
-        gate = threading.Event()
-        gate.set()
-        arriving = Arriving(Outputs(np.full((len(lengths), DIM), first, dtype=np.float32), None, None), gate, None)
+        arriving = Arriving(Outputs(np.full((len(lengths), DIM), first, dtype=np.float32), None, None), opened(), None)
         return (SteppedPass if first == 31 else OnePass)(arriving, len(ids))
 
 
@@ -395,9 +398,7 @@ class Timed(Arriving):
     """Outputs there at once, of a pass that took ``took`` seconds on the device."""
 
     def __init__(self, took: float) -> None:
-        gate = threading.Event()
-        gate.set()
-        super().__init__(Outputs(None, None, None), gate, None)
+        super().__init__(Outputs(None, None, None), opened(), None)
         self.took = took
 
     def seconds(self) -> float:
