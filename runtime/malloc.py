@@ -48,20 +48,22 @@ def trim() -> None:
         libc.malloc_trim(0)
 
 
-def trim_when_idle(busy: Callable[[], bool], every_s: float = 1.0) -> None:
-    """Start a thread that gives the heap's free pages back once ``busy()`` turns false."""
+def trim_when_idle(in_hand: Callable[[], int], finished: Callable[[], int], every_s: float = 1.0) -> None:
+    """Start a thread that gives the heap's free pages back once nothing is ``in_hand()`` and
+    ``finished()`` (a count of work done, that only grows) has moved since the last trim. A count,
+    not a look at ``in_hand()`` each tick: a burst of work that begins and ends between two ticks,
+    or after a tick that found a lull, would otherwise leave its pages held until the next burst."""
     libc = _glibc()
     if libc is None:
         return
 
     def loop() -> None:
-        trimmed = True
+        trimmed_at = finished()
         while True:
             threading.Event().wait(every_s)
-            if busy():
-                trimmed = False
-            elif not trimmed:
+            done = finished()
+            if done != trimmed_at and in_hand() == 0:
                 libc.malloc_trim(0)
-                trimmed = True
+                trimmed_at = done
 
     threading.Thread(target=loop, name="malloc-trim", daemon=True).start()

@@ -92,6 +92,7 @@ class BufferedThreadWorker(ThreadWorker):
         self.paused: list[_Reading] = []  # waiting for room in the budget, unread
         self.buffered = 0  # bytes held by the connections being read
         self.handling = 0  # requests in the threads' hands
+        self.handled = 0  # connections the threads have handed back, since the worker started
         self._handling_lock = threading.Lock()
         cfg = self.cfg
         # The longest head gunicorn's parser takes: a longer one is refused without waiting.
@@ -100,7 +101,7 @@ class BufferedThreadWorker(ThreadWorker):
     def init_process(self) -> None:
         # A large answer (a ColBERT batch's JSON: megabytes) leaves its pages in the heap: given
         # back once no request is in hand, so that a worker's idle memory is not its largest answer's.
-        malloc.trim_when_idle(lambda: self.handling > 0)
+        malloc.trim_when_idle(lambda: self.handling, lambda: self.handled)
         super().init_process()
 
     def handle(self, conn: TConn) -> Any:
@@ -114,6 +115,7 @@ class BufferedThreadWorker(ThreadWorker):
         finally:
             with self._handling_lock:
                 self.handling -= 1
+                self.handled += 1
 
     def _next_request_here(self, conn: TConn) -> bool:
         """Whether the connection's next request came whole within ``linger_s`` of its answer, and

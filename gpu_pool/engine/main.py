@@ -35,7 +35,7 @@ def run(spec: EngineSpec, requests: Connection, slots: list[Connection], shared:
     memory back when no request is waiting, then the model and the loop."""
     signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
     malloc.limit_arenas()
-    malloc.trim_when_idle(lambda: shared.requests_in_flight() > 0)
+    malloc.trim_when_idle(shared.requests_in_flight, shared.requests_done)
     logs.configure(spec.log_level, spec.log_format)
     # OpenMP keeps its own defaults (its threads spin a moment between kernels, then sleep):
     # asleep at once (OMP_WAIT_POLICY=PASSIVE) each wake-up cost the full model's 16-token

@@ -129,6 +129,11 @@ class EngineShared:
         """Requests handed to this engine by every web worker and not answered yet."""
         return sum(self.in_flight)
 
+    def requests_done(self) -> int:
+        """Requests this engine has answered, failed or dropped since it started."""
+        stats = self.read_stats()
+        return stats.processed_requests + stats.failed_requests + stats.dropped_requests
+
     def add_stats(self, delta: EngineStats) -> None:
         """Add ``delta``'s counters (its gauges are left alone). The engine's threads add at once
         (the device thread, the answer threads): each ``+=`` reads, then writes."""
