@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from gpu_pool.model import attention
 from gpu_pool.model.attention import Block, Kernel, Spans
 from gpu_pool.model.cpu_linear import Dense, Prepare, Product
-from gpu_pool.model.native import BlocksAttention
+from gpu_pool.model.native import AddNorm, BlocksAttention
 from gpu_pool.model.transfer import to_device
 
 if TYPE_CHECKING:
@@ -73,9 +73,13 @@ class Layer:
     output_norm: tuple[torch.Tensor, torch.Tensor]
     heads: int
     eps: float
+    add_norm: AddNorm | None = None  # the native kernel of both, where it runs
 
-    def norm(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:], *weights, eps=self.eps)
+    def norm(self, x: torch.Tensor, residual: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """LayerNorm(x + residual): a product's output and the layer's input to it."""
+        if self.add_norm is not None and self.add_norm.takes(x, residual, weights[0]):
+            return self.add_norm(x, residual, *weights, self.eps)
+        return F.layer_norm(x + residual, x.shape[-1:], *weights, eps=self.eps)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,7 +163,7 @@ class AttentionOutput:
         hidden = state.hidden
         assert hidden is not None, "the output projection adds the layer's input"
         chunk = self.chunk
-        value = layer.norm(layer.attention_out(chunk.of(context)) + chunk.of(hidden), layer.attention_norm)
+        value = layer.norm(layer.attention_out(chunk.of(context)), chunk.of(hidden), layer.attention_norm)
         attended = chunk.fill(state.attended, value)
         if chunk.last:  # the feed-forward needs nothing else of the layer
             return State(attended=attended)
@@ -224,7 +228,7 @@ class FeedForwardDown:
         assert inner is not None, "the feed-forward's second half follows its first"
         attended = state.attended
         assert attended is not None, "the feed-forward adds attention's output"
-        value = layer.norm(layer.output(inner) + self.chunk.of(attended), layer.output_norm)
+        value = layer.norm(layer.output(inner), self.chunk.of(attended), layer.output_norm)
         out = self.chunk.fill(state.out, value)
         if self.chunk.last:  # the next layer's input
             return State(hidden=out)
@@ -282,7 +286,7 @@ class PackedEncoder:
         the feed-forward's second product's (None: as the others); ``table``: the word embeddings'
         type (None: the model's; a smaller one widens to it in the embeddings' sum); ``native``: the
         compiled CPU attention (``gpu_pool.model.native``: bfloat16, and int8's float32 rounded for
-        it), on the per-length path."""
+        it), on the per-length path; its library's layer norms too."""
         config = model.config
         if config.hidden_act != "gelu" or getattr(config, "position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported encoder: hidden_act={config.hidden_act!r}, "
@@ -296,8 +300,9 @@ class PackedEncoder:
         self.embedding_norm = _norm(emb.LayerNorm)
         # nn.ModuleList is not generic: its items are typed Module, though each is an XLMRobertaLayer.
         down = prepare if prepare_down is None else prepare_down
-        self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps, prepare, down)
-                       for layer in model.encoder.layer]
+        add_norm = None if native is None else AddNorm(native.library)
+        self.layers = [_layer(cast("XLMRobertaLayer", layer), config.num_attention_heads, self.eps, prepare, down,
+                              add_norm) for layer in model.encoder.layer]
         self.kernel = kernel
         self.native = native
         # Plans hold no tensor on the per-length path: one serves every pass of the same lengths.
@@ -340,7 +345,8 @@ class PackedEncoder:
         return plan.steps[step].run(self.layers[layer], state)
 
 
-def _layer(layer: XLMRobertaLayer, heads: int, eps: float, prepare: Prepare, prepare_down: Prepare) -> Layer:
+def _layer(layer: XLMRobertaLayer, heads: int, eps: float, prepare: Prepare, prepare_down: Prepare,
+           add_norm: AddNorm | None) -> Layer:
     attention = layer.attention.self
     projections = (attention.query, attention.key, attention.value)
     return Layer(
@@ -352,6 +358,7 @@ def _layer(layer: XLMRobertaLayer, heads: int, eps: float, prepare: Prepare, pre
         output_norm=_norm(layer.output.LayerNorm),
         heads=heads,
         eps=eps,
+        add_norm=add_norm,
     )
 
 

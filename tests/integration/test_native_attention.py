@@ -98,7 +98,7 @@ def test_kernel_refuses_what_it_cannot_run(kernel):
 ASAN_CALLS = """
 import ctypes, sys, torch
 from gpu_pool.model.attention import Block
-from gpu_pool.model.native import BlocksAttention, Int8Product, PackedProduct, declared
+from gpu_pool.model.native import AddNorm, BlocksAttention, Int8Product, PackedProduct, declared
 library = declared(ctypes.CDLL(sys.argv[1]))
 kernel = BlocksAttention(library)
 torch.set_num_threads(2)
@@ -107,6 +107,11 @@ for rows, out, width_in in [(1, 16, 16), (7, 80, 32), (203, 112, 96), (13, 1024,
     for kind in (PackedProduct, Int8Product):
         product = kind(library, torch.randn(out, width_in), torch.randn(out))
         product(torch.randn(rows, width_in)), product.gelu(torch.randn(rows, width_in))
+# The layer norms: one row and many, bfloat16's and float32's sums.
+norm = AddNorm(library)
+for rows, width in [(1, 16), (203, 48)]:
+    for kind in (torch.bfloat16, torch.float32):
+        norm(torch.randn(rows, width).to(kind), torch.randn(rows, width), torch.randn(width), torch.randn(width), 1e-5)
 # Each thread's scratch grows with the keys, then must grow again for wider heads.
 for heads, dim, blocks in [(2, 16, [Block(0, 200, 1, (0, 200))]), (16, 64, [Block(0, 128, 2, (0, 128))]),
                            (3, 48, [Block(0, 7, 3, (0, 7)), Block(21, 333, 1, (300, 333))]),
@@ -121,7 +126,7 @@ print("calls done")
 @needs_cpu
 def test_kernel_stays_in_its_memory_under_address_sanitizer(tmp_path):
     """Out-of-bounds reads and writes do not always crash; AddressSanitizer reports each one, in
-    the attention kernel and in the products (one library)."""
+    the attention kernel, the products and the layer norms (one library)."""
     runtime = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True, check=False)
     if not Path(runtime.stdout.strip()).is_file():
         pytest.skip("gcc's AddressSanitizer runtime is not installed")

@@ -1,12 +1,13 @@
 """Compiled code the engine runs where torch's own is slow, on a CPU with AVX-512 BF16 and
-VNNI: attention over a packed batch in bfloat16 with float32 scores (attention.c), and the
-encoder's matrix products in bfloat16 with float32 sums, or in int8 (products.c).
+VNNI: attention over a packed batch in bfloat16 with float32 scores (attention.c), the
+encoder's matrix products in bfloat16 with float32 sums, or in int8 (products.c), and its residual
+sums with their layer norms (norm.c).
 
 torch's fused CPU attention reaches a sixth of its products' rate on such a CPU; the attention
 kernel runs one layer's attention of 8 texts of 128 tokens in 0.4 of its time, about OpenVINO's.
 oneDNN's bfloat16 products run a lone query's 16 rows at about 0.8 of the products kernel's rate,
 and a batch's rows at its rate; fbgemm's int8 ones at 0.8–0.9 of the int8 kernel's, with one
-activation scale per call where it takes one per row (docs/performance.md). Both are plain C on raw pointers, built by
+activation scale per call where it takes one per row (docs/performance.md). All are plain C on raw pointers, built by
 the machine's C compiler in about a second into one library (compiler.py: by ``make native``, in
 the image's build stage, or here at load when missing). Without a compiler, or on another CPU,
 ``library`` says why and the engine keeps torch's attention and oneDNN's products.
@@ -14,7 +15,7 @@ the image's build stage, or here at load when missing). Without a compiler, or o
 Runs in:      the engine process only (its device thread, and torch's OpenMP threads).
 May import:   torch, numpy, ``gpu_pool.model.device``; compiler.py the standard library only.
 Owns:         the kernels' sources, their build (``compiler``) and their calls (``BlocksAttention``,
-              ``PackedProduct``, ``Int8Product``).
+              ``AddNorm``, ``PackedProduct``, ``Int8Product``).
 Entry points: ``load`` (called by ``gpu_pool.model.m3``), ``library`` (by ``gpu_pool.model.cpu_linear``);
               ``python gpu_pool/model/native/compiler.py``.
 """
@@ -47,6 +48,7 @@ class BlocksAttention:
     kernel and its outputs widened back."""
 
     def __init__(self, library: ctypes.CDLL, rounding: bool = False) -> None:
+        self.library = library  # the layer norms' kernel too (``AddNorm``)
         self.call = library.attend_blocks
         self.types = (torch.bfloat16, torch.float32) if rounding else (torch.bfloat16,)
         # The rounded copies, kept between calls: a pass's size of fresh memory each layer costs its page faults.
@@ -86,6 +88,31 @@ class BlocksAttention:
                 first = block.start + text * block.length
                 rows = slice(first + block.rows[0], first + block.rows[1])
                 context[rows] = out[rows]
+
+
+class AddNorm:
+    """``LayerNorm(x + residual)`` by norm.c, the residual sum and the norm in one pass over each
+    row: ``x`` a product's output, bfloat16 or float32, the rest float32 (the activations around
+    the CPU's bfloat16 and int8 products); elsewhere torch's two operators (``takes``)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self.call = library.add_norm
+
+    @staticmethod
+    def takes(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> bool:
+        return (x.dtype in (torch.bfloat16, torch.float32) and residual.dtype == weight.dtype == torch.float32
+                and x.shape == residual.shape and x.dim() == 2 and x.shape[1] % 16 == 0 and x.device.type == "cpu"
+                and x.is_contiguous() and residual.is_contiguous())
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 eps: float) -> torch.Tensor:
+        out = torch.empty_like(residual)
+        rows, width = x.shape
+        failed = self.call(x.data_ptr(), x.dtype == torch.bfloat16, residual.data_ptr(), weight.data_ptr(),
+                           bias.data_ptr(), eps, out.data_ptr(), rows, width, torch.get_num_threads())
+        if failed:
+            raise ValueError(f"the norm kernel refused {tuple(x.shape)}")
+        return out
 
 
 class _Product:
@@ -199,6 +226,9 @@ def declared(loaded: ctypes.CDLL) -> ctypes.CDLL:
     pointer, number = ctypes.c_void_p, ctypes.c_int
     loaded.attend_blocks.argtypes = [pointer, pointer, pointer, number, number, number, ctypes.c_float, number]
     loaded.product.argtypes = [pointer, number, number, pointer, number, pointer, pointer, number, number, number]
+    loaded.add_norm.restype = ctypes.c_int
+    loaded.add_norm.argtypes = [pointer, number, pointer, pointer, pointer, ctypes.c_float, pointer, number, number,
+                                number]
     loaded.product_int8.restype = ctypes.c_int
     loaded.product_int8.argtypes = [pointer, number, number, pointer, number, pointer, pointer, pointer, pointer,
                                     number, number, pointer, pointer, pointer, number]

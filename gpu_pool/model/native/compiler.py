@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 FOLDER = Path(__file__).parent
-SOURCES = (FOLDER / "attention.c", FOLDER / "products.c")
+SOURCES = (FOLDER / "attention.c", FOLDER / "products.c", FOLDER / "norm.c")
 HEADERS = (FOLDER / "simd.h",)
 # The instructions the kernels are written in; the engine calls them only on a CPU that has them all.
 ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-mfma")
