@@ -19,7 +19,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "simd.h"
 
 #define TILE_ROWS 6
 #define TILE_BLOCKS 4
@@ -39,23 +38,28 @@ typedef struct {
     const int32_t *row_zero, *weight_sums; /* weight_sums: each column's sum of w_quantized */
 } Product;
 
-/* Exact GELU, x·Φ(x): Φ(x) = erfc(z) / 2 below 0 and 1 - erfc(z) / 2 above, z = |x| / √2, with
- * erfc(z) = t·exp(-z² + P(t)), t = 1 / (1 + z / 2): Numerical Recipes' fit, fractional error
- * under 1.2e-7 everywhere, far below bfloat16's rounding of the result. */
+/* Exact GELU, x·Φ(x) = x/2 · (1 + erf(x/√2)), with erf(z) = z·P(z²) / Q(z²) over z in [-4, 4] and
+ * ±1 beyond (as in float32): Eigen's rational fit, largest error 4.5e-7 (GELU's under 1e-6 · (1 +
+ * |x|)), far below bfloat16's rounding of the result; the reciprocal of Q by its estimate (2^-14) and
+ * a Newton step. Two thirds of the operations of erfc's fit with exp that it replaced, whose cost was
+ * 8 % of the feed-forward's first product. */
 static inline __m512 gelu_ps(__m512 x) {
-    static const float fit[] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
-                                -0.18628806f, 0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f};
-    __m512 z = _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678f));
-    /* t = 1 / d by the reciprocal's estimate (2^-14) and a Newton step (2^-28): faster than a division */
-    __m512 d = _mm512_fmadd_ps(z, _mm512_set1_ps(0.5f), _mm512_set1_ps(1.0f));
-    __m512 t = _mm512_rcp14_ps(d);
-    t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));
-    __m512 p = _mm512_set1_ps(fit[0]);
-    for (int i = 1; i < 10; i++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(fit[i]));
-    __m512 erfc = _mm512_mul_ps(t, exp_ps(_mm512_fnmadd_ps(z, z, p)));
-    __m512 half = _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), erfc);
-    __mmask16 positive = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
-    return _mm512_mask_sub_ps(half, positive, x, half);
+    static const float p[] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
+                              -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
+                              -1.60960333262415e-02f};
+    static const float q[] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f,
+                              -7.37332916720468e-03f, -1.42647390514189e-02f};
+    __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678f));
+    z = _mm512_max_ps(_mm512_min_ps(z, _mm512_set1_ps(4.0f)), _mm512_set1_ps(-4.0f));
+    __m512 u = _mm512_mul_ps(z, z);
+    __m512 top = _mm512_set1_ps(p[0]), bottom = _mm512_set1_ps(q[0]);
+    for (int i = 1; i < 7; i++) top = _mm512_fmadd_ps(top, u, _mm512_set1_ps(p[i]));
+    for (int i = 1; i < 5; i++) bottom = _mm512_fmadd_ps(bottom, u, _mm512_set1_ps(q[i]));
+    __m512 inverse = _mm512_rcp14_ps(bottom);
+    inverse = _mm512_mul_ps(inverse, _mm512_fnmadd_ps(bottom, inverse, _mm512_set1_ps(2.0f)));
+    __m512 erf = _mm512_mul_ps(_mm512_mul_ps(z, top), inverse);
+    __m512 half = _mm512_mul_ps(x, _mm512_set1_ps(0.5f));
+    return _mm512_fmadd_ps(half, erf, half);
 }
 
 static inline void store(const Product *p, size_t row, int column, __m512 value) {
