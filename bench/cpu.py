@@ -45,7 +45,7 @@ operators offer instead, with each one's largest error against float32.
 
 ``matmul`` times one product of each of bge-m3's four shapes at a few row counts: oneDNN's
 bfloat16 (prepacked) and fbgemm's int8 (torch's own), and the engine's native kernels where they
-run (gpu_pool/model/native/products.c), bfloat16 and int8.
+run (gpu_pool/model/native/products.c), bfloat16 and int8; the feed-forward's first with its GELU.
 
 ``products`` times the engine's bare forward (no HTTP, dense) with its products run by
 ``F.linear``, prepacked for oneDNN (float32; on a CPU with bf16 also bfloat16 as served, between
@@ -482,7 +482,8 @@ PRODUCT_SHAPES = {"qkv": (3072, 1024), "attention_out": (1024, 1024), "up": (409
 
 def matmul(args: argparse.Namespace) -> None:
     """One product of each of bge-m3's shapes per way, ms per call: 8 distinct random weights in
-    turn (604 MB a pass in bfloat16 cannot stay in cache; neither can these), the best of 5 loops."""
+    turn (604 MB a pass in bfloat16 cannot stay in cache; neither can these), the best of 5 loops.
+    The feed-forward's first product with its GELU, as the engine runs it."""
     import torch
 
     from gpu_pool.model import cpu_linear, native
@@ -508,7 +509,7 @@ def matmul(args: argparse.Namespace) -> None:
                 for _ in range(6):  # the first a warm-up
                     started = time.perf_counter()
                     for product in products:
-                        product(x)
+                        product.gelu(x) if name == "up" else product(x)
                     loops.append((time.perf_counter() - started) / len(products) * 1000)
                 figures[f"{way}_ms"] = round(min(loops[1:]), 3)
                 del products

@@ -41,8 +41,8 @@ typedef struct {
 /* Exact GELU, x·Φ(x) = x/2 · (1 + erf(x/√2)), with erf(z) = z·P(z²) / Q(z²) over z in [-4, 4] and
  * ±1 beyond (as in float32): Eigen's rational fit, largest error 4.5e-7 (GELU's under 1e-6 · (1 +
  * |x|)), far below bfloat16's rounding of the result; the reciprocal of Q by its estimate (2^-14) and
- * a Newton step. Two thirds of the operations of erfc's fit with exp that it replaced, whose cost was
- * 8 % of the feed-forward's first product. */
+ * a Newton step. Two thirds of the operations of erfc's fit with exp that it replaced, and no exp,
+ * whose results fall to denormal floats (slow) for large negative inputs. */
 static inline __m512 gelu_ps(__m512 x) {
     static const float p[] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f,
                               -5.69250639462346e-05f, -7.34990630326855e-04f, -2.95459980854025e-03f,
