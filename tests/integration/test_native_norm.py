@@ -9,18 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from gpu_pool.model import cpu_linear, native
-from gpu_pool.model.device import cpu_flags
 from gpu_pool.model.m3 import M3Model
 
-MISSING = native.NEEDED_CPU_FLAGS - cpu_flags()
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"the CPU lacks {sorted(MISSING)}")
+from .test_native_products import kernels, pytestmark  # noqa: F401 - the library's fixture, the CPU's skip
 
 
 @pytest.fixture(scope="module")
-def add_norm():
-    loaded, which = native.library()
-    assert loaded is not None, which
-    return native.AddNorm(loaded)
+def add_norm(kernels):  # noqa: F811 - the fixture imported above
+    return native.AddNorm(kernels)
 
 
 @pytest.mark.parametrize("kind", [torch.bfloat16, torch.float32])
