@@ -364,11 +364,12 @@ class ThreadsModel(FakeModel):
 
     def __init__(self) -> None:
         super().__init__()
-        self.one_thread: list[tuple[int, bool]] = []  # each pass's first id, and its one_thread
+        self.one_thread: dict[int, bool] = {}  # by each pass's first id
 
     def start(self, ids, lengths, kinds, colbert_texts, step_tokens=None, one_thread=False) -> OnePass:
         first = int(ids[0])
-        self.one_thread.append((first, one_thread))
+        self.started.append(first)
+        self.one_thread[first] = one_thread
         arriving = Arriving(Outputs(np.full((len(lengths), DIM), first, dtype=np.float32), None, None), opened(), None)
         return (SteppedPass if first == 31 else OnePass)(arriving, len(ids))
 
@@ -381,15 +382,13 @@ def test_a_query_run_while_bulk_work_is_under_way_is_told_to_run_on_one_thread()
     harness.engine._device._model = model
     try:
         bulk, _ = harness.send(31)
-        deadline = time.monotonic() + 10
-        while not model.one_thread:
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        harness.wait_started(1)
         query, _ = harness.send(32, Lane.INTERACTIVE)  # runs between the bulk pass's steps
         assert {harness.answer(), harness.answer()} == {Done((bulk,)), Done((query,))}
         alone, _ = harness.send(33, Lane.INTERACTIVE)
         assert harness.answer() == Done((alone,))
-        assert model.one_thread == [(31, False), (32, True), (33, False)]
+        assert model.started == [31, 32, 33]
+        assert model.one_thread == {31: False, 32: True, 33: False}
     finally:
         harness.stop()
 
